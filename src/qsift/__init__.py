@@ -1,0 +1,1 @@
+"""qsift: a mail content filter for qmail and any SMTP/LMTP MTA."""

@@ -1,0 +1,111 @@
+"""Values that cross stages: the envelope, the answer to the sending side, the outcome of a message.
+
+Addresses are `str` decoded from the wire as UTF-8 with `surrogateescape`, so any byte sequence an MTA
+hands us survives the round trip to the downstream MTA unchanged (`address_bytes`).
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+#: ESMTP parameters as (KEYWORD, value or None), keywords upper-cased, order kept.
+Params = tuple[tuple[str, str | None], ...]
+
+
+def address_from_bytes(raw: bytes) -> str:
+    """Decode an envelope address from the wire without losing any byte."""
+    return raw.decode("utf-8", "surrogateescape")
+
+
+def address_bytes(address: str) -> bytes:
+    """Encode an envelope address back to the exact bytes it came as."""
+    return address.encode("utf-8", "surrogateescape")
+
+
+@dataclass(frozen=True)
+class Recipient:
+    """One envelope recipient and the RCPT parameters to carry forward (NOTIFY, ORCPT)."""
+
+    address: str
+    params: Params = ()
+
+
+@dataclass(frozen=True)
+class Envelope:
+    """Who the message is from and to, and what the client told us about itself."""
+
+    sender: str
+    recipients: tuple[Recipient, ...]
+    #: MAIL parameters to carry forward (BODY, SMTPUTF8, RET, ENVID); SIZE is recomputed.
+    mail_params: Params = ()
+    #: The protocol the message came in by: QMQP, SMTP, ESMTP, LMTP.
+    protocol: str = "QMQP"
+    client_address: str | None = None
+    helo: str | None = None
+
+    @property
+    def addresses(self) -> tuple[str, ...]:
+        return tuple(r.address for r in self.recipients)
+
+
+class Answer(enum.Enum):
+    """The three answers of QMQP, which every protocol's answer maps onto."""
+
+    ACCEPT = "K"
+    TEMPFAIL = "Z"
+    REJECT = "D"
+
+
+@dataclass(frozen=True)
+class Reply:
+    """One answer to the sending side, protocol-neutral until the listener renders it."""
+
+    answer: Answer
+    smtp_code: int
+    enhanced_status: str
+    text: str
+
+    def qmqp_text(self) -> bytes:
+        """The QMQP response payload: the letter, then the status and the text."""
+        line = f"{self.answer.value}{self.smtp_code} {self.enhanced_status} {self.text}"
+        return _single_line(line).encode("utf-8", "replace")
+
+    def smtp_line(self) -> str:
+        return _single_line(f"{self.smtp_code} {self.enhanced_status} {self.text}")
+
+
+def _single_line(text: str) -> str:
+    # Replies go into one SMTP line or one qmail-smtpd reply: no CR, LF or other control characters.
+    return "".join(ch if ch >= " " and ch != "\x7f" else " " for ch in text)
+
+
+class Disposition(enum.Enum):
+    """What became of the message as a whole; the summary log line starts with it."""
+
+    PASSED = "Passed"
+    BLOCKED = "Blocked"
+    TEMPFAILED = "Tempfailed"
+    DUPLICATE = "Duplicate"
+
+
+@dataclass(frozen=True)
+class RecipientResult:
+    """What the downstream MTA (or policy) said for one recipient."""
+
+    recipient: Recipient
+    reply: Reply
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """The certain result of handling one message: the answer and what happened on the way."""
+
+    mail_id: str
+    reply: Reply
+    disposition: Disposition
+    category: str = "CLEAN"
+    #: One result per recipient, in envelope order; LMTP answers each recipient with its own.
+    per_recipient: tuple[RecipientResult, ...] = ()
+    queued_as: str | None = None
+    notes: tuple[str, ...] = field(default=())

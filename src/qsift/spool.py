@@ -1,0 +1,87 @@
+"""The message body while qsift holds it: in memory up to a threshold, then in a private temp file.
+
+Bodies can be 50 MiB and sessions many, so nothing keeps a whole large message in memory. The temp
+directory is created 0700 at start-up; files in it are unlinked as soon as they are created (tempfile's
+behaviour on POSIX), so a crash leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from collections.abc import Iterator
+from types import TracebackType
+from typing import IO
+
+from qsift.errors import SpoolError
+
+DEFAULT_CHUNK = 64 * 1024
+
+
+def make_private_dir(parent: str | None = None, prefix: str = "qsift-") -> str:
+    """Create a fresh 0700 directory for message spools and return its path."""
+    path = tempfile.mkdtemp(prefix=prefix, dir=parent)
+    os.chmod(path, 0o700)
+    return path
+
+
+class MessageSpool:
+    """An append-only message body with its size and SHA-256 digest kept as it is written."""
+
+    def __init__(self, directory: str | None, memory_limit: int) -> None:
+        self._file: IO[bytes] = tempfile.SpooledTemporaryFile(  # noqa: SIM115 - closed by close()
+            max_size=memory_limit, mode="w+b", dir=directory
+        )
+        self._digest = hashlib.sha256()
+        self.size = 0
+        self._closed = False
+
+    def write(self, data: bytes) -> None:
+        """Append body bytes; a disk error becomes a SpoolError (a temporary failure)."""
+        try:
+            self._file.write(data)
+        except OSError as exc:
+            raise SpoolError(f"cannot spool message: {exc.strerror or exc}") from exc
+        self._digest.update(data)
+        self.size += len(data)
+
+    @property
+    def digest(self) -> str:
+        """Hex SHA-256 of every byte written so far."""
+        return self._digest.hexdigest()
+
+    def chunks(self, chunk_size: int = DEFAULT_CHUNK) -> Iterator[bytes]:
+        """Read the whole body from the start, chunk by chunk."""
+        self._file.flush()
+        self._file.seek(0)
+        while True:
+            chunk = self._file.read(chunk_size)
+            if not chunk:
+                return
+            yield chunk
+
+    def head(self, limit: int) -> bytes:
+        """The first `limit` bytes, for header inspection without reading the whole body."""
+        self._file.flush()
+        self._file.seek(0)
+        return self._file.read(limit)
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._file.close()
+
+    def __enter__(self) -> MessageSpool:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    @classmethod
+    def from_bytes(cls, data: bytes, directory: str | None = None, memory_limit: int = 1 << 20) -> MessageSpool:
+        spool = cls(directory, memory_limit)
+        spool.write(data)
+        return spool

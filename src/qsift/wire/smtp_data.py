@@ -1,0 +1,105 @@
+"""The body of an SMTP/LMTP DATA transfer, encoded as a stream (RFC 5321 §4.5.2).
+
+Messages reach qsift with LF line ends (qmail's internal form, as QMQP carries it) or CRLF (from SMTP).
+On the wire every line must end in CRLF: one bare LF and a qmail-smtpd drops the connection with
+`451 See https://cr.yp.to/docs/smtplf.html`. The encoder therefore turns bare LF into CRLF, keeps CRLF
+as it is (never CRCRLF), and holds back a chunk's trailing CR until the next chunk shows whether an LF
+follows: amavisd-new's Net::SMTP path split CR and LF across writes, which is the "qmail bare-LF bug"
+the HOWTO patches around. A CR that no LF follows is passed through unchanged, as Postfix and
+qmail-smtpd both store it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+
+_CRLF = b"\r\n"
+_LF = b"\n"
+_CR = b"\r"
+
+
+class DataEncoder:
+    """Turns message bytes in any chunking into dot-stuffed CRLF lines ending with `.` CRLF."""
+
+    def __init__(self) -> None:
+        self._pending_cr = False
+        self._at_line_start = True
+        self._finished = False
+
+    def encode(self, chunk: bytes) -> bytes:
+        """Encode one chunk; the result never ends in a CR whose LF is still to come."""
+        if self._finished:
+            raise RuntimeError("DataEncoder.encode after finish")
+        if self._pending_cr:
+            chunk = _CR + chunk
+            self._pending_cr = False
+        if chunk.endswith(_CR):
+            self._pending_cr = True
+            chunk = chunk[:-1]
+        if not chunk:
+            return b""
+        chunk = chunk.replace(_CRLF, _LF).replace(_LF, _CRLF)
+        chunk = chunk.replace(b"\r\n.", b"\r\n..")
+        if self._at_line_start and chunk.startswith(b"."):
+            chunk = b"." + chunk
+        self._at_line_start = chunk.endswith(_CRLF)
+        return chunk
+
+    def finish(self) -> bytes:
+        """The tail: a held-back CR, a missing final line end, and the terminating dot line."""
+        if self._finished:
+            raise RuntimeError("DataEncoder.finish called twice")
+        self._finished = True
+        tail = b""
+        if self._pending_cr:
+            tail = _CR
+            self._at_line_start = False
+        if not self._at_line_start:
+            tail += _CRLF
+        return tail + b".\r\n"
+
+
+def encode_data(chunks: Iterable[bytes]) -> Iterator[bytes]:
+    """Encode a whole message for DATA, chunk by chunk, ending with the dot line."""
+    encoder = DataEncoder()
+    for chunk in chunks:
+        encoded = encoder.encode(chunk)
+        if encoded:
+            yield encoded
+    yield encoder.finish()
+
+
+class LfEncoder:
+    """Turns message bytes into qmail's internal form: CRLF becomes LF, nothing else changes.
+
+    What qmail-queue reads on fd 0 and what a maildir file holds.
+    """
+
+    def __init__(self) -> None:
+        self._pending_cr = False
+
+    def encode(self, chunk: bytes) -> bytes:
+        if self._pending_cr:
+            chunk = _CR + chunk
+            self._pending_cr = False
+        if chunk.endswith(_CR):
+            self._pending_cr = True
+            chunk = chunk[:-1]
+        return chunk.replace(_CRLF, _LF)
+
+    def finish(self) -> bytes:
+        tail = _CR if self._pending_cr else b""
+        self._pending_cr = False
+        return tail
+
+
+def to_lf(chunks: Iterable[bytes]) -> Iterator[bytes]:
+    """Convert a whole message to LF line ends, chunk by chunk."""
+    encoder = LfEncoder()
+    for chunk in chunks:
+        converted = encoder.encode(chunk)
+        if converted:
+            yield converted
+    tail = encoder.finish()
+    if tail:
+        yield tail
