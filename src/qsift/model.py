@@ -7,6 +7,7 @@ hands us survives the round trip to the downstream MTA unchanged (`address_bytes
 from __future__ import annotations
 
 import enum
+import re
 from dataclasses import dataclass, field
 
 #: ESMTP parameters as (KEYWORD, value or None), keywords upper-cased, order kept.
@@ -75,6 +76,26 @@ class Reply:
         return _single_line(f"{self.smtp_code} {self.enhanced_status} {self.text}")
 
 
+_ENHANCED = re.compile(r"^([245])\.(\d{1,3})\.(\d{1,3})(?:\s+|$)")
+
+
+def reply_from_smtp(code: int, text: str) -> Reply:
+    """A Reply from an SMTP/LMTP reply line; the enhanced status comes from the text or the code."""
+    match = _ENHANCED.match(text)
+    if match and match.group(1) == str(code)[0]:
+        enhanced = f"{match.group(1)}.{match.group(2)}.{match.group(3)}"
+        text = text[match.end() :]
+    else:
+        enhanced = {2: "2.0.0", 4: "4.0.0", 5: "5.0.0"}.get(code // 100, "4.0.0")
+    if 200 <= code < 300:
+        answer = Answer.ACCEPT
+    elif 500 <= code < 600:
+        answer = Answer.REJECT
+    else:
+        answer = Answer.TEMPFAIL
+    return Reply(answer, code, enhanced, text)
+
+
 def _single_line(text: str) -> str:
     # Replies go into one SMTP line or one qmail-smtpd reply: no CR, LF or other control characters.
     return "".join(ch if ch >= " " and ch != "\x7f" else " " for ch in text)
@@ -109,3 +130,19 @@ class Outcome:
     per_recipient: tuple[RecipientResult, ...] = ()
     queued_as: str | None = None
     notes: tuple[str, ...] = field(default=())
+
+
+@dataclass(frozen=True)
+class ForwardResult:
+    """What the downstream MTA (or queue program, or maildir) said, one result per recipient."""
+
+    #: The forward method as configured, for logs and answers: "smtp:[127.0.0.1]:10025".
+    method: str
+    #: One entry per recipient handed to the forward, in envelope order.
+    per_recipient: tuple[RecipientResult, ...]
+    #: The downstream's own words on acceptance, e.g. "250 2.0.0 Ok: queued as 4Xyz"; None if nothing taken.
+    queued_as: str | None = None
+
+    @property
+    def all_accepted(self) -> bool:
+        return all(r.reply.answer is Answer.ACCEPT for r in self.per_recipient)
