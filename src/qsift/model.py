@@ -67,6 +67,14 @@ class Reply:
     enhanced_status: str
     text: str
 
+    @classmethod
+    def tempfail(cls, enhanced_status: str, text: str, smtp_code: int = 451) -> Reply:
+        return cls(Answer.TEMPFAIL, smtp_code, enhanced_status, text)
+
+    @classmethod
+    def reject(cls, enhanced_status: str, text: str, smtp_code: int = 554) -> Reply:
+        return cls(Answer.REJECT, smtp_code, enhanced_status, text)
+
     def qmqp_text(self) -> bytes:
         """The QMQP response payload: the letter, then the status and the text."""
         line = f"{self.answer.value}{self.smtp_code} {self.enhanced_status} {self.text}"

@@ -81,7 +81,9 @@ class MessageSpool:
         self.close()
 
     @classmethod
-    def from_bytes(cls, data: bytes, directory: str | None = None, memory_limit: int = 1 << 20) -> MessageSpool:
+    def from_bytes(
+        cls, data: bytes, directory: str | None = None, memory_limit: int = 1 << 20
+    ) -> MessageSpool:
         spool = cls(directory, memory_limit)
         spool.write(data)
         return spool

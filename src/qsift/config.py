@@ -1,0 +1,275 @@
+"""The configuration: one TOML file parsed once into frozen, typed objects.
+
+Every key has a default that serves the HOWTO's setup (QMQP on 127.0.0.1:10628, SMTP on 127.0.0.1:10024,
+clean mail forwarded by SMTP to a re-injection listener on 127.0.0.1:10025), so an empty file runs.
+Names follow amavisd-new's where they mean the same thing. Unknown keys are errors, not silently
+ignored: a typo in a mail filter's configuration must not pass unnoticed.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any, TypeVar
+
+from qsift.errors import ConfigError
+
+MIB = 1024 * 1024
+PROTOCOLS = ("qmqp", "smtp", "lmtp")
+DEFAULT_QMQP_PORT = 10628
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@dataclass(frozen=True)
+class ListenAddress:
+    """A TCP `host:port` or a unix socket path."""
+
+    host: str | None
+    port: int | None
+    path: str | None
+
+    def __str__(self) -> str:
+        if self.path is not None:
+            return f"unix:{self.path}"
+        host = f"[{self.host}]" if self.host and ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Bounds that keep a hostile or broken client from hurting the daemon."""
+
+    #: Largest message accepted, in bytes (amavisd-new: $smtpd_message_size_limit; qmail: databytes).
+    message_size: int = 50 * MIB
+    #: Most recipients per message; past it QMQP answers D and SMTP 452.
+    recipients: int = 10_000
+    #: Longest envelope address, in bytes (qmail-qmqpd refuses 1000 and more).
+    address_length: int = 1000
+    #: Bodies up to this size stay in memory; larger ones spool to the private temp dir.
+    memory_spool: int = 1 * MIB
+    #: Longest silence while reading a request before the connection is dropped, in seconds.
+    client_timeout: float = 300.0
+    #: Longest a whole session may last, in seconds (QMQP says one hour at most).
+    session_timeout: float = 3600.0
+    #: Sessions served at once per listener; past it, a bounded wait, then "too busy".
+    max_sessions: int = 64
+    #: How long a new session waits for a free slot before it is told to try later, in seconds.
+    busy_wait: float = 10.0
+
+
+@dataclass(frozen=True)
+class Listener:
+    protocol: str
+    address: ListenAddress
+    acl: tuple[Network, ...]
+    limits: Limits
+
+    @property
+    def name(self) -> str:
+        return f"{self.protocol}:{self.address}"
+
+
+@dataclass(frozen=True)
+class Forward:
+    """Where clean mail goes, in amavisd-new's `$forward_method` syntax."""
+
+    method: str = "smtp:[127.0.0.1]:10025"
+    max_recipients_per_transaction: int = 1000
+    connect_timeout: float = 10.0
+    command_timeout: float = 60.0
+    data_timeout: float = 180.0
+    final_timeout: float = 600.0
+
+
+@dataclass(frozen=True)
+class Config:
+    listeners: tuple[Listener, ...]
+    forward: Forward = field(default_factory=Forward)
+    limits: Limits = field(default_factory=Limits)
+    #: 0 (summary lines only) to 5 (protocol traces), as amavisd-new's $log_level.
+    log_level: int = 1
+    #: Log to syslog with this facility ("mail") instead of stderr; empty for stderr.
+    syslog: str = ""
+    #: The name qsift greets and says EHLO with.
+    myhostname: str = field(default_factory=socket.getfqdn)
+    #: Parent of the private 0700 spool directory; empty for the system temp dir.
+    tmp_dir: str = ""
+    #: Where durable state lives: the outcome record (and later quarantine index).
+    state_dir: str = "/var/lib/qsift"
+    #: How long an identical retry of a delivered message is answered from the record, in seconds.
+    dedupe_window: float = 3600.0
+
+
+DEFAULT_LISTENERS: tuple[Mapping[str, Any], ...] = (
+    {"protocol": "qmqp", "address": f"127.0.0.1:{DEFAULT_QMQP_PORT}"},
+    {"protocol": "smtp", "address": "127.0.0.1:10024"},
+)
+DEFAULT_ACL = ("127.0.0.0/8", "::1/128")
+
+
+def load(path: str) -> Config:
+    """Read and validate a configuration file."""
+    try:
+        with open(path, "rb") as handle:
+            raw = tomllib.load(handle)
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: {exc}") from exc
+    return from_mapping(raw, source=path)
+
+
+def loads(text: str, source: str = "<string>") -> Config:
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{source}: {exc}") from exc
+    return from_mapping(raw, source=source)
+
+
+def from_mapping(raw: Mapping[str, Any], source: str = "<config>") -> Config:
+    """Build a Config from parsed TOML, with messages naming the file and key at fault."""
+    raw = dict(raw)
+    limits = _section(Limits, raw.pop("limits", {}), f"{source}: [limits]")
+    forward = _section(Forward, raw.pop("forward", {}), f"{source}: [forward]")
+    _check_forward_method(forward.method, f"{source}: [forward] method")
+    listen_tables = raw.pop("listen", list(DEFAULT_LISTENERS))
+    if not isinstance(listen_tables, list) or not listen_tables:
+        raise ConfigError(f"{source}: [[listen]] must be one or more tables")
+    listeners = tuple(
+        _listener(table, limits, f"{source}: [[listen]] #{index + 1}")
+        for index, table in enumerate(listen_tables)
+    )
+    _unique_addresses(listeners, source)
+    top = _section(_TopLevel, raw, source)
+    if not 0 <= top.log_level <= 5:
+        raise ConfigError(f"{source}: log_level must be 0 to 5, not {top.log_level}")
+    values = {f.name: getattr(top, f.name) for f in fields(_TopLevel)}
+    if not values["myhostname"]:
+        values["myhostname"] = socket.getfqdn()
+    return Config(listeners=listeners, forward=forward, limits=limits, **values)
+
+
+@dataclass(frozen=True)
+class _TopLevel:
+    log_level: int = 1
+    syslog: str = ""
+    myhostname: str = ""
+    tmp_dir: str = ""
+    state_dir: str = "/var/lib/qsift"
+    dedupe_window: float = 3600.0
+
+
+T = TypeVar("T")
+
+
+def _section(kind: type[T], table: object, where: str) -> T:
+    """Fill a dataclass from a TOML table: unknown keys and wrong types are errors."""
+    if not isinstance(table, dict):
+        raise ConfigError(f"{where} must be a table")
+    known = {f.name: f for f in fields(kind)}  # type: ignore[arg-type]
+    values: dict[str, Any] = {}
+    for key, value in table.items():
+        if key not in known:
+            allowed = ", ".join(sorted(known))
+            raise ConfigError(f"{where}: unknown key {key!r} (allowed: {allowed})")
+        default = getattr(kind, key, None)
+        values[key] = _coerce(value, default, f"{where} {key}")
+    return kind(**values)
+
+
+def _coerce(value: Any, default: Any, where: str) -> Any:
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where} must be true or false, not {value!r}")
+        return value
+    if isinstance(default, int):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ConfigError(f"{where} must be a whole number >= 0, not {value!r}")
+        return value
+    if isinstance(default, float):
+        if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+            raise ConfigError(f"{where} must be a number of seconds > 0, not {value!r}")
+        return float(value)
+    if isinstance(default, str) and not isinstance(value, str):
+        raise ConfigError(f"{where} must be a string, not {value!r}")
+    return value
+
+
+def _listener(table: object, limits: Limits, where: str) -> Listener:
+    if not isinstance(table, dict):
+        raise ConfigError(f"{where} must be a table")
+    table = dict(table)
+    protocol = table.pop("protocol", None)
+    if protocol not in PROTOCOLS:
+        raise ConfigError(f"{where} protocol must be one of {', '.join(PROTOCOLS)}, not {protocol!r}")
+    address = table.pop("address", None)
+    if not isinstance(address, str):
+        raise ConfigError(f'{where} address must be a string like "127.0.0.1:10628" or "unix:/path"')
+    acl_raw = table.pop("acl", list(DEFAULT_ACL))
+    if not isinstance(acl_raw, list):
+        raise ConfigError(f"{where} acl must be a list of addresses or networks")
+    listener_limits = _section(Limits, {**_as_dict(limits), **table}, where)
+    return Listener(protocol, parse_address(address, where), _acl(acl_raw, where), listener_limits)
+
+
+def _as_dict(limits: Limits) -> dict[str, Any]:
+    return {f.name: getattr(limits, f.name) for f in fields(Limits)}
+
+
+def parse_address(text: str, where: str = "address") -> ListenAddress:
+    """Parse `host:port`, `[v6]:port` or `unix:/path`."""
+    if text.startswith("unix:"):
+        path = text[len("unix:") :]
+        if not path.startswith("/"):
+            raise ConfigError(f"{where}: unix socket path must be absolute: {text!r}")
+        return ListenAddress(None, None, path)
+    host, sep, port_text = text.rpartition(":")
+    if not sep or not host or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise ConfigError(f"{where}: address must be host:port or unix:/path, not {text!r}")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    return ListenAddress(host, int(port_text), None)
+
+
+def _acl(entries: list[object], where: str) -> tuple[Network, ...]:
+    networks: list[Network] = []
+    for entry in entries:
+        if not isinstance(entry, str):
+            raise ConfigError(f"{where} acl entries must be strings, not {entry!r}")
+        try:
+            networks.append(ipaddress.ip_network(entry, strict=False))
+        except ValueError as exc:
+            raise ConfigError(f"{where} acl: {exc}") from exc
+    return tuple(networks)
+
+
+def _unique_addresses(listeners: tuple[Listener, ...], source: str) -> None:
+    seen: set[str] = set()
+    for listener in listeners:
+        key = str(listener.address)
+        if key in seen:
+            raise ConfigError(f"{source}: two listeners on {key}")
+        seen.add(key)
+
+
+_FORWARD_SCHEMES: dict[str, Callable[[str], bool]] = {
+    "smtp": lambda rest: bool(rest),
+    "lmtp": lambda rest: bool(rest),
+    "qmail-queue": lambda rest: rest.startswith("/"),
+    "maildir": lambda rest: rest.startswith("/"),
+}
+
+
+def _check_forward_method(method: str, where: str) -> None:
+    scheme, _, rest = method.partition(":")
+    check = _FORWARD_SCHEMES.get(scheme)
+    if check is None or not check(rest):
+        raise ConfigError(
+            f"{where}: {method!r} is not smtp:[host]:port, lmtp:[host]:port, lmtp:unix:/path, "
+            "qmail-queue:/path or maildir:/path"
+        )

@@ -1,0 +1,136 @@
+"""The QMQP listener: qmail-qmqpc or qsift-queue in, one K/Z/D answer out (QMQPqq).
+
+One message per connection (cr.yp.to/proto/qmqp.html). The answer is sent only after the client's final
+byte and only once the outcome is certain; a client that goes away early gets nothing, and nothing it
+sent is forwarded. A client that goes away while the forward is running makes the forward stop before
+the final dot, so no message is delivered that its sender will send again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from dataclasses import dataclass
+
+from qsift.config import Listener
+from qsift.errors import ClientTimeout, QsiftError, SpoolError
+from qsift.listen.admission import SessionSlots, client_allowed
+from qsift.listen.session import (
+    ClientGoneWatch,
+    Received,
+    log_outcome,
+    peer_ip,
+    read_with_limits,
+    reply_for_error,
+)
+from qsift.model import Envelope, Recipient, Reply, address_from_bytes
+from qsift.observe.log import logger
+from qsift.pipeline import Pipeline
+from qsift.spool import MessageSpool
+from qsift.wire import netstring, qmqp
+
+READ_SIZE = 64 * 1024
+
+
+@dataclass
+class QmqpListener:
+    listener: Listener
+    pipeline: Pipeline
+    spool_dir: str | None
+
+    def __post_init__(self) -> None:
+        limits = self.listener.limits
+        self.slots = SessionSlots(limits.max_sessions, limits.busy_wait)
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Serve one QMQP connection to its end; never raises."""
+        client = peer_ip(writer)
+        try:
+            if not client_allowed(client, self.listener.acl):
+                logger.warning("QMQP: access denied to [%s] on %s", client, self.listener.name)
+                await _answer(writer, Reply.tempfail("4.7.1", "access denied"))
+                return
+            async with self.slots.slot():
+                await self._serve(reader, writer, client)
+        except QsiftError as exc:
+            await _answer(writer, reply_for_error(exc))
+        except (ConnectionError, OSError) as exc:
+            logger.info("QMQP: connection from [%s] lost: %s", client, exc)
+        except Exception:
+            logger.exception("QMQP: internal error serving [%s]; connection dropped (client retries)", client)
+        finally:
+            writer.close()
+            with contextlib.suppress(ConnectionError, OSError):
+                await writer.wait_closed()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, client: str | None) -> None:
+        started = time.monotonic()
+        limits = self.listener.limits
+        spool = MessageSpool(self.spool_dir, limits.memory_spool)
+        with spool:
+            try:
+                received = await read_with_limits(
+                    self._read_request(reader, spool), limits.session_timeout, what="QMQP request"
+                )
+            except ClientTimeout as exc:
+                logger.info("QMQP: [%s] %s; nothing answered, nothing forwarded", client, exc)
+                return
+            if received is None:
+                logger.info("QMQP: [%s] closed the connection before the end of the request", client)
+                return
+            if isinstance(received, Reply):
+                logger.info("QMQP: [%s] refused: %s", client, received.smtp_line())
+                await _answer(writer, received)
+                return
+            envelope = Envelope(
+                sender=received.sender,
+                recipients=received.recipients,
+                protocol="QMQP",
+                client_address=client,
+            )
+            async with ClientGoneWatch(reader) as gone:
+                outcome = await self.pipeline.handle(envelope, spool, gone.event)
+            log_outcome(outcome, envelope, spool, started)
+            await _answer(writer, outcome.reply)
+
+    async def _read_request(self, reader: asyncio.StreamReader, spool: MessageSpool) -> Received | Reply | None:
+        limits = self.listener.limits
+        parser = qmqp.RequestParser(
+            max_message_size=limits.message_size,
+            max_recipients=limits.recipients,
+            max_address_length=limits.address_length,
+        )
+        sender = ""
+        recipients: list[Recipient] = []
+        spool_failure: SpoolError | None = None
+        while True:
+            event = parser.next_event()
+            if isinstance(event, qmqp.NeedData):
+                data = await read_with_limits(reader.read(READ_SIZE), limits.client_timeout, what="QMQP client")
+                if not data:
+                    return None
+                parser.receive_data(data)
+            elif isinstance(event, qmqp.MessageChunk):
+                if spool_failure is None:
+                    try:
+                        spool.write(event.data)
+                    except SpoolError as exc:
+                        # Keep reading to the end of the request: QMQP answers only after the final byte.
+                        spool_failure = exc
+            elif isinstance(event, qmqp.Sender):
+                sender = address_from_bytes(event.address)
+            elif isinstance(event, qmqp.Recipient):
+                recipients.append(Recipient(address_from_bytes(event.address)))
+            elif isinstance(event, qmqp.RequestRejected):
+                return reply_for_error(event.error)
+            elif isinstance(event, qmqp.RequestEnd):
+                if spool_failure is not None:
+                    return reply_for_error(spool_failure)
+                return Received(sender, tuple(recipients))
+
+
+async def _answer(writer: asyncio.StreamWriter, reply: Reply) -> None:
+    with contextlib.suppress(ConnectionError, OSError):
+        writer.write(netstring.encode(reply.qmqp_text()))
+        await writer.drain()

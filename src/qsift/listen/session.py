@@ -1,0 +1,93 @@
+"""What every listener's session needs: time limits, the peer, errors as answers, a client-gone watch."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from types import TracebackType
+from typing import TypeVar
+
+from qsift.errors import ClientTimeout, QsiftError
+from qsift.model import Answer, Envelope, Outcome, Recipient, Reply
+from qsift.observe.log import SUMMARY, logger, message_id, summary_line
+from qsift.spool import MessageSpool
+
+T = TypeVar("T")
+_HEAD_FOR_LOG = 64 * 1024
+
+
+@dataclass(frozen=True)
+class Received:
+    """A request read to its end: the envelope's addresses (the body is in the spool)."""
+
+    sender: str
+    recipients: tuple[Recipient, ...]
+
+
+def peer_ip(writer: asyncio.StreamWriter) -> str | None:
+    """The client's IP address, or None on a unix socket."""
+    peer = writer.get_extra_info("peername")
+    if isinstance(peer, tuple) and peer:
+        return str(peer[0])
+    return None
+
+
+async def read_with_limits(step: Awaitable[T], seconds: float, *, what: str) -> T:
+    """Await one step of reading a client, turning a stall into ClientTimeout."""
+    try:
+        return await asyncio.wait_for(step, seconds)
+    except TimeoutError:
+        raise ClientTimeout(f"{what} silent for {seconds:.0f} s") from None
+
+
+def reply_for_error(error: QsiftError) -> Reply:
+    """The answer an error class declares for itself (errors.py)."""
+    answer = Answer(error.qmqp_reply)
+    return Reply(answer, error.smtp_code, error.enhanced_status, str(error) or type(error).__name__)
+
+
+def log_outcome(outcome: Outcome, envelope: Envelope, spool: MessageSpool, started: float) -> None:
+    elapsed_ms = (time.monotonic() - started) * 1000
+    line = summary_line(
+        outcome, envelope, size=spool.size, msgid=message_id(spool.head(_HEAD_FOR_LOG)), elapsed_ms=elapsed_ms
+    )
+    logger.log(SUMMARY, "%s", line)
+
+
+class ClientGoneWatch:
+    """Sets `event` when the client closes its side while we work on its message.
+
+    A QMQP client sends nothing after its request, so any read result is either EOF (gone) or a
+    protocol violation we ignore. SMTP clients may pipeline a QUIT behind DATA: those bytes go to
+    `on_data` so the session can process them after answering.
+    """
+
+    def __init__(self, reader: asyncio.StreamReader, on_data: Callable[[bytes], None] | None = None) -> None:
+        self._reader = reader
+        self._on_data = on_data
+        self.event = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    async def _watch(self) -> None:
+        try:
+            while data := await self._reader.read(4096):
+                if self._on_data is not None:
+                    self._on_data(data)
+        except (ConnectionError, OSError):
+            pass
+        self.event.set()
+
+    async def __aenter__(self) -> ClientGoneWatch:
+        self._task = asyncio.create_task(self._watch())
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task

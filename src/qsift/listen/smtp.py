@@ -1,0 +1,200 @@
+"""The SMTP and LMTP listeners: a thin asyncio shell around the sans-IO server in wire.smtp_server.
+
+Postfix (content_filter on port 10024) or any MTA hands mail in here. The body is spooled as it arrives
+(bounded memory); after the final dot the pipeline decides, and the answer is sent only once the
+forward's outcome is known: one reply for SMTP, one per recipient for LMTP (RFC 2033 §4.2).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from dataclasses import dataclass
+
+from qsift.config import Listener
+from qsift.errors import ClientTimeout, SpoolError, TooBusy
+from qsift.listen.admission import SessionSlots, client_allowed
+from qsift.listen.session import ClientGoneWatch, log_outcome, peer_ip, read_with_limits, reply_for_error
+from qsift.model import Answer, Envelope, Outcome, Recipient, Reply, address_from_bytes
+from qsift.observe.log import logger
+from qsift.pipeline import Pipeline
+from qsift.spool import MessageSpool
+from qsift.wire import smtp_server as wire
+
+READ_SIZE = 64 * 1024
+
+
+@dataclass
+class SmtpListener:
+    listener: Listener
+    pipeline: Pipeline
+    spool_dir: str | None
+    hostname: str
+
+    def __post_init__(self) -> None:
+        limits = self.listener.limits
+        self.slots = SessionSlots(limits.max_sessions, limits.busy_wait)
+        self.lmtp = self.listener.protocol == "lmtp"
+        self.settings = wire.ServerSettings(
+            hostname=self.hostname,
+            lmtp=self.lmtp,
+            max_message_size=limits.message_size,
+            max_recipients=limits.recipients,
+        )
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Serve one SMTP/LMTP connection to its end; never raises."""
+        client = peer_ip(writer)
+        conn = wire.SmtpServerConnection(self.settings)
+        proto = "LMTP" if self.lmtp else "SMTP"
+        try:
+            if not client_allowed(client, self.listener.acl):
+                logger.warning("%s: access denied to [%s] on %s", proto, client, self.listener.name)
+                conn.reject_connection(Reply.tempfail("4.7.1", "access denied", smtp_code=421))
+                await _flush(writer, conn)
+                return
+            try:
+                async with self.slots.slot():
+                    await read_with_limits(
+                        _Session(self, conn, reader, writer, client).run(),
+                        self.listener.limits.session_timeout,
+                        what=f"{proto} session",
+                    )
+            except TooBusy as exc:
+                conn.reject_connection(reply_for_error(exc))
+                await _flush(writer, conn)
+        except ClientTimeout as exc:
+            logger.info("%s: [%s] %s; connection dropped", proto, client, exc)
+        except (ConnectionError, OSError) as exc:
+            logger.info("%s: connection from [%s] lost: %s", proto, client, exc)
+        except Exception:
+            logger.exception("%s: internal error serving [%s]; connection dropped", proto, client)
+        finally:
+            writer.close()
+            with contextlib.suppress(ConnectionError, OSError):
+                await writer.wait_closed()
+
+
+class _Session:
+    """One connection's loop: feed bytes to the codec, act on its events, send what it queues."""
+
+    def __init__(
+        self,
+        owner: SmtpListener,
+        conn: wire.SmtpServerConnection,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        client: str | None,
+    ) -> None:
+        self.owner = owner
+        self.conn = conn
+        self.reader = reader
+        self.writer = writer
+        self.client = client
+        self.helo: str | None = None
+        self.extended = False
+        self.spool: MessageSpool | None = None
+        self.spool_failure: SpoolError | None = None
+        self.started = time.monotonic()
+
+    async def run(self) -> None:
+        limits = self.owner.listener.limits
+        try:
+            while not self.conn.closed:
+                await _flush(self.writer, self.conn)
+                event = self.conn.next_event()
+                if isinstance(event, wire.NeedData):
+                    data = await read_with_limits(
+                        self.reader.read(READ_SIZE), limits.client_timeout, what="SMTP client"
+                    )
+                    self.conn.receive_data(data)
+                elif isinstance(event, wire.ConnectionClosed | wire.Quit):
+                    break
+                else:
+                    await self._on_event(event)
+            await _flush(self.writer, self.conn)
+        finally:
+            if self.spool is not None:
+                self.spool.close()
+
+    async def _on_event(self, event: object) -> None:
+        if isinstance(event, wire.Hello):
+            self.helo = event.name
+            self.extended = event.extended
+        elif isinstance(event, wire.DataStart):
+            self._new_spool()
+        elif isinstance(event, wire.DataChunk):
+            self._spool_chunk(event.data)
+        elif isinstance(event, wire.DataEnd):
+            replies = await self._answer_message(event)
+            self.conn.answer_data(replies)
+
+    def _new_spool(self) -> None:
+        if self.spool is not None:
+            self.spool.close()
+        self.spool = MessageSpool(self.owner.spool_dir, self.owner.listener.limits.memory_spool)
+        self.spool_failure = None
+        self.started = time.monotonic()
+
+    def _spool_chunk(self, data: bytes) -> None:
+        if self.spool is None or self.spool_failure is not None:
+            return
+        try:
+            self.spool.write(data)
+        except SpoolError as exc:
+            self.spool_failure = exc
+
+    async def _answer_message(self, end: wire.DataEnd) -> list[Reply]:
+        recipients = tuple(Recipient(address_from_bytes(a), p) for a, p in end.recipients)
+        refusal = self._refusal(end)
+        if refusal is not None:
+            return [refusal] * (len(recipients) if self.owner.lmtp else 1)
+        assert self.spool is not None  # a DataEnd always follows a DataStart
+        envelope = Envelope(
+            sender=address_from_bytes(end.sender),
+            recipients=recipients,
+            mail_params=end.mail_params,
+            protocol="LMTP" if self.owner.lmtp else ("ESMTP" if self.extended else "SMTP"),
+            client_address=self.client,
+            helo=self.helo,
+        )
+        async with ClientGoneWatch(self.reader, self.conn.receive_data) as gone:
+            outcome = await self.owner.pipeline.handle(envelope, self.spool, gone.event)
+        log_outcome(outcome, envelope, self.spool, self.started)
+        if self.owner.lmtp:
+            return _per_recipient(outcome, recipients)
+        return [outcome.reply]
+
+    def _refusal(self, end: wire.DataEnd) -> Reply | None:
+        if end.too_big:
+            return Reply.reject("5.3.4", "message too big", smtp_code=552)
+        if self.spool_failure is not None:
+            return reply_for_error(self.spool_failure)
+        return None
+
+
+def _per_recipient(outcome: Outcome, recipients: tuple[Recipient, ...]) -> list[Reply]:
+    """LMTP's answer: each recipient's own result; recipients not forwarded (already delivered) get 250."""
+    by_address = {r.recipient.address: r.reply for r in outcome.per_recipient}
+    if outcome.reply.answer is Answer.TEMPFAIL and not by_address:
+        return [outcome.reply] * len(recipients)
+    replies = []
+    for recipient in recipients:
+        reply = by_address.get(recipient.address)
+        if reply is None:
+            reply = outcome.reply if outcome.reply.answer is Answer.ACCEPT else Reply(
+                Answer.ACCEPT, 250, "2.0.0", f"Ok, id={outcome.mail_id}, already delivered"
+            )
+        elif reply.answer is Answer.ACCEPT:
+            reply = Reply(Answer.ACCEPT, 250, "2.0.0", f"Ok, id={outcome.mail_id}, {reply.text}")
+        replies.append(reply)
+    return replies
+
+
+async def _flush(writer: asyncio.StreamWriter, conn: wire.SmtpServerConnection) -> None:
+    data = conn.data_to_send()
+    if data:
+        writer.write(data)
+        await writer.drain()
+

@@ -1,0 +1,139 @@
+"""One message from receipt to a certain answer: decode, check, decide, act.
+
+Every listener (QMQP, SMTP, LMTP) hands its Envelope and spooled body here and gets an Outcome back;
+the listener only renders it (K/Z/D or an SMTP code). The answer is decided only once the forward's
+outcome is known, and accepted recipients are recorded durably before the answer leaves (DESIGN.md §2).
+
+Content checks and per-recipient policy are the next stages; until they exist every message is CLEAN
+and every recipient's destiny is pass.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+
+from qsift.act.forward import Forwarder
+from qsift.errors import QsiftError
+from qsift.model import (
+    Answer,
+    Disposition,
+    Envelope,
+    ForwardResult,
+    Outcome,
+    RecipientResult,
+    Reply,
+)
+from qsift.observe.log import logger
+from qsift.spool import MessageSpool
+from qsift.store.outcomes import OutcomeRecord, OutcomeStore, delivery_key
+
+
+def new_mail_id() -> str:
+    """A short random id for logs, answers and (later) quarantine file names, as amavisd-new's mail_id."""
+    return secrets.token_urlsafe(9)
+
+
+@dataclass
+class Pipeline:
+    forwarder: Forwarder
+    outcomes: OutcomeStore | None = None
+    dedupe_window: float = 3600.0
+    clock: Callable[[], float] = field(default=time.time)
+
+    async def handle(
+        self, envelope: Envelope, spool: MessageSpool, client_gone: asyncio.Event | None = None
+    ) -> Outcome:
+        """Carry one message to a certain outcome; never raises for trouble downstream."""
+        mail_id = new_mail_id()
+        digest = spool.digest
+        keys = [delivery_key(digest, envelope.sender, a) for a in envelope.addresses]
+        already = await self._delivered_before(keys)
+        owed = tuple(r for r, k in zip(envelope.recipients, keys, strict=True) if k not in already)
+        if not owed:
+            return _duplicate(mail_id, next(iter(already.values())))
+        result = await self.forwarder.forward(replace(envelope, recipients=owed), spool, client_gone)
+        accepted_keys = [
+            delivery_key(digest, envelope.sender, r.recipient.address)
+            for r in result.per_recipient
+            if r.reply.answer is Answer.ACCEPT
+        ]
+        outcome = decide(mail_id, envelope, result, already_delivered=len(envelope.recipients) - len(owed))
+        if accepted_keys:
+            await self._record(accepted_keys, mail_id, outcome.reply.smtp_line())
+        return outcome
+
+    async def _delivered_before(self, keys: Sequence[str]) -> dict[str, OutcomeRecord]:
+        if self.outcomes is None:
+            return {}
+        not_before = self.clock() - self.dedupe_window
+        try:
+            return await asyncio.to_thread(self.outcomes.lookup, keys, not_before)
+        except Exception as exc:  # noqa: BLE001 - a broken record must not stop mail
+            logger.error("outcome record lookup failed, forwarding anyway: %s", exc)
+            return {}
+
+    async def _record(self, keys: Sequence[str], mail_id: str, answer: str) -> None:
+        if self.outcomes is None:
+            return
+        try:
+            await asyncio.to_thread(self.outcomes.record, keys, mail_id, answer, self.clock())
+        except QsiftError as exc:
+            # The downstream has the message: answering Z now would make the retry a duplicate for sure,
+            # while a missing record only makes a duplicate possible if the client also loses our K.
+            logger.error("id=%s delivered but not recorded for dedupe: %s", mail_id, exc)
+
+
+def decide(mail_id: str, envelope: Envelope, result: ForwardResult, already_delivered: int = 0) -> Outcome:
+    """Fold the per-recipient results of the forward into the one answer QMQP and SMTP can give."""
+    results = result.per_recipient
+    temp = [r for r in results if r.reply.answer is Answer.TEMPFAIL]
+    rejected = [r for r in results if r.reply.answer is Answer.REJECT]
+    accepted = len(results) - len(temp) - len(rejected) + already_delivered
+    via = f"from MTA({result.method})"
+    if temp:
+        first = temp[0].reply
+        reply = Reply(
+            Answer.TEMPFAIL,
+            first.smtp_code if 400 <= first.smtp_code < 500 else 451,
+            first.enhanced_status,
+            f"id={mail_id} - forward failed, {via}: {first.smtp_code} {first.enhanced_status} {first.text}",
+        )
+        notes = (f"{accepted} delivered, kept for the retry",) if accepted else ()
+        return Outcome(mail_id, reply, Disposition.TEMPFAILED, per_recipient=results, notes=notes)
+    if rejected and not accepted:
+        first = rejected[0].reply
+        reply = Reply(
+            Answer.REJECT,
+            first.smtp_code,
+            first.enhanced_status,
+            f"id={mail_id} - rejected by next-hop MTA, {via}: {first.smtp_code} {first.enhanced_status} {first.text}",
+        )
+        return Outcome(mail_id, reply, Disposition.BLOCKED, per_recipient=results)
+    text = f"Ok, id={mail_id}, {via}: {result.queued_as or 'accepted'}"
+    notes: tuple[str, ...] = ()
+    if rejected:
+        text += f", but {len(rejected)} REJECT"
+        notes = tuple(_rejection_note(r) for r in rejected)
+    reply = Reply(Answer.ACCEPT, 250, "2.0.0", text)
+    return Outcome(
+        mail_id, reply, Disposition.PASSED, per_recipient=results, queued_as=result.queued_as, notes=notes
+    )
+
+
+def _rejection_note(result: RecipientResult) -> str:
+    reply = result.reply
+    return f"rejected <{result.recipient.address}>: {reply.smtp_code} {reply.enhanced_status} {reply.text}"
+
+
+def _duplicate(mail_id: str, record: OutcomeRecord) -> Outcome:
+    reply = Reply(
+        Answer.ACCEPT,
+        250,
+        "2.0.0",
+        f"Ok, id={mail_id}, already delivered as id={record.mail_id} (identical retry, not forwarded again)",
+    )
+    return Outcome(mail_id, reply, Disposition.DUPLICATE)

@@ -1,0 +1,110 @@
+"""The outcome record: what was delivered, so an identical retry is answered without a second forward.
+
+qmail-qmqpc gives up after 60 s of silence and the remote client retries later; if qsift finished the
+forward meanwhile, the retry would be delivered twice (reference: qmail-protocols.md §4.4). Every
+recipient a message was delivered to is recorded here, durably, before the answer is sent. A request with
+the same body digest and sender within the window is forwarded only to the recipients not yet recorded;
+if none is left, it is answered from the record. Keying by recipient also covers the partial case: when
+the downstream took some recipients and tempfailed others, the answer must be Z, and the retry then goes
+only to the ones still owed.
+
+SQLite in WAL mode with synchronous=FULL, so a record survives a crash the moment `record()` returns,
+and several worker processes can share one file. Calls block on fsync, so the daemon runs them in a
+thread (`asyncio.to_thread`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sqlite3
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from qsift.errors import SpoolError
+from qsift.model import address_bytes
+
+# SQLite allows 32766 host parameters; stay well below.
+_BATCH = 500
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS outcomes (
+    key      TEXT PRIMARY KEY,
+    mail_id  TEXT NOT NULL,
+    answer   TEXT NOT NULL,
+    created  REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS outcomes_created ON outcomes (created);
+"""
+
+
+@dataclass(frozen=True)
+class OutcomeRecord:
+    mail_id: str
+    answer: str
+    created: float
+
+
+def delivery_key(body_digest: str, sender: str, recipient: str) -> str:
+    """Identify one delivery by the body, the envelope sender and the recipient."""
+    digest = hashlib.sha256(body_digest.encode("ascii"))
+    digest.update(b"\0" + address_bytes(sender) + b"\0" + address_bytes(recipient))
+    return digest.hexdigest()
+
+
+class OutcomeStore:
+    """A durable map from request key to the answer it got."""
+
+    def __init__(self, path: str) -> None:
+        directory = os.path.dirname(path)
+        if directory:
+            os.makedirs(directory, mode=0o700, exist_ok=True)
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(path, timeout=30.0, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.executescript(_SCHEMA)
+
+    def lookup(self, keys: Sequence[str], not_before: float) -> dict[str, OutcomeRecord]:
+        """The records among `keys` made at or after `not_before`."""
+        found: dict[str, OutcomeRecord] = {}
+        with self._lock:
+            for start in range(0, len(keys), _BATCH):
+                batch = keys[start : start + _BATCH]
+                marks = ",".join("?" * len(batch))
+                rows = self._db.execute(
+                    f"SELECT key, mail_id, answer, created FROM outcomes "  # noqa: S608 - only '?' marks
+                    f"WHERE key IN ({marks}) AND created >= ?",
+                    (*batch, not_before),
+                ).fetchall()
+                for key, mail_id, answer, created in rows:
+                    found[str(key)] = OutcomeRecord(str(mail_id), str(answer), float(created))
+        return found
+
+    def record(self, keys: Sequence[str], mail_id: str, answer: str, now: float) -> None:
+        """Store delivered recipients in one durable transaction; SpoolError if it cannot be made durable."""
+        try:
+            with self._lock:
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    self._db.executemany(
+                        "INSERT OR REPLACE INTO outcomes (key, mail_id, answer, created) VALUES (?, ?, ?, ?)",
+                        [(key, mail_id, answer, now) for key in keys],
+                    )
+                except BaseException:
+                    self._db.execute("ROLLBACK")
+                    raise
+                self._db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            raise SpoolError(f"cannot write outcome record: {exc}") from exc
+
+    def purge(self, older_than: float) -> int:
+        """Forget records past the window; returns how many went."""
+        with self._lock:
+            cursor = self._db.execute("DELETE FROM outcomes WHERE created < ?", (older_than,))
+        return cursor.rowcount
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
