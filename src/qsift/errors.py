@@ -47,7 +47,7 @@ class TooManyRecipients(ClientError):
     """More recipients than the configured limit."""
 
     enhanced_status = "5.5.3"
-    smtp_code = 452
+    smtp_code = 552
 
 
 class BadAddress(ClientError):

@@ -29,7 +29,7 @@ from qsift.model import (
 )
 from qsift.observe.log import logger
 from qsift.spool import MessageSpool
-from qsift.store.outcomes import OutcomeRecord, OutcomeStore, delivery_key
+from qsift.store.outcomes import OutcomeRecord, OutcomeStore, body_fingerprint, delivery_key
 
 
 def new_mail_id() -> str:
@@ -49,7 +49,7 @@ class Pipeline:
     ) -> Outcome:
         """Carry one message to a certain outcome; never raises for trouble downstream."""
         mail_id = new_mail_id()
-        digest = spool.digest
+        digest = await asyncio.to_thread(body_fingerprint, spool.chunks())
         keys = [delivery_key(digest, envelope.sender, a) for a in envelope.addresses]
         already = await self._delivered_before(keys)
         owed = tuple(r for r, k in zip(envelope.recipients, keys, strict=True) if k not in already)
@@ -72,7 +72,7 @@ class Pipeline:
         not_before = self.clock() - self.dedupe_window
         try:
             return await asyncio.to_thread(self.outcomes.lookup, keys, not_before)
-        except Exception as exc:  # noqa: BLE001 - a broken record must not stop mail
+        except Exception as exc:  # a broken record must not stop mail
             logger.error("outcome record lookup failed, forwarding anyway: %s", exc)
             return {}
 
@@ -110,7 +110,8 @@ def decide(mail_id: str, envelope: Envelope, result: ForwardResult, already_deli
             Answer.REJECT,
             first.smtp_code,
             first.enhanced_status,
-            f"id={mail_id} - rejected by next-hop MTA, {via}: {first.smtp_code} {first.enhanced_status} {first.text}",
+            f"id={mail_id} - rejected by next-hop MTA, {via}: "
+            f"{first.smtp_code} {first.enhanced_status} {first.text}",
         )
         return Outcome(mail_id, reply, Disposition.BLOCKED, per_recipient=results)
     text = f"Ok, id={mail_id}, {via}: {result.queued_as or 'accepted'}"

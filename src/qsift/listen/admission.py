@@ -18,7 +18,10 @@ from qsift.errors import TooBusy
 
 
 def client_allowed(peer_ip: str | None, acl: Sequence[Network]) -> bool:
-    """True if the peer's address is in one of the ACL's networks; unix-socket peers pass (file modes guard them)."""
+    """True if the peer's address is in one of the ACL's networks.
+
+    Unix-socket peers pass: the socket file's mode guards them.
+    """
     if peer_ip is None:
         return True
     try:

@@ -64,7 +64,9 @@ class QmqpListener:
             with contextlib.suppress(ConnectionError, OSError):
                 await writer.wait_closed()
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, client: str | None) -> None:
+    async def _serve(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, client: str | None
+    ) -> None:
         started = time.monotonic()
         limits = self.listener.limits
         spool = MessageSpool(self.spool_dir, limits.memory_spool)
@@ -94,7 +96,9 @@ class QmqpListener:
             log_outcome(outcome, envelope, spool, started)
             await _answer(writer, outcome.reply)
 
-    async def _read_request(self, reader: asyncio.StreamReader, spool: MessageSpool) -> Received | Reply | None:
+    async def _read_request(
+        self, reader: asyncio.StreamReader, spool: MessageSpool
+    ) -> Received | Reply | None:
         limits = self.listener.limits
         parser = qmqp.RequestParser(
             max_message_size=limits.message_size,
@@ -107,7 +111,9 @@ class QmqpListener:
         while True:
             event = parser.next_event()
             if isinstance(event, qmqp.NeedData):
-                data = await read_with_limits(reader.read(READ_SIZE), limits.client_timeout, what="QMQP client")
+                data = await read_with_limits(
+                    reader.read(READ_SIZE), limits.client_timeout, what="QMQP client"
+                )
                 if not data:
                     return None
                 parser.receive_data(data)

@@ -183,8 +183,10 @@ def _per_recipient(outcome: Outcome, recipients: tuple[Recipient, ...]) -> list[
     for recipient in recipients:
         reply = by_address.get(recipient.address)
         if reply is None:
-            reply = outcome.reply if outcome.reply.answer is Answer.ACCEPT else Reply(
-                Answer.ACCEPT, 250, "2.0.0", f"Ok, id={outcome.mail_id}, already delivered"
+            reply = (
+                outcome.reply
+                if outcome.reply.answer is Answer.ACCEPT
+                else Reply(Answer.ACCEPT, 250, "2.0.0", f"Ok, id={outcome.mail_id}, already delivered")
             )
         elif reply.answer is Answer.ACCEPT:
             reply = Reply(Answer.ACCEPT, 250, "2.0.0", f"Ok, id={outcome.mail_id}, {reply.text}")
@@ -197,4 +199,3 @@ async def _flush(writer: asyncio.StreamWriter, conn: wire.SmtpServerConnection) 
     if data:
         writer.write(data)
         await writer.drain()
-

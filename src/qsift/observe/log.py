@@ -34,9 +34,7 @@ def setup(log_level: int, syslog_facility: str = "") -> None:
     for existing in list(logger.handlers):
         logger.removeHandler(existing)
     if syslog_facility:
-        target: logging.Handler = logging.handlers.SysLogHandler(
-            address="/dev/log", facility=syslog_facility
-        )
+        target: logging.Handler = logging.handlers.SysLogHandler(address="/dev/log", facility=syslog_facility)
         target.setFormatter(logging.Formatter("qsift[%(process)d]: %(message)s"))
     else:
         target = logging.StreamHandler(sys.stderr)
@@ -64,9 +62,7 @@ def message_id(head: bytes) -> str:
     return value[:200].decode("utf-8", "replace")
 
 
-def summary_line(
-    outcome: Outcome, envelope: Envelope, *, size: int, msgid: str, elapsed_ms: float
-) -> str:
+def summary_line(outcome: Outcome, envelope: Envelope, *, size: int, msgid: str, elapsed_ms: float) -> str:
     """amavisd-new's one line per message: what happened, who, which message, how long."""
     recipients = ",".join(f"<{address}>" for address in envelope.addresses)
     client = f"[{envelope.client_address}]" if envelope.client_address else "[-]"

@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import sqlite3
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from qsift.errors import SpoolError
@@ -44,6 +45,38 @@ class OutcomeRecord:
     mail_id: str
     answer: str
     created: float
+
+
+_FIRST_FIELD_LIMIT = 64 * 1024
+_FIELD_END = re.compile(rb"\n(?![ \t])")
+
+
+def body_fingerprint(chunks: Iterable[bytes]) -> str:
+    """SHA-256 of the message without its topmost Received field.
+
+    qmail-smtpd prepends a Received line with the time of each attempt, so a remote client's retry of
+    the same message reaches us with a different first line; everything below it is the same.
+    """
+    digest = hashlib.sha256()
+    head = b""
+    iterator = iter(chunks)
+    for chunk in iterator:
+        head += chunk
+        if len(head) >= _FIRST_FIELD_LIMIT:
+            break
+    digest.update(_without_first_received(head))
+    for chunk in iterator:
+        digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _without_first_received(head: bytes) -> bytes:
+    if head[:9].lower() != b"received:":
+        return head
+    end = _FIELD_END.search(head)
+    if end is None or end.end() >= len(head):
+        return head
+    return head[end.end() :]
 
 
 def delivery_key(body_digest: str, sender: str, recipient: str) -> str:

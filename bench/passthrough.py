@@ -1,0 +1,144 @@
+"""Pass-through throughput and latency: QMQP clients -> qsift -> SMTP sink, beside clients -> sink.
+
+    .venv/bin/python -m bench.passthrough --messages 2000 --concurrency 8
+
+Starts a real `qsift serve` process (log_level 0) forwarding to an aiosmtpd sink in this process, sends
+the same corpus of messages through it with N concurrent QMQP clients, then sends the same messages
+straight to the sink with N concurrent SMTP clients (qsift's own SMTP client, the forward path without
+the filter), and prints messages/s and p50/p99 latency for both, and their ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from aiosmtpd.controller import Controller
+
+from qsift.act.smtp_forward import SmtpTimeouts, forward_via_smtp, parse_forward_method
+from qsift.model import Envelope, Recipient
+from qsift.spool import MessageSpool
+from tests.harness import free_port, qmqp_send
+
+
+class CountingHandler:
+    def __init__(self) -> None:
+        self.count = 0
+
+    async def handle_DATA(self, server: object, session: object, envelope: object) -> str:
+        self.count += 1
+        return "250 2.0.0 Ok: queued"
+
+
+def corpus(count: int) -> list[bytes]:
+    sizes = [2_000, 5_000, 20_000, 60_000]
+    return [
+        b"From: a@example.org\nTo: b@example.net\nSubject: bench %d\nMessage-ID: <%d@bench>\n\n" % (i, i)
+        + (b"Lorem ipsum dolor sit amet, consectetur adipiscing elit.\n" * (sizes[i % 4] // 58))
+        for i in range(count)
+    ]
+
+
+async def run_clients(messages: list[bytes], concurrency: int, send: object) -> tuple[float, list[float]]:
+    queue: asyncio.Queue[bytes] = asyncio.Queue()
+    for message in messages:
+        queue.put_nowait(message)
+    latencies: list[float] = []
+
+    async def worker() -> None:
+        while not queue.empty():
+            message = queue.get_nowait()
+            started = time.perf_counter()
+            await send(message)  # type: ignore[operator]
+            latencies.append(time.perf_counter() - started)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return time.perf_counter() - started, latencies
+
+
+def report(name: str, elapsed: float, latencies: list[float]) -> float:
+    ordered = sorted(latencies)
+    rate = len(ordered) / elapsed
+    p50 = statistics.median(ordered) * 1000
+    p99 = ordered[int(len(ordered) * 0.99) - 1] * 1000
+    print(f"{name:28s} {rate:8.1f} msg/s   p50 {p50:7.2f} ms   p99 {p99:7.2f} ms")
+    return rate
+
+
+async def main_async(args: argparse.Namespace) -> None:
+    handler = CountingHandler()
+    sink_port = free_port()
+    sink = Controller(handler, hostname="127.0.0.1", port=sink_port)
+    sink.start()
+    workdir = Path(tempfile.mkdtemp(prefix="qsift-bench-"))
+    qmqp_port = free_port()
+    (workdir / "qsift.toml").write_text(
+        f'log_level = 0\nstate_dir = "{workdir}/state"\n'
+        f'[forward]\nmethod = "smtp:[127.0.0.1]:{sink_port}"\n'
+        f'[[listen]]\nprotocol = "qmqp"\naddress = "127.0.0.1:{qmqp_port}"\n'
+    )
+    qsift = subprocess.Popen(
+        [str(Path(sys.executable).parent / "qsift"), "serve", "--config", str(workdir / "qsift.toml")],
+        stderr=subprocess.DEVNULL,
+    )
+    messages = corpus(args.messages)
+    try:
+        await _wait_port(qmqp_port)
+        answers: list[str] = []
+
+        async def via_qsift(message: bytes) -> None:
+            answers.append(await qmqp_send(qmqp_port, message, b"a@example.org", [b"b@example.net"]))
+
+        target = parse_forward_method(f"smtp:[127.0.0.1]:{sink_port}")
+        envelope = Envelope("a@example.org", (Recipient("b@example.net"),))
+
+        async def direct(message: bytes) -> None:
+            with MessageSpool.from_bytes(message) as spool:
+                result = await forward_via_smtp(target, envelope, spool, helo_name="bench", timeouts=SmtpTimeouts())
+            assert result.all_accepted
+
+        await run_clients(messages[:50], args.concurrency, via_qsift)  # warm-up
+        elapsed_q, lat_q = await run_clients(messages, args.concurrency, via_qsift)
+        elapsed_d, lat_d = await run_clients(messages, args.concurrency, direct)
+        assert all(a.startswith("K") for a in answers), {a[:60] for a in answers if not a.startswith("K")}
+        print(f"{len(messages)} messages (2-60 kB), {args.concurrency} concurrent clients, one qsift process")
+        rate_q = report("QMQP -> qsift -> SMTP sink", elapsed_q, lat_q)
+        rate_d = report("SMTP -> sink (direct)", elapsed_d, lat_d)
+        print(f"qsift pass-through / direct: {rate_q / rate_d:.2f}")
+    finally:
+        qsift.send_signal(signal.SIGTERM)
+        qsift.wait(30)
+        sink.stop()
+
+
+async def _wait_port(port: int) -> None:
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.close()
+            return
+        except OSError:
+            await asyncio.sleep(0.05)
+    raise SystemExit("qsift did not start")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--messages", type=int, default=2000)
+    parser.add_argument("--concurrency", type=int, default=8)
+    asyncio.run(main_async(parser.parse_args()))
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONHASHSEED", "0")
+    main()

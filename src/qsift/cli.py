@@ -1,0 +1,70 @@
+"""The `qsift` command: serve, config check."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import json
+import sys
+from collections.abc import Sequence
+
+from qsift import config as config_module
+from qsift.errors import ConfigError
+from qsift.observe import log
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "serve":
+            return _serve(args.config)
+        if args.command == "config":
+            return _config_check(args.file)
+    except ConfigError as exc:
+        print(f"qsift: configuration error: {exc}", file=sys.stderr)
+        return 2
+    parser.print_help(sys.stderr)
+    return 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="qsift", description="Mail content filter for qmail, Postfix and any MTA."
+    )
+    commands = parser.add_subparsers(dest="command")
+    serve = commands.add_parser("serve", help="run the daemon in the foreground")
+    serve.add_argument("--config", metavar="FILE", help="TOML configuration (default: embedded defaults)")
+    config = commands.add_parser("config", help="configuration tools")
+    config_commands = config.add_subparsers(dest="config_command", required=True)
+    check = config_commands.add_parser("check", help="validate FILE and print the effective configuration")
+    check.add_argument("file", metavar="FILE")
+    return parser
+
+
+def _load(path: str | None) -> config_module.Config:
+    return config_module.load(path) if path else config_module.loads("", source="<defaults>")
+
+
+def _serve(path: str | None) -> int:
+    from qsift.serve.daemon import Daemon
+
+    settings = _load(path)
+    log.setup(settings.log_level, settings.syslog)
+    try:
+        asyncio.run(Daemon(settings).run())
+    except OSError as exc:
+        print(f"qsift: cannot start: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _config_check(path: str) -> int:
+    settings = _load(path)
+    print(json.dumps(dataclasses.asdict(settings), indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,135 @@
+"""The daemon: bind the listeners, serve until told to stop, drain, exit.
+
+Foreground only (daemontools and systemd supervise it); logs go to stderr unless syslog is configured.
+SIGTERM and SIGINT stop accepting at once and give in-flight sessions `drain_timeout` seconds to finish;
+sessions still running then are cut, which their clients see as a temporary failure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import signal
+import stat
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from qsift.act.forward import make_forwarder
+from qsift.config import Config, Listener
+from qsift.listen.qmqp import QmqpListener
+from qsift.listen.smtp import SmtpListener
+from qsift.observe.log import logger
+from qsift.pipeline import Pipeline
+from qsift.spool import make_private_dir
+from qsift.store.outcomes import OutcomeStore
+
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+DRAIN_TIMEOUT = 60.0
+
+
+@dataclass
+class Daemon:
+    config: Config
+    drain_timeout: float = DRAIN_TIMEOUT
+    handle_signals: bool = True
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
+    servers: list[asyncio.Server] = field(default_factory=list)
+    sessions: set[asyncio.Task[None]] = field(default_factory=set)
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def run(self) -> None:
+        """Serve until SIGTERM/SIGINT (or `stop()`), then drain and clean up."""
+        spool_dir = make_private_dir(self.config.tmp_dir or None)
+        os.makedirs(self.config.state_dir, mode=0o700, exist_ok=True)
+        outcomes = OutcomeStore(os.path.join(self.config.state_dir, "outcomes.sqlite"))
+        pipeline = Pipeline(
+            make_forwarder(self.config.forward, self.config.myhostname),
+            outcomes,
+            self.config.dedupe_window,
+        )
+        try:
+            for listener in self.config.listeners:
+                await self._bind(listener, self._handler_for(listener, pipeline, spool_dir))
+            if self.handle_signals:
+                self._install_signals()
+            self.ready.set()
+            logger.warning(
+                "qsift ready: %s; forward %s",
+                ", ".join(listener.name for listener in self.config.listeners),
+                pipeline.forwarder.method,
+            )
+            await self.stopping.wait()
+            await self._drain()
+        finally:
+            for server in self.servers:
+                server.close()
+            outcomes.close()
+            shutil.rmtree(spool_dir, ignore_errors=True)
+            logger.warning("qsift stopped")
+
+    def stop(self) -> None:
+        self.stopping.set()
+
+    def _handler_for(self, listener: Listener, pipeline: Pipeline, spool_dir: str) -> Handler:
+        serve: Handler
+        if listener.protocol == "qmqp":
+            serve = QmqpListener(listener, pipeline, spool_dir).handle
+        else:
+            serve = SmtpListener(listener, pipeline, spool_dir, self.config.myhostname).handle
+
+        async def track(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            task = asyncio.current_task()
+            assert task is not None
+            self.sessions.add(task)
+            try:
+                await serve(reader, writer)
+            finally:
+                self.sessions.discard(task)
+
+        return track
+
+    async def _bind(self, listener: Listener, handler: Handler) -> None:
+        address = listener.address
+        if address.path is not None:
+            _remove_stale_socket(address.path)
+            server = await asyncio.start_unix_server(handler, address.path)
+            os.chmod(address.path, 0o660)
+        else:
+            server = await asyncio.start_server(handler, address.host, address.port, reuse_address=True)
+        self.servers.append(server)
+
+    def _install_signals(self) -> None:
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, self._on_stop_signal, signum)
+        loop.add_signal_handler(signal.SIGHUP, self._on_hup)
+
+    def _on_stop_signal(self, signum: int) -> None:
+        logger.warning(
+            "%s: stop accepting, draining %d session(s)", signal.Signals(signum).name, len(self.sessions)
+        )
+        self.stop()
+
+    def _on_hup(self) -> None:
+        logger.warning("SIGHUP: configuration reload is not implemented yet; restart to apply changes")
+
+    async def _drain(self) -> None:
+        for server in self.servers:
+            server.close()
+        if not self.sessions:
+            return
+        _, pending = await asyncio.wait(set(self.sessions), timeout=self.drain_timeout)
+        for task in pending:
+            task.cancel()
+        if pending:
+            logger.warning("drain timeout: cut %d session(s); their clients will retry", len(pending))
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.wait(pending, timeout=5)
+
+
+def _remove_stale_socket(path: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        if stat.S_ISSOCK(os.stat(path).st_mode):
+            os.unlink(path)
