@@ -1,0 +1,96 @@
+"""Passing the filter's own refusal text back to qmail-smtpd, in the convention the MTA understands.
+
+Stock qmail has none: qmail-smtpd can only say "mail server permanently rejected message". Three
+patches let a queue program supply the text (qmail-protocols.md §3.4); $QSIFT_CUSTOM_ERROR picks one:
+
+  off       stderr only (default; stock qmail 1.03, netqmail without the patch)
+  notqmail  write `Dtext (#5.x.y)` to fd 6 and exit 82 (notqmail >= 1.09, netqmail + custom-error-v2)
+  simscan   fd 4, exit 82 (netqmail + the original patch shipped with simscan)
+  indimail  fd $ERROR_FD (default 2, -1 disables), exit 88; 82 means "unable to exec qq" there
+
+The text is written only if the descriptor is a pipe: under a caller without the patch the descriptor
+is closed or is something else (tcpserver's socket), and the plain exit code must stand.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Mapping
+
+from qsift.queue_client.outcome import Fatal
+from qsift.wire.qmail_queue import ExitCode, custom_error_text
+
+INDIMAIL_CUSTOM_ERROR = 88
+_DEFAULT_STATUS = {"D": "5.3.0", "Z": "4.3.0"}
+
+
+class Convention:
+    """Where the text goes and which exit code tells the caller to read it."""
+
+    __slots__ = ("exit_code", "fd")
+
+    def __init__(self, fd: int, exit_code: int) -> None:
+        self.fd = fd
+        self.exit_code = exit_code
+
+
+def convention_from_env(env: Mapping[str, str]) -> Convention | None:
+    """The convention $QSIFT_CUSTOM_ERROR names, or None for `off`."""
+    mode = (env.get("QSIFT_CUSTOM_ERROR") or "off").strip().lower()
+    if mode == "off":
+        return None
+    if mode == "notqmail":
+        return Convention(6, ExitCode.CUSTOM_ERROR)
+    if mode == "simscan":
+        return Convention(4, ExitCode.CUSTOM_ERROR)
+    if mode == "indimail":
+        raw = (env.get("ERROR_FD") or "2").strip()
+        if not raw.lstrip("-").isdigit() or int(raw) < -1:
+            raise Fatal(ExitCode.CONFIG_ERROR, f"ERROR_FD={raw!r} is not a descriptor number")
+        return None if int(raw) == -1 else Convention(int(raw), INDIMAIL_CUSTOM_ERROR)
+    raise Fatal(ExitCode.CONFIG_ERROR, f"QSIFT_CUSTOM_ERROR={mode!r}: use off, notqmail, simscan or indimail")
+
+
+def text_for_answer(letter: str, reply: bytes) -> bytes:
+    """The custom-error text for a server's D or Z answer.
+
+    qsift answers `D554 5.7.0 rejected: ...`; qmail-smtpd puts its own 554/451 in front, so the SMTP
+    code goes and the enhanced status moves to qmail's `(#5.7.0)` place. A text already ending in
+    `(#x.y.z)` (qmail-qmqpd's style) keeps its code.
+    """
+    status, text = split_status(letter, reply.decode("utf-8", "replace").strip())
+    return custom_error_text(letter, text, status)
+
+
+def split_status(letter: str, text: str) -> tuple[str, str]:
+    """(enhanced status, text without it) from a reply text; a default status if it names none."""
+    if len(text) >= 4 and text[:3].isdigit() and text[3] == " ":
+        text = text[4:].lstrip()
+    first, _, rest = text.partition(" ")
+    if _is_status(first, letter):
+        return first, rest.strip()
+    body, mark, end = text.rpartition("(#")
+    if mark and end.endswith(")") and _is_status(end[:-1], letter):
+        return end[:-1], body.rstrip()
+    return _DEFAULT_STATUS[letter], text
+
+
+def _is_status(word: str, letter: str) -> bool:
+    parts = word.split(".")
+    return (
+        len(parts) == 3
+        and all(part.isascii() and part.isdigit() and len(part) <= 3 for part in parts)
+        and parts[0] == _DEFAULT_STATUS[letter][0]
+    )
+
+
+def write_text(fd: int, text: bytes) -> bool:
+    """Write the text if `fd` is a pipe; False if it is not, or the write failed."""
+    try:
+        if not stat.S_ISFIFO(os.fstat(fd).st_mode):
+            return False
+        # At most 255 bytes, under PIPE_BUF: one write, never split.
+        return os.write(fd, text) == len(text)
+    except OSError:
+        return False
