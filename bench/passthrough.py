@@ -22,11 +22,11 @@ import time
 from pathlib import Path
 
 from aiosmtpd.controller import Controller
-
 from qsift.act.smtp_forward import SmtpTimeouts, forward_via_smtp, parse_forward_method
+from tests.harness import free_port, qmqp_send
+
 from qsift.model import Envelope, Recipient
 from qsift.spool import MessageSpool
-from tests.harness import free_port, qmqp_send
 
 
 class CountingHandler:
@@ -103,7 +103,9 @@ async def main_async(args: argparse.Namespace) -> None:
 
         async def direct(message: bytes) -> None:
             with MessageSpool.from_bytes(message) as spool:
-                result = await forward_via_smtp(target, envelope, spool, helo_name="bench", timeouts=SmtpTimeouts())
+                result = await forward_via_smtp(
+                    target, envelope, spool, helo_name="bench", timeouts=SmtpTimeouts()
+                )
             assert result.all_accepted
 
         await run_clients(messages[:50], args.concurrency, via_qsift)  # warm-up

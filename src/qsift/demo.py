@@ -6,6 +6,7 @@ The forward target is a maildir in a scratch directory, so the demo needs no MTA
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -34,13 +35,16 @@ SAMPLES: tuple[tuple[str, bytes, bytes, list[bytes]], ...] = (
     ),
     (
         "a bounce (null sender)",
-        b"From: MAILER-DAEMON@example.org\nSubject: failure notice\nMessage-ID: <demo-3@example.org>\n\nsorry\n",
+        b"From: MAILER-DAEMON@example.org\nSubject: failure notice\n"
+        b"Message-ID: <demo-3@example.org>\n\nsorry\n",
         b"",
         [b"alice@example.org"],
     ),
     (
         "a message over the demo's 1 MiB size limit",
-        b"From: alice@example.org\nSubject: big\nMessage-ID: <demo-4@example.org>\n\n" + b"x" * 76 + b"\n" * 0
+        b"From: alice@example.org\nSubject: big\nMessage-ID: <demo-4@example.org>\n\n"
+        + b"x" * 76
+        + b"\n" * 0
         + (b"y" * 76 + b"\n") * 15000,
         b"alice@example.org",
         [b"bob@example.net"],
@@ -81,7 +85,9 @@ def main() -> int:
     return 0
 
 
-def _push(program: Path, env: dict[str, str], title: str, message: bytes, sender: bytes, rcpts: list[bytes]) -> None:
+def _push(
+    program: Path, env: dict[str, str], title: str, message: bytes, sender: bytes, rcpts: list[bytes]
+) -> None:
     code, stderr = _run_queue(program, env, message, encode_envelope(sender, rcpts))
     print(f"demo: {title}: qsift-queue exit {code}: {stderr or '(no text)'}")
 
@@ -101,11 +107,8 @@ def _run_queue(program: Path, env: dict[str, str], message: bytes, envelope: byt
             [str(program)], stdin=body, stdout=envelope_r, stderr=subprocess.PIPE, env=env
         )
         os.close(envelope_r)
-        with os.fdopen(envelope_w, "wb") as pipe:
-            try:
-                pipe.write(envelope)
-            except BrokenPipeError:
-                pass
+        with os.fdopen(envelope_w, "wb") as pipe, contextlib.suppress(BrokenPipeError):
+            pipe.write(envelope)
         _, err = child.communicate(timeout=60)
     return child.returncode, err.decode("utf-8", "replace").strip()
 

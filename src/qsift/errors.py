@@ -6,15 +6,15 @@ Policy outcomes are never exceptions; these are for things that went wrong.
 
 from __future__ import annotations
 
-from typing import ClassVar
-
 
 class QsiftError(Exception):
     """Root of every error qsift raises on purpose."""
 
-    enhanced_status: ClassVar[str] = "4.3.0"
-    qmqp_reply: ClassVar[str] = "Z"
-    smtp_code: ClassVar[int] = 451
+    # Plain class attributes, not typing.ClassVar: qsift-queue imports this module once per message and
+    # importing typing would cost it several milliseconds.
+    enhanced_status: str = "4.3.0"
+    qmqp_reply: str = "Z"
+    smtp_code: int = 451
 
 
 # --- the client (the MTA side that hands us the message) broke a rule ---------------------------------

@@ -102,8 +102,8 @@ def decide(mail_id: str, envelope: Envelope, result: ForwardResult, already_deli
             first.enhanced_status,
             f"id={mail_id} - forward failed, {via}: {first.smtp_code} {first.enhanced_status} {first.text}",
         )
-        notes = (f"{accepted} delivered, kept for the retry",) if accepted else ()
-        return Outcome(mail_id, reply, Disposition.TEMPFAILED, per_recipient=results, notes=notes)
+        kept: tuple[str, ...] = (f"{accepted} delivered, kept for the retry",) if accepted else ()
+        return Outcome(mail_id, reply, Disposition.TEMPFAILED, per_recipient=results, notes=kept)
     if rejected and not accepted:
         first = rejected[0].reply
         reply = Reply(

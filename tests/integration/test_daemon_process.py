@@ -8,7 +8,6 @@ import re
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,7 +18,9 @@ FAKE_QQ = Path(__file__).parents[1] / "fakes" / "qmail_queue.py"
 QSIFT = str(Path(sys.executable).parent / "qsift")
 
 
-def start(tmp_path: Path, forward: str, env: dict[str, str] | None = None) -> tuple[subprocess.Popen[bytes], int]:
+def start(
+    tmp_path: Path, forward: str, env: dict[str, str] | None = None
+) -> tuple[subprocess.Popen[bytes], int]:
     port = free_port()
     config = tmp_path / "qsift.toml"
     config.write_text(
@@ -38,10 +39,10 @@ def start(tmp_path: Path, forward: str, env: dict[str, str] | None = None) -> tu
 
 
 @pytest.fixture
-def queue_dir(tmp_path: Path) -> Iterator[Path]:
+def queue_dir(tmp_path: Path) -> Path:
     directory = tmp_path / "queue"
     directory.mkdir()
-    yield directory
+    return directory
 
 
 def fake_qq(tmp_path: Path) -> str:
@@ -62,8 +63,8 @@ async def test_summary_line_names_outcome_client_envelope_and_message(tmp_path: 
     log = err.decode()
     assert re.search(
         r"Passed CLEAN, QMQP \[127\.0\.0\.1\] <alice@example\.org> -> <bob@example\.net>, "
-        r"Message-ID: <m1@example\.org>, mail_id: [\w-]{12}, size: %d, queued_as: delivered as \S+, \d+ ms"
-        % len(message),
+        rf"Message-ID: <m1@example\.org>, mail_id: [\w-]{{12}}, size: {len(message)}, "
+        r"queued_as: delivered as \S+, \d+ ms",
         log,
     ), log
 
@@ -82,7 +83,9 @@ def child_pids(pid: int) -> list[int]:
 
 
 async def test_sigterm_lets_the_message_in_flight_finish(tmp_path: Path, queue_dir: Path) -> None:
-    process, port = start(tmp_path, fake_qq(tmp_path), {"FAKE_QQ_DIR": str(queue_dir), "FAKE_QQ_SLEEP": "1.5"})
+    process, port = start(
+        tmp_path, fake_qq(tmp_path), {"FAKE_QQ_DIR": str(queue_dir), "FAKE_QQ_SLEEP": "1.5"}
+    )
     in_flight = asyncio.create_task(qmqp_send(port, b"Subject: slow\n\nx\n", b"a@x.org", [b"b@y.net"]))
     loop = asyncio.get_running_loop()
     deadline = loop.time() + 10

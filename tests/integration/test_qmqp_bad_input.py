@@ -76,7 +76,7 @@ async def test_truncated_request_gets_no_answer_and_nothing_is_delivered(
     daemon: RunningDaemon, tmp_path: Path
 ) -> None:
     request = qmqp_request(GOOD, b"a@x", [b"b@y"])
-    reader, writer = await asyncio.open_connection("127.0.0.1", daemon.qmqp)
+    _, writer = await asyncio.open_connection("127.0.0.1", daemon.qmqp)
     writer.write(request[:-3])
     await writer.drain()
     writer.close()
@@ -86,7 +86,9 @@ async def test_truncated_request_gets_no_answer_and_nothing_is_delivered(
     assert len(delivered(tmp_path)) == 1
 
 
-async def test_silent_client_is_dropped_after_the_client_timeout(daemon: RunningDaemon, tmp_path: Path) -> None:
+async def test_silent_client_is_dropped_after_the_client_timeout(
+    daemon: RunningDaemon, tmp_path: Path
+) -> None:
     reader, writer = await asyncio.open_connection("127.0.0.1", daemon.qmqp)
     writer.write(qmqp_request(GOOD, b"a@x", [b"b@y"])[:20])
     await writer.drain()
@@ -98,7 +100,9 @@ async def test_silent_client_is_dropped_after_the_client_timeout(daemon: Running
     assert delivered(tmp_path) == []
 
 
-async def test_ten_thousand_recipients_and_a_one_megabyte_header_line(daemon: RunningDaemon, tmp_path: Path) -> None:
+async def test_ten_thousand_recipients_and_a_one_megabyte_header_line(
+    daemon: RunningDaemon, tmp_path: Path
+) -> None:
     recipients = [b"user%d@example.net" % i for i in range(10_000)]
     message = b"X-Long: " + b"a" * 1_000_000 + b"\nSubject: wide\n\nbody\n"
     answer = await qmqp_send(daemon.qmqp, message, b"a@example.org", recipients)

@@ -61,7 +61,8 @@ def test_listeners_inherit_and_override_limits() -> None:
         ("[[listen]]\nprotocol = 'smtp'\naddress = '127.0.0.1:1'\nacl = 'x'", "acl must be a list"),
         ("[[listen]]\nprotocol = 'smtp'\naddress = '127.0.0.1:1'\nfoo = 1", "unknown key 'foo'"),
         (
-            "[[listen]]\nprotocol = 'smtp'\naddress = '127.0.0.1:1'\n[[listen]]\nprotocol = 'qmqp'\naddress = '127.0.0.1:1'",
+            "[[listen]]\nprotocol = 'smtp'\naddress = '127.0.0.1:1'\n"
+            "[[listen]]\nprotocol = 'qmqp'\naddress = '127.0.0.1:1'",
             "two listeners",
         ),
         ("limits = 3", "must be a table"),
