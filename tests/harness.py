@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import socket
 from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -119,3 +119,85 @@ async def qmqp_exchange(port: int, request: bytes, *, timeout: float = 30.0) -> 
 
 async def qmqp_send(port: int, message: bytes, sender: bytes, recipients: list[bytes], **kw: float) -> str:
     return await qmqp_exchange(port, qmqp_request(message, sender, recipients), **kw)
+
+
+@dataclass
+class SmtpTranscript:
+    """What an SMTP/LMTP server answered at each step of one transaction."""
+
+    greeting: tuple[int, str]
+    mail: tuple[int, str] | None = None
+    rcpts: list[tuple[int, str]] = field(default_factory=list)
+    data: tuple[int, str] | None = None
+    #: The replies after the final dot: one for SMTP, one per accepted recipient for LMTP.
+    final: list[tuple[int, str]] = field(default_factory=list)
+
+
+class _LineReader:
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self._buffer = b""
+
+    def reply(self) -> tuple[int, str]:
+        """One whole reply, multi-line ones joined; (0, '') if the server closed."""
+        lines = []
+        while True:
+            while b"\r\n" not in self._buffer:
+                data = self._sock.recv(65536)
+                if not data:
+                    return (0, "")
+                self._buffer += data
+            line, _, self._buffer = self._buffer.partition(b"\r\n")
+            lines.append(line.decode("utf-8", "replace"))
+            if line[3:4] != b"-":
+                return int(line[:3]), "\n".join(item[4:] for item in lines)
+
+
+def _dot_stuffed(message: bytes) -> bytes:
+    lines = message.replace(b"\r\n", b"\n").split(b"\n")
+    if lines and lines[-1] == b"":
+        lines.pop()
+    return b"".join((b"." + line if line.startswith(b".") else line) + b"\r\n" for line in lines) + b".\r\n"
+
+
+def smtp_transaction(
+    port: int,
+    message: bytes,
+    sender: bytes,
+    recipients: list[bytes],
+    *,
+    lmtp: bool = False,
+    timeout: float = 30.0,
+    mail_params: bytes = b"",
+) -> SmtpTranscript:
+    """One message over plain SMTP (or LMTP), step by step, without pipelining; blocking."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        reader = _LineReader(sock)
+        transcript = SmtpTranscript(reader.reply())
+        if transcript.greeting[0] != 220:
+            return transcript
+        sock.sendall(b"LHLO client.test\r\n" if lmtp else b"EHLO client.test\r\n")
+        assert reader.reply()[0] == 250
+        sock.sendall(b"MAIL FROM:<" + sender + b">" + mail_params + b"\r\n")
+        transcript.mail = reader.reply()
+        accepted = 0
+        for recipient in recipients:
+            sock.sendall(b"RCPT TO:<" + recipient + b">\r\n")
+            transcript.rcpts.append(reader.reply())
+            accepted += transcript.rcpts[-1][0] // 100 == 2
+        sock.sendall(b"DATA\r\n")
+        transcript.data = reader.reply()
+        if transcript.data[0] != 354:
+            return transcript
+        sock.sendall(_dot_stuffed(message))
+        for _ in range(accepted if lmtp else 1):
+            transcript.final.append(reader.reply())
+        sock.sendall(b"QUIT\r\n")
+        reader.reply()
+    return transcript
+
+
+async def smtp_send(
+    port: int, message: bytes, sender: bytes, recipients: list[bytes], **kw: Any
+) -> SmtpTranscript:
+    return await asyncio.to_thread(smtp_transaction, port, message, sender, recipients, **kw)

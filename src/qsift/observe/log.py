@@ -20,6 +20,7 @@ LOGGER_NAME = "qsift"
 #: Python logging level for each amavisd-new log_level; the summary line is logged at level 0.
 _LEVELS = {0: 25, 1: 20, 2: 18, 3: 15, 4: 12, 5: 10}
 SUMMARY = _LEVELS[0]
+_LOGGED_RECIPIENTS = 50
 
 logger = logging.getLogger(LOGGER_NAME)
 
@@ -64,7 +65,11 @@ def message_id(head: bytes) -> str:
 
 def summary_line(outcome: Outcome, envelope: Envelope, *, size: int, msgid: str, elapsed_ms: float) -> str:
     """amavisd-new's one line per message: what happened, who, which message, how long."""
-    recipients = ",".join(f"<{address}>" for address in envelope.addresses)
+    addresses = envelope.addresses
+    recipients = ",".join(f"<{address}>" for address in addresses[:_LOGGED_RECIPIENTS])
+    if len(addresses) > _LOGGED_RECIPIENTS:
+        # One line per message must stay one readable line (syslog cuts long ones), even for 10,000.
+        recipients += f",... ({len(addresses) - _LOGGED_RECIPIENTS} more)"
     client = f"[{envelope.client_address}]" if envelope.client_address else "[-]"
     parts = [
         f"{outcome.disposition.value} {outcome.category}",
