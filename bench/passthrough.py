@@ -2,10 +2,11 @@
 
     .venv/bin/python -m bench.passthrough --messages 2000 --concurrency 8
 
-Starts a real `qsift serve` process (log_level 0) forwarding to an aiosmtpd sink in this process, sends
-the same corpus of messages through it with N concurrent QMQP clients, then sends the same messages
-straight to the sink with N concurrent SMTP clients (qsift's own SMTP client, the forward path without
-the filter), and prints messages/s and p50/p99 latency for both, and their ratio.
+Starts a real `qsift serve` process (log_level 0) forwarding to an aiosmtpd sink in a process of
+its own (bench/sink.py), sends the same corpus of messages through it with N concurrent QMQP clients,
+then sends the same messages straight to the sink with N concurrent SMTP clients (qsift's own SMTP
+client: the forward path without the filter), and prints messages/s and p50/p99 latency for both, and
+their ratio.
 """
 
 from __future__ import annotations
@@ -21,21 +22,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from aiosmtpd.controller import Controller
 from qsift.act.smtp_forward import SmtpTimeouts, forward_via_smtp, parse_forward_method
 from tests.harness import free_port, qmqp_send
 
 from qsift.model import Envelope, Recipient
 from qsift.spool import MessageSpool
-
-
-class CountingHandler:
-    def __init__(self) -> None:
-        self.count = 0
-
-    async def handle_DATA(self, server: object, session: object, envelope: object) -> str:
-        self.count += 1
-        return "250 2.0.0 Ok: queued"
 
 
 def corpus(count: int) -> list[bytes]:
@@ -75,10 +66,12 @@ def report(name: str, elapsed: float, latencies: list[float]) -> float:
 
 
 async def main_async(args: argparse.Namespace) -> None:
-    handler = CountingHandler()
     sink_port = free_port()
-    sink = Controller(handler, hostname="127.0.0.1", port=sink_port)
-    sink.start()
+    sink = subprocess.Popen(
+        [sys.executable, "-m", "bench.sink", str(sink_port)], stdout=subprocess.PIPE, text=True
+    )
+    assert sink.stdout is not None
+    assert sink.stdout.readline().strip() == "ready"
     workdir = Path(tempfile.mkdtemp(prefix="qsift-bench-"))
     qmqp_port = free_port()
     (workdir / "qsift.toml").write_text(
@@ -119,7 +112,8 @@ async def main_async(args: argparse.Namespace) -> None:
     finally:
         qsift.send_signal(signal.SIGTERM)
         qsift.wait(30)
-        sink.stop()
+        sink.send_signal(signal.SIGTERM)
+        sink.wait(30)
 
 
 async def _wait_port(port: int) -> None:
