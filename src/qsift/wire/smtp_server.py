@@ -1,0 +1,452 @@
+"""The server side of SMTP (RFC 5321) and LMTP (RFC 2033), sans-IO, in the manner of h11.
+
+Feed bytes with `receive_data`, take events with `next_event`, send what `data_to_send` returns. The
+connection answers every command itself except the end of DATA: there it pauses with a `DataEnd` event
+until the application calls `answer_data` with one reply (SMTP) or one per accepted recipient (LMTP,
+RFC 2033 §4.2). That is what lets qsift answer only once the forward's outcome is known.
+
+Why not aiosmtpd: it holds the whole body in memory and gives LMTP a single reply after DATA
+(aio-libs/aiosmtpd#517). Here the body leaves as `DataChunk` events as it arrives, so memory is bounded
+by the read size whatever the message size.
+
+Defences, each one a known attack or a known breakage:
+- Only CR LF . CR LF ends DATA. A bare LF before or after the dot does not (SMTP smuggling,
+  CVE-2023-51764/51765/51766): whatever the client meant, the forward re-encodes every line end, so
+  nothing it hides can end a message downstream.
+- A command line longer than `max_line_length` is discarded as it arrives, not buffered, then refused.
+- Bytes that arrive while the connection waits for `answer_data` (a pipelined QUIT, or a flood) are
+  buffered up to a bound; past it the connection is closed after the answer.
+- Too many refused commands, and the connection is closed with 421.
+- No input makes `receive_data` or `next_event` raise.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from qsift.model import Params, Reply
+from qsift.wire.smtp_args import ArgumentError, parse_mail, parse_rcpt
+
+_CRLF = b"\r\n"
+_END_OF_DATA = b".\r\n"
+_PAUSED_INPUT_LIMIT = 64 * 1024
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    hostname: str
+    lmtp: bool = False
+    max_message_size: int = 50 * 1024 * 1024
+    max_recipients: int = 1000
+    #: Longest command line, CR LF included (RFC 5321 §4.5.3.1.4 says 512 at least).
+    max_line_length: int = 2048
+    #: Refused commands before the connection is closed with 421.
+    max_errors: int = 20
+    max_address_length: int = 1000
+
+
+# --- events -------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class NeedData:
+    """Nothing more can happen until `receive_data` is called."""
+
+
+@dataclass(frozen=True)
+class Paused:
+    """The connection waits for `answer_data`."""
+
+
+@dataclass(frozen=True)
+class Hello:
+    name: str
+    extended: bool
+
+
+@dataclass(frozen=True)
+class MailFrom:
+    sender: bytes
+    params: Params
+
+
+@dataclass(frozen=True)
+class RcptTo:
+    recipient: bytes
+    params: Params
+
+
+@dataclass(frozen=True)
+class DataStart:
+    """354 was sent; body bytes follow as DataChunk events."""
+
+
+@dataclass(frozen=True)
+class DataChunk:
+    """Body bytes, dot-unstuffed, line ends as the client sent them."""
+
+    data: bytes
+
+
+@dataclass(frozen=True)
+class DataEnd:
+    """The final dot arrived; the connection now waits for `answer_data`."""
+
+    sender: bytes
+    recipients: list[tuple[bytes, Params]]
+    mail_params: Params
+    size: int
+    #: The body went past max_message_size; the chunks past the limit were not handed out.
+    too_big: bool
+
+
+@dataclass(frozen=True)
+class Quit:
+    """The client said QUIT; 221 is queued and the connection is closed."""
+
+
+@dataclass(frozen=True)
+class ConnectionClosed:
+    """The connection is over: the client went away (mid-message, the message is incomplete) or we closed."""
+
+
+Event = (
+    NeedData | Paused | Hello | MailFrom | RcptTo | DataStart | DataChunk | DataEnd | Quit | ConnectionClosed
+)
+
+
+class _State(enum.Enum):
+    COMMAND = enum.auto()
+    DATA = enum.auto()
+    PAUSED = enum.auto()
+    CLOSED = enum.auto()
+
+
+@dataclass
+class _Transaction:
+    sender: bytes | None = None
+    mail_params: Params = ()
+    recipients: list[tuple[bytes, Params]] = field(default_factory=list)
+    size: int = 0
+    too_big: bool = False
+
+
+class SmtpServerConnection:
+    """One SMTP or LMTP connection, from greeting to close."""
+
+    def __init__(self, settings: ServerSettings) -> None:
+        self.settings = settings
+        self._state = _State.COMMAND
+        self._input = bytearray()
+        self._output = bytearray()
+        self._events: deque[Event] = deque()
+        self._eof = False
+        self._greeted = False
+        self._hello: str | None = None
+        self._extended = False
+        self._errors = 0
+        self._discarding_long_line = False
+        self._paused_overflow = False
+        self._at_line_start = True
+        self._txn = _Transaction()
+
+    # --- the application's side -----------------------------------------------------------------------
+
+    @property
+    def closed(self) -> bool:
+        return self._state is _State.CLOSED and not self._events
+
+    def reject_connection(self, reply: Reply) -> None:
+        """Greet with a refusal instead of 220 (access denied, too busy) and close."""
+        if not self._greeted:
+            self._greeted = True
+            self._reply_line(reply.smtp_code, reply.enhanced_status, reply.text)
+        self._close()
+
+    def data_to_send(self) -> bytes:
+        self._greet()
+        data = bytes(self._output)
+        self._output.clear()
+        return data
+
+    def receive_data(self, data: bytes) -> None:
+        """Bytes from the client; b"" means it closed its side."""
+        if not data:
+            self._eof = True
+        elif self._state is _State.CLOSED:
+            return
+        elif self._state is _State.PAUSED and len(self._input) + len(data) > _PAUSED_INPUT_LIMIT:
+            self._paused_overflow = True
+        else:
+            self._input += data
+
+    def next_event(self) -> Event:
+        self._greet()
+        while True:
+            if self._events:
+                return self._events.popleft()
+            if self._state is _State.CLOSED:
+                return ConnectionClosed()
+            if self._state is _State.PAUSED:
+                return Paused()
+            progressed = self._data_step() if self._state is _State.DATA else self._command_step()
+            if not progressed and not self._events:
+                if self._eof:
+                    self._close()
+                    return ConnectionClosed()
+                return NeedData()
+
+    def answer_data(self, replies: list[Reply]) -> None:
+        """The answer to the message just received: one reply, or one per recipient for LMTP."""
+        if self._state is not _State.PAUSED:
+            raise RuntimeError("answer_data called while no message waits for an answer")
+        expected = len(self._txn.recipients) if self.settings.lmtp else 1
+        if len(replies) != expected:
+            raise RuntimeError(f"answer_data needs {expected} replies, got {len(replies)}")
+        for reply in replies:
+            # The message's fate, not a client mistake: it does not count towards max_errors.
+            self._reply_line(reply.smtp_code, reply.enhanced_status, reply.text)
+        self._txn = _Transaction()
+        self._state = _State.COMMAND
+        if self._paused_overflow:
+            self._send(421, "4.7.0", "Too much pipelined input, closing connection")
+            self._close()
+
+    # --- output ---------------------------------------------------------------------------------------
+
+    def _greet(self) -> None:
+        if not self._greeted:
+            self._greeted = True
+            service = "LMTP" if self.settings.lmtp else "ESMTP"
+            self._output += b"220 %s %s qsift\r\n" % (self._hostname_bytes(), service.encode())
+
+    def _hostname_bytes(self) -> bytes:
+        return self.settings.hostname.encode("ascii", "replace")
+
+    def _send(self, code: int, status: str, text: str) -> None:
+        """Queue a one-line reply; a refusal counts towards max_errors."""
+        self._reply_line(code, status, text)
+        if code >= 400:
+            self._errors += 1
+
+    def _reply_line(self, code: int, status: str, text: str) -> None:
+        # The text may come from a downstream MTA or a virus name: one line, no control characters.
+        text = "".join(ch if ch >= " " and ch != "\x7f" else " " for ch in text)
+        self._output += f"{code} {status} {text}".encode("utf-8", "replace") + _CRLF
+
+    def _close(self) -> None:
+        self._state = _State.CLOSED
+        self._input.clear()
+
+    # --- commands -------------------------------------------------------------------------------------
+
+    def _command_step(self) -> bool:
+        newline = self._input.find(b"\n")
+        if newline < 0:
+            if len(self._input) > self.settings.max_line_length:
+                # Drop it as it comes; the refusal goes out once the line ends.
+                self._discarding_long_line = True
+                self._input.clear()
+            return False
+        line = bytes(self._input[:newline])
+        del self._input[: newline + 1]
+        if self._discarding_long_line or newline + 1 > self.settings.max_line_length:
+            self._discarding_long_line = False
+            self._send(500, "5.5.6", "Line too long")
+        else:
+            self._command(line.removesuffix(b"\r"))
+        if self._state is not _State.CLOSED and self._errors > self.settings.max_errors:
+            self._send(421, "4.7.0", "Too many errors, closing connection")
+            self._close()
+        return True
+
+    def _command(self, line: bytes) -> None:
+        verb, _, arg = line.partition(b" ")
+        handler = _HANDLERS.get(verb.upper())
+        if handler is None:
+            if verb.upper() in _NOT_OFFERED:
+                self._send(502, "5.5.1", "Command not implemented")
+            else:
+                self._send(500, "5.5.2", "Command unrecognized")
+            return
+        handler(self, arg.strip(b" "))
+
+    def _do_helo(self, arg: bytes) -> None:
+        self._hello_command(arg, extended=False, lmtp_verb=False)
+
+    def _do_ehlo(self, arg: bytes) -> None:
+        self._hello_command(arg, extended=True, lmtp_verb=False)
+
+    def _do_lhlo(self, arg: bytes) -> None:
+        self._hello_command(arg, extended=True, lmtp_verb=True)
+
+    def _hello_command(self, arg: bytes, *, extended: bool, lmtp_verb: bool) -> None:
+        if lmtp_verb != self.settings.lmtp:
+            text = "Use LHLO" if self.settings.lmtp else "Command unrecognized"
+            self._send(500, "5.5.1" if self.settings.lmtp else "5.5.2", text)
+            return
+        name = arg.split(b" ", 1)[0]
+        if not name or any(b < 0x21 or b > 0x7E for b in name):
+            self._send(501, "5.5.4", "Syntax: EHLO hostname")
+            return
+        self._hello = name.decode("ascii")
+        self._extended = extended
+        self._txn = _Transaction()
+        self._events.append(Hello(self._hello, extended))
+        if not extended:
+            self._output += b"250 %s\r\n" % self._hostname_bytes()
+            return
+        lines = [
+            self._hostname_bytes(),
+            b"PIPELINING",
+            b"SIZE %d" % self.settings.max_message_size,
+            b"8BITMIME",
+            b"SMTPUTF8",
+            b"DSN",
+            b"ENHANCEDSTATUSCODES",
+        ]
+        self._output += b"".join(b"250-%s\r\n" % line for line in lines[:-1]) + b"250 %s\r\n" % lines[-1]
+
+    def _do_mail(self, arg: bytes) -> None:
+        if self._hello is None:
+            self._send(503, "5.5.1", f"Send {'LHLO' if self.settings.lmtp else 'HELO/EHLO'} first")
+            return
+        if self._txn.sender is not None:
+            self._send(503, "5.5.1", "Nested MAIL command")
+            return
+        parsed = parse_mail(
+            arg,
+            extended=self._extended,
+            max_length=self.settings.max_address_length,
+            max_message_size=self.settings.max_message_size,
+        )
+        if isinstance(parsed, ArgumentError):
+            self._send(parsed.code, parsed.status, parsed.text)
+            return
+        self._txn.sender = parsed.sender
+        self._txn.mail_params = parsed.params
+        self._events.append(MailFrom(parsed.sender, parsed.params))
+        self._send(250, "2.1.0", "Ok")
+
+    def _do_rcpt(self, arg: bytes) -> None:
+        if self._txn.sender is None:
+            self._send(503, "5.5.1", "Need MAIL command")
+            return
+        if len(self._txn.recipients) >= self.settings.max_recipients:
+            self._send(452, "4.5.3", "Too many recipients")
+            return
+        parsed = parse_rcpt(arg, extended=self._extended, max_length=self.settings.max_address_length)
+        if isinstance(parsed, ArgumentError):
+            self._send(parsed.code, parsed.status, parsed.text)
+            return
+        self._txn.recipients.append((parsed.recipient, parsed.params))
+        self._events.append(RcptTo(parsed.recipient, parsed.params))
+        self._send(250, "2.1.5", "Ok")
+
+    def _do_data(self, arg: bytes) -> None:
+        if arg:
+            self._send(501, "5.5.4", "Syntax: DATA")
+        elif self._txn.sender is None:
+            self._send(503, "5.5.1", "Need MAIL command")
+        elif not self._txn.recipients:
+            self._send(554, "5.5.1", "No valid recipients")
+        else:
+            self._output += b"354 End data with <CR><LF>.<CR><LF>\r\n"
+            self._state = _State.DATA
+            self._at_line_start = True
+            self._events.append(DataStart())
+
+    def _do_rset(self, arg: bytes) -> None:
+        self._txn = _Transaction()
+        self._send(250, "2.0.0", "Ok")
+
+    def _do_noop(self, arg: bytes) -> None:
+        self._send(250, "2.0.0", "Ok")
+
+    def _do_vrfy(self, arg: bytes) -> None:
+        self._send(252, "2.5.2", "Cannot VRFY user, but will accept message")
+
+    def _do_help(self, arg: bytes) -> None:
+        self._send(214, "2.0.0", "qsift content filter; see RFC 5321")
+
+    def _do_quit(self, arg: bytes) -> None:
+        self._send(221, "2.0.0", "Bye")
+        self._events.append(Quit())
+        self._close()
+
+    # --- the message body -----------------------------------------------------------------------------
+
+    def _data_step(self) -> bool:
+        """Hand out as much body as the buffer allows; find the end only at CR LF . CR LF."""
+        body = bytearray()
+        ended = False
+        buf = self._input
+        pos = 0
+        while pos < len(buf):
+            if self._at_line_start:
+                if buf[pos] == 0x2E:  # "."
+                    ahead = bytes(buf[pos : pos + 3])
+                    if ahead == _END_OF_DATA:
+                        pos += 3
+                        ended = True
+                        break
+                    if _END_OF_DATA.startswith(ahead):
+                        break  # ".", ".\r": wait for the bytes that decide
+                    pos += 1  # a stuffed dot (RFC 5321 §4.5.2)
+                self._at_line_start = False
+            found = buf.find(b"\r\n.", pos)
+            if found >= 0:
+                body += buf[pos : found + 2]
+                pos = found + 2
+                self._at_line_start = True
+                continue
+            end = len(buf)
+            if buf.endswith(_CRLF):
+                self._at_line_start = True
+            elif buf.endswith(b"\r"):
+                end -= 1  # its LF may be the next byte to come
+            body += buf[pos:end]
+            pos = end
+            break
+        del buf[:pos]
+        self._add_body(bytes(body))
+        if ended:
+            txn = self._txn
+            self._events.append(
+                DataEnd(txn.sender or b"", txn.recipients, txn.mail_params, txn.size, txn.too_big)
+            )
+            self._state = _State.PAUSED
+        return pos > 0
+
+    def _add_body(self, body: bytes) -> None:
+        if not body:
+            return
+        txn = self._txn
+        txn.size += len(body)
+        if txn.size > self.settings.max_message_size:
+            txn.too_big = True
+        if not txn.too_big:
+            self._events.append(DataChunk(body))
+
+
+_HANDLERS: dict[bytes, Callable[[SmtpServerConnection, bytes], None]] = {
+    b"HELO": SmtpServerConnection._do_helo,
+    b"EHLO": SmtpServerConnection._do_ehlo,
+    b"LHLO": SmtpServerConnection._do_lhlo,
+    b"MAIL": SmtpServerConnection._do_mail,
+    b"RCPT": SmtpServerConnection._do_rcpt,
+    b"DATA": SmtpServerConnection._do_data,
+    b"RSET": SmtpServerConnection._do_rset,
+    b"NOOP": SmtpServerConnection._do_noop,
+    b"VRFY": SmtpServerConnection._do_vrfy,
+    b"HELP": SmtpServerConnection._do_help,
+    b"QUIT": SmtpServerConnection._do_quit,
+}
+
+#: Known verbs qsift does not offer: refused with 502, not the 500 of nonsense.
+_NOT_OFFERED = frozenset(
+    {b"EXPN", b"STARTTLS", b"AUTH", b"BDAT", b"ETRN", b"TURN", b"ATRN", b"XCLIENT", b"XFORWARD"}
+)

@@ -1,0 +1,71 @@
+"""Fuzz entry point for the sans-IO SMTP/LMTP server.
+
+    pip install atheris && python tests/fuzz/fuzz_smtp_server.py [corpus_dir]
+
+The first input byte chooses the chunk size and SMTP or LMTP; the rest is fed to a connection as a
+client would, answering every message. Nothing may raise, every reply is a whole CRLF-ended line, and the
+input the connection holds stays bounded. Importable without atheris, so tests can run it.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from qsift.model import Reply
+from qsift.wire import smtp_server as s
+
+_OK = Reply.tempfail("2.0.0", "Ok", smtp_code=250)
+_MAX_LINE = 128
+
+
+def drive(data: bytes, step: int, *, lmtp: bool) -> None:
+    settings = s.ServerSettings(
+        hostname="fuzz.test", lmtp=lmtp, max_message_size=256, max_recipients=4, max_line_length=_MAX_LINE
+    )
+    conn = s.SmtpServerConnection(settings)
+    output = conn.data_to_send()
+    recipients = 0
+    chunks = [data[i : i + step] for i in range(0, len(data), step)] + [b""]
+    for chunk in chunks:
+        conn.receive_data(chunk)
+        # Each event consumes input or changes state, so this bound is never reached.
+        for _ in range(4 * len(data) + 16):
+            event = conn.next_event()
+            if isinstance(event, s.RcptTo):
+                recipients += 1
+            elif isinstance(event, s.DataEnd):
+                assert len(event.recipients) == recipients and event.recipients
+                assert event.too_big == (event.size > 256)
+            elif isinstance(event, s.Paused):
+                conn.answer_data([_OK] * (recipients if lmtp else 1))
+                recipients = 0
+            elif isinstance(event, s.MailFrom | s.Hello | s.Quit):
+                recipients = 0
+            elif isinstance(event, s.NeedData | s.ConnectionClosed):
+                break
+        else:
+            raise AssertionError("next_event made no progress")
+        output += conn.data_to_send()
+        assert len(conn._input) <= _MAX_LINE + step + 3  # the bound is the point
+    assert not output or output.endswith(b"\r\n")
+    for line in output.split(b"\r\n")[:-1]:
+        assert line[:3].isdigit() and line[3:4] in (b" ", b"-"), line
+
+
+def TestOneInput(data: bytes) -> None:
+    """The function atheris calls with each input (hence the name)."""
+    if not data:
+        return
+    drive(data[1:], data[0] % 64 + 1, lmtp=data[0] >= 128)
+
+
+def main() -> None:
+    import importlib
+
+    atheris = importlib.import_module("atheris")
+    atheris.Setup(sys.argv, TestOneInput)
+    atheris.Fuzz()
+
+
+if __name__ == "__main__":
+    main()
