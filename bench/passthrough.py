@@ -22,9 +22,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from qsift.act.smtp_forward import SmtpTimeouts, forward_via_smtp, parse_forward_method
 from tests.harness import free_port, qmqp_send
 
+from qsift.act.smtp_forward import SmtpTimeouts, forward_via_smtp, parse_forward_method
 from qsift.model import Envelope, Recipient
 from qsift.spool import MessageSpool
 

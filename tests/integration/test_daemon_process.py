@@ -95,7 +95,8 @@ async def test_sigterm_lets_the_message_in_flight_finish(tmp_path: Path, queue_d
     process.send_signal(signal.SIGTERM)
     answer = await asyncio.wait_for(in_flight, 20)
     assert answer.startswith("K"), answer
-    assert await asyncio.to_thread(process.wait, 20) == 0
+    await asyncio.to_thread(process.communicate, timeout=20)
+    assert process.returncode == 0
     assert len(list(queue_dir.glob("*.msg"))) == 1
     with pytest.raises(OSError):
         await asyncio.open_connection("127.0.0.1", port)

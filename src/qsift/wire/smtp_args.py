@@ -57,7 +57,12 @@ def parse_path(arg: bytes, *, max_length: int, sender: bool) -> tuple[bytes, byt
         _, colon, address = address.partition(b":")
         if not colon:
             return bad
-    if _has_control(address) or b"<" in address or (b" " in address and not address.startswith(b'"')):
+    if (
+        _has_control(address)
+        or b"<" in address
+        or b">" in address
+        or (b" " in address and not address.startswith(b'"'))
+    ):
         return bad
     if not sender and not address:
         return bad
