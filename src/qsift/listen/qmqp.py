@@ -49,12 +49,12 @@ class QmqpListener:
         try:
             if not client_allowed(client, self.listener.acl):
                 logger.warning("QMQP: access denied to [%s] on %s", client, self.listener.name)
-                await _answer(writer, Reply.tempfail("4.7.1", "access denied"))
+                await _answer_before_the_request(reader, writer, Reply.tempfail("4.7.1", "access denied"))
                 return
             async with self.slots.slot():
                 await self._serve(reader, writer, client)
-        except QsiftError as exc:
-            await _answer(writer, reply_for_error(exc))
+        except QsiftError as exc:  # too busy, or an error found before the end of the request
+            await _answer_before_the_request(reader, writer, reply_for_error(exc))
         except (ConnectionError, OSError) as exc:
             logger.info("QMQP: connection from [%s] lost: %s", client, exc)
         except Exception:
@@ -140,3 +140,21 @@ async def _answer(writer: asyncio.StreamWriter, reply: Reply) -> None:
     with contextlib.suppress(ConnectionError, OSError):
         writer.write(netstring.encode(reply.qmqp_text()))
         await writer.drain()
+
+
+_LINGER_SECONDS = 5.0
+
+
+async def _answer_before_the_request(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, reply: Reply
+) -> None:
+    """Answer a client we will not serve, then read and drop what it still sends.
+
+    Closing with its request unread would make the kernel send a reset, which can destroy our answer
+    in the client's receive buffer: qmail-qmqpc would then see a broken connection instead of Z.
+    """
+    await _answer(writer, reply)
+    with contextlib.suppress(ConnectionError, OSError, TimeoutError):
+        async with asyncio.timeout(_LINGER_SECONDS):
+            while await reader.read(65536):
+                pass

@@ -102,8 +102,9 @@ class _Session:
         limits = self.owner.listener.limits
         try:
             while not self.conn.closed:
-                await _flush(self.writer, self.conn)
                 event = self.conn.next_event()
+                # Replies the codec queued on its own (refusals make no event) leave before we wait.
+                await _flush(self.writer, self.conn)
                 if isinstance(event, wire.NeedData):
                     data = await read_with_limits(
                         self.reader.read(READ_SIZE), limits.client_timeout, what="SMTP client"

@@ -1,0 +1,281 @@
+"""DESIGN.md §3, row by row, end to end over loopback: a QMQP or SMTP client → qsift → a downstream MTA.
+
+The downstream is tests/fakes/mta.py, a real listener scripted to answer 250, 4xx or 5xx, to refuse the
+connection, or to hang. Rows that need content checks and policy (bounce, discard, reject destinies,
+scanner failure) belong to the issues that build those stages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import socket
+from collections.abc import AsyncIterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.fakes.mta import FakeMta, Script, fake_mta
+from tests.harness import (
+    RunningDaemon,
+    free_port,
+    qmqp_exchange,
+    qmqp_request,
+    qmqp_send,
+    running_daemon,
+    smtp_send,
+)
+
+MESSAGE = b"From: alice@example.org\nTo: bob@example.net\nSubject: table\n\nhello\n.dot line\n"
+ON_WIRE = b"From: alice@example.org\r\nTo: bob@example.net\r\nSubject: table\r\n\r\nhello\r\n..dot line\r\n"
+SENDER = b"alice@example.org"
+QUICK = {"connect_timeout": 1, "command_timeout": 1, "data_timeout": 1, "final_timeout": 1}
+
+
+@contextlib.asynccontextmanager
+async def scene(
+    tmp_path: Path,
+    script: Script | None = None,
+    *,
+    forward_port: int | None = None,
+    **daemon_kw: Any,
+) -> AsyncIterator[tuple[RunningDaemon, FakeMta]]:
+    async with fake_mta(script) as mta:
+        port = forward_port or mta.port
+        forward_extra: Mapping[str, Any] = daemon_kw.pop("forward_extra", QUICK)
+        async with running_daemon(
+            tmp_path,
+            f"smtp:[127.0.0.1]:{port}",
+            protocols=("qmqp", "smtp"),
+            forward_extra=forward_extra,
+            **daemon_kw,
+        ) as daemon:
+            yield daemon, mta
+
+
+async def both(daemon: RunningDaemon, recipients: list[bytes], message: bytes = MESSAGE) -> tuple[str, str]:
+    """The same message once over QMQP and once over SMTP: the QMQP answer and the SMTP final reply."""
+    qmqp = await qmqp_send(daemon.qmqp, message, SENDER, recipients)
+    transcript = await smtp_send(daemon.smtp, message, SENDER, recipients)
+    if transcript.final:
+        code, text = transcript.final[0]
+    else:
+        code, text = transcript.data or transcript.mail or transcript.greeting
+    return qmqp, f"{code} {text}"
+
+
+# --- delivered to every recipient ----------------------------------------------------------------------
+
+
+async def test_delivered_to_every_recipient(tmp_path: Path) -> None:
+    async with scene(tmp_path) as (daemon, mta):
+        qmqp, smtp = await both(daemon, [b"bob@example.net", b"carol@example.net"])
+    forward = rf"from MTA\(smtp:\[127\.0\.0\.1\]:{mta.port}\): 250 2\.0\.0 Ok: queued as SINK\d"
+    assert re.fullmatch(rf"K250 2\.0\.0 Ok, id=[\w-]{{12}}, {forward}", qmqp), qmqp
+    assert re.fullmatch(rf"250 2\.0\.0 Ok, id=[\w-]{{12}}, {forward}", smtp), smtp
+    assert len(mta.deliveries) == 2
+    assert all(d.recipients == [b"bob@example.net", b"carol@example.net"] for d in mta.deliveries)
+    # QMQP carries qmail's LF form; both leave CRLF and dot-stuffed, and nothing else changes.
+    assert mta.deliveries[0].raw == ON_WIRE
+    assert mta.deliveries[1].raw == ON_WIRE
+
+
+# --- the downstream refuses some or all ----------------------------------------------------------------
+
+
+async def test_downstream_refuses_some_recipients(tmp_path: Path) -> None:
+    script = Script(rcpt_replies={"gone@example.net": "550 5.1.1 no such user"})
+    async with scene(tmp_path, script) as (daemon, mta):
+        qmqp, smtp = await both(daemon, [b"gone@example.net", b"bob@example.net"])
+    assert qmqp.startswith("K250 2.0.0 Ok") and qmqp.endswith(", but 1 REJECT"), qmqp
+    assert smtp.startswith("250 2.0.0 Ok") and smtp.endswith(", but 1 REJECT"), smtp
+    assert [d.recipients for d in mta.deliveries] == [[b"bob@example.net"]] * 2
+
+
+async def test_downstream_refuses_every_recipient(tmp_path: Path) -> None:
+    script = Script(rcpt_replies={"gone@example.net": "550 5.1.1 no such user"})
+    async with scene(tmp_path, script) as (daemon, mta):
+        qmqp, smtp = await both(daemon, [b"gone@example.net"])
+    assert re.fullmatch(
+        r"D550 5\.1\.1 id=\S+ - rejected by next-hop MTA, from MTA\(.+\): .*no such user.*", qmqp
+    )
+    assert smtp.startswith("550 5.1.1 id=") and "no such user" in smtp, smtp
+    assert mta.deliveries == []
+
+
+async def test_downstream_refuses_the_message_after_the_dot(tmp_path: Path) -> None:
+    async with scene(tmp_path, Script(final_reply="554 5.7.1 content refused")) as (daemon, mta):
+        qmqp, smtp = await both(daemon, [b"bob@example.net"])
+    assert qmqp.startswith("D554 5.7.1 ") and "content refused" in qmqp, qmqp
+    assert smtp.startswith("554 5.7.1 ") and "content refused" in smtp, smtp
+    assert mta.accepted == []
+
+
+# --- the downstream fails: always try later ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "script",
+    [
+        Script(mail_reply="451 4.3.0 queue busy"),
+        Script(rcpt_replies={"bob@example.net": "450 4.2.0 try later"}),
+        Script(final_reply="451 4.3.0 queue file write error"),
+        Script(greeting="554 5.3.2 not now"),
+        Script(never_greet=True),
+        Script(hang_after_dot=True),
+    ],
+    ids=["mail-451", "rcpt-450", "dot-451", "greeting-554", "never-greets", "hangs-after-dot"],
+)
+async def test_downstream_trouble_is_a_temporary_failure(tmp_path: Path, script: Script) -> None:
+    async with scene(tmp_path, script) as (daemon, mta):
+        qmqp, smtp = await both(daemon, [b"bob@example.net"])
+    assert re.match(r"Z4\d\d 4\.\d\.\d id=\S+ - forward failed, from MTA\(", qmqp), qmqp
+    assert re.match(r"4\d\d 4\.\d\.\d id=", smtp), smtp
+    assert mta.accepted == [] or script.hang_after_dot
+
+
+async def test_downstream_refuses_the_connection(tmp_path: Path) -> None:
+    async with scene(tmp_path, forward_port=free_port()) as (daemon, _):
+        qmqp, smtp = await both(daemon, [b"bob@example.net"])
+    assert qmqp.startswith("Z451 4.4.1 ") and "cannot connect" in qmqp, qmqp
+    assert smtp.startswith("451 4.4.1 "), smtp
+
+
+async def test_one_recipient_tempfailed_one_delivered(tmp_path: Path) -> None:
+    """Z for the message, and the retry delivers only the recipient still owed."""
+    script = Script(rcpt_replies={"later@example.net": "450 4.2.0 mailbox busy"})
+    async with scene(tmp_path, script) as (daemon, mta):
+        recipients = [b"later@example.net", b"bob@example.net"]
+        first = await qmqp_send(daemon.qmqp, MESSAGE, SENDER, recipients)
+        script.rcpt_replies.clear()
+        second = await qmqp_send(daemon.qmqp, MESSAGE, SENDER, recipients)
+    assert first.startswith("Z450 4.2.0"), first
+    assert second.startswith("K250"), second
+    assert [d.recipients for d in mta.deliveries] == [[b"bob@example.net"], [b"later@example.net"]]
+
+
+# --- the client's side: size, protocol, truncation, access, load ---------------------------------------
+
+
+async def test_message_over_the_size_limit(tmp_path: Path) -> None:
+    big = b"Subject: big\n\n" + b"x" * 3000 + b"\n"
+    async with scene(tmp_path, limits={"message_size": 2000}) as (daemon, mta):
+        qmqp, smtp = await both(daemon, [b"bob@example.net"], big)
+        declared = await smtp_send(daemon.smtp, big, SENDER, [b"bob@example.net"], mail_params=b" SIZE=5000")
+    assert qmqp.startswith("D552 5.3.4"), qmqp
+    assert smtp.startswith("552 5.3.4"), smtp
+    assert declared.mail is not None and declared.mail[0] == 552
+    assert mta.deliveries == []
+
+
+async def test_smtp_protocol_errors_get_rfc_5321_replies(tmp_path: Path) -> None:
+    async with scene(tmp_path) as (daemon, mta):
+        reader, writer = await asyncio.open_connection("127.0.0.1", daemon.smtp)
+        await reader.readline()
+        writer.write(b"EHLO c\r\nMAIL FROM:<a@x> FOO=1\r\nRCPT TO:<b@y>\r\nBOGUS\r\nDATA\r\nQUIT\r\n")
+        replies = []
+        while line := await reader.readline():
+            if line[3:4] == b" ":
+                replies.append(line[:3])
+        writer.close()
+    assert replies == [b"250", b"555", b"503", b"500", b"503", b"221"]
+    assert mta.connections == 0
+
+
+async def test_truncated_input_is_never_forwarded(tmp_path: Path) -> None:
+    async with scene(tmp_path, limits={"client_timeout": 1}) as (daemon, mta):
+        request = qmqp_request(MESSAGE, SENDER, [b"bob@example.net"])
+        assert await qmqp_exchange(daemon.qmqp, request[:-3]) == ""
+        with socket.create_connection(("127.0.0.1", daemon.smtp)) as sock:
+            sock.sendall(b"EHLO c\r\nMAIL FROM:<a@x>\r\nRCPT TO:<b@y>\r\nDATA\r\nSubject: half\r\n\r\nhal")
+            await asyncio.sleep(0.2)
+        await asyncio.sleep(0.2)
+    assert mta.connections == 0
+
+
+async def test_client_outside_the_acl(tmp_path: Path) -> None:
+    async with scene(tmp_path, listen_extra={"acl": ["192.0.2.0/24"]}) as (daemon, mta):
+        qmqp = await qmqp_send(daemon.qmqp, MESSAGE, SENDER, [b"bob@example.net"])
+        transcript = await smtp_send(daemon.smtp, MESSAGE, SENDER, [b"bob@example.net"])
+    assert qmqp.startswith("Z451 4.7.1 access denied"), qmqp
+    assert transcript.greeting == (421, "4.7.1 access denied")
+    assert mta.connections == 0
+
+
+async def test_too_busy_past_the_bounded_wait(tmp_path: Path) -> None:
+    limits = {"max_sessions": 1, "busy_wait": 0.3}
+    async with scene(tmp_path, limits=limits) as (daemon, _):
+        holders = []
+        for port in (daemon.qmqp, daemon.smtp):
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+            holders.append(writer)
+        await asyncio.sleep(0.1)  # both hold their listener's only slot
+        qmqp = await qmqp_send(daemon.qmqp, MESSAGE, SENDER, [b"bob@example.net"])
+        transcript = await smtp_send(daemon.smtp, MESSAGE, SENDER, [b"bob@example.net"])
+        for writer in holders:
+            writer.close()
+    assert qmqp.startswith("Z421 4.3.2"), qmqp
+    assert transcript.greeting[0] == 421 and transcript.greeting[1].startswith("4.3.2"), transcript
+
+
+# --- the same message again ----------------------------------------------------------------------------
+
+
+async def test_retry_after_the_client_vanished_before_k_is_not_delivered_twice(tmp_path: Path) -> None:
+    script = Script(final_delay=0.5)
+    async with scene(tmp_path, script) as (daemon, mta):
+        _, writer = await asyncio.open_connection("127.0.0.1", daemon.qmqp)
+        writer.write(
+            qmqp_request(b"Received: from a by b; Mon, 1 Jan 2024\n" + MESSAGE, SENDER, [b"b@y.net"])
+        )
+        await writer.drain()
+        await asyncio.wait_for(mta.data_received.wait(), 5)
+        writer.close()  # like qmail-qmqpc hitting its 60 s timeout: it never hears K
+        await asyncio.sleep(0.8)
+        # The retry comes through qmail-smtpd again, which wrote a new Received line on top.
+        retry = b"Received: from a by b; Mon, 1 Jan 2024 00:05\n" + MESSAGE
+        answer = await qmqp_send(daemon.qmqp, retry, SENDER, [b"b@y.net"])
+        smtp = await smtp_send(daemon.smtp, MESSAGE, SENDER, [b"b@y.net"])
+    assert answer.startswith("K250 2.0.0") and "already delivered as id=" in answer, answer
+    assert len(mta.deliveries) == 2  # the QMQP one once, and the SMTP one (a different body form)
+    assert smtp.final[0][0] == 250
+
+
+async def test_a_different_message_is_not_a_duplicate(tmp_path: Path) -> None:
+    async with scene(tmp_path) as (daemon, mta):
+        first = await qmqp_send(daemon.qmqp, MESSAGE, SENDER, [b"b@y.net"])
+        second = await qmqp_send(daemon.qmqp, MESSAGE + b"P.S.\n", SENDER, [b"b@y.net"])
+        third = await qmqp_send(daemon.qmqp, MESSAGE, SENDER, [b"c@y.net"])
+    assert all(a.startswith("K250") and "already" not in a for a in (first, second, third))
+    assert len(mta.deliveries) == 3
+
+
+async def test_outside_the_dedupe_window_the_message_goes_again(tmp_path: Path) -> None:
+    async with scene(tmp_path, top={"dedupe_window": 0.2}) as (daemon, mta):
+        await qmqp_send(daemon.qmqp, MESSAGE, SENDER, [b"b@y.net"])
+        await asyncio.sleep(0.4)
+        again = await qmqp_send(daemon.qmqp, MESSAGE, SENDER, [b"b@y.net"])
+    assert "already" not in again and len(mta.deliveries) == 2
+
+
+# --- LMTP in: one answer per recipient -----------------------------------------------------------------
+
+
+async def test_lmtp_listener_answers_each_recipient(tmp_path: Path) -> None:
+    script = Script(
+        rcpt_replies={"gone@example.net": "550 5.1.1 no such user", "busy@example.net": "451 4.3.0 x"}
+    )
+    async with (
+        fake_mta(script) as mta,
+        running_daemon(
+            tmp_path, f"smtp:[127.0.0.1]:{mta.port}", protocols=("lmtp",), forward_extra=QUICK
+        ) as daemon,
+    ):
+        recipients = [b"bob@example.net", b"gone@example.net", b"busy@example.net"]
+        transcript = await smtp_send(daemon.lmtp, MESSAGE, SENDER, recipients, lmtp=True)
+    codes = [code for code, _ in transcript.final]
+    assert codes == [250, 550, 451], transcript.final
+    assert "no such user" in transcript.final[1][1]
+    assert [d.recipients for d in mta.deliveries] == [[b"bob@example.net"]]
