@@ -75,3 +75,7 @@ def test_lf_encoder_keeps_a_final_lone_cr() -> None:
     assert encoder.encode(b"a\r") == b"a"
     assert encoder.finish() == b"\r"
     assert b"".join(to_lf([b"x\r", b"\ny"])) == b"x\ny"
+
+
+def test_to_lf_keeps_a_final_cr_that_no_lf_follows() -> None:
+    assert b"".join(to_lf([b"a\r\n", b"b\r"])) == b"a\nb\r"
