@@ -179,7 +179,8 @@ class _Session:
         assert self.writer is not None
         try:
             self.writer.write(data)
-            await asyncio.wait_for(self.writer.drain(), seconds)
+            async with asyncio.timeout(seconds):
+                await self.writer.drain()
         except TimeoutError:
             raise _Failed(self._tempfail("4.4.2", "timed out sending to the downstream MTA")) from None
         except (ConnectionError, OSError) as exc:
@@ -197,7 +198,8 @@ class _Session:
             if reply is not None:
                 return reply
             try:
-                data = await asyncio.wait_for(self.reader.read(65536), max(0.0, deadline - loop.time()))
+                async with asyncio.timeout_at(deadline):
+                    data = await self.reader.read(65536)
             except TimeoutError:
                 raise _Failed(
                     self._tempfail("4.4.2", f"timed out waiting for the reply to {waiting_for}")
@@ -342,13 +344,15 @@ class _Session:
 
     async def _send_body(self) -> None:
         encoder = DataEncoder()
+        held = b""
         for chunk in self.spool.chunks():
-            self._check_client()
-            encoded = encoder.encode(chunk)
-            if encoded:
-                await self._send(encoded, self.timeouts.data_block)
+            # One chunk is held back so the last one leaves with the dot in a single write.
+            if held:
+                self._check_client()
+                await self._send(held, self.timeouts.data_block)
+            held = encoder.encode(chunk)
         self._check_client()
-        await self._send(encoder.finish(), self.timeouts.data_block)
+        await self._send(held + encoder.finish(), self.timeouts.data_block)
 
     def _check_client(self) -> None:
         if self.client_gone is not None and self.client_gone.is_set():

@@ -38,7 +38,10 @@ def peer_ip(writer: asyncio.StreamWriter) -> str | None:
 async def read_with_limits(step: Awaitable[T], seconds: float, *, what: str) -> T:
     """Await one step of reading a client, turning a stall into ClientTimeout."""
     try:
-        return await asyncio.wait_for(step, seconds)
+        # asyncio.timeout, not wait_for: wait_for wraps every read in a new task (Python 3.11), a
+        # cost paid several times per message.
+        async with asyncio.timeout(seconds):
+            return await step
     except TimeoutError:
         raise ClientTimeout(f"{what} silent for {seconds:.0f} s") from None
 
