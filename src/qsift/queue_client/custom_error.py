@@ -16,10 +16,13 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Mapping
 
 from qsift.queue_client.outcome import Fatal
 from qsift.wire.qmail_queue import ExitCode, custom_error_text
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up time)
+if TYPE_CHECKING:
+    from collections.abc import Mapping
 
 INDIMAIL_CUSTOM_ERROR = 88
 _DEFAULT_STATUS = {"D": "5.3.0", "Z": "4.3.0"}

@@ -8,7 +8,9 @@ duplicate, so every failure after that point ends the run with exit 74.
 
 from __future__ import annotations
 
-import socket
+# _socket, not socket: socket.py pulls in enum and selectors, about 6 ms of qsift-queue's run for
+# every message (bench/queue_startup.py); the C module has all a blocking client needs.
+import _socket
 import time
 
 from qsift.errors import ProtocolError
@@ -27,19 +29,19 @@ def exchange(
 ) -> Attempt:
     """Hand the request to `server`; `timeout` bounds everything after the connect."""
     try:
-        sock = socket.create_connection((server.host, server.port), timeout=connect_timeout)
+        sock = _connect(server.host, server.port, connect_timeout)
     except TimeoutError:
         return Attempt(
             ExitCode.CONNECT_TIMEOUT, f"connect timed out after {connect_timeout:g} s", fail_over=True
         )
-    except socket.gaierror as exc:
+    except _socket.gaierror as exc:
         return Attempt(ExitCode.NETWORK_ERROR, f"cannot resolve the name: {exc.strerror}", fail_over=True)
     except OSError as exc:
         return Attempt(ExitCode.CONNECT_REFUSED, f"cannot connect: {_reason(exc)}", fail_over=True)
-    with sock:
+    try:
         deadline = time.monotonic() + timeout
         # The request ends in a few small writes; Nagle would hold the last one for an ACK.
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_NODELAY, 1)
         try:
             for piece in message.request_pieces(head, tail):
                 _send(sock, piece, deadline)
@@ -51,9 +53,27 @@ def exchange(
             )
         # Never shut down our sending side: the filter takes EOF from its client as "gone, abort".
         return _read_answer(sock, deadline, timeout)
+    finally:
+        sock.close()
 
 
-def _read_answer(sock: socket.socket, deadline: float, timeout: float) -> Attempt:
+def _connect(host: str, port: int, timeout: float) -> _socket.socket:
+    """socket.create_connection's loop: each address the name has, in order, until one answers."""
+    failure: OSError = OSError("no address to connect to")
+    for family, kind, proto, _, address in _socket.getaddrinfo(host, port, 0, _socket.SOCK_STREAM):
+        sock = _socket.socket(family, kind, proto)
+        try:
+            sock.settimeout(timeout)
+            sock.connect(address)
+        except OSError as exc:
+            sock.close()
+            failure = exc
+        else:
+            return sock
+    raise failure
+
+
+def _read_answer(sock: _socket.socket, deadline: float, timeout: float) -> Attempt:
     parser = ResponseParser()
     try:
         while True:
@@ -83,7 +103,7 @@ def _lost(what: str) -> Attempt:
     )
 
 
-def _send(sock: socket.socket, data: bytes, deadline: float) -> None:
+def _send(sock: _socket.socket, data: bytes, deadline: float) -> None:
     # sendall's timeout bounds the whole call (Python >= 3.5), so the deadline holds across pieces.
     sock.settimeout(_remaining(deadline))
     sock.sendall(data)

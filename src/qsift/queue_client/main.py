@@ -49,7 +49,6 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Mapping, Sequence
 
 from qsift.errors import ProtocolError
 from qsift.queue_client import custom_error
@@ -59,6 +58,10 @@ from qsift.queue_client.outcome import Attempt, Fatal
 from qsift.queue_client.servers import Server, parse_control_file, parse_env, try_order
 from qsift.wire.qmail_queue import ExitCode, parse_envelope
 from qsift.wire.qmqp import request_frame
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up time)
+if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
 
 PROGRAM = "qsift-queue"
 MESSAGE_FD = 0

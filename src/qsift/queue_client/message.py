@@ -10,10 +10,13 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from collections.abc import Iterator
 
 from qsift.queue_client.outcome import Fatal
 from qsift.wire.qmail_queue import ExitCode
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up time)
+if TYPE_CHECKING:
+    from collections.abc import Iterator
 
 #: Messages up to this size stay in memory; most mail is far smaller, and a temp file costs syscalls.
 MEMORY_LIMIT = 1 << 20

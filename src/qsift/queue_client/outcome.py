@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from qsift.wire.qmail_queue import ExitCode
-
 
 class Fatal(Exception):
     """A failure before any server was tried (configuration, input); exit with `code` at once."""
 
-    def __init__(self, code: ExitCode, text: str) -> None:
+    def __init__(self, code: int, text: str) -> None:
         super().__init__(text)
         self.code = code
         self.text = text
@@ -20,7 +18,7 @@ class Attempt:
     __slots__ = ("answer", "code", "fail_over", "note")
 
     def __init__(
-        self, code: ExitCode, note: str, *, fail_over: bool, answer: tuple[str, bytes] | None = None
+        self, code: int, note: str, *, fail_over: bool, answer: tuple[str, bytes] | None = None
     ) -> None:
         self.code = code
         #: One line for stderr: what happened, in the server's words if it answered.

@@ -12,7 +12,10 @@ right after its address: `QMQPSERVERS="10.0.0.1:10628 3, 10.0.0.2 1"`.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable, Sequence
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up time)
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable, Sequence
 
 DEFAULT_PORT = 10628
 DEFAULT_WEIGHT = 1
