@@ -16,6 +16,10 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 
+#: Longest line the fake takes (a real MTA takes any length in DATA; tests send 1 MB header lines).
+_LINE_LIMIT = 16 * 1024 * 1024
+
+
 @dataclass
 class Script:
     lmtp: bool = False
@@ -79,9 +83,9 @@ class FakeMta:
 
     async def start(self, unix_path: str | None = None) -> int:
         if unix_path is not None:
-            self._server = await asyncio.start_unix_server(self._serve, unix_path)
+            self._server = await asyncio.start_unix_server(self._serve, unix_path, limit=_LINE_LIMIT)
             return 0
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0, limit=_LINE_LIMIT)
         self.port = self._server.sockets[0].getsockname()[1]
         return self.port
 

@@ -279,3 +279,27 @@ async def test_lmtp_listener_answers_each_recipient(tmp_path: Path) -> None:
     assert codes == [250, 550, 451], transcript.final
     assert "no such user" in transcript.final[1][1]
     assert [d.recipients for d in mta.deliveries] == [[b"bob@example.net"]]
+
+
+# --- SMTP clients that are slow, silent or sending huge lines -------------------------------------------
+
+
+async def test_a_silent_smtp_client_is_dropped_and_nothing_is_forwarded(tmp_path: Path) -> None:
+    async with scene(tmp_path, limits={"client_timeout": 0.5}) as (daemon, mta):
+        reader, writer = await asyncio.open_connection("127.0.0.1", daemon.smtp)
+        writer.write(b"EHLO c\r\nMAIL FROM:<a@x>\r\nRCPT TO:<b@y>\r\nDATA\r\nSubject: stalled\r\n")
+        await writer.drain()
+        started = asyncio.get_running_loop().time()
+        received = await asyncio.wait_for(reader.read(), 5)  # EOF once qsift gives up
+        waited = asyncio.get_running_loop().time() - started
+        writer.close()
+    assert received.endswith(b"354 End data with <CR><LF>.<CR><LF>\r\n")
+    assert 0.4 < waited < 3 and mta.connections == 0
+
+
+async def test_a_one_megabyte_header_line_over_smtp_arrives_intact(tmp_path: Path) -> None:
+    message = b"X-Long: " + b"a" * 1_000_000 + b"\r\nSubject: wide\r\n\r\nbody\r\n"
+    async with scene(tmp_path) as (daemon, mta):
+        transcript = await smtp_send(daemon.smtp, message, SENDER, [b"bob@example.net"])
+    assert transcript.final[0][0] == 250, transcript
+    assert mta.deliveries[0].raw == message
