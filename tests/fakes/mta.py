@@ -15,7 +15,6 @@ import itertools
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
-
 #: Longest line the fake takes (a real MTA takes any length in DATA; tests send 1 MB header lines).
 _LINE_LIMIT = 16 * 1024 * 1024
 
