@@ -43,6 +43,8 @@ class Script:
     final_delay: float = 0.0
     #: Never answer the dot (the forward must time out).
     hang_after_dot: bool = False
+    #: The reply to QUIT; None: say nothing and keep the connection open.
+    quit_reply: str | None = "221 2.0.0 Bye"
 
 
 @dataclass
@@ -154,7 +156,10 @@ class FakeMta:
                 sender, recipients = None, []
                 await say("250 2.0.0 Ok")
             elif verb == b"QUIT":
-                await say("221 2.0.0 Bye")
+                if script.quit_reply is None:
+                    await reader.read()
+                else:
+                    await say(script.quit_reply)
                 return
             else:
                 await say("502 5.5.2 Error: command not recognized")

@@ -250,3 +250,11 @@ async def test_many_chunks_never_split_cr_from_lf() -> None:
         result = await forward(mta, envelope("a@y.net"), message)
     assert result.all_accepted and mta.deliveries[0].raw == message
     assert all(line.endswith(b"\r\n") for line in mta.transcript)
+
+
+async def test_a_server_silent_after_quit_does_not_hold_up_the_result() -> None:
+    async with fake_mta(Script(quit_reply=None)) as mta:
+        started = asyncio.get_running_loop().time()
+        result = await forward(mta, envelope("a@y.net"), timeouts=SmtpTimeouts(command=30))
+        elapsed = asyncio.get_running_loop().time() - started
+    assert result.all_accepted and elapsed < 5

@@ -88,6 +88,10 @@ class SmtpTimeouts:
     final_reply: float = 600.0
 
 
+#: Longest wait for the reply to QUIT, in seconds.
+_QUIT_WAIT = 2.0
+
+
 class _Failed(Exception):
     """The session cannot go on; every recipient still unanswered gets `reply`."""
 
@@ -229,8 +233,10 @@ class _Session:
             deferred = await self._transaction(batch)
             pending = deferred + rest
         with contextlib.suppress(_Failed):
-            await self._send(wire.QUIT, self.timeouts.command)
-            await self._reply(self.timeouts.command, waiting_for="QUIT")
+            # Every result is known by now; a server slow to say goodbye must not hold up the answer.
+            goodbye = min(self.timeouts.command, _QUIT_WAIT)
+            await self._send(wire.QUIT, goodbye)
+            await self._reply(goodbye, waiting_for="QUIT")
 
     async def _greeting_and_hello(self) -> None:
         greeting = await self._reply(self.timeouts.command, waiting_for="the greeting")
