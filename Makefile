@@ -6,7 +6,17 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: demo test lint typecheck unit integration venv clean
 
+# Debian packages the decoder needs (libarchive, libmagic, 7-Zip for ARJ/CHM/SZDD) and the tests use
+# (clamav-testfiles: ClamAV's test file in many containers). Installed only when missing.
+DEBS := libarchive13 libmagic1 p7zip-full clamav-testfiles
+
 $(STAMP): pyproject.toml
+	@missing=$$(for p in $(DEBS); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian packages: $$missing"; \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing >/dev/null || \
+		{ apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing >/dev/null; }; \
+	fi
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[test]'

@@ -154,3 +154,53 @@ class ForwardResult:
     @property
     def all_accepted(self) -> bool:
         return all(r.reply.answer is Answer.ACCEPT for r in self.per_recipient)
+
+
+class Category(enum.Enum):
+    """What a message (or a recipient's view of it) is, amavisd-new's content categories.
+
+    Declared from most to least severe: the main category of a message is the first one present.
+    """
+
+    VIRUS = "virus"
+    BANNED = "banned"
+    UNCHECKED = "unchecked"
+    SPAM = "spam"
+    SPAMMY = "spammy"
+    BAD_HEADER = "bad-header"
+    OVERSIZED = "oversized"
+    CLEAN = "clean"
+
+    @property
+    def rank(self) -> int:
+        """0 for the most severe; lower wins."""
+        return _CATEGORY_RANK[self]
+
+    @property
+    def log_word(self) -> str:
+        """The word of the summary log line: `Passed BANNED`, `Blocked INFECTED`."""
+        return "INFECTED" if self is Category.VIRUS else self.value.upper()
+
+
+_CATEGORY_RANK = {category: rank for rank, category in enumerate(Category)}
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One reason a message is in a category, with amavisd-new's minor code where it has one.
+
+    Minor codes: unchecked 1 encrypted, 2 over limits, 3 undecipherable; bad-header 1 mime, 2 8bit,
+    3 control, 4 empty line, 5 long line, 6 syntax, 7 missing, 8 multiple.
+    """
+
+    category: Category
+    minor: int
+    #: Human-readable: the banned part's path and the rule, the header and what is wrong with it.
+    detail: str
+    #: The part it is about ("2/invoice.zip/a.exe"), or "" for the message as a whole.
+    part: str = ""
+
+
+def main_category(findings: tuple[Finding, ...] | list[Finding]) -> Category:
+    """The most severe category present; CLEAN when there is none."""
+    return min((f.category for f in findings), key=lambda c: c.rank, default=Category.CLEAN)

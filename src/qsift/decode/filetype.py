@@ -1,0 +1,115 @@
+"""What a part really is, from its content: libmagic's description and amavisd-new's short type name.
+
+Banned-file rules and the decoder's choice of unpacker work on the short names amavisd-new's
+`$map_full_type_to_short_type_re` gives (`exe-ms`, `dll`, `zip`, `rar`, `gz`, `tar`, `asc`, ...), so a
+postmaster's rules read the same here. The description is libmagic's (the `file` command's library),
+read from the first 64 KiB, which every format below needs at most (ISO 9660 has its mark at 32 KiB).
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+
+import magic
+
+#: How much of a part libmagic is shown.
+MAGIC_BYTES = 64 * 1024
+
+# First match wins: specific before general (a DLL is also a PE32 executable, a jar also a zip).
+_SHORT_TYPES: tuple[tuple[re.Pattern[str], str], ...] = tuple(
+    (re.compile(pattern), short)
+    for pattern, short in (
+        (r"^(?:MS-DOS|PE32\+?) executable\b.*\(DLL\)", "dll"),
+        (r"^PE32\+? executable\b.*Nullsoft Installer", "exe-ms"),
+        (r"^(?:MS-DOS|PE32\+?|MS Windows|COM) executable\b", "exe-ms"),
+        (r"^ELF .*\b(?:executable|shared object)\b", "elf"),
+        (r"^Mach-O\b", "macho"),
+        (r"\bexecutable\b", "exe"),
+        (r"^Java archive data", "jar"),
+        (r"^(?:OpenDocument|EPUB document)", "zip"),
+        (r"^Zip archive data|^Zip data|^Microsoft OOXML|^Microsoft (?:Word|Excel|PowerPoint) 2007\+", "zip"),
+        (r"^RAR (?:self-extracting )?archive data", "rar"),
+        (r"^7-zip archive data", "7z"),
+        (r"^gzip compressed data", "gz"),
+        (r"^bzip2 compressed data", "bz2"),
+        (r"^XZ compressed data", "xz"),
+        (r"^LZMA compressed data", "lzma"),
+        (r"^Zstandard compressed data", "zst"),
+        (r"^lzip compressed data", "lz"),
+        (r"^LZ4 compressed data", "lz4"),
+        (r"^compress'd data", "Z"),
+        (r"^frozen file", "F"),
+        (r"^(?:POSIX |GNU |old )?tar archive", "tar"),
+        (r"\bcpio archive", "cpio"),
+        (r"^Debian binary package", "deb"),
+        (r"^RPM\b", "rpm"),
+        (r"^current ar archive", "a"),
+        (r"^Microsoft Cabinet archive", "cab"),
+        (r"^ARJ archive", "arj"),
+        (r"^LHa|^LHarc|^LHA", "lha"),
+        (r"^ISO 9660", "iso"),
+        (r"^xar archive", "xar"),
+        (r"^MS Compress archive data", "szdd"),
+        (r"^MS Windows HtmlHelp", "chm"),
+        (r"^Transport Neutral Encapsulation Format", "tnef"),
+        (r"^Composite Document File|^CDFV?2? ?(?:V2 )?Document|^CDFV2 ", "doc"),
+        (r"^MS Windows shortcut", "lnk"),
+        (r"^compiled Java class", "class"),
+        (r"^ACE archive", "ace"),
+        (r"^Zoo archive", "zoo"),
+        (r"^Rich Text Format", "rtf"),
+        (r"^PDF document", "pdf"),
+        (r"^PostScript document", "ps"),
+        (r"^HTML document", "html"),
+        (r"^XML\b", "xml"),
+        (r"^(?:RFC 822 mail|SMTP mail|news or mail|MIME entity|news\b)", "mail"),
+        (r"^uuencoded", "uue"),
+        (r"^BinHex", "hqx"),
+        (r"^JPEG image", "jpg"),
+        (r"^PNG image", "png"),
+        (r"^GIF image", "gif"),
+        (r"^(?:PC bitmap|TIFF image|Web/P image|.* icon resource)", "image"),
+        (r"^Macromedia Flash|^Adobe Flash", "swf"),
+        (r"^(?:Audio file|MPEG ADTS|RIFF .* WAVE|Ogg data)", "audio"),
+        (r"^(?:ISO Media|RIFF .* AVI|MPEG sequence|Matroska)", "movie"),
+        (r"^empty$", "empty"),
+        (r"\btext\b", "asc"),
+        (r"^data$", "dat"),
+    )
+)
+
+_local = threading.local()
+
+
+def _magic() -> magic.Magic:
+    # A libmagic handle is not safe to share between threads; decoding runs in worker threads.
+    handle: magic.Magic | None = getattr(_local, "magic", None)
+    if handle is None:
+        handle = magic.Magic()
+        _local.magic = handle
+    return handle
+
+
+def describe(head: bytes) -> str:
+    """libmagic's description of content that starts with `head`."""
+    if not head:
+        return "empty"
+    try:
+        return str(_magic().from_buffer(head[:MAGIC_BYTES]))
+    except magic.MagicException as exc:
+        return f"unknown (libmagic: {exc})"
+
+
+def short_type(description: str) -> str:
+    """amavisd-new's short name for a libmagic description; "" when none applies."""
+    for pattern, short in _SHORT_TYPES:
+        if pattern.search(description):
+            return short
+    return ""
+
+
+def detect(head: bytes) -> tuple[str, str]:
+    """(short type, description) for content that starts with `head`."""
+    description = describe(head)
+    return short_type(description), description

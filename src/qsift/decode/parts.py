@@ -1,0 +1,42 @@
+"""What the decoder hands the checks: every part of the message with its place, names and types.
+
+The decoder gives a flat list in walk order: a container (an archive, an attached message) comes first,
+its members after it, each member's `containers` naming the way down. Checks that care about ancestry
+(a rule that allows whatever is inside a .tar) read it from there.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Part:
+    """One leaf: a MIME body part, or a member of an archive found in one (at any depth)."""
+
+    #: Where it is: MIME positions and archive member names joined by "/", e.g. "2/invoice.zip/docs/a.exe".
+    path: str
+    #: The declared MIME type (Content-Type), lower case; for archive members, "".
+    declared_type: str
+    #: The file name: Content-Disposition/Content-Type name (RFC 2231 and encoded words decoded), or the
+    #: member's name inside its archive (its last path component); "" if none.
+    filename: str
+    #: amavisd-new's short type from the content (libmagic): "exe", "exe-ms", "zip", "pdf", "txt", ...
+    detected_type: str
+    #: libmagic's own description, for details and logs.
+    description: str
+    size: int
+    #: SHA-256 of the decoded bytes, hex.
+    digest: str
+    #: 0 for a MIME part of the message itself; one more for each archive or attached message around it.
+    depth: int
+    #: The names of the containers around it, outermost first, e.g. ("invoice.zip", "docs.tar").
+    containers: tuple[str, ...] = ()
+    #: True for an archive or attached message that was opened: its members follow it in the list.
+    container: bool = False
+    #: Why its content could not be looked into ("encrypted archive", "corrupt zip", ...); "" if it could.
+    unchecked: str = ""
+
+    @property
+    def in_archive(self) -> bool:
+        return bool(self.containers)

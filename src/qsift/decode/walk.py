@@ -1,0 +1,448 @@
+"""Walk a whole message: MIME parts, attached messages, uuencoded blocks and archives, to any depth.
+
+Every part gets a path, its declared and detected type, its name, size and digest (decode/parts.py).
+Every byte decoded is counted against the bounds, all of them amavisd-new's at their strictest:
+depth 14, 1,500 parts, an expansion quota of max(100 KiB, 500 x the message size) capped at 300 MiB,
+100 MiB per member, 30 s per message. Past a bound, decoding stops and the message is UNCHECKED (minor 2,
+over limits); the MIME structure is still listed by name, so a banned name after a bomb is still seen.
+An encrypted archive is UNCHECKED minor 1, one nothing can open minor 0. Nothing unread is ever clean.
+
+Members larger than `memory_threshold` go to a private temporary directory that is removed when the
+walk ends, whatever happens.
+"""
+
+from __future__ import annotations
+
+import binascii
+import email
+import email.header
+import email.message
+import email.policy
+import hashlib
+import os
+import re
+import shutil
+import tempfile
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+from qsift.decode import archive
+from qsift.decode.filetype import MAGIC_BYTES, detect
+from qsift.decode.parts import Part
+from qsift.model import Category, Finding
+
+KIB = 1024
+MIB = 1024 * KIB
+
+
+@dataclass(frozen=True)
+class DecodeLimits:
+    max_depth: int = 14
+    max_parts: int = 1500
+    max_total_bytes: int = 300 * MIB
+    max_member_bytes: int = 100 * MIB
+    #: Decoded bytes may reach this many times the message's size (with a floor of `min_quota`).
+    max_expansion: int = 500
+    min_quota: int = 100 * KIB
+    time_limit: float = 30.0
+    memory_threshold: int = 1 * MIB
+    #: Open ARJ, CHM and SZDD with 7-Zip (an external program) when it is installed.
+    seven_zip: bool = True
+
+
+@dataclass(frozen=True)
+class Decoded:
+    parts: tuple[Part, ...]
+    #: UNCHECKED findings (encrypted, over limits, undecipherable) and BAD_HEADER minor 1 (MIME structure).
+    findings: tuple[Finding, ...]
+
+
+def decode_message(message: bytes, limits: DecodeLimits | None = None, tmp_dir: str | None = None) -> Decoded:
+    """Take the whole message apart within the limits; never raises for anything the message contains."""
+    walker = _Walker(limits or DecodeLimits(), len(message), tmp_dir)
+    try:
+        walker.walk_message(message, prefix="", depth=0, containers=())
+    except _OverLimit as exc:  # the part count, reached while listing names after a stop
+        walker.stop_everything(str(exc))
+    finally:
+        walker.cleanup()
+    return Decoded(tuple(walker.parts), tuple(walker.findings))
+
+
+# --- bounds -------------------------------------------------------------------------------------------
+
+
+class _OverLimit(Exception):
+    """A bound of the whole message was reached: stop decoding."""
+
+
+@dataclass
+class _Blob:
+    """Decoded bytes, in memory or in a private temp file."""
+
+    data: bytes | None
+    path: str | None
+    size: int
+    digest: str
+    head: bytes
+
+    def read(self) -> bytes:
+        if self.data is not None:
+            return self.data
+        assert self.path is not None
+        with open(self.path, "rb") as stream:
+            return stream.read()
+
+
+# MIME defects that mean the structure itself is broken (amavisd-new's BAD-HEADER-1, a MIME::Parser
+# error), not the many harmless ones Python also records (a missing trailing boundary, say).
+_STRUCTURE_DEFECTS = frozenset(
+    {
+        "NoBoundaryInMultipartDefect",
+        "StartBoundaryNotFoundDefect",
+        "InvalidMultipartContentTransferEncodingDefect",
+        "MissingHeaderBodySeparatorDefect",
+        "MisplacedEnvelopeHeaderDefect",
+    }
+)
+_UUENCODE_BEGIN = re.compile(rb"^begin [0-7]{3,4} ([^\r\n]+)\r?$", re.MULTILINE)
+_UUENCODE_END = re.compile(rb"^end\r?$", re.MULTILINE)
+_MESSAGE_TYPES = frozenset({"message/rfc822", "message/global"})
+#: Text parts up to this size are searched for uuencoded files.
+_UUENCODE_SCAN_LIMIT = 16 * MIB
+
+
+class _Walker:
+    def __init__(self, limits: DecodeLimits, message_size: int, tmp_dir: str | None) -> None:
+        self.limits = limits
+        self.parts: list[Part] = []
+        self.findings: list[Finding] = []
+        self.deadline = time.monotonic() + limits.time_limit
+        quota = max(limits.min_quota, limits.max_expansion * message_size)
+        self.quota_left = min(limits.max_total_bytes, quota)
+        self.stopped = ""
+        self._tmp_parent = tmp_dir
+        self._tmp: str | None = None
+        self._reported_defects: set[str] = set()
+
+    # -- bookkeeping
+
+    def work_dir(self) -> str:
+        if self._tmp is None:
+            self._tmp = tempfile.mkdtemp(prefix="qsift-decode-", dir=self._tmp_parent)
+            os.chmod(self._tmp, 0o700)
+        return self._tmp
+
+    def cleanup(self) -> None:
+        if self._tmp is not None:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+
+    def time_left(self) -> float:
+        return self.deadline - time.monotonic()
+
+    def _check_time(self) -> None:
+        if self.time_left() <= 0:
+            raise _OverLimit(f"decoding took longer than {self.limits.time_limit:g} s")
+
+    def _add(self, part: Part) -> None:
+        if len(self.parts) >= self.limits.max_parts:
+            raise _OverLimit(f"more than {self.limits.max_parts} parts")
+        self.parts.append(part)
+
+    def _unchecked(self, minor: int, detail: str, part: str) -> None:
+        self.findings.append(Finding(Category.UNCHECKED, minor, detail, part))
+
+    def stop_everything(self, reason: str) -> None:
+        self._stop(reason, self.parts[-1].path if self.parts else "")
+
+    def _stop(self, reason: str, where: str) -> None:
+        if not self.stopped:
+            self.stopped = reason
+            self._unchecked(2, f"not decoded past {where or 'the start'}: {reason}", where)
+
+    def _store(self, blocks: Iterable[bytes]) -> _Blob:
+        """Take decoded bytes as they come, counting each against the bounds."""
+        digest = hashlib.sha256()
+        kept: list[bytes] | None = []
+        stream = None
+        path = None
+        size = 0
+        head = b""
+        try:
+            for block in blocks:
+                size += len(block)
+                self.quota_left -= len(block)
+                if self.quota_left < 0:
+                    raise _OverLimit("expanded past the decoding quota (archive bomb?)")
+                if size > self.limits.max_member_bytes:
+                    raise _OverLimit(f"a member larger than {self.limits.max_member_bytes} bytes")
+                self._check_time()
+                digest.update(block)
+                if len(head) < MAGIC_BYTES:
+                    head += block[: MAGIC_BYTES - len(head)]
+                if kept is not None and size > self.limits.memory_threshold:
+                    fd, path = tempfile.mkstemp(dir=self.work_dir())
+                    stream = os.fdopen(fd, "wb")
+                    stream.writelines(kept)
+                    kept = None
+                if stream is not None:
+                    stream.write(block)
+                else:
+                    assert kept is not None
+                    kept.append(block)
+        finally:
+            if stream is not None:
+                stream.close()
+        data = b"".join(kept) if kept is not None else None
+        return _Blob(data, path, size, digest.hexdigest(), head)
+
+    # -- MIME
+
+    def walk_message(self, raw: bytes, *, prefix: str, depth: int, containers: tuple[str, ...]) -> None:
+        """A message, top-level or attached: its parts are numbered below `prefix` ("2/1", "2/2")."""
+        message = email.message_from_bytes(raw, policy=email.policy.compat32)
+        self._walk_entity(message, path=_entity_path(message, prefix), depth=depth, containers=containers)
+
+    def _walk_entity(
+        self, entity: email.message.Message, *, path: str, depth: int, containers: tuple[str, ...]
+    ) -> None:
+        self._note_defects(entity, path)
+        declared = entity.get_content_type()
+        if entity.is_multipart() and declared not in _MESSAGE_TYPES:
+            children = entity.get_payload()
+            assert isinstance(children, list)
+            for index, child in enumerate(children, 1):
+                self._walk_entity(child, path=_join(path, str(index)), depth=depth, containers=containers)
+            return
+        name = _filename(entity)
+        try:
+            if declared in _MESSAGE_TYPES:
+                self._attached_message(entity, path=path, name=name, depth=depth, containers=containers)
+            elif self.stopped:
+                self._add(_named_only(path, declared, name, depth, containers, self.stopped))
+            else:
+                payload = entity.get_payload(decode=True)
+                blob = self._store([payload if isinstance(payload, bytes) else b""])
+                self._blob_part(
+                    blob, path=path, declared=declared, name=name, depth=depth, containers=containers
+                )
+        except _OverLimit as exc:
+            # Stop decoding, but go on listing the message's own parts by name: a banned name after a
+            # bomb must still be seen.
+            self._stop(str(exc), path)
+
+    def _attached_message(
+        self, entity: email.message.Message, *, path: str, name: str, depth: int, containers: tuple[str, ...]
+    ) -> None:
+        payload = entity.get_payload()
+        inner = payload[0] if isinstance(payload, list) and payload else None
+        message = inner if isinstance(inner, email.message.Message) else None
+        raw = message.as_bytes() if message is not None else b""
+        blob = _Blob(None, None, len(raw), hashlib.sha256(raw).hexdigest(), b"")
+        self._add(
+            _part(
+                path,
+                entity.get_content_type(),
+                name,
+                ("mail", "attached message"),
+                blob,
+                depth,
+                containers,
+                container=True,
+            )
+        )
+        if depth + 1 > self.limits.max_depth:
+            raise _OverLimit(f"nested deeper than {self.limits.max_depth}")
+        if message is not None:
+            label = name or "message"
+            self._walk_entity(
+                message, path=_entity_path(message, path), depth=depth + 1, containers=(*containers, label)
+            )
+
+    def _note_defects(self, entity: email.message.Message, path: str) -> None:
+        for defect in entity.defects:
+            kind = type(defect).__name__
+            if kind in _STRUCTURE_DEFECTS and kind not in self._reported_defects:
+                self._reported_defects.add(kind)
+                where = f" in part {path}" if path else ""
+                self.findings.append(Finding(Category.BAD_HEADER, 1, f"MIME: {kind}{where}", path))
+
+    # -- any decoded content
+
+    def _blob_part(
+        self, blob: _Blob, *, path: str, declared: str, name: str, depth: int, containers: tuple[str, ...]
+    ) -> None:
+        short, description = detect(blob.head)
+        kind = self._container_kind(short, declared, blob)
+        self._add(
+            _part(path, declared, name, (short, description), blob, depth, containers, container=bool(kind))
+        )
+        if not kind:
+            if archive.undecodable_archive(short):
+                self._unchecked(0, f"{path}: no decoder for {short} archives", path)
+            return
+        if depth + 1 > self.limits.max_depth:
+            raise _OverLimit(f"nested deeper than {self.limits.max_depth}")
+        inner = (*containers, name or path.rsplit("/", 1)[-1])
+        if kind == "mail":
+            self.walk_message(blob.read(), prefix=path, depth=depth + 1, containers=inner)
+        elif kind == "uue":
+            self._members(_uudecoded(blob.read()), path, depth + 1, inner)
+        else:
+            self._open(short, name or path, blob, path, depth + 1, inner)
+
+    def _container_kind(self, short: str, declared: str, blob: _Blob) -> str:
+        """ "archive", "mail" (a message to walk), "uue" (text carrying uuencoded files) or "" (a leaf)."""
+        if archive.can_open(short, seven_zip=self.limits.seven_zip):
+            return "archive"
+        textual = declared.startswith("text/") or short in ("asc", "uue", "mail")
+        if textual and blob.size <= _UUENCODE_SCAN_LIMIT and _UUENCODE_BEGIN.search(blob.read()):
+            return "uue"
+        if short == "mail" and not declared.startswith("text/"):
+            # An .eml attached as application/octet-stream, or found in an archive. A text/plain part
+            # that merely starts like a message (an inline forward) is text.
+            return "mail"
+        return ""
+
+    def _open(
+        self, short: str, name: str, blob: _Blob, path: str, depth: int, inner: tuple[str, ...]
+    ) -> None:
+        seen: set[str] = set()
+        try:
+            self._members(self._container(short, name, blob, seven_zip=False), path, depth, inner, seen)
+            return
+        except archive.ContainerError as exc:
+            failure = exc
+        if not failure.encrypted and self.limits.seven_zip and archive.seven_zip_fallback(short):
+            try:
+                self._members(self._container(short, name, blob, seven_zip=True), path, depth, inner, seen)
+                return
+            except archive.ContainerError as exc:
+                failure = exc if exc.encrypted else failure
+        minor = 1 if failure.encrypted else 0
+        what = "encrypted" if failure.encrypted else "cannot be decoded"
+        self._unchecked(minor, f"{path}: {what}: {failure}", path)
+
+    def _container(self, short: str, name: str, blob: _Blob, *, seven_zip: bool) -> archive.Members:
+        return archive.open_container(
+            short,
+            name.rsplit("/", 1)[-1],
+            blob.data,
+            blob.path,
+            work_dir=self.work_dir,
+            time_left=self.time_left,
+            size_left=lambda: min(self.quota_left, self.limits.max_member_bytes),
+            seven_zip=seven_zip,
+        )
+
+    def _members(
+        self,
+        members: Iterator[tuple[str, Iterator[bytes]]],
+        path: str,
+        depth: int,
+        inner: tuple[str, ...],
+        seen: set[str] | None = None,
+    ) -> None:
+        for member_name, blocks in members:
+            self._check_time()
+            # A second opener (7-Zip after libarchive) must not list what the first already did.
+            if seen is not None and member_name in seen:
+                continue
+            blob = self._store(blocks)
+            self._blob_part(
+                blob,
+                path=f"{path}/{member_name}",
+                declared="",
+                name=member_name.rsplit("/", 1)[-1],
+                depth=depth,
+                containers=inner,
+            )
+            if seen is not None:
+                seen.add(member_name)
+
+
+def _join(prefix: str, name: str) -> str:
+    return f"{prefix}/{name}" if prefix else name
+
+
+def _entity_path(message: email.message.Message, prefix: str) -> str:
+    """A multipart's children are numbered right below `prefix`; a single-part message is its part 1."""
+    if message.is_multipart() and message.get_content_type() not in _MESSAGE_TYPES:
+        return prefix
+    return _join(prefix, "1")
+
+
+def _uudecoded(text: bytes) -> Iterator[tuple[str, Iterator[bytes]]]:
+    """The files of `begin MODE NAME` ... `end` blocks in a text body."""
+    position = 0
+    while match := _UUENCODE_BEGIN.search(text, position):
+        end = _UUENCODE_END.search(text, match.end())
+        stop = end.start() if end else len(text)
+        name = match.group(1).decode("utf-8", "replace").strip()
+        yield name, iter([_uudecode_lines(text[match.end() : stop])])
+        position = end.end() if end else len(text)
+
+
+def _uudecode_lines(block: bytes) -> bytes:
+    out = bytearray()
+    for line in block.splitlines():
+        if not line.strip() or line.strip() == b"`":
+            continue
+        try:
+            out += binascii.a2b_uu(line)
+        except binascii.Error:
+            # Some encoders pad lines short or long; decode what the length byte promises.
+            length = (line[0] - 32) & 0x3F
+            try:
+                out += binascii.a2b_uu(line[: 1 + (length + 2) // 3 * 4])
+            except binascii.Error:
+                break
+    return bytes(out)
+
+
+def _filename(entity: email.message.Message) -> str:
+    """The part's file name, RFC 2231 parameters and RFC 2047 encoded words decoded."""
+    try:
+        raw = entity.get_filename()
+    except Exception:  # a parameter too broken for the parser: treat as nameless, the type still counts
+        return ""
+    if not raw:
+        return ""
+    if "=?" in raw:
+        try:
+            return str(email.header.make_header(email.header.decode_header(raw)))
+        except (ValueError, LookupError, UnicodeError, email.errors.HeaderParseError):
+            return raw
+    return raw
+
+
+def _part(
+    path: str,
+    declared: str,
+    name: str,
+    detected: tuple[str, str],
+    blob: _Blob,
+    depth: int,
+    containers: tuple[str, ...],
+    *,
+    container: bool,
+) -> Part:
+    return Part(
+        path=path,
+        declared_type=declared,
+        filename=name,
+        detected_type=detected[0],
+        description=detected[1],
+        size=blob.size,
+        digest=blob.digest,
+        depth=depth,
+        containers=containers,
+        container=container,
+    )
+
+
+def _named_only(
+    path: str, declared: str, name: str, depth: int, containers: tuple[str, ...], reason: str
+) -> Part:
+    return Part(path, declared, name, "", "", 0, "", depth, containers, unchecked=f"not decoded: {reason}")
