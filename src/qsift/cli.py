@@ -1,4 +1,4 @@
-"""The `qsift` command: serve, config check."""
+"""The `qsift` command: serve, scan, config check."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import dataclasses
 import json
+import re
 import sys
 from collections.abc import Sequence
 
@@ -22,6 +23,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _serve(args.config)
         if args.command == "config":
             return _config_check(args.file)
+        if args.command == "scan":
+            return _scan(args.config, args.messages, as_json=args.json)
     except ConfigError as exc:
         print(f"qsift: configuration error: {exc}", file=sys.stderr)
         return 2
@@ -36,6 +39,10 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command")
     serve = commands.add_parser("serve", help="run the daemon in the foreground")
     serve.add_argument("--config", metavar="FILE", help="TOML configuration (default: embedded defaults)")
+    scan = commands.add_parser("scan", help="run the content checks on message files, deliver nothing")
+    scan.add_argument("--config", metavar="FILE", help="TOML configuration (default: embedded defaults)")
+    scan.add_argument("--json", action="store_true", help="one JSON object per message")
+    scan.add_argument("messages", metavar="MESSAGE", nargs="+")
     config = commands.add_parser("config", help="configuration tools")
     config_commands = config.add_subparsers(dest="config_command", required=True)
     check = config_commands.add_parser("check", help="validate FILE and print the effective configuration")
@@ -62,8 +69,18 @@ def _serve(path: str | None) -> int:
 
 def _config_check(path: str) -> int:
     settings = _load(path)
-    print(json.dumps(dataclasses.asdict(settings), indent=2, default=str))
+    print(json.dumps(dataclasses.asdict(settings), indent=2, default=_printable_value))
     return 0
+
+
+def _printable_value(value: object) -> object:
+    return value.pattern if isinstance(value, re.Pattern) else str(value)
+
+
+def _scan(path: str | None, messages: list[str], *, as_json: bool) -> int:
+    from qsift.scan import run_scan
+
+    return run_scan(messages, _load(path).check_settings(), as_json=as_json, out=sys.stdout)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, TypeVar
 
+from qsift.checks.banned import DEFAULT_RULES, BannedRule, rules_from_config
+from qsift.checks.content import CheckSettings
+from qsift.decode.walk import DecodeLimits
 from qsift.errors import ConfigError
 
 MIB = 1024 * 1024
@@ -90,6 +93,10 @@ class Config:
     listeners: tuple[Listener, ...]
     forward: Forward = field(default_factory=Forward)
     limits: Limits = field(default_factory=Limits)
+    #: The decoder's bounds (`[decode]`).
+    decode: DecodeLimits = field(default_factory=DecodeLimits)
+    #: Banned-file rules: the `[[banned]]` tables, then (unless banned_defaults = false) the defaults.
+    banned: tuple[BannedRule, ...] = DEFAULT_RULES
     #: 0 (summary lines only) to 5 (protocol traces), as amavisd-new's $log_level.
     log_level: int = 1
     #: Log to syslog with this facility ("mail") instead of stderr; empty for stderr.
@@ -102,6 +109,9 @@ class Config:
     state_dir: str = "/var/lib/qsift"
     #: How long an identical retry of a delivered message is answered from the record, in seconds.
     dedupe_window: float = 3600.0
+
+    def check_settings(self) -> CheckSettings:
+        return CheckSettings(decode=self.decode, banned=self.banned, tmp_dir=self.tmp_dir or None)
 
 
 DEFAULT_LISTENERS: tuple[Mapping[str, Any], ...] = (
@@ -145,13 +155,22 @@ def from_mapping(raw: Mapping[str, Any], source: str = "<config>") -> Config:
         for index, table in enumerate(listen_tables)
     )
     _unique_addresses(listeners, source)
+    decode = _section(DecodeLimits, raw.pop("decode", {}), f"{source}: [decode]")
+    banned_tables = raw.pop("banned", [])
+    if not isinstance(banned_tables, list):
+        raise ConfigError(f"{source}: [[banned]] must be one or more tables")
+    try:
+        own_rules = rules_from_config(banned_tables)
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
     top = _section(_TopLevel, raw, source)
     if not 0 <= top.log_level <= 5:
         raise ConfigError(f"{source}: log_level must be 0 to 5, not {top.log_level}")
     values = {f.name: getattr(top, f.name) for f in fields(_TopLevel)}
     if not values["myhostname"]:
         values["myhostname"] = socket.getfqdn()
-    return Config(listeners=listeners, forward=forward, limits=limits, **values)
+    banned = own_rules + (DEFAULT_RULES if values.pop("banned_defaults") else ())
+    return Config(listeners=listeners, forward=forward, limits=limits, decode=decode, banned=banned, **values)
 
 
 @dataclass(frozen=True)
@@ -162,6 +181,8 @@ class _TopLevel:
     tmp_dir: str = ""
     state_dir: str = "/var/lib/qsift"
     dedupe_window: float = 3600.0
+    #: Keep the built-in banned-file rules after the site's own `[[banned]]` tables.
+    banned_defaults: bool = True
 
 
 T = TypeVar("T")

@@ -4,8 +4,8 @@ Every listener (QMQP, SMTP, LMTP) hands its Envelope and spooled body here and g
 the listener only renders it (K/Z/D or an SMTP code). The answer is decided only once the forward's
 outcome is known, and accepted recipients are recorded durably before the answer leaves (DESIGN.md §2).
 
-Content checks and per-recipient policy are the next stages; until they exist every message is CLEAN
-and every recipient's destiny is pass.
+The content checks (decode, banned files, bad headers) run on every message and name its category in
+the outcome; per-recipient policy is the next stage, so until it exists every destiny is pass.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
 from qsift.act.forward import Forwarder
+from qsift.checks.content import CheckSettings, Verdict, check_message, decoder_failure
 from qsift.errors import QsiftError
 from qsift.model import (
     Answer,
@@ -46,6 +47,8 @@ class Pipeline:
     outcomes: OutcomeStore | None = None
     dedupe_window: float = 3600.0
     clock: Callable[[], float] = field(default=time.time)
+    #: None: no content checks (every message CLEAN), for forward-only setups and tests.
+    checks: CheckSettings | None = None
 
     async def handle(
         self, envelope: Envelope, spool: MessageSpool, client_gone: asyncio.Event | None = None
@@ -61,6 +64,7 @@ class Pipeline:
         owed = tuple(r for r, k in zip(envelope.recipients, keys, strict=True) if k not in already)
         if not owed:
             return _duplicate(mail_id, next(iter(already.values())))
+        verdict = await self._check(envelope, spool, mail_id)
         result = await self.forwarder.forward(replace(envelope, recipients=owed), spool, client_gone)
         accepted_keys = [
             delivery_key(digest, envelope.sender, r.recipient.address)
@@ -68,9 +72,25 @@ class Pipeline:
             if r.reply.answer is Answer.ACCEPT
         ]
         outcome = decide(mail_id, envelope, result, already_delivered=len(envelope.recipients) - len(owed))
+        outcome = replace(outcome, category=verdict.log_text() if verdict else "CLEAN")
         if accepted_keys:
             await self._record(accepted_keys, mail_id, outcome.reply.smtp_line())
         return outcome
+
+    async def _check(self, envelope: Envelope, spool: MessageSpool, mail_id: str) -> Verdict | None:
+        if self.checks is None:
+            return None
+        settings = self.checks
+        smtputf8 = any(key == "SMTPUTF8" for key, _ in envelope.mail_params)
+        message = b"".join(spool.chunks())
+        try:
+            verdict = await asyncio.to_thread(check_message, message, settings, smtputf8=smtputf8)
+        except Exception as exc:  # a decoder bug must not stop mail: the message is unchecked
+            logger.exception("id=%s content checks failed; the message is UNCHECKED", mail_id)
+            verdict = decoder_failure(f"{type(exc).__name__}: {exc}")
+        for finding in verdict.findings:
+            logger.info("id=%s %s: %s", mail_id, finding.category.log_word, finding.detail)
+        return verdict
 
     async def _delivered_before(self, keys: Sequence[str]) -> dict[str, OutcomeRecord]:
         if self.outcomes is None:

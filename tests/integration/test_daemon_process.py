@@ -54,7 +54,10 @@ def fake_qq(tmp_path: Path) -> str:
 
 async def test_summary_line_names_outcome_client_envelope_and_message(tmp_path: Path) -> None:
     process, port = start(tmp_path, f"maildir:{tmp_path / 'Maildir'}")
-    message = b"Message-ID: <m1@example.org>\nSubject: hi\n\nhello\n"
+    message = (
+        b"From: alice@example.org\nDate: Wed, 25 Nov 2026 12:00:00 +0000\n"
+        b"Message-ID: <m1@example.org>\nSubject: hi\n\nhello\n"
+    )
     answer = await qmqp_send(port, message, b"alice@example.org", [b"bob@example.net"])
     process.send_signal(signal.SIGTERM)
     _, err = process.communicate(timeout=30)

@@ -14,11 +14,11 @@ walk ends, whatever happens.
 from __future__ import annotations
 
 import binascii
-import email
+import email.errors
 import email.header
 import email.message
-import email.policy
 import hashlib
+import io
 import os
 import re
 import shutil
@@ -27,7 +27,7 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
-from qsift.decode import archive
+from qsift.decode import archive, mime
 from qsift.decode.filetype import MAGIC_BYTES, detect
 from qsift.decode.parts import Part
 from qsift.model import Category, Finding
@@ -58,9 +58,13 @@ class Decoded:
     findings: tuple[Finding, ...]
 
 
-def decode_message(message: bytes, limits: DecodeLimits | None = None, tmp_dir: str | None = None) -> Decoded:
-    """Take the whole message apart within the limits; never raises for anything the message contains."""
-    walker = _Walker(limits or DecodeLimits(), len(message), tmp_dir)
+def decode_message(
+    message: bytes | str, limits: DecodeLimits | None = None, tmp_dir: str | None = None
+) -> Decoded:
+    """Take the whole message (bytes, or the path of a file holding it) apart within the limits; never
+    raises for anything the message contains."""
+    size = len(message) if isinstance(message, bytes) else os.path.getsize(message)
+    walker = _Walker(limits or DecodeLimits(), size, tmp_dir)
     try:
         walker.walk_message(message, prefix="", depth=0, containers=())
     except _OverLimit as exc:  # the part count, reached while listing names after a stop
@@ -108,7 +112,6 @@ _STRUCTURE_DEFECTS = frozenset(
 )
 _UUENCODE_BEGIN = re.compile(rb"^begin [0-7]{3,4} ([^\r\n]+)\r?$", re.MULTILINE)
 _UUENCODE_END = re.compile(rb"^end\r?$", re.MULTILINE)
-_MESSAGE_TYPES = frozenset({"message/rfc822", "message/global"})
 #: Text parts up to this size are searched for uuencoded files.
 _UUENCODE_SCAN_LIMIT = 16 * MIB
 
@@ -125,6 +128,8 @@ class _Walker:
         self._tmp_parent = tmp_dir
         self._tmp: str | None = None
         self._reported_defects: set[str] = set()
+        #: (depth, containers) of the message being read, innermost last.
+        self._context: list[tuple[int, tuple[str, ...]]] = []
 
     # -- bookkeeping
 
@@ -197,76 +202,78 @@ class _Walker:
         data = b"".join(kept) if kept is not None else None
         return _Blob(data, path, size, digest.hexdigest(), head)
 
-    # -- MIME
+    # -- MIME: decode/mime.py reads, these callbacks decide
 
-    def walk_message(self, raw: bytes, *, prefix: str, depth: int, containers: tuple[str, ...]) -> None:
-        """A message, top-level or attached: its parts are numbered below `prefix` ("2/1", "2/2")."""
-        message = email.message_from_bytes(raw, policy=email.policy.compat32)
-        self._walk_entity(message, path=_entity_path(message, prefix), depth=depth, containers=containers)
-
-    def _walk_entity(
-        self, entity: email.message.Message, *, path: str, depth: int, containers: tuple[str, ...]
+    def walk_message(
+        self, source: bytes | str, *, prefix: str, depth: int, containers: tuple[str, ...]
     ) -> None:
-        self._note_defects(entity, path)
-        declared = entity.get_content_type()
-        if entity.is_multipart() and declared not in _MESSAGE_TYPES:
-            children = entity.get_payload()
-            assert isinstance(children, list)
-            for index, child in enumerate(children, 1):
-                self._walk_entity(child, path=_join(path, str(index)), depth=depth, containers=containers)
-            return
-        name = _filename(entity)
+        """A message (bytes, or a file path for a large one): its parts are numbered below `prefix`."""
+        self._context.append((depth, containers))
         try:
-            if declared in _MESSAGE_TYPES:
-                self._attached_message(entity, path=path, name=name, depth=depth, containers=containers)
-            elif self.stopped:
-                self._add(_named_only(path, declared, name, depth, containers, self.stopped))
+            with open(source, "rb") if isinstance(source, str) else io.BytesIO(source) as stream:
+                mime.walk(stream, self, prefix=prefix)
+        finally:
+            self._context.pop()
+
+    def leaf(self, entity: mime.Entity, body: Iterator[bytes]) -> None:
+        depth, containers = self._context[-1]
+        self._note_defects(entity)
+        declared = entity.content_type
+        name = _filename(entity.header)
+        try:
+            if self.stopped:
+                self._add(_named_only(entity.path, declared, name, depth, containers, self.stopped))
             else:
-                payload = entity.get_payload(decode=True)
-                blob = self._store([payload if isinstance(payload, bytes) else b""])
+                blob = self._store(body)
                 self._blob_part(
-                    blob, path=path, declared=declared, name=name, depth=depth, containers=containers
+                    blob, path=entity.path, declared=declared, name=name, depth=depth, containers=containers
                 )
         except _OverLimit as exc:
             # Stop decoding, but go on listing the message's own parts by name: a banned name after a
             # bomb must still be seen.
-            self._stop(str(exc), path)
+            self._stop(str(exc), entity.path)
+        for _ in body:
+            pass  # the reader needs the rest of the body read to find the next boundary
 
-    def _attached_message(
-        self, entity: email.message.Message, *, path: str, name: str, depth: int, containers: tuple[str, ...]
-    ) -> None:
-        payload = entity.get_payload()
-        inner = payload[0] if isinstance(payload, list) and payload else None
-        message = inner if isinstance(inner, email.message.Message) else None
-        raw = message.as_bytes() if message is not None else b""
-        blob = _Blob(None, None, len(raw), hashlib.sha256(raw).hexdigest(), b"")
-        self._add(
-            _part(
-                path,
-                entity.get_content_type(),
-                name,
-                ("mail", "attached message"),
-                blob,
-                depth,
-                containers,
-                container=True,
-            )
+    def message_start(self, entity: mime.Entity) -> bool:
+        depth, containers = self._context[-1]
+        self._note_defects(entity)
+        name = _filename(entity.header)
+        empty = _Blob(None, None, 0, "", b"")
+        part = _part(
+            entity.path,
+            entity.content_type,
+            name,
+            ("mail", "attached message"),
+            empty,
+            depth,
+            containers,
+            container=True,
         )
+        try:
+            self._add(part)
+        except _OverLimit as exc:
+            self._stop(str(exc), entity.path)
+            return False
         if depth + 1 > self.limits.max_depth:
-            raise _OverLimit(f"nested deeper than {self.limits.max_depth}")
-        if message is not None:
-            label = name or "message"
-            self._walk_entity(
-                message, path=_entity_path(message, path), depth=depth + 1, containers=(*containers, label)
-            )
+            self._stop(f"nested deeper than {self.limits.max_depth}", entity.path)
+            return False
+        self._context.append((depth + 1, (*containers, name or "message")))
+        return True
 
-    def _note_defects(self, entity: email.message.Message, path: str) -> None:
-        for defect in entity.defects:
-            kind = type(defect).__name__
+    def message_end(self) -> None:
+        self._context.pop()
+
+    def structure(self, entity: mime.Entity) -> None:
+        self._note_defects(entity)
+
+    def _note_defects(self, entity: mime.Entity) -> None:
+        kinds = [*entity.defects, *(type(defect).__name__ for defect in entity.header.defects)]
+        for kind in kinds:
             if kind in _STRUCTURE_DEFECTS and kind not in self._reported_defects:
                 self._reported_defects.add(kind)
-                where = f" in part {path}" if path else ""
-                self.findings.append(Finding(Category.BAD_HEADER, 1, f"MIME: {kind}{where}", path))
+                where = f" in part {entity.path}" if entity.path else ""
+                self.findings.append(Finding(Category.BAD_HEADER, 1, f"MIME: {kind}{where}", entity.path))
 
     # -- any decoded content
 
@@ -286,7 +293,8 @@ class _Walker:
             raise _OverLimit(f"nested deeper than {self.limits.max_depth}")
         inner = (*containers, name or path.rsplit("/", 1)[-1])
         if kind == "mail":
-            self.walk_message(blob.read(), prefix=path, depth=depth + 1, containers=inner)
+            source = blob.path if blob.path is not None else (blob.data or b"")
+            self.walk_message(source, prefix=path, depth=depth + 1, containers=inner)
         elif kind == "uue":
             self._members(_uudecoded(blob.read()), path, depth + 1, inner)
         else:
@@ -362,17 +370,6 @@ class _Walker:
                 seen.add(member_name)
 
 
-def _join(prefix: str, name: str) -> str:
-    return f"{prefix}/{name}" if prefix else name
-
-
-def _entity_path(message: email.message.Message, prefix: str) -> str:
-    """A multipart's children are numbered right below `prefix`; a single-part message is its part 1."""
-    if message.is_multipart() and message.get_content_type() not in _MESSAGE_TYPES:
-        return prefix
-    return _join(prefix, "1")
-
-
 def _uudecoded(text: bytes) -> Iterator[tuple[str, Iterator[bytes]]]:
     """The files of `begin MODE NAME` ... `end` blocks in a text body."""
     position = 0
@@ -401,10 +398,10 @@ def _uudecode_lines(block: bytes) -> bytes:
     return bytes(out)
 
 
-def _filename(entity: email.message.Message) -> str:
+def _filename(header: email.message.Message) -> str:
     """The part's file name, RFC 2231 parameters and RFC 2047 encoded words decoded."""
     try:
-        raw = entity.get_filename()
+        raw = header.get_filename()
     except Exception:  # a parameter too broken for the parser: treat as nameless, the type still counts
         return ""
     if not raw:

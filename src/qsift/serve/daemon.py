@@ -48,6 +48,7 @@ class Daemon:
             make_forwarder(self.config.forward, self.config.myhostname),
             outcomes,
             self.config.dedupe_window,
+            checks=self.config.check_settings(),
         )
         try:
             for listener in self.config.listeners:

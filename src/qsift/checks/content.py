@@ -1,0 +1,72 @@
+"""The checks a message goes through, in one place: decode it, then judge its parts and its header.
+
+The daemon and `qsift scan` both call `check_message`, so what a postmaster sees offline is what the
+daemon decides. Scanners (clamd, spamd) join here as further checks; each one only adds Findings.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from qsift.checks.banned import DEFAULT_RULES, BannedRule, check_banned
+from qsift.checks.headers import check_headers
+from qsift.decode.parts import Part
+from qsift.decode.walk import DecodeLimits, decode_message
+from qsift.model import Category, Finding, main_category
+
+
+@dataclass(frozen=True)
+class CheckSettings:
+    decode: DecodeLimits = field(default_factory=DecodeLimits)
+    banned: tuple[BannedRule, ...] = DEFAULT_RULES
+    #: Parent of the decoder's private temp directories; None for the system's.
+    tmp_dir: str | None = None
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """Everything the checks found about one message."""
+
+    parts: tuple[Part, ...]
+    findings: tuple[Finding, ...]
+
+    @property
+    def category(self) -> Category:
+        return main_category(self.findings)
+
+    @property
+    def categories(self) -> tuple[Category, ...]:
+        """Every category present, most severe first; (CLEAN,) when there is none."""
+        present = sorted({f.category for f in self.findings}, key=lambda c: c.rank)
+        return tuple(present) or (Category.CLEAN,)
+
+    def log_text(self) -> str:
+        """The category as amavisd-new's summary line words it: `BANNED (.exe-ms,x.exe ...)`,
+        `UNCHECKED-ENCRYPTED`, `BAD-HEADER-7`, `CLEAN`."""
+        category = self.category
+        first = next((f for f in self.findings if f.category is category), None)
+        if first is None:
+            return Category.CLEAN.log_word
+        if category is Category.BANNED:
+            return f"BANNED ({first.detail})"
+        if category is Category.UNCHECKED and first.minor == 1:
+            return "UNCHECKED-ENCRYPTED"
+        if category is Category.BAD_HEADER:
+            return f"BAD-HEADER-{first.minor}"
+        return category.log_word
+
+
+def check_message(message: bytes, settings: CheckSettings, *, smtputf8: bool = False) -> Verdict:
+    """Decode `message` and run every content check on it; never raises for what the message holds."""
+    decoded = decode_message(message, settings.decode, settings.tmp_dir)
+    findings = [
+        *decoded.findings,
+        *check_banned(decoded.parts, settings.banned),
+        *check_headers(message, smtputf8=smtputf8),
+    ]
+    return Verdict(decoded.parts, tuple(findings))
+
+
+def decoder_failure(reason: str) -> Verdict:
+    """What a message is when the decoder itself broke: unchecked, never clean."""
+    return Verdict((), (Finding(Category.UNCHECKED, 0, f"decoder failure: {reason}"),))

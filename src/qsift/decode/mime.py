@@ -1,0 +1,342 @@
+"""A streaming MIME walk: entities read line by line from a file, bodies decoded as they pass.
+
+The standard `email` package parses a whole message into memory, several times over (the raw bytes,
+the lines, the joined payload, the decoded payload): a 40 MB message peaked at 375 MB. Here only one
+line (at most `LINE_CHUNK` bytes of it) is held at a time; each leaf's decoded bytes go to a sink that
+counts them against the decoder's bounds and spills them to disk. Headers of each entity, which are
+small, are still parsed by the `email` package, so content types, parameters (RFC 2231) and file
+names mean exactly what they mean there.
+
+Boundaries follow RFC 2046 §5.1.1: a delimiter is `--boundary` at the start of a line, possibly
+followed by white space; the line break before it belongs to the delimiter. Any enclosing boundary also
+ends a part (a missing close delimiter must not swallow the rest of the message).
+"""
+
+from __future__ import annotations
+
+import binascii
+import email.message
+import email.parser
+import email.policy
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import IO, Protocol
+
+#: Longest piece of a line handled at once; longer lines come in pieces (never a boundary).
+LINE_CHUNK = 64 * 1024
+_HEADER_LIMIT = 1024 * 1024
+_FIELD = re.compile(rb"^[\x21-\x39\x3b-\x7e]+[ \t]*:")
+_MESSAGE_TYPES = frozenset({"message/rfc822", "message/global"})
+_PREAMBLE_KEEP = 4 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Entity:
+    """One MIME entity's header, parsed; the body is streamed separately."""
+
+    header: email.message.Message
+    path: str
+    #: Structural problems seen while reading this entity (names of `email.errors` defect classes).
+    defects: tuple[str, ...]
+
+    @property
+    def content_type(self) -> str:
+        return self.header.get_content_type()
+
+
+class Events(Protocol):
+    """What the walker does with what the reader finds (decode/walk.py implements it)."""
+
+    def leaf(self, entity: Entity, body: Iterator[bytes]) -> None:
+        """A leaf and its decoded body, which must be read to its end (or drained)."""
+
+    def message_start(self, entity: Entity) -> bool:
+        """An attached message/rfc822 begins; False to skip its content."""
+
+    def message_end(self) -> None:
+        """The attached message that `message_start` accepted has ended."""
+
+    def structure(self, entity: Entity) -> None:
+        """A multipart entity, for its defects."""
+
+
+class _Lines:
+    """Lines of a binary file, long ones in pieces, with one step of push-back."""
+
+    def __init__(self, stream: IO[bytes]) -> None:
+        self._stream = stream
+        self._back: tuple[bytes, bool] | None = None
+        self._at_line_start = True
+
+    def next(self) -> tuple[bytes, bool] | None:
+        """(piece, starts_a_line), or None at the end."""
+        if self._back is not None:
+            item, self._back = self._back, None
+            return item
+        piece = self._stream.readline(LINE_CHUNK)
+        if not piece:
+            return None
+        starts = self._at_line_start
+        self._at_line_start = piece.endswith(b"\n")
+        return piece, starts
+
+    def push_back(self, item: tuple[bytes, bool]) -> None:
+        self._back = item
+
+
+@dataclass(frozen=True)
+class _End:
+    """Why an entity ended: the boundary line that ended it (b"" at end of file), and whether it closed."""
+
+    boundary: bytes
+    closing: bool
+
+
+_EOF = _End(b"", False)
+
+
+def walk(stream: IO[bytes], events: Events, *, prefix: str = "") -> None:
+    """Read one message from `stream`, reporting its leaves and attached messages to `events`."""
+    _Reader(_Lines(stream), events).message(prefix, ())
+
+
+class _Reader:
+    def __init__(self, lines: _Lines, events: Events) -> None:
+        self.lines = lines
+        self.events = events
+
+    def message(self, prefix: str, boundaries: tuple[bytes, ...]) -> _End:
+        header, defects = self._header(boundaries)
+        if header is None:
+            return _EOF
+        entity_path = prefix if _is_multipart(header) else _join(prefix, "1")
+        return self._entity(Entity(header, entity_path, defects), boundaries)
+
+    def _entity(self, entity: Entity, boundaries: tuple[bytes, ...]) -> _End:
+        header = entity.header
+        if _is_multipart(header):
+            boundary = header.get_param("boundary")
+            if isinstance(boundary, str) and boundary:
+                return self._multipart(entity, boundary.encode("utf-8", "surrogateescape"), boundaries)
+            entity = Entity(header, entity.path, (*entity.defects, "NoBoundaryInMultipartDefect"))
+        cte = str(header.get("content-transfer-encoding", "")).strip().lower()
+        # An encoded message/rfc822 (seen in the wild) is a leaf here; the walker reads it once decoded.
+        if entity.content_type in _MESSAGE_TYPES and cte in ("", "7bit", "8bit", "binary"):
+            if self.events.message_start(entity):
+                end = self.message(entity.path, boundaries)
+                self.events.message_end()
+                return end
+            skipped = _Body(self.lines, boundaries)
+            for _ in skipped.pieces():
+                pass
+            return skipped.finish()
+        body = _Body(self.lines, boundaries)
+        self.events.leaf(entity, _decoded(body.pieces(), header.get("content-transfer-encoding", "")))
+        return body.finish()
+
+    def _multipart(self, entity: Entity, boundary: bytes, boundaries: tuple[bytes, ...]) -> _End:
+        inner = (boundary, *boundaries)
+        defects = list(entity.defects)
+        cte = str(entity.header.get("content-transfer-encoding", "")).strip().lower()
+        if cte not in ("", "7bit", "8bit", "binary"):
+            defects.append("InvalidMultipartContentTransferEncodingDefect")
+        # The preamble, up to the first delimiter. Kept (up to a bound) in case that delimiter never
+        # comes: then, as in the email package, the whole body is one text part and is checked as such.
+        preamble = _Body(self.lines, inner)
+        kept: list[bytes] = []
+        kept_size = 0
+        for piece in preamble.pieces():
+            if kept_size < _PREAMBLE_KEEP:
+                kept.append(piece)
+                kept_size += len(piece)
+        end = preamble.finish()
+        started = end.boundary == boundary and not end.closing
+        if not started:
+            defects.append("StartBoundaryNotFoundDefect")
+        self.events.structure(Entity(entity.header, entity.path, tuple(defects)))
+        if not started:
+            self.events.leaf(Entity(entity.header, _join(entity.path, "1"), ()), iter(kept))
+            if end.boundary != boundary:
+                return end
+        index = 0
+        while end.boundary == boundary and not end.closing:
+            index += 1
+            header, child_defects = self._header(inner)
+            if header is None:
+                return _EOF
+            if entity.content_type == "multipart/digest":
+                header.set_default_type("message/rfc822")  # RFC 2046 §5.1.5
+            end = self._entity(Entity(header, _join(entity.path, str(index)), child_defects), inner)
+        if end.boundary != boundary:
+            return end  # an enclosing boundary or the end of the file closed us
+        epilogue = _Body(self.lines, boundaries)
+        for _ in epilogue.pieces():
+            pass
+        return epilogue.finish()
+
+    def _header(self, boundaries: tuple[bytes, ...]) -> tuple[email.message.Message | None, tuple[str, ...]]:
+        """The header section up to its blank line; a line that is not a field starts the body."""
+        collected = bytearray()
+        defects: list[str] = []
+        first = True
+        while (item := self.lines.next()) is not None:
+            piece, starts = item
+            if starts and piece.strip(b"\r\n") == b"":
+                break
+            if starts and _delimiter(piece, boundaries) is not None:
+                # A part with a header and no body: its delimiter follows at once.
+                self.lines.push_back(item)
+                break
+            is_field = _FIELD.match(piece) is not None
+            continuation = piece[:1] in (b" ", b"\t")
+            if first and continuation:
+                continue  # a continuation with nothing to continue: dropped, as the email package does
+            if starts and not is_field and not continuation and not (first and piece.startswith(b"From ")):
+                self.lines.push_back(item)
+                defects.append("MissingHeaderBodySeparatorDefect")
+                break
+            first = False
+            if len(collected) < _HEADER_LIMIT:
+                collected += piece
+        else:
+            if not collected:
+                return None, ()
+        parser = email.parser.BytesHeaderParser(policy=email.policy.compat32)
+        return parser.parsebytes(bytes(collected)), tuple(defects)
+
+
+def _is_multipart(header: email.message.Message) -> bool:
+    return header.get_content_maintype() == "multipart"
+
+
+def _join(prefix: str, name: str) -> str:
+    return f"{prefix}/{name}" if prefix else name
+
+
+def _delimiter(line: bytes, boundaries: tuple[bytes, ...]) -> _End | None:
+    """The boundary this line delimits, if it is a delimiter line of any of them."""
+    if not line.startswith(b"--"):
+        return None
+    text = line.rstrip(b" \t\r\n")
+    for boundary in boundaries:
+        if text == b"--" + boundary:
+            return _End(boundary, False)
+        if text == b"--" + boundary + b"--":
+            return _End(boundary, True)
+    return None
+
+
+class _Body:
+    """A body's raw pieces up to the next delimiter of any enclosing boundary."""
+
+    def __init__(self, lines: _Lines, boundaries: tuple[bytes, ...]) -> None:
+        self._lines = lines
+        self._boundaries = boundaries
+        self._end = _EOF
+
+    def pieces(self) -> Iterator[bytes]:
+        held = b""  # the line break before a delimiter belongs to the delimiter, so it waits
+        while (item := self._lines.next()) is not None:
+            piece, starts = item
+            if starts and self._boundaries:
+                end = _delimiter(piece, self._boundaries)
+                if end is not None:
+                    self._end = end
+                    return
+            if held:
+                yield held
+            body, held = _split_line_end(piece)
+            if body:
+                yield body
+        if held:
+            yield held
+
+    def finish(self) -> _End:
+        return self._end
+
+
+def _split_line_end(piece: bytes) -> tuple[bytes, bytes]:
+    if piece.endswith(b"\r\n"):
+        return piece[:-2], b"\r\n"
+    if piece.endswith(b"\n"):
+        return piece[:-1], b"\n"
+    return piece, b""
+
+
+def _decoded(pieces: Iterator[bytes], encoding: str) -> Iterator[bytes]:
+    kind = str(encoding).strip().lower()
+    decoder = _DECODERS.get(kind)
+    return decoder(pieces) if decoder is not None else pieces
+
+
+def _base64(pieces: Iterator[bytes]) -> Iterator[bytes]:
+    pending = b""
+    for piece in pieces:
+        pending += piece.translate(None, b" \t\r\n")
+        usable = len(pending) // 4 * 4
+        if usable >= 4096:
+            yield _b64(pending[:usable])
+            pending = pending[usable:]
+    if pending:
+        yield _b64(pending + b"=" * (-len(pending) % 4))
+
+
+def _b64(data: bytes) -> bytes:
+    try:
+        return binascii.a2b_base64(data)
+    except binascii.Error:
+        # Junk or misplaced padding: keep what decodes, as the email package does.
+        cleaned = re.sub(rb"[^A-Za-z0-9+/]", b"", data)
+        cleaned = cleaned[: len(cleaned) // 4 * 4]
+        try:
+            return binascii.a2b_base64(cleaned)
+        except binascii.Error:
+            return b""
+
+
+def _quoted_printable(pieces: Iterator[bytes]) -> Iterator[bytes]:
+    line = b""
+    for piece in pieces:
+        line += piece
+        if line.endswith(b"\n") or len(line) >= LINE_CHUNK:
+            yield binascii.a2b_qp(line)
+            line = b""
+    if line:
+        yield binascii.a2b_qp(line)
+
+
+def _uuencoded(pieces: Iterator[bytes]) -> Iterator[bytes]:
+    started = False
+    line = b""
+    for piece in pieces:
+        line += piece
+        if not line.endswith(b"\n") and len(line) < LINE_CHUNK:
+            continue
+        text, line = line.strip(), b""
+        if not started:
+            started = text.startswith(b"begin ")
+        elif text == b"end":
+            return
+        elif text and text != b"`":
+            yield _uu(text)
+
+
+def _uu(line: bytes) -> bytes:
+    try:
+        return binascii.a2b_uu(line)
+    except binascii.Error:
+        length = (line[0] - 32) & 0x3F
+        try:
+            return binascii.a2b_uu(line[: 1 + (length + 2) // 3 * 4])
+        except binascii.Error:
+            return b""
+
+
+_DECODERS: dict[str, Callable[[Iterator[bytes]], Iterator[bytes]]] = {
+    "base64": _base64,
+    "quoted-printable": _quoted_printable,
+    "x-uuencode": _uuencoded,
+    "uuencode": _uuencoded,
+    "x-uue": _uuencoded,
+}

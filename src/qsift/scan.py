@@ -1,0 +1,78 @@
+"""`qsift scan`: the daemon's content checks on message files, offline, with nothing delivered.
+
+For a postmaster asking "what would qsift make of this message?" and for tests: the same
+`check_message` the daemon runs, with the same configuration, printed for people or as JSON lines.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any, TextIO
+
+from qsift.checks.content import CheckSettings, Verdict, check_message
+from qsift.decode.parts import Part
+
+
+def run_scan(paths: Sequence[str], settings: CheckSettings, *, as_json: bool, out: TextIO) -> int:
+    """Check each file and print its verdict; 0 unless a file could not be read (2)."""
+    status = 0
+    for path in paths:
+        try:
+            with open(path, "rb") as stream:
+                message = stream.read()
+        except OSError as exc:
+            print(f"qsift scan: {path}: {exc.strerror or exc}", file=sys.stderr)
+            status = 2
+            continue
+        verdict = check_message(message, settings)
+        if as_json:
+            out.write(json.dumps(verdict_json(path, verdict), ensure_ascii=False) + "\n")
+        else:
+            out.write(verdict_text(path, verdict))
+    return status
+
+
+def verdict_json(path: str, verdict: Verdict) -> dict[str, Any]:
+    return {
+        "file": path,
+        "category": verdict.category.value,
+        "categories": [c.value for c in verdict.categories],
+        "details": [
+            {"category": f.category.value, "minor": f.minor, "detail": f.detail, "part": f.part}
+            for f in verdict.findings
+        ],
+        "parts": [_part_json(p) for p in verdict.parts],
+    }
+
+
+def _part_json(part: Part) -> dict[str, Any]:
+    return {
+        "path": part.path,
+        "declared_type": part.declared_type,
+        "filename": part.filename,
+        "detected_type": part.detected_type,
+        "description": part.description,
+        "size": part.size,
+        "digest": part.digest,
+        "depth": part.depth,
+        "container": part.container,
+        "unchecked": part.unchecked,
+    }
+
+
+def verdict_text(path: str, verdict: Verdict) -> str:
+    lines = [f"{path}: {verdict.log_text()}"]
+    for finding in verdict.findings:
+        minor = f"-{finding.minor}" if finding.minor else ""
+        lines.append(f"  {finding.category.value}{minor}: {finding.detail}")
+    lines.append("  parts:")
+    for part in verdict.parts:
+        indent = "    " + "  " * part.depth
+        name = f" {part.filename!r}" if part.filename else ""
+        declared = part.declared_type or "-"
+        detected = part.detected_type or "?"
+        note = f" [{part.unchecked}]" if part.unchecked else ""
+        lines.append(f"{indent}{part.path}  {declared}{name}  {detected}  {part.size} B{note}")
+    return "\n".join(lines) + "\n"
