@@ -82,9 +82,8 @@ class Pipeline:
             return None
         settings = self.checks
         smtputf8 = any(key == "SMTPUTF8" for key, _ in envelope.mail_params)
-        message = b"".join(spool.chunks())
         try:
-            verdict = await asyncio.to_thread(check_message, message, settings, smtputf8=smtputf8)
+            verdict = await asyncio.to_thread(check_message, spool.reader(), settings, smtputf8=smtputf8)
         except Exception as exc:  # a decoder bug must not stop mail: the message is unchecked
             logger.exception("id=%s content checks failed; the message is UNCHECKED", mail_id)
             verdict = decoder_failure(f"{type(exc).__name__}: {exc}")

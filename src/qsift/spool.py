@@ -61,6 +61,12 @@ class MessageSpool:
                 return
             yield chunk
 
+    def reader(self) -> IO[bytes]:
+        """The body as a file at its start, for one reader while nothing writes (the content checks)."""
+        self._file.flush()
+        self._file.seek(0)
+        return self._file
+
     def head(self, limit: int) -> bytes:
         """The first `limit` bytes, for header inspection without reading the whole body."""
         self._file.flush()

@@ -7,12 +7,16 @@ daemon decides. Scanners (clamd, spamd) join here as further checks; each one on
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import IO
 
 from qsift.checks.banned import DEFAULT_RULES, BannedRule, check_banned
 from qsift.checks.headers import check_headers
 from qsift.decode.parts import Part
 from qsift.decode.walk import DecodeLimits, decode_message
 from qsift.model import Category, Finding, main_category
+
+#: The header section is read up to this size (a header larger than this is itself a problem).
+_HEADER_READ = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -56,13 +60,20 @@ class Verdict:
         return category.log_word
 
 
-def check_message(message: bytes, settings: CheckSettings, *, smtputf8: bool = False) -> Verdict:
-    """Decode `message` and run every content check on it; never raises for what the message holds."""
+def check_message(message: bytes | IO[bytes], settings: CheckSettings, *, smtputf8: bool = False) -> Verdict:
+    """Decode `message` (bytes, or a binary file at its start) and run every content check on it;
+    never raises for what the message holds."""
+    if isinstance(message, bytes):
+        head = message[:_HEADER_READ]
+    else:
+        start = message.tell()
+        head = message.read(_HEADER_READ)
+        message.seek(start)
     decoded = decode_message(message, settings.decode, settings.tmp_dir)
     findings = [
         *decoded.findings,
         *check_banned(decoded.parts, settings.banned),
-        *check_headers(message, smtputf8=smtputf8),
+        *check_headers(head, smtputf8=smtputf8),
     ]
     return Verdict(decoded.parts, tuple(findings))
 

@@ -26,6 +26,7 @@ import tempfile
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import IO
 
 from qsift.decode import archive, mime
 from qsift.decode.filetype import MAGIC_BYTES, detect
@@ -59,11 +60,19 @@ class Decoded:
 
 
 def decode_message(
-    message: bytes | str, limits: DecodeLimits | None = None, tmp_dir: str | None = None
+    message: bytes | str | IO[bytes], limits: DecodeLimits | None = None, tmp_dir: str | None = None
 ) -> Decoded:
-    """Take the whole message (bytes, or the path of a file holding it) apart within the limits; never
-    raises for anything the message contains."""
-    size = len(message) if isinstance(message, bytes) else os.path.getsize(message)
+    """Take the whole message apart within the limits: bytes, the path of a file, or a binary file
+    positioned at the message's start (read to its end, never closed). Never raises for anything the
+    message contains."""
+    if isinstance(message, bytes):
+        size = len(message)
+    elif isinstance(message, str):
+        size = os.path.getsize(message)
+    else:
+        start = message.tell()
+        size = message.seek(0, os.SEEK_END) - start
+        message.seek(start)
     walker = _Walker(limits or DecodeLimits(), size, tmp_dir)
     try:
         walker.walk_message(message, prefix="", depth=0, containers=())
@@ -205,13 +214,16 @@ class _Walker:
     # -- MIME: decode/mime.py reads, these callbacks decide
 
     def walk_message(
-        self, source: bytes | str, *, prefix: str, depth: int, containers: tuple[str, ...]
+        self, source: bytes | str | IO[bytes], *, prefix: str, depth: int, containers: tuple[str, ...]
     ) -> None:
-        """A message (bytes, or a file path for a large one): its parts are numbered below `prefix`."""
+        """A message (bytes, a file path, or an open file): its parts are numbered below `prefix`."""
         self._context.append((depth, containers))
         try:
-            with open(source, "rb") if isinstance(source, str) else io.BytesIO(source) as stream:
-                mime.walk(stream, self, prefix=prefix)
+            if isinstance(source, bytes | str):
+                with open(source, "rb") if isinstance(source, str) else io.BytesIO(source) as stream:
+                    mime.walk(stream, self, prefix=prefix)
+            else:
+                mime.walk(source, self, prefix=prefix)
         finally:
             self._context.pop()
 
