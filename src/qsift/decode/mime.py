@@ -110,14 +110,16 @@ class _Reader:
         header, defects = self._header(boundaries)
         if header is None:
             return _EOF
-        entity_path = prefix if _is_multipart(header) else _join(prefix, "1")
+        # A multipart's own number disappears into its children's; anything else is part 1.
+        splits = _is_multipart(header) and bool(header.get_boundary())
+        entity_path = prefix if splits else _join(prefix, "1")
         return self._entity(Entity(header, entity_path, defects), boundaries)
 
     def _entity(self, entity: Entity, boundaries: tuple[bytes, ...]) -> _End:
         header = entity.header
         if _is_multipart(header):
-            boundary = header.get_param("boundary")
-            if isinstance(boundary, str) and boundary:
+            boundary = header.get_boundary()  # RFC 2231 forms collapsed, as the email package does
+            if boundary:
                 return self._multipart(entity, boundary.encode("utf-8", "surrogateescape"), boundaries)
             entity = Entity(header, entity.path, (*entity.defects, "NoBoundaryInMultipartDefect"))
         cte = str(header.get("content-transfer-encoding", "")).strip().lower()
