@@ -11,10 +11,13 @@ import zipfile
 from email.message import EmailMessage
 from pathlib import Path
 
-import pytest
+from typing import TYPE_CHECKING
 
 from tests.fakes.mta import fake_mta
 from tests.harness import qmqp_send, running_daemon
+
+if TYPE_CHECKING:
+    import pytest
 
 QSIFT = str(Path(sys.executable).parent / "qsift")
 PROGRAM = b"MZ" + b"\x00" * 62 + b"\xcd\x20" * 100

@@ -242,11 +242,13 @@ def test_every_clamav_test_file_as_an_attachment(name: str) -> None:
 
 def test_a_zip_of_200_mb_of_zeros_is_stopped_within_the_quota() -> None:
     buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED, compresslevel=9) as archive:
-        with archive.open("zeros.bin", "w") as member:
-            block = bytes(1 << 20)
-            for _ in range(200):
-                member.write(block)
+    with (
+        zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED, compresslevel=9) as archive,
+        archive.open("zeros.bin", "w") as member,
+    ):
+        block = bytes(1 << 20)
+        for _ in range(200):
+            member.write(block)
     message = mail_with(buffer.getvalue(), "bomb.zip")
     started = time.monotonic()
     decoded = decode_message(message)
