@@ -10,7 +10,6 @@ import sys
 import zipfile
 from email.message import EmailMessage
 from pathlib import Path
-
 from typing import TYPE_CHECKING
 
 from tests.fakes.mta import fake_mta
