@@ -13,8 +13,12 @@ import threading
 
 import magic
 
-#: How much of a part libmagic is shown.
+#: How much of a part the decoder keeps for type detection.
 MAGIC_BYTES = 64 * 1024
+#: How much libmagic is shown: its text classifiers cost time in proportion (0.05 ms for 4 KiB of text,
+#: up to 1 ms for 64 KiB of some encodings), and no format here needs more, ISO 9660 aside.
+_LIBMAGIC_BYTES = 16 * 1024
+_ISO9660_MARK = (32769, b"CD001")
 
 # First match wins: specific before general (a DLL is also a PE32 executable, a jar also a zip).
 _SHORT_TYPES: tuple[tuple[re.Pattern[str], str], ...] = tuple(
@@ -95,8 +99,11 @@ def describe(head: bytes) -> str:
     """libmagic's description of content that starts with `head`."""
     if not head:
         return "empty"
+    offset, mark = _ISO9660_MARK
+    if head[offset : offset + len(mark)] == mark:
+        return "ISO 9660 CD-ROM filesystem data"
     try:
-        return str(_magic().from_buffer(head[:MAGIC_BYTES]))
+        return str(_magic().from_buffer(head[:_LIBMAGIC_BYTES]))
     except magic.MagicException as exc:
         return f"unknown (libmagic: {exc})"
 
