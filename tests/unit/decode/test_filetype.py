@@ -207,7 +207,7 @@ def test_empty_content_is_not_shown_to_libmagic() -> None:
     assert detect(b"") == ("empty", "empty")
 
 
-def test_libmagic_sees_only_the_first_magic_bytes(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_libmagic_sees_only_the_first_libmagic_bytes(monkeypatch: pytest.MonkeyPatch) -> None:
     seen: list[int] = []
 
     class Recording:
@@ -217,7 +217,18 @@ def test_libmagic_sees_only_the_first_magic_bytes(monkeypatch: pytest.MonkeyPatc
 
     monkeypatch.setattr(filetype, "_magic", Recording)
     assert detect(b"x" * (filetype.MAGIC_BYTES * 3)) == ("dat", "data")
-    assert seen == [filetype.MAGIC_BYTES]
+    assert seen == [filetype._LIBMAGIC_BYTES]
+    assert filetype._LIBMAGIC_BYTES <= filetype.MAGIC_BYTES
+
+
+def test_iso9660_is_found_by_its_mark_beyond_what_libmagic_sees() -> None:
+    offset, mark = filetype._ISO9660_MARK
+    image = bytearray(offset + 2048)
+    image[offset - 1] = 1  # volume descriptor type: primary
+    image[offset : offset + len(mark)] = mark
+    assert detect(bytes(image)) == ("iso", "ISO 9660 CD-ROM filesystem data")
+    assert detect(bytes(image[: offset + 2]))[0] == "dat"  # the mark cut short
+    assert filetype.MAGIC_BYTES >= offset + len(mark)
 
 
 def test_libmagic_failure_is_a_description_not_an_exception(monkeypatch: pytest.MonkeyPatch) -> None:
