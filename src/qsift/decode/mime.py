@@ -246,6 +246,10 @@ class _Body:
                 if end is not None:
                     self._end = end
                     return
+            if held == b"\r" and piece == b"\n":
+                # A CR LF cut in two by the line-piece size (readline stops at the LF) is one line break.
+                held = b"\r\n"
+                continue
             if held:
                 yield held
             body, held = _split_line_end(piece)
@@ -261,8 +265,8 @@ class _Body:
 def _split_line_end(piece: bytes) -> tuple[bytes, bytes]:
     if piece.endswith(b"\r\n"):
         return piece[:-2], b"\r\n"
-    if piece.endswith(b"\n"):
-        return piece[:-1], b"\n"
+    if piece.endswith((b"\n", b"\r")):
+        return piece[:-1], piece[-1:]
     return piece, b""
 
 
@@ -272,56 +276,92 @@ def _decoded(pieces: Iterator[bytes], encoding: str) -> Iterator[bytes]:
     return decoder(pieces) if decoder is not None else pieces
 
 
+# Everything but the base64 alphabet and its padding, which decoders skip (RFC 2045 §6.8).
+_NOT_BASE64 = bytes(
+    set(range(256)) - set(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=")
+)
+
+
 def _base64(pieces: Iterator[bytes]) -> Iterator[bytes]:
     pending = b""
     for piece in pieces:
-        pending += piece.translate(None, b" \t\r\n")
+        # Junk is dropped before counting, so a chunk boundary never cuts a group of four.
+        pending += piece.translate(None, _NOT_BASE64)
         usable = len(pending) // 4 * 4
         if usable >= 4096:
             yield _b64(pending[:usable])
             pending = pending[usable:]
+    if len(pending) % 4 == 1:
+        pending = pending[:-1]  # one lone character carries no whole byte
     if pending:
         yield _b64(pending + b"=" * (-len(pending) % 4))
 
 
 def _b64(data: bytes) -> bytes:
-    try:
-        return binascii.a2b_base64(data)
-    except binascii.Error:
-        # Junk or misplaced padding: keep what decodes, as the email package does.
-        cleaned = re.sub(rb"[^A-Za-z0-9+/]", b"", data)
-        cleaned = cleaned[: len(cleaned) // 4 * 4]
+    if b"=" not in data.rstrip(b"="):
         try:
-            return binascii.a2b_base64(cleaned)
+            return binascii.a2b_base64(data)
         except binascii.Error:
-            return b""
+            pass  # "incorrect padding": decode group by group below
+    # Padding in the middle (pieces glued together by a broken encoder): binascii would stop at the
+    # first "=" and hide the rest; decode every group, as a filter must see what a client might show.
+    out = bytearray()
+    for group in re.split(rb"=+", data):
+        whole = group[: len(group) // 4 * 4]
+        rest = group[len(whole) :]
+        if whole:
+            out += binascii.a2b_base64(whole)
+        if len(rest) >= 2:
+            out += binascii.a2b_base64(rest + b"=" * (4 - len(rest)))
+    return bytes(out)
 
 
 def _quoted_printable(pieces: Iterator[bytes]) -> Iterator[bytes]:
     line = b""
     for piece in pieces:
         line += piece
-        if line.endswith(b"\n") or len(line) >= LINE_CHUNK:
+        if line.endswith(b"\n"):
             yield binascii.a2b_qp(line)
             line = b""
+        elif len(line) >= LINE_CHUNK:
+            # Decode a long line in pieces, never cutting an "=XX" escape or a soft break in two.
+            cut = line.rfind(b"=", len(line) - 2)
+            cut = cut if cut >= 0 else len(line)
+            yield binascii.a2b_qp(line[:cut])
+            line = line[cut:]
     if line:
         yield binascii.a2b_qp(line)
 
 
 def _uuencoded(pieces: Iterator[bytes]) -> Iterator[bytes]:
-    started = False
+    started = ended = False
     line = b""
     for piece in pieces:
+        if ended:
+            continue  # read to the end all the same: the reader finds the next boundary after it
         line += piece
         if not line.endswith(b"\n") and len(line) < LINE_CHUNK:
             continue
         text, line = line.strip(), b""
-        if not started:
-            started = text.startswith(b"begin ")
-        elif text == b"end":
-            return
-        elif text and text != b"`":
-            yield _uu(text)
+        started, ended, data = _uu_step(text, started)
+        if data:
+            yield data
+    if line and not ended:
+        # The last line before a delimiter has lost its line break to the delimiter.
+        _, _, data = _uu_step(line.strip(), started)
+        if data:
+            yield data
+
+
+def _uu_step(text: bytes, started: bool) -> tuple[bool, bool, bytes]:
+    """(started, ended, decoded bytes) after one line of a uuencoded body."""
+    if not started:
+        return text.startswith(b"begin "), False, b""
+    if text == b"end":
+        return True, True, b""
+    if text and text != b"`":
+        return True, False, _uu(text)
+    return True, False, b""
 
 
 def _uu(line: bytes) -> bytes:
@@ -341,4 +381,5 @@ _DECODERS: dict[str, Callable[[Iterator[bytes]], Iterator[bytes]]] = {
     "x-uuencode": _uuencoded,
     "uuencode": _uuencoded,
     "x-uue": _uuencoded,
+    "uue": _uuencoded,
 }
