@@ -103,7 +103,7 @@ def describe(head: bytes) -> str:
     if head[offset : offset + len(mark)] == mark:
         return "ISO 9660 CD-ROM filesystem data"
     try:
-        return str(_magic().from_buffer(head[:_LIBMAGIC_BYTES]))
+        return str(_magic().from_buffer(head[:_LIBMAGIC_BYTES])).strip()
     except magic.MagicException as exc:
         return f"unknown (libmagic: {exc})"
 

@@ -8,6 +8,7 @@ import io
 import lzma
 import os
 import shutil
+import struct
 import subprocess
 import tarfile
 import time
@@ -190,6 +191,34 @@ def test_ar_archive() -> None:
     archive = b"!<arch>\n" + member(b"run.exe/", EXE)
     decoded = decode_message(mail_with(archive, "lib.a"))
     assert any(p.filename == "run.exe" and p.detected_type == "exe-ms" for p in decoded.parts)
+
+
+def lha_of(name: bytes, data: bytes) -> bytes:
+    """An LHA archive, level-0 header, stored (-lh0-): nothing here writes LHA, so it is built by hand."""
+    crc = 0
+    for byte in data:  # CRC-16/ARC, as LHA uses
+        crc ^= byte
+        for _ in range(8):
+            crc = (crc >> 1) ^ 0xA001 if crc & 1 else crc >> 1
+    fields = struct.pack("<IIIBB", len(data), len(data), 0, 0x20, 0)
+    body = b"-lh0-" + fields + bytes([len(name)]) + name + struct.pack("<H", crc)
+    return bytes([len(body), sum(body) & 0xFF]) + body + data + b"\x00"
+
+
+def test_lha_archive() -> None:
+    decoded = decode_message(mail_with(lha_of(b"run.exe", EXE), "a.lzh"))
+    assert leaves(decoded)["2/run.exe"].detected_type == "exe-ms"
+
+
+def test_iso_image(tmp_path: Path) -> None:
+    import libarchive
+
+    image = tmp_path / "disk.iso"
+    with libarchive.file_writer(str(image), "iso9660") as writer:
+        writer.add_file_from_memory("run.exe", len(EXE), EXE)
+    decoded = decode_message(mail_with(image.read_bytes(), "disk.iso"))
+    assert next(p for p in decoded.parts if p.path == "2").detected_type == "iso"
+    assert leaves(decoded)["2/run.exe"].detected_type == "exe-ms"
 
 
 def test_tnef_winmail_dat() -> None:
