@@ -25,6 +25,8 @@ from typing import IO, Protocol
 
 #: Longest piece of a line handled at once; longer lines come in pieces (never a boundary).
 LINE_CHUNK = 64 * 1024
+#: Multiparts inside multiparts; deeper ones are read as one leaf (and the walker calls that unchecked).
+MAX_NESTING = 64
 _HEADER_LIMIT = 1024 * 1024
 _FIELD = re.compile(rb"^[\x21-\x39\x3b-\x7e]+[ \t]*:")
 _MESSAGE_TYPES = frozenset({"message/rfc822", "message/global"})
@@ -119,9 +121,11 @@ class _Reader:
         header = entity.header
         if _is_multipart(header):
             boundary = header.get_boundary()  # RFC 2231 forms collapsed, as the email package does
-            if boundary:
+            if boundary and len(boundaries) < MAX_NESTING:
                 return self._multipart(entity, boundary.encode("utf-8", "surrogateescape"), boundaries)
-            entity = Entity(header, entity.path, (*entity.defects, "NoBoundaryInMultipartDefect"))
+            # No boundary, or nested past any honest message's depth: one leaf, read as it is.
+            defect = "MultipartNestingTooDeep" if boundary else "NoBoundaryInMultipartDefect"
+            entity = Entity(header, entity.path, (*entity.defects, defect))
         cte = str(header.get("content-transfer-encoding", "")).strip().lower()
         # An encoded message/rfc822 (seen in the wild) is a leaf here; the walker reads it once decoded.
         if entity.content_type in _MESSAGE_TYPES and cte in ("", "7bit", "8bit", "binary"):

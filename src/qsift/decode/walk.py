@@ -282,6 +282,10 @@ class _Walker:
     def _note_defects(self, entity: mime.Entity) -> None:
         kinds = [*entity.defects, *(type(defect).__name__ for defect in entity.header.defects)]
         for kind in kinds:
+            if kind == "MultipartNestingTooDeep" and kind not in self._reported_defects:
+                self._reported_defects.add(kind)
+                detail = f"MIME parts nested deeper than {mime.MAX_NESTING} at {entity.path}"
+                self._unchecked(2, detail, entity.path)
             if kind in _STRUCTURE_DEFECTS and kind not in self._reported_defects:
                 self._reported_defects.add(kind)
                 where = f" in part {entity.path}" if entity.path else ""

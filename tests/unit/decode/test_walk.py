@@ -409,3 +409,14 @@ def test_every_attachment_name_the_email_package_sees_is_seen() -> None:
                 expected.add(name)
         seen = {p.filename for p in decode_message(raw).parts}
         assert expected <= seen, (path, expected - seen)
+
+
+def test_multiparts_nested_thousands_deep_are_unchecked_not_a_crash() -> None:
+    levels = 3000
+    head = b'From: a@x\nContent-Type: multipart/mixed; boundary="b0"\n\n'
+    body = b"".join(
+        b'--b%d\nContent-Type: multipart/mixed; boundary="b%d"\n\n' % (i, i + 1) for i in range(levels)
+    )
+    decoded = decode_message(head + body + b"--b%d\nContent-Type: text/plain\n\nhi\n" % levels)
+    assert [m for m, _ in unchecked(decoded)] == [2]
+    assert "nested deeper than 64" in unchecked(decoded)[0][1]
