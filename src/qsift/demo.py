@@ -7,6 +7,7 @@ The forward target is a maildir in a scratch directory, so the demo needs no MTA
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import shutil
 import signal
@@ -15,30 +16,61 @@ import subprocess
 import sys
 import tempfile
 import time
+import zipfile
+from email.message import EmailMessage
 from pathlib import Path
 
 from qsift.wire.qmail_queue import encode_envelope
 
+_DATE = b"Date: Wed, 25 Nov 2026 12:00:00 +0000\n"
+
+
+def _banned_sample() -> bytes:
+    """A message with a zip holding "invoice.pdf.exe", a DOS program that does nothing."""
+    program = b"MZ" + b"\x00" * 62 + b"\xcd\x20" * 100
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("invoice.pdf.exe", program)
+    mail = EmailMessage()
+    mail["From"] = "billing@example.com"
+    mail["To"] = "bob@example.net"
+    mail["Subject"] = "Your invoice"
+    mail["Message-ID"] = "<demo-5@example.com>"
+    mail["Date"] = "Wed, 25 Nov 2026 12:00:00 +0000"
+    mail.set_content("Please see the attached invoice.")
+    mail.add_attachment(buffer.getvalue(), maintype="application", subtype="zip", filename="invoice.zip")
+    return mail.as_bytes()
+
+
 SAMPLES: tuple[tuple[str, bytes, bytes, list[bytes]], ...] = (
     (
         "a clean message",
-        b"From: alice@example.org\nTo: bob@example.net\nSubject: hello\nMessage-ID: <demo-1@example.org>\n\n"
-        b"Hello Bob.\n.leading dot line\n",
+        b"From: alice@example.org\nTo: bob@example.net\nSubject: hello\nMessage-ID: <demo-1@example.org>\n"
+        + _DATE
+        + b"\nHello Bob.\n.leading dot line\n",
         b"alice@example.org",
         [b"bob@example.net"],
     ),
     (
         "a message to three recipients, no final newline",
-        b"From: alice@example.org\nSubject: team\nMessage-ID: <demo-2@example.org>\n\nno newline at the end",
+        b"From: alice@example.org\nSubject: team\nMessage-ID: <demo-2@example.org>\n"
+        + _DATE
+        + b"\nno newline at the end",
         b"alice@example.org",
         [b"bob@example.net", b"carol@example.net", b"dave@example.net"],
     ),
     (
         "a bounce (null sender)",
         b"From: MAILER-DAEMON@example.org\nSubject: failure notice\n"
-        b"Message-ID: <demo-3@example.org>\n\nsorry\n",
+        b"Message-ID: <demo-3@example.org>\n" + _DATE + b"\nsorry\n",
         b"",
         [b"alice@example.org"],
+    ),
+    (
+        "a zip holding invoice.pdf.exe (BANNED; passed until policy exists)",
+        _banned_sample(),
+        b"billing@example.com",
+        [b"bob@example.net"],
     ),
     (
         "a message over the demo's 1 MiB size limit",
