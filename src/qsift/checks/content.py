@@ -51,6 +51,8 @@ class Verdict:
         first = next((f for f in self.findings if f.category is category), None)
         if first is None:
             return Category.CLEAN.log_word
+        if category is Category.VIRUS:
+            return f"INFECTED ({first.detail})"
         if category is Category.BANNED:
             return f"BANNED ({first.detail})"
         if category is Category.UNCHECKED and first.minor == 1:

@@ -19,6 +19,9 @@ class VirusResult:
     names: tuple[str, ...] = ()
     #: Why the scanner could not give an answer; "" when it did.
     error: str = ""
+    #: Why this scanner cannot check this message at all, by its own limits (clamd's StreamMaxLength):
+    #: not a failure of the scanner, but the message is not checked by it either.
+    unchecked: str = ""
 
     @property
     def infected(self) -> bool:

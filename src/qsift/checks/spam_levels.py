@@ -1,0 +1,39 @@
+"""Spam scores into categories, by amavisd-new's levels.
+
+amavisd-new's sample configuration: at `tag_level` (2.0) the X-Spam headers are added (CLEAN, minor 1,
+"CleanTag"); at `tag2_level` (6.2) the message is **spammy** (X-Spam-Flag: YES, subject tag); at
+`kill_level` (6.9) it is **spam**, and its destiny applies. `dsn_cutoff_level` (10) suppresses the DSN
+for spam scored at or above it, `quarantine_cutoff_level` (none) the quarantine. Scores can be negative
+and levels can be too, so every level is a plain number here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from qsift.checks.scanners import SpamResult
+from qsift.model import Category, Finding
+
+
+@dataclass(frozen=True)
+class SpamLevels:
+    tag_level: float = 2.0
+    tag2_level: float = 6.2
+    kill_level: float = 6.9
+    dsn_cutoff_level: float = 10.0
+    #: None: spam is quarantined whatever its score.
+    quarantine_cutoff_level: float | None = None
+
+
+def spam_findings(result: SpamResult, levels: SpamLevels) -> tuple[Finding, ...]:
+    """SPAM or SPAMMY with the score and the rules; nothing for a message that scored low or not at all."""
+    if result.score is None:
+        return ()
+    score = result.score
+    rules = ",".join(result.rules[:30])
+    detail = f"score {score:.3f} ({result.scanner}: {rules or 'no rules'})"
+    if score >= levels.kill_level:
+        return (Finding(Category.SPAM, 0, detail),)
+    if score >= levels.tag2_level:
+        return (Finding(Category.SPAMMY, 0, detail),)
+    return ()
