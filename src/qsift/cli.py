@@ -78,9 +78,12 @@ def _printable_value(value: object) -> object:
 
 
 def _scan(path: str | None, messages: list[str], *, as_json: bool) -> int:
+    from qsift.checks.scanner_set import ScannerSet
     from qsift.scan import run_scan
 
-    return run_scan(messages, _load(path).check_settings(), as_json=as_json, out=sys.stdout)
+    settings = _load(path)
+    scanners = ScannerSet.build(settings.virus, settings.spam, settings.tmp_dir or None)
+    return run_scan(messages, settings.check_settings(), scanners, as_json=as_json, out=sys.stdout)
 
 
 if __name__ == "__main__":

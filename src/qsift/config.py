@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 
 from qsift.checks.banned import DEFAULT_RULES, BannedRule, rules_from_config
 from qsift.checks.content import CheckSettings
+from qsift.checks.scanner_config import SpamSettings, VirusSettings, spam_from_config, virus_from_config
 from qsift.decode.walk import DecodeLimits
 from qsift.errors import ConfigError
 
@@ -97,6 +98,10 @@ class Config:
     decode: DecodeLimits = field(default_factory=DecodeLimits)
     #: Banned-file rules: the `[[banned]]` tables, then (unless banned_defaults = false) the defaults.
     banned: tuple[BannedRule, ...] = DEFAULT_RULES
+    #: Virus scanners (`[virus]`): none by default.
+    virus: VirusSettings = field(default_factory=VirusSettings)
+    #: The spam scanner and its levels (`[spam]`): none by default.
+    spam: SpamSettings = field(default_factory=SpamSettings)
     #: 0 (summary lines only) to 5 (protocol traces), as amavisd-new's $log_level.
     log_level: int = 1
     #: Log to syslog with this facility ("mail") instead of stderr; empty for stderr.
@@ -163,6 +168,8 @@ def from_mapping(raw: Mapping[str, Any], source: str = "<config>") -> Config:
         own_rules = rules_from_config(banned_tables)
     except ConfigError as exc:
         raise ConfigError(f"{source}: {exc}") from None
+    virus = virus_from_config(raw.pop("virus", {}), f"{source}: [virus]")
+    spam = spam_from_config(raw.pop("spam", {}), f"{source}: [spam]")
     top = _section(_TopLevel, raw, source)
     if not 0 <= top.log_level <= 5:
         raise ConfigError(f"{source}: log_level must be 0 to 5, not {top.log_level}")
@@ -170,7 +177,16 @@ def from_mapping(raw: Mapping[str, Any], source: str = "<config>") -> Config:
     if not values["myhostname"]:
         values["myhostname"] = socket.getfqdn()
     banned = own_rules + (DEFAULT_RULES if values.pop("banned_defaults") else ())
-    return Config(listeners=listeners, forward=forward, limits=limits, decode=decode, banned=banned, **values)
+    return Config(
+        listeners=listeners,
+        forward=forward,
+        limits=limits,
+        decode=decode,
+        banned=banned,
+        virus=virus,
+        spam=spam,
+        **values,
+    )
 
 
 @dataclass(frozen=True)

@@ -110,5 +110,11 @@ class SpoolError(QsiftError):
     enhanced_status = "4.3.0"
 
 
+class ScannerFailure(QsiftError):
+    """Every virus scanner failed: the message must wait (DESIGN.md invariant 4)."""
+
+    enhanced_status = "4.5.0"
+
+
 class ConfigError(QsiftError):
     """The configuration is invalid; raised at load time, never while serving mail."""

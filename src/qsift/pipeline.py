@@ -17,8 +17,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
 from qsift.act.forward import Forwarder
-from qsift.checks.content import CheckSettings, Verdict, check_message, decoder_failure
-from qsift.errors import QsiftError
+from qsift.checks.content import CheckSettings, Verdict, inspect
+from qsift.checks.scanner_set import ScannerSet
+from qsift.errors import QsiftError, ScannerFailure
 from qsift.model import (
     Answer,
     Disposition,
@@ -49,6 +50,8 @@ class Pipeline:
     clock: Callable[[], float] = field(default=time.time)
     #: None: no content checks (every message CLEAN), for forward-only setups and tests.
     checks: CheckSettings | None = None
+    #: The virus and spam scanners (None or empty: none configured).
+    scanners: ScannerSet | None = None
 
     async def handle(
         self, envelope: Envelope, spool: MessageSpool, client_gone: asyncio.Event | None = None
@@ -64,7 +67,12 @@ class Pipeline:
         owed = tuple(r for r, k in zip(envelope.recipients, keys, strict=True) if k not in already)
         if not owed:
             return _duplicate(mail_id, next(iter(already.values())))
-        verdict = await self._check(envelope, spool, mail_id)
+        try:
+            verdict = await self._check(envelope, spool, mail_id)
+        except ScannerFailure as exc:
+            logger.error("id=%s %s; the message is held back (try later)", mail_id, exc)
+            reply = Reply.tempfail(exc.enhanced_status, f"id={mail_id} - {exc}")
+            return Outcome(mail_id, reply, Disposition.TEMPFAILED, category="UNCHECKED")
         result = await self.forwarder.forward(replace(envelope, recipients=owed), spool, client_gone)
         accepted_keys = [
             delivery_key(digest, envelope.sender, r.recipient.address)
@@ -80,13 +88,12 @@ class Pipeline:
     async def _check(self, envelope: Envelope, spool: MessageSpool, mail_id: str) -> Verdict | None:
         if self.checks is None:
             return None
-        settings = self.checks
         smtputf8 = any(key == "SMTPUTF8" for key, _ in envelope.mail_params)
-        try:
-            verdict = await asyncio.to_thread(check_message, spool.reader(), settings, smtputf8=smtputf8)
-        except Exception as exc:  # a decoder bug must not stop mail: the message is unchecked
-            logger.exception("id=%s content checks failed; the message is UNCHECKED", mail_id)
-            verdict = decoder_failure(f"{type(exc).__name__}: {exc}")
+        # The copies for the scanners are made before the decoder's thread starts reading the spool.
+        copies = spool.independent_readers()
+        verdict = await inspect(
+            spool.reader(), copies, spool.size, self.checks, self.scanners, smtputf8=smtputf8
+        )
         for finding in verdict.findings:
             logger.info("id=%s %s: %s", mail_id, finding.category.log_word, finding.detail)
         return verdict

@@ -6,32 +6,63 @@ For a postmaster asking "what would qsift make of this message?" and for tests: 
 
 from __future__ import annotations
 
+import asyncio
+import io
 import json
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, TextIO
 
-from qsift.checks.content import CheckSettings, Verdict, check_message
+from qsift.checks.content import CheckSettings, Verdict, check_message, inspect
+from qsift.checks.scanner_set import ScannerSet
 from qsift.decode.parts import Part
+from qsift.errors import ScannerFailure
+from qsift.model import Category, Finding
 
 
-def run_scan(paths: Sequence[str], settings: CheckSettings, *, as_json: bool, out: TextIO) -> int:
+def run_scan(
+    paths: Sequence[str], settings: CheckSettings, scanners: ScannerSet, *, as_json: bool, out: TextIO
+) -> int:
     """Check each file and print its verdict; 0 unless a file could not be read (2)."""
+    return asyncio.run(_scan_all(paths, settings, scanners, as_json=as_json, out=out))
+
+
+async def _scan_all(
+    paths: Sequence[str], settings: CheckSettings, scanners: ScannerSet, *, as_json: bool, out: TextIO
+) -> int:
     status = 0
-    for path in paths:
-        try:
-            with open(path, "rb") as stream:
-                message = stream.read()
-        except OSError as exc:
-            print(f"qsift scan: {path}: {exc.strerror or exc}", file=sys.stderr)
-            status = 2
-            continue
-        verdict = check_message(message, settings)
-        if as_json:
-            out.write(json.dumps(verdict_json(path, verdict), ensure_ascii=False) + "\n")
-        else:
-            out.write(verdict_text(path, verdict))
+    try:
+        for path in paths:
+            try:
+                message = await asyncio.to_thread(Path(path).read_bytes)
+            except OSError as exc:
+                print(f"qsift scan: {path}: {exc.strerror or exc}", file=sys.stderr)
+                status = 2
+                continue
+            _print(path, await _verdict(message, settings, scanners), as_json=as_json, out=out)
+    finally:
+        await scanners.close()
     return status
+
+
+async def _verdict(message: bytes, settings: CheckSettings, scanners: ScannerSet) -> Verdict:
+    try:
+        return await inspect(
+            io.BytesIO(message), lambda: io.BytesIO(message), len(message), settings, scanners
+        )
+    except ScannerFailure as exc:
+        # The daemon would answer "try later"; offline, say what the decoder saw and why no more.
+        verdict = check_message(message, settings)
+        failure = Finding(Category.UNCHECKED, 0, str(exc))
+        return Verdict(verdict.parts, (*verdict.findings, failure))
+
+
+def _print(path: str, verdict: Verdict, *, as_json: bool, out: TextIO) -> None:
+    if as_json:
+        out.write(json.dumps(verdict_json(path, verdict), ensure_ascii=False) + "\n")
+    else:
+        out.write(verdict_text(path, verdict))
 
 
 def verdict_json(path: str, verdict: Verdict) -> dict[str, Any]:

@@ -8,9 +8,10 @@ behaviour on POSIX), so a crash leaves nothing behind.
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from types import TracebackType
 from typing import IO
 
@@ -34,6 +35,7 @@ class MessageSpool:
             max_size=memory_limit, mode="w+b", dir=directory
         )
         self._digest = hashlib.sha256()
+        self._memory_limit = memory_limit
         self.size = 0
         self._closed = False
 
@@ -66,6 +68,17 @@ class MessageSpool:
         self._file.flush()
         self._file.seek(0)
         return self._file
+
+    def independent_readers(self) -> Callable[[], IO[bytes]]:
+        """A factory of readers of the whole body, each with its own position, so scanners and the
+        decoder can read side by side. Call it before anything else reads: a small body is copied
+        once, here; a large one is reopened through /proc for each reader (a second open file
+        description of the unlinked temp file, with its own offset)."""
+        if self.size <= self._memory_limit:
+            body = self.head(self.size)
+            return lambda: io.BytesIO(body)
+        path = f"/proc/self/fd/{self._file.fileno()}"
+        return lambda: open(path, "rb")
 
     def head(self, limit: int) -> bytes:
         """The first `limit` bytes, for header inspection without reading the whole body."""

@@ -303,3 +303,16 @@ async def test_a_one_megabyte_header_line_over_smtp_arrives_intact(tmp_path: Pat
         transcript = await smtp_send(daemon.smtp, message, SENDER, [b"bob@example.net"])
     assert transcript.final[0][0] == 250, transcript
     assert mta.deliveries[0].raw == message
+
+
+# --- scanners -----------------------------------------------------------------------------------------
+
+
+async def test_every_virus_scanner_failed_is_a_temporary_failure(tmp_path: Path) -> None:
+    broken = {"type": "command", "name": "gone", "command": "/nonexistent/scanner", "args": ["{}"]}
+    virus = {"scanners": [broken], "backup_scanners": [{**broken, "name": "gone-too"}]}
+    async with scene(tmp_path, top={"virus": virus}) as (daemon, mta):
+        qmqp, smtp = await both(daemon, [b"bob@example.net"])
+    assert re.match(r"Z451 4\.5\.0 id=\S+ - virus scanner failure: gone: .*; gone-too: ", qmqp), qmqp
+    assert smtp.startswith("451 4.5.0 id="), smtp
+    assert mta.connections == 0  # nothing forwarded, nothing lost: the client keeps the message

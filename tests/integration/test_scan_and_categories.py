@@ -114,3 +114,30 @@ async def test_the_daemon_names_the_category_and_still_passes(
     assert summary.startswith(
         "Passed BANNED (.exe-ms,invoice.pdf.exe (Windows program by its content)), QMQP"
     ), summary
+
+
+def test_scan_with_a_command_line_scanner(tmp_path: Path) -> None:
+    program = tmp_path / "scanner"
+    program.write_text(
+        f"#!{sys.executable}\nimport os, sys\n"
+        "d = sys.argv[-1]\n"
+        "hit = any(b'EICAR-STANDARD' in open(os.path.join(d, n), 'rb').read() for n in os.listdir(d))\n"
+        "print(f'{d}/email.txt: Eicar-Test-Signature FOUND' if hit else f'{d}/email.txt: OK')\n"
+        "sys.exit(1 if hit else 0)\n"
+    )
+    program.chmod(0o755)
+    config = tmp_path / "q.toml"
+    config.write_text(
+        f'[[virus.scanners]]\ntype = "command"\nname = "fake"\ncommand = "{program}"\nargs = ["{{}}"]\n'
+    )
+    eicar = b"X5O!P%@AP[4\\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*"
+    # In the body as it is: this fake scanner, unlike a real one, does not decode MIME.
+    (tmp_path / "v.eml").write_bytes(b"From: a@x\nDate: Wed, 25 Nov 2026 12:00:00 +0000\n\n" + eicar + b"\n")
+    (tmp_path / "c.eml").write_bytes(message(("notes.txt", b"notes")))
+    result = scan("--json", "--config", str(config), str(tmp_path / "v.eml"), str(tmp_path / "c.eml"))
+    infected, clean = (json.loads(line) for line in result.stdout.splitlines())
+    assert infected["category"] == "virus" and infected["details"][0]["detail"] == "Eicar-Test-Signature"
+    assert clean["category"] == "clean"
+    config.write_text('[[virus.scanners]]\ntype = "command"\ncommand = "/nonexistent/scanner"\n')
+    failed = json.loads(scan("--json", "--config", str(config), str(tmp_path / "c.eml")).stdout)
+    assert failed["category"] == "unchecked" and "virus scanner failure" in failed["details"][-1]["detail"]

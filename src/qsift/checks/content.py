@@ -6,11 +6,15 @@ daemon decides. Scanners (clamd, spamd) join here as further checks; each one on
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import IO
 
 from qsift.checks.banned import DEFAULT_RULES, BannedRule, check_banned
 from qsift.checks.headers import check_headers
+from qsift.checks.scanner_set import ScannerSet, run_scanners
+from qsift.checks.scanners import SpamResult
 from qsift.decode.parts import Part
 from qsift.decode.walk import DecodeLimits, decode_message
 from qsift.model import Category, Finding, main_category
@@ -33,6 +37,8 @@ class Verdict:
 
     parts: tuple[Part, ...]
     findings: tuple[Finding, ...]
+    #: The spam scanner's answer, kept for the X-Spam headers; None without a spam check.
+    spam: SpamResult | None = None
 
     @property
     def category(self) -> Category:
@@ -78,6 +84,33 @@ def check_message(message: bytes | IO[bytes], settings: CheckSettings, *, smtput
         *check_headers(head, smtputf8=smtputf8),
     ]
     return Verdict(decoded.parts, tuple(findings))
+
+
+async def inspect(
+    reader: IO[bytes],
+    open_copy: Callable[[], IO[bytes]],
+    size: int,
+    settings: CheckSettings,
+    scanners: ScannerSet | None,
+    *,
+    smtputf8: bool = False,
+) -> Verdict:
+    """Every check on one message: the decoder's in a thread, the scanners side by side with it.
+
+    `reader` is the decoder's (it reads from a thread); every scanner opens its own copy through
+    `open_copy`. Raises ScannerFailure when the message must wait for its scanners.
+    """
+    decoding = asyncio.ensure_future(asyncio.to_thread(check_message, reader, settings, smtputf8=smtputf8))
+    try:
+        scanned = await run_scanners(scanners, open_copy, size) if scanners and not scanners.empty else None
+    finally:
+        try:
+            verdict = await decoding
+        except Exception as exc:  # a decoder bug must not stop mail: the message is unchecked
+            verdict = decoder_failure(f"{type(exc).__name__}: {exc}")
+    if scanned is None:
+        return verdict
+    return Verdict(verdict.parts, verdict.findings + scanned.findings, scanned.spam)
 
 
 def decoder_failure(reason: str) -> Verdict:

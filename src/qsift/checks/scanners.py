@@ -29,7 +29,8 @@ class VirusResult:
 
 
 class VirusScanner(Protocol):
-    name: str
+    @property
+    def name(self) -> str: ...
 
     async def scan(self, message: IO[bytes], size: int) -> VirusResult:
         """Scan the whole raw message, read from `message` (positioned at its start, `size` bytes)."""
@@ -51,7 +52,8 @@ class SpamResult:
 
 
 class SpamScanner(Protocol):
-    name: str
+    @property
+    def name(self) -> str: ...
 
     async def check(self, message: IO[bytes], size: int, *, user: str | None = None) -> SpamResult:
         """Score the whole raw message, read from `message` (positioned at its start, `size` bytes)."""

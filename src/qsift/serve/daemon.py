@@ -17,6 +17,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from qsift.act.forward import make_forwarder
+from qsift.checks.scanner_config import describe
+from qsift.checks.scanner_set import ScannerSet
 from qsift.config import Config, Listener
 from qsift.listen.qmqp import QmqpListener
 from qsift.listen.smtp import SmtpListener
@@ -44,11 +46,13 @@ class Daemon:
         spool_dir = make_private_dir(self.config.tmp_dir or None)
         os.makedirs(self.config.state_dir, mode=0o700, exist_ok=True)
         outcomes = OutcomeStore(os.path.join(self.config.state_dir, "outcomes.sqlite"))
+        scanners = ScannerSet.build(self.config.virus, self.config.spam, self.config.tmp_dir or None)
         pipeline = Pipeline(
             make_forwarder(self.config.forward, self.config.myhostname),
             outcomes,
             self.config.dedupe_window,
             checks=self.config.check_settings(),
+            scanners=scanners,
         )
         try:
             for listener in self.config.listeners:
@@ -61,14 +65,35 @@ class Daemon:
                 ", ".join(listener.name for listener in self.config.listeners),
                 pipeline.forwarder.method,
             )
+            await self._greet_scanners(scanners)
             await self.stopping.wait()
             await self._drain()
         finally:
             for server in self.servers:
                 server.close()
             outcomes.close()
+            await scanners.close()
             shutil.rmtree(spool_dir, ignore_errors=True)
             logger.warning("qsift stopped")
+
+    async def _greet_scanners(self, scanners: ScannerSet) -> None:
+        """Say which scanners are configured and whether they answer; a silent one is logged, not fatal
+        (it may come up later; until then every message waits, as DESIGN.md invariant 4 wants)."""
+        config = self.config
+        logger.warning(
+            "virus scanners: %s; backups: %s; spam: %s",
+            describe(config.virus.scanners),
+            describe(config.virus.backup_scanners),
+            f"{config.spam.type} {config.spam.address}" if config.spam.type else "none",
+        )
+        for scanner in [*scanners.primary, *scanners.backup, scanners.spam]:
+            ping = getattr(scanner, "ping", None)
+            if ping is not None:
+                version = await ping()
+                if version:
+                    logger.info("%s answers: %s", scanner.name, version)  # type: ignore[union-attr]
+                else:
+                    logger.error("%s does not answer at start-up", scanner.name)  # type: ignore[union-attr]
 
     def stop(self) -> None:
         self.stopping.set()

@@ -1,0 +1,114 @@
+"""The scanner clients a running daemon holds: built once from the configuration, closed at the end.
+
+They live as long as the daemon so clamd sessions are reused across messages. `run_scanners` asks the
+virus scanners and the spam scanner about one message side by side (they are independent), each reading
+its own copy of the message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import IO
+
+from qsift.checks.clamd import ClamdScanner
+from qsift.checks.scanner_config import ScannerSpec, SpamSettings, VirusSettings
+from qsift.checks.scanners import SpamResult, SpamScanner, VirusResult, VirusScanner
+from qsift.checks.spam import RspamdScanner, SpamdScanner
+from qsift.checks.spam_levels import spam_findings
+from qsift.checks.virus import CommandScanner, VirusScannersFailed, scan_for_viruses
+from qsift.errors import ScannerFailure
+from qsift.model import Finding
+
+
+@dataclass
+class ScannerSet:
+    primary: list[VirusScanner] = field(default_factory=list)
+    backup: list[VirusScanner] = field(default_factory=list)
+    spam: SpamScanner | None = None
+    spam_settings: SpamSettings = field(default_factory=SpamSettings)
+
+    @classmethod
+    def build(cls, virus: VirusSettings, spam: SpamSettings, tmp_dir: str | None = None) -> ScannerSet:
+        return cls(
+            primary=[_virus_scanner(spec, tmp_dir) for spec in virus.scanners],
+            backup=[_virus_scanner(spec, tmp_dir) for spec in virus.backup_scanners],
+            spam=_spam_scanner(spam),
+            spam_settings=spam,
+        )
+
+    @property
+    def empty(self) -> bool:
+        return not (self.primary or self.backup or self.spam)
+
+    async def close(self) -> None:
+        for scanner in [*self.primary, *self.backup]:
+            if isinstance(scanner, ClamdScanner):
+                with contextlib.suppress(Exception):
+                    await scanner.close()
+
+
+@dataclass(frozen=True)
+class ScanFindings:
+    findings: tuple[Finding, ...]
+    virus_results: tuple[VirusResult, ...]
+    spam: SpamResult | None
+
+
+async def run_scanners(
+    scanners: ScannerSet, open_message: Callable[[], IO[bytes]], size: int
+) -> ScanFindings:
+    """Every scanner on one message; ScannerFailure when the message must wait (no virus scanner
+    answered, or the spam scanner failed and `[spam] failure = "tempfail"`)."""
+
+    async def spam() -> SpamResult | None:
+        if scanners.spam is None:
+            return None
+        with open_message() as message:
+            try:
+                return await scanners.spam.check(message, size, user=scanners.spam_settings.user or None)
+            except Exception as exc:  # a client bug is a failed scanner
+                return SpamResult(scanners.spam.name, error=f"internal error: {type(exc).__name__}: {exc}")
+
+    virus_task = asyncio.ensure_future(
+        scan_for_viruses(scanners.primary, scanners.backup, open_message, size)
+    )
+    spam_result = await spam()
+    try:
+        virus = await virus_task
+    except VirusScannersFailed as exc:
+        raise ScannerFailure(f"virus scanner failure: {exc}") from None
+    findings = list(virus.findings)
+    if spam_result is not None:
+        if spam_result.error and scanners.spam_settings.failure == "tempfail":
+            raise ScannerFailure(f"spam scanner failure: {spam_result.error}")
+        findings.extend(spam_findings(spam_result, scanners.spam_settings.levels))
+    return ScanFindings(tuple(findings), virus.results, spam_result)
+
+
+def _virus_scanner(spec: ScannerSpec, tmp_dir: str | None) -> VirusScanner:
+    if spec.type == "clamd":
+        return ClamdScanner(
+            spec.name, spec.address, timeout=spec.timeout, max_stream=spec.max_stream, sessions=spec.sessions
+        )
+    assert spec.virus_name is not None
+    return CommandScanner(
+        spec.name,
+        spec.command,
+        spec.args,
+        spec.clean,
+        spec.infected,
+        spec.virus_name,
+        timeout=spec.timeout,
+        tmp_dir=tmp_dir,
+    )
+
+
+def _spam_scanner(settings: SpamSettings) -> SpamScanner | None:
+    if settings.type == "spamd":
+        return SpamdScanner("spamd", settings.address, timeout=settings.timeout, max_size=settings.max_size)
+    if settings.type == "rspamd":
+        return RspamdScanner("rspamd", settings.address, timeout=settings.timeout, max_size=settings.max_size)
+    return None

@@ -1,0 +1,333 @@
+"""Spam scores from SpamAssassin's spamd and from rspamd, over their own protocols.
+
+amavisd-new runs SpamAssassin inside its own processes; qsift asks a spamd (or rspamd) instead, so the
+rules, their memory and their compile time live in one daemon that several qsift instances can share,
+and a slow rule cannot stall the event loop.
+
+What both clients keep to, whatever the daemon does:
+- `check` never raises. A refused connection, a timeout, a reset, a reply that cannot be parsed: each is
+  a SpamResult with `error` set, and the caller decides what a failed scanner means (DESIGN.md
+  invariant 4: pass unscored, logged).
+- One deadline (`timeout`) covers the whole exchange; connecting has its own shorter one. spamd keeps
+  scanning after we give up, so the socket is closed at once, not drained.
+- A message over `max_size` is not sent: `skipped`. spamc's default is 500 KB and amavisd-new's
+  `$sa_mail_body_size_limit` does the same; SpamAssassin's rules get slow on big bodies and spam is small.
+- One connection per message: spamd allows one request per connection, and rspamd is asked with
+  `Connection: close` so its reply ends at EOF like spamd's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import IO
+
+from qsift.checks.scanners import SpamResult
+from qsift.errors import ConfigError, ProtocolError
+from qsift.wire import rspamd as rspamd_wire
+from qsift.wire import spamd as spamd_wire
+
+_CHUNK = 64 * 1024
+
+_Streams = tuple[asyncio.StreamReader, asyncio.StreamWriter]
+
+
+@dataclass(frozen=True)
+class ScannerAddress:
+    """A TCP `host:port` or a unix socket path."""
+
+    host: str | None = None
+    port: int | None = None
+    path: str | None = None
+
+    def __str__(self) -> str:
+        if self.path is not None:
+            return f"unix:{self.path}"
+        host = f"[{self.host}]" if self.host and ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+
+def parse_scanner_address(text: str, default_port: int) -> ScannerAddress:
+    """`unix:/path`, `host:port`, `[v6]:port`, or a bare `host` / `[v6]` for the daemon's usual port."""
+    if text.startswith("unix:"):
+        path = text[len("unix:") :]
+        if not path.startswith("/"):
+            raise ConfigError(f"scanner address {text!r}: the socket path must be absolute")
+        return ScannerAddress(path=path)
+    if text.startswith("["):
+        host, bracket, port_text = text[1:].partition("]")
+        if not bracket or (port_text and not port_text.startswith(":")):
+            raise ConfigError(f"scanner address {text!r}: expected [host]:port")
+        port_text = port_text[1:]
+    elif text.count(":") == 1:
+        host, _, port_text = text.partition(":")
+    else:
+        host, port_text = text, ""
+    if not host or (":" in host and not text.startswith("[")):
+        raise ConfigError(f"scanner address {text!r}: expected host:port, [v6]:port or unix:/path")
+    if not port_text:
+        return ScannerAddress(host=host, port=default_port)
+    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise ConfigError(f"scanner address {text!r}: bad port {port_text!r}")
+    return ScannerAddress(host=host, port=int(port_text))
+
+
+class _Failed(Exception):
+    """The exchange cannot go on; the text becomes SpamResult.error."""
+
+
+async def _exchange(
+    address: ScannerAddress,
+    head: bytes,
+    message: IO[bytes] | None,
+    size: int,
+    *,
+    connect_timeout: float,
+    half_close: bool,
+    feed: Callable[[bytes], bool],
+) -> str:
+    """Connect, send `head` and `size` bytes of `message`, read the reply into `feed` until it says done
+    or EOF. Returns "" or, when sending failed, why: the daemon may have answered and closed early (spamd
+    refuses a bad header before the body), so its reply is still read and is the better error message.
+    """
+    reader, writer = await _connect(address, connect_timeout)
+    try:
+        send_error = ""
+        try:
+            await _send(writer, head, message, size)
+            if half_close:
+                writer.write_eof()  # as libspamc does: spamd may wait for EOF when unsure of the length
+        except (ConnectionError, OSError) as exc:
+            send_error = f"connection lost while sending: {exc}"
+        try:
+            while chunk := await reader.read(_CHUNK):
+                if feed(chunk):
+                    break
+        except (ConnectionError, OSError) as exc:
+            raise _Failed(send_error or f"connection lost while reading: {exc}") from None
+        return send_error
+    finally:
+        # No graceful wait: after a timeout the daemon may never close its side.
+        writer.transport.abort()
+
+
+async def _connect(address: ScannerAddress, seconds: float) -> _Streams:
+    try:
+        async with asyncio.timeout(seconds):
+            if address.path is not None:
+                return await asyncio.open_unix_connection(address.path)
+            return await asyncio.open_connection(address.host, address.port)
+    except TimeoutError:
+        raise _Failed(f"connect timed out after {seconds:g}s") from None
+    except OSError as exc:
+        raise _Failed(f"cannot connect: {exc.strerror or exc}") from None
+
+
+async def _send(writer: asyncio.StreamWriter, head: bytes, message: IO[bytes] | None, size: int) -> None:
+    writer.write(head)
+    left = size
+    while left > 0:
+        assert message is not None
+        # A spool file on local disk: a 64 KiB read does not stall the loop long enough to matter.
+        try:
+            chunk = message.read(min(_CHUNK, left))
+        except OSError as exc:
+            raise _Failed(f"cannot read the message: {exc}") from None
+        if not chunk:
+            raise _Failed(f"the message ended {left} bytes before its stated size")
+        writer.write(chunk)
+        left -= len(chunk)
+        await writer.drain()
+    await writer.drain()
+
+
+# --- spamd ---------------------------------------------------------------------------------------------
+
+
+class SpamdScanner:
+    """SpamAssassin's spamd, asked `SYMBOLS`: verdict, score, threshold and rule names in one request."""
+
+    def __init__(
+        self,
+        name: str,
+        address: str,
+        *,
+        timeout: float = 30.0,
+        connect_timeout: float = 5.0,
+        max_size: int = 512_000,
+    ) -> None:
+        self.name = name
+        self.address = parse_scanner_address(address, default_port=783)
+        self.timeout = timeout
+        self.connect_timeout = connect_timeout
+        self.max_size = max_size
+
+    async def check(self, message: IO[bytes], size: int, *, user: str | None = None) -> SpamResult:
+        if size > self.max_size:
+            return SpamResult(self.name, skipped=f"larger than {self.max_size} bytes")
+        try:
+            head = spamd_wire.request_head("SYMBOLS", size, user)
+        except ValueError as exc:
+            return self._error(str(exc))
+        try:
+            reply = await self._ask(head, message, size)
+        except _Failed as exc:
+            return self._error(str(exc))
+        if reply.code != 0:
+            return self._error(f"spamd answered {reply.code} {reply.message}")
+        if reply.score is None:
+            return self._error("spamd reply has no Spam header")
+        try:
+            rules = spamd_wire.parse_symbols(reply.body)
+        except ProtocolError as exc:
+            return self._error(str(exc))
+        return SpamResult(self.name, score=reply.score, required=reply.threshold, rules=rules)
+
+    async def ping(self) -> str:
+        """spamd's answer to PING ("PONG"), or "" when it did not give one."""
+        try:
+            reply = await self._ask(spamd_wire.PING_REQUEST, None, 0)
+        except _Failed:
+            return ""
+        return reply.message if reply.code == 0 else ""
+
+    async def _ask(self, head: bytes, message: IO[bytes] | None, size: int) -> spamd_wire.SpamdResponse:
+        parser = spamd_wire.ResponseParser()
+
+        def feed(data: bytes) -> bool:
+            parser.feed(data)
+            return False  # a spamd reply ends only at EOF
+
+        send_error = ""
+        try:
+            async with asyncio.timeout(self.timeout):
+                send_error = await _exchange(
+                    self.address,
+                    head,
+                    message,
+                    size,
+                    connect_timeout=self.connect_timeout,
+                    half_close=True,
+                    feed=feed,
+                )
+            return parser.finish()
+        except TimeoutError:
+            raise _Failed(f"no reply within {self.timeout:g}s") from None
+        except ProtocolError as exc:
+            raise _Failed(send_error or str(exc)) from None
+
+    def _error(self, text: str) -> SpamResult:
+        return SpamResult(self.name, error=f"{text} ({self.address})")
+
+
+# --- rspamd --------------------------------------------------------------------------------------------
+
+
+class RspamdScanner:
+    """rspamd's normal worker (or proxy), asked `POST /checkv2`."""
+
+    def __init__(
+        self,
+        name: str,
+        address: str,
+        *,
+        timeout: float = 30.0,
+        connect_timeout: float = 5.0,
+        max_size: int = 50 * 1024 * 1024,
+    ) -> None:
+        self.name = name
+        self.address = parse_scanner_address(address, default_port=11333)
+        self.timeout = timeout
+        self.connect_timeout = connect_timeout
+        #: rspamd's own `max_message` default; it refuses anything larger anyway.
+        self.max_size = max_size
+
+    async def check(
+        self,
+        message: IO[bytes],
+        size: int,
+        *,
+        user: str | None = None,
+        ip: str | None = None,
+        helo: str | None = None,
+        sender: str | None = None,
+        recipients: Sequence[str] = (),
+        queue_id: str | None = None,
+        host: str | None = None,
+    ) -> SpamResult:
+        """The SpamScanner call; the envelope keywords, when given, let rspamd's SPF/DKIM/RBL rules work."""
+        result, _ = await self.analyse(
+            message,
+            size,
+            user=user,
+            ip=ip,
+            helo=helo,
+            sender=sender,
+            recipients=recipients,
+            queue_id=queue_id,
+            host=host,
+        )
+        return result
+
+    async def analyse(
+        self,
+        message: IO[bytes],
+        size: int,
+        *,
+        user: str | None = None,
+        ip: str | None = None,
+        helo: str | None = None,
+        sender: str | None = None,
+        recipients: Sequence[str] = (),
+        queue_id: str | None = None,
+        host: str | None = None,
+    ) -> tuple[SpamResult, rspamd_wire.RspamdReply | None]:
+        """As `check`, plus rspamd's whole reply (action, SMTP message) when there was one."""
+        if size > self.max_size:
+            return SpamResult(self.name, skipped=f"larger than {self.max_size} bytes"), None
+        try:
+            head = rspamd_wire.request_head(
+                size,
+                ip=ip,
+                helo=helo,
+                sender=sender,
+                recipients=recipients,
+                queue_id=queue_id,
+                user=user,
+                host=host,
+            )
+        except ValueError as exc:
+            return self._error(str(exc)), None
+        try:
+            reply = await self._ask(head, message, size)
+        except _Failed as exc:
+            return self._error(str(exc)), None
+        # `is_skipped` is not "unscored": rspamd sets it when a pre-result cut the rules short, GTUBE's
+        # reject included, and the score and action are then the verdict.
+        result = SpamResult(self.name, score=reply.score, required=reply.required_score, rules=reply.symbols)
+        return result, reply
+
+    async def _ask(self, head: bytes, message: IO[bytes], size: int) -> rspamd_wire.RspamdReply:
+        parser = rspamd_wire.HttpResponseParser()
+        send_error = ""
+        try:
+            async with asyncio.timeout(self.timeout):
+                send_error = await _exchange(
+                    self.address,
+                    head,
+                    message,
+                    size,
+                    connect_timeout=self.connect_timeout,
+                    half_close=False,
+                    feed=parser.feed,
+                )
+            response = parser.finish()
+            return rspamd_wire.parse_reply(response.status, response.body)
+        except TimeoutError:
+            raise _Failed(f"no reply within {self.timeout:g}s") from None
+        except ProtocolError as exc:
+            raise _Failed(send_error or str(exc)) from None
+
+    def _error(self, text: str) -> SpamResult:
+        return SpamResult(self.name, error=f"{text} ({self.address})")

@@ -1,0 +1,85 @@
+"""The [virus] and [spam] sections: every key, every mistake named."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from qsift import config
+from qsift.checks.scanner_config import ScannerSpec, spam_from_config, virus_from_config
+from qsift.errors import ConfigError
+
+NOD32 = """
+[[virus.scanners]]
+type = "command"
+name = "NOD32"
+command = "nod32"
+args = ["--all", "--subdir", "{}"]
+clean = [0]
+infected = [1, 2]
+virus_name = '^(?:.*?) - (.+?)(?:$| - )'
+"""
+
+
+def test_the_howtos_nod32_entry_is_expressible() -> None:
+    settings = config.loads(NOD32)
+    [nod32] = settings.virus.scanners
+    assert (nod32.name, nod32.command, nod32.args) == ("NOD32", "nod32", ("--all", "--subdir", "{}"))
+    assert nod32.clean == (0,) and nod32.infected == (1, 2)
+    assert nod32.virus_name is not None and nod32.virus_name.pattern == "^(?:.*?) - (.+?)(?:$| - )"
+
+
+def test_clamd_with_a_command_backup() -> None:
+    settings = virus_from_config(
+        {
+            "scanners": [{"type": "clamd", "address": "unix:/run/clamav/clamd.ctl", "max_stream": 1000}],
+            "backup_scanners": [
+                {
+                    "type": "command",
+                    "command": "clamscan",
+                    "args": ["{}"],
+                    "clean": "OK$",
+                    "infected": "FOUND$",
+                }
+            ],
+        }
+    )
+    assert settings.scanners == (
+        ScannerSpec("clamd", "ClamAV-clamd", address="unix:/run/clamav/clamd.ctl", max_stream=1000),
+    )
+    backup = settings.backup_scanners[0]
+    assert backup.name == "clamscan" and isinstance(backup.clean, re.Pattern)
+
+
+def test_spam_levels_and_defaults() -> None:
+    spam = spam_from_config({"type": "spamd", "address": "127.0.0.1:783", "kill_level": 8, "tag_level": -999})
+    assert spam.levels.kill_level == 8.0 and spam.levels.tag_level == -999.0
+    assert spam.levels.tag2_level == 6.2 and spam.levels.quarantine_cutoff_level is None
+    assert spam.max_size == 400 * 1024 and spam.failure == "pass"
+    assert spam_from_config({}).type == ""
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[virus]\nscanner = []", r"\[virus\]: unknown key 'scanner'"),
+        ("[[virus.scanners]]\ntype = 'sophos'", "type must be one of clamd, command"),
+        ("[[virus.scanners]]\ntype = 'clamd'", "address must be a non-empty string"),
+        ("[[virus.scanners]]\ntype = 'clamd'\naddress = 'x'\ncommand = 'y'", "unknown key 'command'"),
+        ("[[virus.scanners]]\ntype = 'command'\ncommand = 'x'\nclean = 'oops('", "bad regex"),
+        ("[[virus.scanners]]\ntype = 'command'\ncommand = 'x'\ninfected = [true]", "list of exit codes"),
+        ("[[virus.scanners]]\ntype = 'command'\ncommand = 'x'\nargs = 'one'", "list of strings"),
+        ("[[virus.scanners]]\ntype = 'command'\ncommand = 'x'\nvirus_name = 3", "must be a string"),
+        ("[[virus.scanners]]\ntype = 'command'\ncommand = 'x'\ntimeout = 0", "timeout must be a number > 0"),
+        ("[virus]\nscanners = 3", "must be one or more tables"),
+        ("[spam]\ntype = 'spamassassin'", "type must be one of spamd, rspamd"),
+        ("[spam]\ntype = 'spamd'\naddress = 'x'\nfailure = 'drop'", "failure must be pass or tempfail"),
+        ("[spam]\ntype = 'spamd'\naddress = 'x'\nkill_level = 'high'", "must be a number"),
+        ("[spam]\ntype = 'spamd'\naddress = 'x'\nlevel = 1", "unknown key 'level'"),
+        ("spam = 3", "must be a table"),
+    ],
+)
+def test_mistakes_are_named(text: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        config.loads(text)
