@@ -94,6 +94,8 @@ class Pipeline:
         verdict = await inspect(
             spool.reader(), copies, spool.size, self.checks, self.scanners, smtputf8=smtputf8
         )
+        for result in verdict.scanner_errors:
+            logger.warning("id=%s scanner %s", mail_id, result)
         for finding in verdict.findings:
             logger.info("id=%s %s: %s", mail_id, finding.category.log_word, finding.detail)
         return verdict

@@ -39,6 +39,8 @@ class Verdict:
     findings: tuple[Finding, ...]
     #: The spam scanner's answer, kept for the X-Spam headers; None without a spam check.
     spam: SpamResult | None = None
+    #: "name: what went wrong" for each scanner that failed while others answered, for the log.
+    scanner_errors: tuple[str, ...] = ()
 
     @property
     def category(self) -> Category:
@@ -110,7 +112,10 @@ async def inspect(
             verdict = decoder_failure(f"{type(exc).__name__}: {exc}")
     if scanned is None:
         return verdict
-    return Verdict(verdict.parts, verdict.findings + scanned.findings, scanned.spam)
+    errors = [f"{r.scanner}: {r.error}" for r in scanned.virus_results if r.error]
+    if scanned.spam is not None and scanned.spam.error:
+        errors.append(f"{scanned.spam.scanner}: {scanned.spam.error} (message passed unscored)")
+    return Verdict(verdict.parts, verdict.findings + scanned.findings, scanned.spam, tuple(errors))
 
 
 def decoder_failure(reason: str) -> Verdict:

@@ -48,6 +48,8 @@ class ScannerSpec:
     max_stream: int = 25 * MIB
     #: clamd: connections kept open (IDSESSION) for reuse.
     sessions: int = 4
+    #: Scans in progress at once; more wait their turn (clamd's MaxThreads is 10 by default).
+    concurrency: int = 8
 
 
 @dataclass(frozen=True)
@@ -69,16 +71,28 @@ class SpamSettings:
     failure: str = "pass"
     #: spamd's `User:` (per-user preferences); "" for none.
     user: str = ""
+    #: Checks in progress at once (spamd's --max-children is 5 by default).
+    concurrency: int = 4
 
 
 _SCANNER_TYPES = ("clamd", "command")
 _SPAM_TYPES = ("spamd", "rspamd")
 _SCANNER_KEYS = {
-    "clamd": {"type", "name", "address", "timeout", "max_stream", "sessions"},
-    "command": {"type", "name", "command", "args", "clean", "infected", "virus_name", "timeout"},
+    "clamd": {"type", "name", "address", "timeout", "max_stream", "sessions", "concurrency"},
+    "command": {
+        "type",
+        "name",
+        "command",
+        "args",
+        "clean",
+        "infected",
+        "virus_name",
+        "timeout",
+        "concurrency",
+    },
 }
 _LEVELS = ("tag_level", "tag2_level", "kill_level", "dsn_cutoff_level", "quarantine_cutoff_level")
-_SPAM_KEYS = {"type", "address", "max_size", "timeout", "failure", "user", *_LEVELS}
+_SPAM_KEYS = {"type", "address", "max_size", "timeout", "failure", "user", "concurrency", *_LEVELS}
 
 
 def virus_from_config(table: object, where: str = "[virus]") -> VirusSettings:
@@ -115,6 +129,7 @@ def _scanner(table: object, where: str) -> ScannerSpec:
             timeout=timeout,
             max_stream=int(_number(section, "max_stream", where, 25 * MIB)),
             sessions=int(_number(section, "sessions", where, 4)),
+            concurrency=int(_number(section, "concurrency", where, 8)),
         )
     return ScannerSpec(
         "command",
@@ -125,6 +140,8 @@ def _scanner(table: object, where: str) -> ScannerSpec:
         infected=_codes_or_regex(section, "infected", where, (1,)),
         virus_name=_regex(section.get("virus_name", r"^.*?: (?!Infected Archive)(.*) FOUND$"), where),
         timeout=timeout,
+        # A command-line scanner loads its database each run: a few at once is all a machine takes.
+        concurrency=int(_number(section, "concurrency", where, 2)),
     )
 
 
@@ -159,6 +176,7 @@ def spam_from_config(table: object, where: str = "[spam]") -> SpamSettings:
         timeout=_number(section, "timeout", where, 30.0),
         failure=failure,
         user=_string(section, "user", where, default=""),
+        concurrency=int(_number(section, "concurrency", where, 4)),
     )
 
 

@@ -32,10 +32,11 @@ class ScannerSet:
 
     @classmethod
     def build(cls, virus: VirusSettings, spam: SpamSettings, tmp_dir: str | None = None) -> ScannerSet:
+        spam_scanner = _spam_scanner(spam)
         return cls(
-            primary=[_virus_scanner(spec, tmp_dir) for spec in virus.scanners],
-            backup=[_virus_scanner(spec, tmp_dir) for spec in virus.backup_scanners],
-            spam=_spam_scanner(spam),
+            primary=[_LimitedVirus(_virus_scanner(s, tmp_dir), s.concurrency) for s in virus.scanners],
+            backup=[_LimitedVirus(_virus_scanner(s, tmp_dir), s.concurrency) for s in virus.backup_scanners],
+            spam=_LimitedSpam(spam_scanner, spam.concurrency) if spam_scanner else None,
             spam_settings=spam,
         )
 
@@ -43,11 +44,55 @@ class ScannerSet:
     def empty(self) -> bool:
         return not (self.primary or self.backup or self.spam)
 
+    async def health(self) -> list[tuple[str, str]]:
+        """(name, version) for each scanner daemon, version "" when it does not answer; command-line
+        scanners have nothing to ask."""
+        answers = []
+        for scanner in [*self.primary, *self.backup, self.spam]:
+            inner = scanner.inner if isinstance(scanner, _LimitedVirus | _LimitedSpam) else scanner
+            ping = getattr(inner, "ping", None)
+            if scanner is not None and ping is not None:
+                answers.append((scanner.name, str(await ping())))
+        return answers
+
     async def close(self) -> None:
         for scanner in [*self.primary, *self.backup]:
-            if isinstance(scanner, ClamdScanner):
+            inner = scanner.inner if isinstance(scanner, _LimitedVirus) else scanner
+            if isinstance(inner, ClamdScanner):
                 with contextlib.suppress(Exception):
-                    await scanner.close()
+                    await inner.close()
+
+
+class _LimitedVirus:
+    """A virus scanner with at most `limit` scans in progress; the rest wait their turn."""
+
+    def __init__(self, inner: VirusScanner, limit: int) -> None:
+        self.inner = inner
+        self._slots = asyncio.Semaphore(max(1, limit))
+
+    @property
+    def name(self) -> str:
+        return self.inner.name
+
+    async def scan(self, message: IO[bytes], size: int) -> VirusResult:
+        async with self._slots:
+            return await self.inner.scan(message, size)
+
+
+class _LimitedSpam:
+    """A spam scanner with at most `limit` checks in progress."""
+
+    def __init__(self, inner: SpamScanner, limit: int) -> None:
+        self.inner = inner
+        self._slots = asyncio.Semaphore(max(1, limit))
+
+    @property
+    def name(self) -> str:
+        return self.inner.name
+
+    async def check(self, message: IO[bytes], size: int, *, user: str | None = None) -> SpamResult:
+        async with self._slots:
+            return await self.inner.check(message, size, user=user)
 
 
 @dataclass(frozen=True)

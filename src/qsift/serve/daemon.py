@@ -86,14 +86,11 @@ class Daemon:
             describe(config.virus.backup_scanners),
             f"{config.spam.type} {config.spam.address}" if config.spam.type else "none",
         )
-        for scanner in [*scanners.primary, *scanners.backup, scanners.spam]:
-            ping = getattr(scanner, "ping", None)
-            if ping is not None:
-                version = await ping()
-                if version:
-                    logger.info("%s answers: %s", scanner.name, version)  # type: ignore[union-attr]
-                else:
-                    logger.error("%s does not answer at start-up", scanner.name)  # type: ignore[union-attr]
+        for name, version in await scanners.health():
+            if version:
+                logger.info("%s answers: %s", name, version)
+            else:
+                logger.error("%s does not answer at start-up", name)
 
     def stop(self) -> None:
         self.stopping.set()
