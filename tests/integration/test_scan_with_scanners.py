@@ -115,3 +115,28 @@ async def test_the_daemon_with_clamd_names_the_virus_and_holds_mail_when_clamd_d
             held = await qmqp_send(daemon.qmqp, clean + b"again\n", b"a@x.org", [b"b@y.net"])
     assert held.startswith("Z451 4.5.0") and "virus scanner failure" in held, held
     assert len(mta.deliveries) == (2 if infected is not None else 1)
+
+
+@pytest.mark.skipif(not TESTFILES.is_dir(), reason="Debian package clamav-testfiles is not installed")
+def test_members_clamd_cannot_reach_are_scanned_separately(tmp_path: Path) -> None:
+    import lzma
+
+    program = (TESTFILES / "clam.exe").read_bytes()
+    packed = {
+        # clamd 1.4 does not unpack raw LZMA (measured); qsift's decoder does, and passes the member on.
+        "clam.exe.lzma": lzma.compress(program, format=lzma.FORMAT_ALONE),
+        # A zip it does open: scanned in the raw message only.
+        "clam.zip": (TESTFILES / "clam.zip").read_bytes(),
+    }
+    files = []
+    for name, data in packed.items():
+        (tmp_path / f"{name}.eml").write_bytes(mail(name, data))
+        files.append(tmp_path / f"{name}.eml")
+    with running_clamd(tmp_path / "clamd") as clamd:
+        config = tmp_path / "qsift.toml"
+        config.write_text(f'[[virus.scanners]]\ntype = "clamd"\naddress = "{clamd.unix_address}"\n')
+        lzma_verdict, zip_verdict = scan_json(config, *files)
+    assert lzma_verdict["category"] == "virus", lzma_verdict
+    virus = next(d for d in lzma_verdict["details"] if d["category"] == "virus")  # type: ignore[attr-defined]
+    assert virus["part"] == "2/clam.exe" and "ClamAV-Test-File" in virus["detail"]
+    assert zip_verdict["category"] == "virus"

@@ -7,16 +7,19 @@ daemon decides. Scanners (clamd, spamd) join here as further checks; each one on
 from __future__ import annotations
 
 import asyncio
+import io
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import IO
 
 from qsift.checks.banned import DEFAULT_RULES, BannedRule, check_banned
 from qsift.checks.headers import check_headers
-from qsift.checks.scanner_set import ScannerSet, run_scanners
+from qsift.checks.scanner_set import ScanFindings, ScannerSet, run_scanners
 from qsift.checks.scanners import SpamResult
+from qsift.checks.virus import VirusScannersFailed, scan_for_viruses
 from qsift.decode.parts import Part
 from qsift.decode.walk import DecodeLimits, decode_message
+from qsift.errors import ScannerFailure
 from qsift.model import Category, Finding, main_category
 
 #: The header section is read up to this size (a header larger than this is itself a problem).
@@ -41,6 +44,8 @@ class Verdict:
     spam: SpamResult | None = None
     #: "name: what went wrong" for each scanner that failed while others answered, for the log.
     scanner_errors: tuple[str, ...] = ()
+    #: Members the virus scanners cannot reach in the raw message (decode/walk.py RESCAN_CONTAINERS).
+    rescan: tuple[tuple[str, bytes], ...] = field(default=(), repr=False)
 
     @property
     def category(self) -> Category:
@@ -85,7 +90,7 @@ def check_message(message: bytes | IO[bytes], settings: CheckSettings, *, smtput
         *check_banned(decoded.parts, settings.banned),
         *check_headers(head, smtputf8=smtputf8),
     ]
-    return Verdict(decoded.parts, tuple(findings))
+    return Verdict(decoded.parts, tuple(findings), rescan=decoded.rescan)
 
 
 async def inspect(
@@ -112,10 +117,43 @@ async def inspect(
             verdict = decoder_failure(f"{type(exc).__name__}: {exc}")
     if scanned is None:
         return verdict
+    if verdict.rescan and scanners is not None:
+        scanned = await _rescan(scanners, verdict.rescan, scanned)
     errors = [f"{r.scanner}: {r.error}" for r in scanned.virus_results if r.error]
     if scanned.spam is not None and scanned.spam.error:
         errors.append(f"{scanned.spam.scanner}: {scanned.spam.error} (message passed unscored)")
     return Verdict(verdict.parts, verdict.findings + scanned.findings, scanned.spam, tuple(errors))
+
+
+async def _rescan(
+    scanners: ScannerSet, members: tuple[tuple[str, bytes], ...], scanned: ScanFindings
+) -> ScanFindings:
+    """The virus scanners on each member they cannot reach in the raw message; a virus in one is a virus
+    in the message. Raises ScannerFailure when no scanner answers for a member."""
+    findings = list(scanned.findings)
+    results = list(scanned.virus_results)
+    for path, data in members:
+        try:
+            outcome = await scan_for_viruses(scanners.primary, scanners.backup, _reader_of(data), len(data))
+        except VirusScannersFailed as exc:
+            raise ScannerFailure(f"virus scanner failure on {path}: {exc}") from None
+        findings.extend(Finding(f.category, f.minor, f.detail, path) for f in outcome.findings)
+        results.extend(outcome.results)
+    return ScanFindings(_merge_virus(findings), tuple(results), scanned.spam)
+
+
+def _reader_of(data: bytes) -> Callable[[], IO[bytes]]:
+    return lambda: io.BytesIO(data)
+
+
+def _merge_virus(findings: list[Finding]) -> tuple[Finding, ...]:
+    """One VIRUS finding with every name, wherever found."""
+    viruses = [f for f in findings if f.category is Category.VIRUS]
+    if len(viruses) <= 1:
+        return tuple(findings)
+    names = list(dict.fromkeys(n.strip() for f in viruses for n in f.detail.split(",")))
+    others = [f for f in findings if f.category is not Category.VIRUS]
+    return (Finding(Category.VIRUS, 0, ", ".join(names), viruses[0].part), *others)
 
 
 def decoder_failure(reason: str) -> Verdict:
