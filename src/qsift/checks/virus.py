@@ -68,7 +68,7 @@ class CommandScanner:
         directory = tempfile.mkdtemp(prefix="qsift-scan-", dir=self.tmp_dir)
         try:
             os.chmod(directory, 0o700)
-            _copy(message, os.path.join(directory, "email.txt"))
+            await asyncio.to_thread(_copy, message, os.path.join(directory, "email.txt"))
             status, output = await self._run(program, directory)
         except TimeoutError:  # before OSError, of which it is a kind
             return VirusResult(self.name, error=f"timed out after {self.timeout:g} s")
