@@ -127,6 +127,8 @@ def test_members_clamd_cannot_reach_are_scanned_separately(tmp_path: Path) -> No
         "clam.exe.lzma": lzma.compress(program, format=lzma.FORMAT_ALONE),
         # A zip it does open: scanned in the raw message only.
         "clam.zip": (TESTFILES / "clam.zip").read_bytes(),
+        # A zip whose member is LZMA-compressed, which clamd does not inflate (measured).
+        "lzma.zip": _zip_lzma(program),
     }
     files = []
     for name, data in packed.items():
@@ -135,8 +137,19 @@ def test_members_clamd_cannot_reach_are_scanned_separately(tmp_path: Path) -> No
     with running_clamd(tmp_path / "clamd") as clamd:
         config = tmp_path / "qsift.toml"
         config.write_text(f'[[virus.scanners]]\ntype = "clamd"\naddress = "{clamd.unix_address}"\n')
-        lzma_verdict, zip_verdict = scan_json(config, *files)
+        lzma_verdict, zip_verdict, zip_lzma_verdict = scan_json(config, *files)
     assert lzma_verdict["category"] == "virus", lzma_verdict
     virus = next(d for d in lzma_verdict["details"] if d["category"] == "virus")  # type: ignore[attr-defined]
     assert virus["part"] == "2/clam.exe" and "ClamAV-Test-File" in virus["detail"]
     assert zip_verdict["category"] == "virus"
+    assert zip_lzma_verdict["category"] == "virus", zip_lzma_verdict
+
+
+def _zip_lzma(data: bytes) -> bytes:
+    import io
+    import zipfile
+
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_LZMA) as archive:
+        archive.writestr("clam.exe", data)
+    return buffer.getvalue()
