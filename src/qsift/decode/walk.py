@@ -53,8 +53,8 @@ class DecodeLimits:
     seven_zip: bool = True
 
 
-#: Containers clamd (1.4) does not unpack and qsift does, measured with ClamAV's test file in each: raw LZMA,
-#: Zstandard, lzip. Their members are kept so the virus scanners see them too (checks/content.py); the
+#: Containers clamd (1.4) does not unpack and qsift does: raw LZMA and Zstandard, measured with ClamAV's
+#: test file in each; lzip assumed alike (no lzip tool here to make one). Their members are kept so the virus scanners see them too (checks/content.py); the
 #: rest clamd opens itself from the raw message, so nothing is scanned twice without reason.
 RESCAN_CONTAINERS = frozenset({"lzma", "zst", "lz"})
 #: Zip compression methods clamd (1.4) does not inflate, measured the same way (LZMA); the others listed are
