@@ -15,6 +15,7 @@ import secrets
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
+from typing import Protocol
 
 from qsift.act.forward import Forwarder
 from qsift.checks.content import CheckSettings, Verdict, inspect
@@ -30,11 +31,18 @@ from qsift.model import (
     Reply,
 )
 from qsift.observe.log import logger
+from qsift.policy.destiny import Destiny, DestinySettings
 from qsift.spool import MessageSpool
 from qsift.store.outcomes import OutcomeRecord, OutcomeStore, body_fingerprint, delivery_key
 
 #: Bodies up to this size are hashed on the event loop (about 0.15 ms at most); a thread hop costs more.
 _HASH_INLINE = 256 * 1024
+
+
+class Bouncer(Protocol):
+    async def __call__(
+        self, verdict: Verdict, mail_id: str, envelope: Envelope, spool: MessageSpool
+    ) -> Outcome: ...
 
 
 def new_mail_id() -> str:
@@ -52,6 +60,9 @@ class Pipeline:
     checks: CheckSettings | None = None
     #: The virus and spam scanners (None or empty: none configured).
     scanners: ScannerSet | None = None
+    destinies: DestinySettings = field(default_factory=DestinySettings)
+    #: Sends the DSN for a bounced message and says what to answer; None: bounce acts as discard.
+    bounce: Bouncer | None = None
 
     async def handle(
         self, envelope: Envelope, spool: MessageSpool, client_gone: asyncio.Event | None = None
@@ -73,6 +84,13 @@ class Pipeline:
             logger.error("id=%s %s; the message is held back (try later)", mail_id, exc)
             reply = Reply.tempfail(exc.enhanced_status, f"id={mail_id} - {exc}")
             return Outcome(mail_id, reply, Disposition.TEMPFAILED, category="UNCHECKED")
+        destiny = self.destinies.of(verdict.category) if verdict else Destiny.PASS
+        if destiny is not Destiny.PASS and verdict is not None:
+            outcome = await self._block(destiny, verdict, mail_id, replace(envelope, recipients=owed), spool)
+            if outcome.reply.answer is Answer.ACCEPT:
+                # Answered K: a retry of this message must not be bounced (or discarded) again.
+                await self._record(keys, mail_id, outcome.reply.smtp_line())
+            return outcome
         result = await self.forwarder.forward(replace(envelope, recipients=owed), spool, client_gone)
         accepted_keys = [
             delivery_key(digest, envelope.sender, r.recipient.address)
@@ -84,6 +102,20 @@ class Pipeline:
         if accepted_keys:
             await self._record(accepted_keys, mail_id, outcome.reply.smtp_line())
         return outcome
+
+    async def _block(
+        self, destiny: Destiny, verdict: Verdict, mail_id: str, envelope: Envelope, spool: MessageSpool
+    ) -> Outcome:
+        """Reject, discard or bounce the whole message (per-recipient policy comes next)."""
+        reason = verdict.reason()
+        category = verdict.log_text()
+        if destiny is Destiny.REJECT:
+            reply = Reply.reject("5.7.0", f"Reject, id={mail_id} - {reason}")
+            return Outcome(mail_id, reply, Disposition.BLOCKED, category=category)
+        if destiny is Destiny.BOUNCE and self.bounce is not None:
+            return await self.bounce(verdict, mail_id, envelope, spool)
+        reply = Reply(Answer.ACCEPT, 250, "2.7.0", f"Ok, discarded, id={mail_id} - {reason}")
+        return Outcome(mail_id, reply, Disposition.BLOCKED, category=category)
 
     async def _check(self, envelope: Envelope, spool: MessageSpool, mail_id: str) -> Verdict | None:
         if self.checks is None:

@@ -57,6 +57,19 @@ class Verdict:
         present = sorted({f.category for f in self.findings}, key=lambda c: c.rank)
         return tuple(present) or (Category.CLEAN,)
 
+    def reason(self) -> str:
+        """Why the message is blocked, as amavisd-new words it after "Reject, id=... - " (its
+        %smtp_reason_by_ccat): `INFECTED: Eicar-Test-Signature`, `BANNED: .exe-ms,x.exe (...)`, `SPAM`."""
+        category = self.category
+        first = next((f for f in self.findings if f.category is category), None)
+        if first is None:
+            return Category.CLEAN.log_word
+        if category in (Category.VIRUS, Category.BANNED):
+            return f"{category.log_word}: {first.detail}"
+        if category is Category.BAD_HEADER:
+            return f"BAD HEADER: {first.detail}"
+        return category.log_word
+
     def log_text(self) -> str:
         """The category as amavisd-new's summary line words it: `BANNED (.exe-ms,x.exe ...)`,
         `UNCHECKED-ENCRYPTED`, `BAD-HEADER-7`, `CLEAN`."""

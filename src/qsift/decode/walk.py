@@ -54,8 +54,9 @@ class DecodeLimits:
 
 
 #: Containers clamd (1.4) does not unpack and qsift does: raw LZMA and Zstandard, measured with ClamAV's
-#: test file in each; lzip assumed alike (no lzip tool here to make one). Their members are kept so the virus scanners see them too (checks/content.py); the
-#: rest clamd opens itself from the raw message, so nothing is scanned twice without reason.
+#: test file in each; lzip assumed alike (no lzip tool here to make one). Their members are kept so the
+#: virus scanners see them too (checks/content.py); the rest clamd opens itself from the raw message, so
+#: nothing is scanned twice without reason.
 RESCAN_CONTAINERS = frozenset({"lzma", "zst", "lz"})
 #: Zip compression methods clamd (1.4) does not inflate, measured the same way (LZMA); the others listed are
 #: rarer still and assumed alike: zstd (93), xz (95), PPMd (98).
