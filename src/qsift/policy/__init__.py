@@ -1,0 +1,1 @@
+"""Decide per message (later per recipient) what each category means: the destinies."""
