@@ -9,6 +9,7 @@ ignored: a typo in a mail filter's configuration must not pass unnoticed.
 from __future__ import annotations
 
 import ipaddress
+import re
 import socket
 import tomllib
 from collections.abc import Callable, Mapping
@@ -20,6 +21,7 @@ from qsift.checks.content import CheckSettings
 from qsift.checks.scanner_config import SpamSettings, VirusSettings, spam_from_config, virus_from_config
 from qsift.decode.walk import DecodeLimits
 from qsift.errors import ConfigError
+from qsift.policy.destiny import DestinySettings, destiny_from_config
 
 MIB = 1024 * 1024
 PROTOCOLS = ("qmqp", "smtp", "lmtp")
@@ -102,6 +104,18 @@ class Config:
     virus: VirusSettings = field(default_factory=VirusSettings)
     #: The spam scanner and its levels (`[spam]`): none by default.
     spam: SpamSettings = field(default_factory=SpamSettings)
+    #: What each category means (`[destiny]`).
+    destiny: DestinySettings = field(default_factory=DestinySettings)
+    #: Where DSNs and notifications go (`[notify] method`); "" means the forward method.
+    notify_method: str = ""
+    #: Virus names (regex) whose sender is faked: no DSN (`[dsn] viruses_that_fake_sender`). By default
+    #: every virus, as modern amavisd-new assumes; a site that wants to tell senders lists names instead.
+    viruses_that_fake_sender: str = ".*"
+
+    @property
+    def notify(self) -> Forward:
+        return Forward(method=self.notify_method) if self.notify_method else self.forward
+
     #: 0 (summary lines only) to 5 (protocol traces), as amavisd-new's $log_level.
     log_level: int = 1
     #: Log to syslog with this facility ("mail") instead of stderr; empty for stderr.
@@ -168,6 +182,15 @@ def from_mapping(raw: Mapping[str, Any], source: str = "<config>") -> Config:
         own_rules = rules_from_config(banned_tables)
     except ConfigError as exc:
         raise ConfigError(f"{source}: {exc}") from None
+    destiny = destiny_from_config(raw.pop("destiny", {}), f"{source}: [destiny]")
+    notify = _section(_Notify, raw.pop("notify", {}), f"{source}: [notify]")
+    if notify.method:
+        _check_forward_method(notify.method, f"{source}: [notify] method")
+    dsn = _section(_Dsn, raw.pop("dsn", {}), f"{source}: [dsn]")
+    try:
+        re.compile(dsn.viruses_that_fake_sender)
+    except re.error as exc:
+        raise ConfigError(f"{source}: [dsn] viruses_that_fake_sender: bad regex: {exc}") from None
     virus = virus_from_config(raw.pop("virus", {}), f"{source}: [virus]")
     spam = spam_from_config(raw.pop("spam", {}), f"{source}: [spam]")
     top = _section(_TopLevel, raw, source)
@@ -185,6 +208,9 @@ def from_mapping(raw: Mapping[str, Any], source: str = "<config>") -> Config:
         banned=banned,
         virus=virus,
         spam=spam,
+        destiny=destiny,
+        notify_method=notify.method,
+        viruses_that_fake_sender=dsn.viruses_that_fake_sender,
         **values,
     )
 
@@ -199,6 +225,16 @@ class _TopLevel:
     dedupe_window: float = 3600.0
     #: Keep the built-in banned-file rules after the site's own `[[banned]]` tables.
     banned_defaults: bool = True
+
+
+@dataclass(frozen=True)
+class _Notify:
+    method: str = ""
+
+
+@dataclass(frozen=True)
+class _Dsn:
+    viruses_that_fake_sender: str = ".*"
 
 
 T = TypeVar("T")

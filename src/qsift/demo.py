@@ -67,7 +67,7 @@ SAMPLES: tuple[tuple[str, bytes, bytes, list[bytes]], ...] = (
         [b"alice@example.org"],
     ),
     (
-        "a zip holding invoice.pdf.exe (BANNED; passed until policy exists)",
+        "a zip holding invoice.pdf.exe (BANNED: bounced, the DSN to the sender lands in the maildir)",
         _banned_sample(),
         b"billing@example.com",
         [b"bob@example.net"],

@@ -100,7 +100,12 @@ async def test_the_daemon_names_the_category_and_still_passes(
     caplog.set_level(logging.INFO, logger="qsift")
     async with (
         fake_mta() as mta,
-        running_daemon(tmp_path, f"smtp:[127.0.0.1]:{mta.port}", protocols=("qmqp",)) as daemon,
+        running_daemon(
+            tmp_path,
+            f"smtp:[127.0.0.1]:{mta.port}",
+            protocols=("qmqp",),
+            top={"destiny": {"banned": "pass"}},
+        ) as daemon,
     ):
         answer = await qmqp_send(
             daemon.qmqp,
@@ -108,7 +113,7 @@ async def test_the_daemon_names_the_category_and_still_passes(
             b"a@x.org",
             [b"b@y.net"],
         )
-    assert answer.startswith("K250"), answer  # policy comes next; until then every category passes
+    assert answer.startswith("K250"), answer  # destiny pass for banned here: delivered, and named
     assert len(mta.deliveries) == 1
     summary = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("Passed "))
     assert summary.startswith(

@@ -10,12 +10,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import shutil
 import signal
 import stat
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
+from qsift.act.bounce import DsnBouncer
 from qsift.act.forward import make_forwarder
 from qsift.checks.scanner_config import describe
 from qsift.checks.scanner_set import ScannerSet
@@ -47,12 +49,21 @@ class Daemon:
         os.makedirs(self.config.state_dir, mode=0o700, exist_ok=True)
         outcomes = OutcomeStore(os.path.join(self.config.state_dir, "outcomes.sqlite"))
         scanners = ScannerSet.build(self.config.virus, self.config.spam, self.config.tmp_dir or None)
+        config = self.config
+        bouncer = DsnBouncer(
+            make_forwarder(config.notify, config.myhostname),
+            config.myhostname,
+            re.compile(config.viruses_that_fake_sender, re.IGNORECASE),
+            config.spam.levels.dsn_cutoff_level,
+        )
         pipeline = Pipeline(
-            make_forwarder(self.config.forward, self.config.myhostname),
+            make_forwarder(config.forward, config.myhostname),
             outcomes,
-            self.config.dedupe_window,
-            checks=self.config.check_settings(),
+            config.dedupe_window,
+            checks=config.check_settings(),
             scanners=scanners,
+            destinies=config.destiny,
+            bounce=bouncer,
         )
         try:
             for listener in self.config.listeners:

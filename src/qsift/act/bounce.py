@@ -1,0 +1,118 @@
+"""The bounce destiny: a delivery status notification to the sender, unless that would be backscatter.
+
+amavisd-new's D_BOUNCE: the message is not delivered, the client is answered 250 (the filter took
+responsibility), and the sender gets an RFC 3464 DSN with the original header (never the body: it may
+be the virus). The DSN is suppressed, and the message simply discarded, where it would only reach an
+innocent third party or a machine: a null sender, a virus known to fake its sender (by default every
+virus, as modern amavisd-new assumes; the HOWTO's list is an example to extend), spam scored at or above
+`dsn_cutoff_level`, and mail from lists (Precedence bulk/list/junk, List-Id).
+
+If the DSN cannot be handed to the notify method (the downstream tempfails), the answer is "try later":
+the client keeps the message and nothing is lost; the retry bounces it again.
+"""
+
+from __future__ import annotations
+
+import email.parser
+import email.policy
+import email.utils
+import re
+from dataclasses import dataclass
+
+from qsift.act.forward import Forwarder
+from qsift.checks.content import Verdict
+from qsift.checks.headers import header_section
+from qsift.model import Answer, Category, Disposition, Envelope, Outcome, Recipient, Reply
+from qsift.observe.log import logger
+from qsift.spool import MessageSpool
+from qsift.wire.dsn import DsnRequest, FailedRecipient, build_dsn
+
+_HEAD = 256 * 1024
+_LIST_PRECEDENCE = frozenset({"bulk", "list", "junk"})
+
+
+@dataclass
+class DsnBouncer:
+    notifier: Forwarder
+    hostname: str
+    #: Virus names that fake their sender: no DSN for them.
+    viruses_that_fake_sender: re.Pattern[str]
+    #: No DSN for spam scored at or above this.
+    dsn_cutoff_level: float
+
+    async def __call__(
+        self, verdict: Verdict, mail_id: str, envelope: Envelope, spool: MessageSpool
+    ) -> Outcome:
+        category = verdict.log_text()
+        head = header_section(spool.head(_HEAD))
+        suppressed = self._suppressed(verdict, envelope, head)
+        if suppressed:
+            logger.info("id=%s bounce without DSN: %s", mail_id, suppressed)
+            reply = Reply(
+                Answer.ACCEPT, 250, "2.7.0", f"Ok, id={mail_id}, DISCARD(bounce.suppressed: {suppressed})"
+            )
+            return Outcome(mail_id, reply, Disposition.BLOCKED, category=category)
+        dsn = build_dsn(self._request(verdict, mail_id, envelope, head))
+        notice = Envelope("", (Recipient(envelope.sender),), protocol="ESMTP")
+        with MessageSpool.from_bytes(dsn) as dsn_spool:
+            result = await self.notifier.forward(notice, dsn_spool)
+        answers = {r.reply.answer for r in result.per_recipient}
+        if Answer.TEMPFAIL in answers:
+            text = f"id={mail_id} - BOUNCE: the DSN could not be sent ({result.per_recipient[0].reply.text})"
+            return Outcome(mail_id, Reply.tempfail("4.5.0", text), Disposition.TEMPFAILED, category=category)
+        if Answer.REJECT in answers:
+            # The sender's own MTA refuses its notice: nothing more can be done; the message stays blocked.
+            logger.error(
+                "id=%s DSN to <%s> refused: %s", mail_id, envelope.sender, result.per_recipient[0].reply.text
+            )
+        reply = Reply(Answer.ACCEPT, 250, "2.5.0", f"Ok, id={mail_id}, BOUNCE")
+        return Outcome(mail_id, reply, Disposition.BLOCKED, category=category, queued_as=result.queued_as)
+
+    def _suppressed(self, verdict: Verdict, envelope: Envelope, head: bytes) -> str:
+        if not envelope.sender:
+            return "null sender"
+        if verdict.category is Category.VIRUS:
+            names = next((f.detail for f in verdict.findings if f.category is Category.VIRUS), "")
+            if self.viruses_that_fake_sender.search(names):
+                return "virus that fakes its sender"
+        score = verdict.spam.score if verdict.spam is not None else None
+        if verdict.category is Category.SPAM and score is not None and score >= self.dsn_cutoff_level:
+            return f"spam score {score:.1f} at or above the DSN cutoff"
+        header = email.parser.BytesHeaderParser(policy=email.policy.compat32).parsebytes(head)
+        precedence = str(header.get("Precedence", "")).strip().lower()
+        if precedence in _LIST_PRECEDENCE or header.get("List-Id") is not None:
+            return "mail from a list"
+        return ""
+
+    def _request(self, verdict: Verdict, mail_id: str, envelope: Envelope, head: bytes) -> DsnRequest:
+        diagnostic = f"554 5.7.0 Reject, id={mail_id} - {verdict.reason()}"
+        # The subject reads "BANNED contents from you (.exe-ms,invoice.pdf.exe ...)", as amavisd-new's does.
+        reason = next((f.detail for f in verdict.findings if f.category is verdict.category), "")
+        return DsnRequest(
+            reporting_mta=self.hostname,
+            sender=envelope.sender,
+            from_address=f"MAILER-DAEMON@{self.hostname}",
+            mail_id=mail_id,
+            category_text=_CATEGORY_WORDS.get(verdict.category, verdict.category.log_word),
+            reason=reason,
+            recipients=tuple(_failed(r, diagnostic) for r in envelope.recipients),
+            original_headers=head,
+            envelope_id=dict(envelope.mail_params).get("ENVID"),
+            arrival_date=email.utils.formatdate(localtime=True),
+            message_id=email.utils.make_msgid(idstring=mail_id, domain=self.hostname),
+        )
+
+
+_CATEGORY_WORDS = {
+    Category.VIRUS: "VIRUS",
+    Category.BANNED: "BANNED contents",
+    Category.SPAM: "SPAM",
+    Category.UNCHECKED: "UNCHECKED contents",
+    Category.BAD_HEADER: "BAD HEADER",
+    Category.OVERSIZED: "OVERSIZED message",
+}
+
+
+def _failed(recipient: Recipient, diagnostic: str) -> FailedRecipient:
+    original = dict(recipient.params).get("ORCPT")
+    return FailedRecipient(recipient.address, "5.7.0", diagnostic, original_recipient=original)
