@@ -119,7 +119,7 @@ async def test_a_virus_bounce_sends_no_dsn_by_default(tmp_path: Path) -> None:
         tmp_path / "told", banned_message(), virus=virus, dsn={"viruses_that_fake_sender": "klez"}
     )
     assert re.fullmatch(r"K250 2\.5\.0 Ok, id=\S+, BOUNCE", qmqp), qmqp
-    assert len(mta.deliveries) == 2 and b"INFECTED: Worm.Faker" in mta.deliveries[0].body
+    assert len(mta.deliveries) == 2 and b"VIRUS from you (Worm.Faker)" in mta.deliveries[0].body
 
 
 async def test_a_dsn_that_cannot_be_sent_means_try_later(tmp_path: Path) -> None:
