@@ -18,8 +18,10 @@ from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 from qsift.act.forward import Forwarder
+from qsift.act.headers import edit_message, header_fields, subject_tag
 from qsift.checks.content import CheckSettings, Verdict, inspect
 from qsift.checks.scanner_set import ScannerSet
+from qsift.checks.spam_levels import SpamLevels
 from qsift.errors import QsiftError, ScannerFailure
 from qsift.model import (
     Answer,
@@ -32,7 +34,7 @@ from qsift.model import (
 )
 from qsift.observe.log import logger
 from qsift.policy.destiny import Destiny, DestinySettings
-from qsift.spool import MessageSpool
+from qsift.spool import MessageBody, MessageSpool
 from qsift.store.outcomes import OutcomeRecord, OutcomeStore, body_fingerprint, delivery_key
 
 #: Bodies up to this size are hashed on the event loop (about 0.15 ms at most); a thread hop costs more.
@@ -63,6 +65,10 @@ class Pipeline:
     destinies: DestinySettings = field(default_factory=DestinySettings)
     #: Sends the DSN for a bounced message and says what to answer; None: bounce acts as discard.
     bounce: Bouncer | None = None
+    #: For the X-Spam fields and the subject tag of passed mail.
+    spam_levels: SpamLevels = field(default_factory=SpamLevels)
+    #: Named in X-Virus-Scanned.
+    hostname: str = "localhost"
 
     async def handle(
         self, envelope: Envelope, spool: MessageSpool, client_gone: asyncio.Event | None = None
@@ -91,7 +97,12 @@ class Pipeline:
                 # Answered K: a retry of this message must not be bounced (or discarded) again.
                 await self._record(keys, mail_id, outcome.reply.smtp_line())
             return outcome
-        result = await self.forwarder.forward(replace(envelope, recipients=owed), spool, client_gone)
+        body: MessageBody = spool
+        if verdict is not None:
+            virus_scanned = bool(self.scanners and (self.scanners.primary or self.scanners.backup))
+            fields = header_fields(verdict, self.spam_levels, self.hostname, virus_scanned=virus_scanned)
+            body = edit_message(spool, fields, subject_tag(verdict))
+        result = await self.forwarder.forward(replace(envelope, recipients=owed), body, client_gone)
         accepted_keys = [
             delivery_key(digest, envelope.sender, r.recipient.address)
             for r in result.per_recipient

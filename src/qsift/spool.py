@@ -13,7 +13,7 @@ import os
 import tempfile
 from collections.abc import Callable, Iterator
 from types import TracebackType
-from typing import IO
+from typing import IO, Protocol
 
 from qsift.errors import SpoolError
 
@@ -25,6 +25,15 @@ def make_private_dir(parent: str | None = None, prefix: str = "qsift-") -> str:
     path = tempfile.mkdtemp(prefix=prefix, dir=parent)
     os.chmod(path, 0o700)
     return path
+
+
+class MessageBody(Protocol):
+    """What a forward method reads: the spool itself, or the spool with edited headers (act/headers.py)."""
+
+    @property
+    def size(self) -> int: ...
+
+    def chunks(self, chunk_size: int = DEFAULT_CHUNK) -> Iterator[bytes]: ...
 
 
 class MessageSpool:

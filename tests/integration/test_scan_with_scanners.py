@@ -154,3 +154,35 @@ def _zip_lzma(data: bytes) -> bytes:
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_LZMA) as archive:
         archive.writestr("clam.exe", data)
     return buffer.getvalue()
+
+
+@pytest.mark.skipif(spamd_path() is None, reason="spamd (Debian package spamassassin) is not installed")
+async def test_passed_spam_carries_amavisd_news_fields_and_the_subject_tag(tmp_path: Path) -> None:
+    gtube = b"From: a@x\nDate: Wed, 25 Nov 2026 12:00:00 +0000\nSubject: offer\n\n" + GTUBE + b"\n"
+    with running_spamd() as spamd:
+        top = {"spam": {"type": "spamd", "address": spamd.unix_address}, "destiny": {"spam": "pass"}}
+        async with (
+            fake_mta() as mta,
+            running_daemon(tmp_path, f"smtp:[127.0.0.1]:{mta.port}", protocols=("qmqp",), top=top) as daemon,
+        ):
+            answer = await qmqp_send(daemon.qmqp, gtube, b"a@x.org", [b"b@y.net"])
+    assert answer.startswith("K250"), answer
+    [delivered] = mta.deliveries
+    head = delivered.body.split(b"\r\n\r\n", 1)[0]
+    assert b"X-Spam-Flag: YES\r\n" in head and b"X-Spam-Status: Yes, score=" in head and b"GTUBE" in head
+    assert head.endswith(b"\r\nSubject: ***Spam*** offer")
+    assert delivered.body.endswith(GTUBE + b"\r\n")
+
+
+@pytest.mark.skipif(spamd_path() is None, reason="spamd (Debian package spamassassin) is not installed")
+async def test_spam_is_rejected_by_default(tmp_path: Path) -> None:
+    gtube = b"From: a@x\nDate: Wed, 25 Nov 2026 12:00:00 +0000\nSubject: offer\n\n" + GTUBE + b"\n"
+    with running_spamd() as spamd:
+        top = {"spam": {"type": "spamd", "address": spamd.unix_address}}
+        async with (
+            fake_mta() as mta,
+            running_daemon(tmp_path, f"smtp:[127.0.0.1]:{mta.port}", protocols=("qmqp",), top=top) as daemon,
+        ):
+            answer = await qmqp_send(daemon.qmqp, gtube, b"a@x.org", [b"b@y.net"])
+    assert answer.startswith("D554 5.7.0 Reject, id=") and answer.endswith(" - SPAM"), answer
+    assert mta.deliveries == []

@@ -10,7 +10,7 @@ from qsift.act.qmail_queue import QmailQueueForwarder
 from qsift.act.smtp_forward import SmtpTimeouts, forward_via_smtp, parse_forward_method
 from qsift.config import Forward
 from qsift.model import Envelope, ForwardResult
-from qsift.spool import MessageSpool
+from qsift.spool import MessageBody
 
 
 class Forwarder(Protocol):
@@ -19,7 +19,7 @@ class Forwarder(Protocol):
     method: str
 
     async def forward(
-        self, envelope: Envelope, spool: MessageSpool, client_gone: asyncio.Event | None = None
+        self, envelope: Envelope, spool: MessageBody, client_gone: asyncio.Event | None = None
     ) -> ForwardResult: ...
 
 
@@ -39,7 +39,7 @@ class SmtpForwarder:
         self.method = self._target.describe()
 
     async def forward(
-        self, envelope: Envelope, spool: MessageSpool, client_gone: asyncio.Event | None = None
+        self, envelope: Envelope, spool: MessageBody, client_gone: asyncio.Event | None = None
     ) -> ForwardResult:
         return await forward_via_smtp(
             self._target,

@@ -15,7 +15,7 @@ import socket
 import time
 
 from qsift.model import Answer, Envelope, ForwardResult, RecipientResult, Reply
-from qsift.spool import MessageSpool
+from qsift.spool import MessageBody
 from qsift.wire.smtp_data import to_lf
 
 _counter = itertools.count(1)
@@ -27,7 +27,7 @@ class MaildirForwarder:
         self.method = f"maildir:{path}"
 
     async def forward(
-        self, envelope: Envelope, spool: MessageSpool, client_gone: asyncio.Event | None = None
+        self, envelope: Envelope, spool: MessageBody, client_gone: asyncio.Event | None = None
     ) -> ForwardResult:
         try:
             name = await asyncio.to_thread(self._deliver, envelope, spool)
@@ -41,7 +41,7 @@ class MaildirForwarder:
             queued_as=f"delivered as {name}",
         )
 
-    def _deliver(self, envelope: Envelope, spool: MessageSpool) -> str:
+    def _deliver(self, envelope: Envelope, spool: MessageBody) -> str:
         for sub in ("tmp", "new", "cur"):
             os.makedirs(os.path.join(self.path, sub), mode=0o700, exist_ok=True)
         name = f"{int(time.time())}.P{os.getpid()}Q{next(_counter)}.{socket.gethostname()}"

@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from typing import IO
 
 from qsift.model import Answer, Envelope, ForwardResult, RecipientResult, Reply, address_bytes
-from qsift.spool import MessageSpool
+from qsift.spool import MessageBody
 from qsift.wire.qmail_queue import answer_for_exit, encode_envelope
 from qsift.wire.smtp_data import to_lf
 
@@ -34,7 +34,7 @@ class QmailQueueForwarder:
         self.method = f"qmail-queue:{program}"
 
     async def forward(
-        self, envelope: Envelope, spool: MessageSpool, client_gone: asyncio.Event | None = None
+        self, envelope: Envelope, spool: MessageBody, client_gone: asyncio.Event | None = None
     ) -> ForwardResult:
         try:
             status, custom = await asyncio.wait_for(self._run(envelope, spool), self.timeout)
@@ -54,7 +54,7 @@ class QmailQueueForwarder:
         results = tuple(RecipientResult(r, reply) for r in envelope.recipients)
         return ForwardResult(self.method, results, queued_as=queued_as)
 
-    async def _run(self, envelope: Envelope, spool: MessageSpool) -> tuple[int, bytes]:
+    async def _run(self, envelope: Envelope, spool: MessageBody) -> tuple[int, bytes]:
         message_r, message_w = os.pipe()
         envelope_r, envelope_w = os.pipe()
         error_r, error_w = os.pipe()
@@ -92,7 +92,7 @@ class QmailQueueForwarder:
     async def _feed(
         self,
         envelope: Envelope,
-        spool: MessageSpool,
+        spool: MessageBody,
         message_pipe: IO[bytes],
         envelope_pipe: IO[bytes],
         error_pipe: IO[bytes],

@@ -30,7 +30,7 @@ from qsift.model import (
     address_bytes,
     reply_from_smtp,
 )
-from qsift.spool import MessageSpool
+from qsift.spool import MessageBody
 from qsift.wire import smtp_client as wire
 from qsift.wire.smtp_data import DataEncoder
 
@@ -103,7 +103,7 @@ class _Failed(Exception):
 async def forward_via_smtp(
     target: SmtpTarget,
     envelope: Envelope,
-    spool: MessageSpool,
+    spool: MessageBody,
     *,
     helo_name: str,
     timeouts: SmtpTimeouts,
@@ -135,7 +135,7 @@ class _Session:
         self,
         target: SmtpTarget,
         envelope: Envelope,
-        spool: MessageSpool,
+        spool: MessageBody,
         helo_name: str,
         timeouts: SmtpTimeouts,
         client_gone: asyncio.Event | None,

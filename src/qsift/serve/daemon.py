@@ -64,6 +64,8 @@ class Daemon:
             scanners=scanners,
             destinies=config.destiny,
             bounce=bouncer,
+            spam_levels=config.spam.levels,
+            hostname=config.myhostname,
         )
         try:
             for listener in self.config.listeners:
