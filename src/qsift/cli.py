@@ -25,6 +25,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _config_check(args.file)
         if args.command == "scan":
             return _scan(args.config, args.messages, as_json=args.json)
+        if args.command == "quarantine":
+            return _quarantine(args)
+        if args.command == "release":
+            from qsift.release import release
+
+            return release(_load(args.config), args.mail_id, args.to or [], sys.stdout)
     except ConfigError as exc:
         print(f"qsift: configuration error: {exc}", file=sys.stderr)
         return 2
@@ -43,6 +49,20 @@ def _parser() -> argparse.ArgumentParser:
     scan.add_argument("--config", metavar="FILE", help="TOML configuration (default: embedded defaults)")
     scan.add_argument("--json", action="store_true", help="one JSON object per message")
     scan.add_argument("messages", metavar="MESSAGE", nargs="+")
+    quarantine = commands.add_parser("quarantine", help="look into the quarantine")
+    quarantine_commands = quarantine.add_subparsers(dest="quarantine_command", required=True)
+    listing = quarantine_commands.add_parser("list", help="quarantined messages, newest first")
+    listing.add_argument("--config", metavar="FILE")
+    listing.add_argument("--category", help="only this category (virus, banned, spam, ...)")
+    listing.add_argument("--limit", type=int, default=100)
+    listing.add_argument("--json", action="store_true")
+    showing = quarantine_commands.add_parser("show", help="one quarantined message, whole")
+    showing.add_argument("--config", metavar="FILE")
+    showing.add_argument("mail_id", metavar="MAIL_ID")
+    release = commands.add_parser("release", help="send a quarantined message on, bypassing the checks")
+    release.add_argument("--config", metavar="FILE")
+    release.add_argument("--to", action="append", metavar="RCPT", help="only to this recipient (repeatable)")
+    release.add_argument("mail_id", metavar="MAIL_ID")
     config = commands.add_parser("config", help="configuration tools")
     config_commands = config.add_subparsers(dest="config_command", required=True)
     check = config_commands.add_parser("check", help="validate FILE and print the effective configuration")
@@ -75,6 +95,17 @@ def _config_check(path: str) -> int:
 
 def _printable_value(value: object) -> object:
     return value.pattern if isinstance(value, re.Pattern) else str(value)
+
+
+def _quarantine(args: argparse.Namespace) -> int:
+    from qsift.release import list_quarantine, show
+
+    settings = _load(args.config)
+    if args.quarantine_command == "list":
+        return list_quarantine(
+            settings, category=args.category, as_json=args.json, limit=args.limit, out=sys.stdout
+        )
+    return show(settings, args.mail_id, sys.stdout)
 
 
 def _scan(path: str | None, messages: list[str], *, as_json: bool) -> int:

@@ -9,6 +9,7 @@ ignored: a typo in a mail filter's configuration must not pass unnoticed.
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 import socket
 import tomllib
@@ -92,6 +93,23 @@ class Forward:
 
 
 @dataclass(frozen=True)
+class QuarantineSettings:
+    """`[quarantine]`: where, and which categories are kept when they are not delivered."""
+
+    #: Directory of the gzip files and their index; "" means `<state_dir>/quarantine`.
+    dir: str = ""
+    virus: bool = True
+    banned: bool = True
+    spam: bool = True
+    unchecked: bool = False
+    bad_header: bool = False
+    oversized: bool = False
+
+    def keeps(self, category: str) -> bool:
+        return bool(getattr(self, category.replace("-", "_"), False))
+
+
+@dataclass(frozen=True)
 class Config:
     listeners: tuple[Listener, ...]
     forward: Forward = field(default_factory=Forward)
@@ -111,6 +129,11 @@ class Config:
     #: Virus names (regex) whose sender is faked: no DSN (`[dsn] viruses_that_fake_sender`). By default
     #: every virus, as modern amavisd-new assumes; a site that wants to tell senders lists names instead.
     viruses_that_fake_sender: str = ".*"
+    quarantine: QuarantineSettings = field(default_factory=QuarantineSettings)
+
+    @property
+    def quarantine_dir(self) -> str:
+        return self.quarantine.dir or os.path.join(self.state_dir, "quarantine")
 
     @property
     def notify(self) -> Forward:
@@ -187,6 +210,7 @@ def from_mapping(raw: Mapping[str, Any], source: str = "<config>") -> Config:
     if notify.method:
         _check_forward_method(notify.method, f"{source}: [notify] method")
     dsn = _section(_Dsn, raw.pop("dsn", {}), f"{source}: [dsn]")
+    quarantine = _section(QuarantineSettings, raw.pop("quarantine", {}), f"{source}: [quarantine]")
     try:
         re.compile(dsn.viruses_that_fake_sender)
     except re.error as exc:
@@ -211,6 +235,7 @@ def from_mapping(raw: Mapping[str, Any], source: str = "<config>") -> Config:
         destiny=destiny,
         notify_method=notify.method,
         viruses_that_fake_sender=dsn.viruses_that_fake_sender,
+        quarantine=quarantine,
         **values,
     )
 

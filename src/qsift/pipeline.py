@@ -11,6 +11,7 @@ the outcome; per-recipient policy is the next stage, so until it exists every de
 from __future__ import annotations
 
 import asyncio
+import os
 import secrets
 import time
 from collections.abc import Callable, Sequence
@@ -22,7 +23,7 @@ from qsift.act.headers import edit_message, header_fields, subject_tag
 from qsift.checks.content import CheckSettings, Verdict, inspect
 from qsift.checks.scanner_set import ScannerSet
 from qsift.checks.spam_levels import SpamLevels
-from qsift.errors import QsiftError, ScannerFailure
+from qsift.errors import QsiftError, ScannerFailure, SpoolError
 from qsift.model import (
     Answer,
     Disposition,
@@ -36,6 +37,7 @@ from qsift.observe.log import logger
 from qsift.policy.destiny import Destiny, DestinySettings
 from qsift.spool import MessageBody, MessageSpool
 from qsift.store.outcomes import OutcomeRecord, OutcomeStore, body_fingerprint, delivery_key
+from qsift.store.quarantine import Quarantine
 
 #: Bodies up to this size are hashed on the event loop (about 0.15 ms at most); a thread hop costs more.
 _HASH_INLINE = 256 * 1024
@@ -69,6 +71,9 @@ class Pipeline:
     spam_levels: SpamLevels = field(default_factory=SpamLevels)
     #: Named in X-Virus-Scanned.
     hostname: str = "localhost"
+    #: Where blocked messages of the kept categories go; None: nowhere.
+    quarantine: Quarantine | None = None
+    quarantine_keeps: Callable[[str], bool] = field(default=lambda category: False)
 
     async def handle(
         self, envelope: Envelope, spool: MessageSpool, client_gone: asyncio.Event | None = None
@@ -120,6 +125,48 @@ class Pipeline:
         """Reject, discard or bounce the whole message (per-recipient policy comes next)."""
         reason = verdict.reason()
         category = verdict.log_text()
+        try:
+            kept = await self._quarantine(verdict, mail_id, envelope, spool)
+        except SpoolError as exc:
+            # Not delivered and not kept: the client must keep it (DESIGN.md: nothing is lost).
+            logger.error("id=%s cannot quarantine: %s", mail_id, exc)
+            reply = Reply.tempfail("4.3.0", f"id={mail_id} - cannot quarantine: {exc}")
+            return Outcome(mail_id, reply, Disposition.TEMPFAILED, category=category)
+        outcome = await self._destiny(destiny, verdict, mail_id, envelope, spool, reason, category)
+        return replace(outcome, notes=(*outcome.notes, *kept))
+
+    async def _quarantine(
+        self, verdict: Verdict, mail_id: str, envelope: Envelope, spool: MessageSpool
+    ) -> tuple[str, ...]:
+        """Keep a blocked message if its category is kept (and spam is under the cutoff)."""
+        if self.quarantine is None or not self.quarantine_keeps(verdict.category.value):
+            return ()
+        cutoff = self.spam_levels.quarantine_cutoff_level
+        score = verdict.spam.score if verdict.spam is not None else None
+        if cutoff is not None and score is not None and score >= cutoff:
+            return ()
+        entry = await asyncio.to_thread(
+            self.quarantine.store,
+            mail_id,
+            verdict.category.value,
+            verdict.reason(),
+            envelope.sender,
+            envelope.addresses,
+            spool.chunks(),
+            self.clock(),
+        )
+        return (f"quarantine: {os.path.basename(entry.file)}",)
+
+    async def _destiny(
+        self,
+        destiny: Destiny,
+        verdict: Verdict,
+        mail_id: str,
+        envelope: Envelope,
+        spool: MessageSpool,
+        reason: str,
+        category: str,
+    ) -> Outcome:
         if destiny is Destiny.REJECT:
             reply = Reply.reject("5.7.0", f"Reject, id={mail_id} - {reason}")
             return Outcome(mail_id, reply, Disposition.BLOCKED, category=category)

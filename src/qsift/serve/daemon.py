@@ -28,6 +28,7 @@ from qsift.observe.log import logger
 from qsift.pipeline import Pipeline
 from qsift.spool import make_private_dir
 from qsift.store.outcomes import OutcomeStore
+from qsift.store.quarantine import Quarantine
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 DRAIN_TIMEOUT = 60.0
@@ -50,6 +51,7 @@ class Daemon:
         outcomes = OutcomeStore(os.path.join(self.config.state_dir, "outcomes.sqlite"))
         scanners = ScannerSet.build(self.config.virus, self.config.spam, self.config.tmp_dir or None)
         config = self.config
+        quarantine = Quarantine(config.quarantine_dir)
         bouncer = DsnBouncer(
             make_forwarder(config.notify, config.myhostname),
             config.myhostname,
@@ -66,6 +68,8 @@ class Daemon:
             bounce=bouncer,
             spam_levels=config.spam.levels,
             hostname=config.myhostname,
+            quarantine=quarantine,
+            quarantine_keeps=config.quarantine.keeps,
         )
         try:
             for listener in self.config.listeners:
@@ -85,6 +89,7 @@ class Daemon:
             for server in self.servers:
                 server.close()
             outcomes.close()
+            quarantine.close()
             await scanners.close()
             shutil.rmtree(spool_dir, ignore_errors=True)
             logger.warning("qsift stopped")
