@@ -49,6 +49,12 @@ class Bouncer(Protocol):
     ) -> Outcome: ...
 
 
+class RefusalNotice(Protocol):
+    async def __call__(
+        self, outcome: Outcome, envelope: Envelope, refused: list[RecipientResult], spool: MessageSpool
+    ) -> Outcome: ...
+
+
 def new_mail_id() -> str:
     """A short random id for logs, answers and (later) quarantine file names, as amavisd-new's mail_id."""
     return secrets.token_urlsafe(9)
@@ -67,6 +73,8 @@ class Pipeline:
     destinies: DestinySettings = field(default_factory=DestinySettings)
     #: Sends the DSN for a bounced message and says what to answer; None: bounce acts as discard.
     bounce: Bouncer | None = None
+    #: Tells the sender about recipients the downstream refused while others took the message (a DSN).
+    refusal_notice: RefusalNotice | None = None
     #: For the X-Spam fields and the subject tag of passed mail.
     spam_levels: SpamLevels = field(default_factory=SpamLevels)
     #: Named in X-Virus-Scanned.
@@ -117,6 +125,10 @@ class Pipeline:
         outcome = replace(outcome, category=verdict.log_text() if verdict else "CLEAN")
         if accepted_keys:
             await self._record(accepted_keys, mail_id, outcome.reply.smtp_line())
+        refused = [r for r in result.per_recipient if r.reply.answer is Answer.REJECT]
+        if refused and outcome.reply.answer is Answer.ACCEPT and self.refusal_notice is not None:
+            # K was earned by the others; the refused ones would otherwise vanish without a word.
+            outcome = await self.refusal_notice(outcome, envelope, refused, spool)
         return outcome
 
     async def _block(

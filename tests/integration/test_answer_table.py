@@ -91,7 +91,11 @@ async def test_downstream_refuses_some_recipients(tmp_path: Path) -> None:
         qmqp, smtp = await both(daemon, [b"gone@example.net", b"bob@example.net"])
     assert qmqp.startswith("K250 2.0.0 Ok") and qmqp.endswith(", but 1 REJECT"), qmqp
     assert smtp.startswith("250 2.0.0 Ok") and smtp.endswith(", but 1 REJECT"), smtp
-    assert [d.recipients for d in mta.deliveries] == [[b"bob@example.net"]] * 2
+    # Each message delivered to the one who took it, and a DSN to the sender for the one refused.
+    assert [d.recipients for d in mta.deliveries] == [[b"bob@example.net"], [SENDER]] * 2
+    dsn = mta.deliveries[1]
+    assert dsn.sender == b"" and b"Final-Recipient: rfc822; gone@example.net" in dsn.body
+    assert b"550 5.1.1 no such user" in dsn.body
 
 
 async def test_downstream_refuses_every_recipient(tmp_path: Path) -> None:
@@ -316,3 +320,23 @@ async def test_every_virus_scanner_failed_is_a_temporary_failure(tmp_path: Path)
     assert re.match(r"Z451 4\.5\.0 id=\S+ - virus scanner failure: gone: .*; gone-too: ", qmqp), qmqp
     assert smtp.startswith("451 4.5.0 id="), smtp
     assert mta.connections == 0  # nothing forwarded, nothing lost: the client keeps the message
+
+
+async def test_a_refusal_notice_that_cannot_be_sent_means_try_later(tmp_path: Path) -> None:
+    script = Script(rcpt_replies={"gone@example.net": "550 5.1.1 no such user"})
+    async with (
+        fake_mta(Script(mail_reply="451 4.3.0 notify queue full")) as notify,
+        scene(tmp_path, script, top={"notify": {"method": f"smtp:[127.0.0.1]:{notify.port}"}}) as (
+            daemon,
+            mta,
+        ),
+    ):
+        recipients = [b"gone@example.net", b"bob@example.net"]
+        first = await qmqp_send(daemon.qmqp, MESSAGE, SENDER, recipients)
+        notify.script.mail_reply = "250 2.1.0 Ok"
+        retry = await qmqp_send(daemon.qmqp, MESSAGE, SENDER, recipients)
+    assert first.startswith("Z451 4.5.0") and "could not be sent" in first, first
+    assert retry.startswith("K250"), retry
+    # bob got it once; the retry went to the refused recipient only, and its DSN went out.
+    assert [d.recipients for d in mta.deliveries] == [[b"bob@example.net"]]
+    assert [d.recipients for d in notify.deliveries] == [[SENDER]]

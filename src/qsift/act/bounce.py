@@ -17,12 +17,12 @@ import email.parser
 import email.policy
 import email.utils
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from qsift.act.forward import Forwarder
 from qsift.checks.content import Verdict
 from qsift.checks.headers import header_section
-from qsift.model import Answer, Category, Disposition, Envelope, Outcome, Recipient, Reply
+from qsift.model import Answer, Category, Disposition, Envelope, Outcome, Recipient, RecipientResult, Reply
 from qsift.observe.log import logger
 from qsift.spool import MessageSpool
 from qsift.wire.dsn import DsnRequest, FailedRecipient, build_dsn
@@ -68,6 +68,55 @@ class DsnBouncer:
         reply = Reply(Answer.ACCEPT, 250, "2.5.0", f"Ok, id={mail_id}, BOUNCE")
         return Outcome(mail_id, reply, Disposition.BLOCKED, category=category, queued_as=result.queued_as)
 
+    async def refused(
+        self, outcome: Outcome, envelope: Envelope, refused: list[RecipientResult], spool: MessageSpool
+    ) -> Outcome:
+        """A DSN for the recipients the downstream refused while others were delivered (amavisd-new's
+        "but 1 REJECT" with its "Delivery status notification"); if it cannot be sent, try later: the
+        delivered recipients are recorded, so the retry goes only to the refused ones."""
+        mail_id = outcome.mail_id
+        head = header_section(spool.head(_HEAD))
+        suppressed = self._suppressed_for_refusal(envelope, head)
+        if suppressed:
+            logger.info("id=%s no DSN for the refused recipients: %s", mail_id, suppressed)
+            return outcome
+        failed = tuple(
+            FailedRecipient(
+                r.recipient.address,
+                r.reply.enhanced_status if r.reply.enhanced_status.startswith("5") else "5.0.0",
+                f"{r.reply.smtp_code} {r.reply.enhanced_status} {r.reply.text}",
+                original_recipient=dict(r.recipient.params).get("ORCPT"),
+            )
+            for r in refused
+        )
+        request = DsnRequest(
+            reporting_mta=self.hostname,
+            sender=envelope.sender,
+            from_address=f"MAILER-DAEMON@{self.hostname}",
+            mail_id=mail_id,
+            category_text="Undeliverable mail",
+            reason="refused by the next mail server",
+            recipients=failed,
+            original_headers=head,
+            envelope_id=dict(envelope.mail_params).get("ENVID"),
+            arrival_date=email.utils.formatdate(localtime=True),
+            message_id=email.utils.make_msgid(idstring=f"{mail_id}.r", domain=self.hostname),
+        )
+        notice = Envelope("", (Recipient(envelope.sender),), protocol="ESMTP")
+        with MessageSpool.from_bytes(build_dsn(request)) as dsn_spool:
+            result = await self.notifier.forward(notice, dsn_spool)
+        if any(r.reply.answer is Answer.TEMPFAIL for r in result.per_recipient):
+            text = (
+                f"id={mail_id} - the DSN for {len(refused)} refused recipient(s) could not be sent, try later"
+            )
+            return replace(outcome, reply=Reply.tempfail("4.5.0", text), disposition=Disposition.TEMPFAILED)
+        return replace(outcome, notes=(*outcome.notes, f"DSN sent for {len(refused)} refused recipient(s)"))
+
+    def _suppressed_for_refusal(self, envelope: Envelope, head: bytes) -> str:
+        if not envelope.sender:
+            return "null sender"
+        return "mail from a list" if _from_list(head) else ""
+
     def _suppressed(self, verdict: Verdict, envelope: Envelope, head: bytes) -> str:
         if not envelope.sender:
             return "null sender"
@@ -78,11 +127,7 @@ class DsnBouncer:
         score = verdict.spam.score if verdict.spam is not None else None
         if verdict.category is Category.SPAM and score is not None and score >= self.dsn_cutoff_level:
             return f"spam score {score:.1f} at or above the DSN cutoff"
-        header = email.parser.BytesHeaderParser(policy=email.policy.compat32).parsebytes(head)
-        precedence = str(header.get("Precedence", "")).strip().lower()
-        if precedence in _LIST_PRECEDENCE or header.get("List-Id") is not None:
-            return "mail from a list"
-        return ""
+        return "mail from a list" if _from_list(head) else ""
 
     def _request(self, verdict: Verdict, mail_id: str, envelope: Envelope, head: bytes) -> DsnRequest:
         diagnostic = f"554 5.7.0 Reject, id={mail_id} - {verdict.reason()}"
@@ -101,6 +146,12 @@ class DsnBouncer:
             arrival_date=email.utils.formatdate(localtime=True),
             message_id=email.utils.make_msgid(idstring=mail_id, domain=self.hostname),
         )
+
+
+def _from_list(head: bytes) -> bool:
+    header = email.parser.BytesHeaderParser(policy=email.policy.compat32).parsebytes(head)
+    precedence = str(header.get("Precedence", "")).strip().lower()
+    return precedence in _LIST_PRECEDENCE or header.get("List-Id") is not None
 
 
 _CATEGORY_WORDS = {

@@ -66,6 +66,7 @@ class Daemon:
             scanners=scanners,
             destinies=config.destiny,
             bounce=bouncer,
+            refusal_notice=bouncer.refused,
             spam_levels=config.spam.levels,
             hostname=config.myhostname,
             quarantine=quarantine,
