@@ -126,6 +126,10 @@ class Config:
     destiny: DestinySettings = field(default_factory=DestinySettings)
     #: Where DSNs and notifications go (`[notify] method`); "" means the forward method.
     notify_method: str = ""
+    #: `[notify] virus_admin`, `banned_admin`, `spam_admin`: who is told about blocked mail ("" nobody).
+    admins: Mapping[str, str] = field(default_factory=dict)
+    #: `[notify] templates`: a directory with the site's own `<kind>.txt` templates.
+    notify_templates: str = ""
     #: Virus names (regex) whose sender is faked: no DSN (`[dsn] viruses_that_fake_sender`). By default
     #: every virus, as modern amavisd-new assumes; a site that wants to tell senders lists names instead.
     viruses_that_fake_sender: str = ".*"
@@ -234,6 +238,12 @@ def from_mapping(raw: Mapping[str, Any], source: str = "<config>") -> Config:
         spam=spam,
         destiny=destiny,
         notify_method=notify.method,
+        admins={
+            "virus_admin": notify.virus_admin,
+            "banned_admin": notify.banned_admin,
+            "spam_admin": notify.spam_admin,
+        },
+        notify_templates=notify.templates,
         viruses_that_fake_sender=dsn.viruses_that_fake_sender,
         quarantine=quarantine,
         **values,
@@ -255,6 +265,10 @@ class _TopLevel:
 @dataclass(frozen=True)
 class _Notify:
     method: str = ""
+    virus_admin: str = ""
+    banned_admin: str = ""
+    spam_admin: str = ""
+    templates: str = ""
 
 
 @dataclass(frozen=True)

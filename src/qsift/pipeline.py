@@ -49,6 +49,12 @@ class Bouncer(Protocol):
     ) -> Outcome: ...
 
 
+class AdminNotice(Protocol):
+    async def __call__(
+        self, verdict: Verdict, mail_id: str, envelope: Envelope, destiny: str, quarantine: str
+    ) -> None: ...
+
+
 class RefusalNotice(Protocol):
     async def __call__(
         self, outcome: Outcome, envelope: Envelope, refused: list[RecipientResult], spool: MessageSpool
@@ -73,6 +79,8 @@ class Pipeline:
     destinies: DestinySettings = field(default_factory=DestinySettings)
     #: Sends the DSN for a bounced message and says what to answer; None: bounce acts as discard.
     bounce: Bouncer | None = None
+    #: Tells the postmaster about blocked mail (virus_admin, banned_admin, spam_admin).
+    admin_notice: AdminNotice | None = None
     #: Tells the sender about recipients the downstream refused while others took the message (a DSN).
     refusal_notice: RefusalNotice | None = None
     #: For the X-Spam fields and the subject tag of passed mail.
@@ -145,6 +153,9 @@ class Pipeline:
             reply = Reply.tempfail("4.3.0", f"id={mail_id} - cannot quarantine: {exc}")
             return Outcome(mail_id, reply, Disposition.TEMPFAILED, category=category)
         outcome = await self._destiny(destiny, verdict, mail_id, envelope, spool, reason, category)
+        if self.admin_notice is not None and outcome.disposition is Disposition.BLOCKED:
+            quarantined = kept[0].removeprefix("quarantine: ") if kept else ""
+            await self.admin_notice(verdict, mail_id, envelope, destiny.value, quarantined)
         return replace(outcome, notes=(*outcome.notes, *kept))
 
     async def _quarantine(

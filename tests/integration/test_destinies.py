@@ -136,3 +136,32 @@ async def test_a_dsn_that_cannot_be_sent_means_try_later(tmp_path: Path) -> None
         answer = await qmqp_send(daemon.qmqp, banned_message(), SENDER, [b"bob@example.net"])
     assert re.match(r"Z451 4\.5\.0 id=\S+ - BOUNCE: the DSN could not be sent", answer), answer
     assert mta.deliveries == [] and notify.accepted == []
+
+
+async def test_the_postmaster_is_told_with_the_facts(tmp_path: Path) -> None:
+    notify = {"banned_admin": "postmaster@example.net"}
+    qmqp, mta, _ = await run(tmp_path, banned_message(), notify=notify)
+    assert "BOUNCE" in qmqp
+    notices = [d for d in mta.deliveries if d.recipients == [b"postmaster@example.net"]]
+    assert len(notices) == 2  # QMQP and SMTP, one each
+    text = notices[0].body.decode()
+    mail_id = qmqp.split("id=")[1].split(",")[0]
+    assert f"Subject: BANNED from <alice@example.org> (id={mail_id})" in text
+    assert "Details:       .exe-ms,invoice.pdf.exe" in text and "Recipients:    <bob@example.net>" in text
+    assert "Client:        [127.0.0.1]" in text and f"Quarantine:    banned-{mail_id}.gz" in text
+    assert notices[0].sender == b""
+
+
+async def test_a_site_template_replaces_the_default(tmp_path: Path) -> None:
+    templates = tmp_path / "templates"
+    templates.mkdir(parents=True)
+    (templates / "banned_admin.txt").write_text(
+        "From: filter@example.net\nTo: $admin\nSubject: blocked $mail_id\n\n$details from $sender\n"
+    )
+    notify = {"banned_admin": "postmaster@example.net", "templates": str(templates)}
+    _, mta, _ = await run(tmp_path / "run", banned_message(), notify=notify)
+    notice = next(d for d in mta.deliveries if d.recipients == [b"postmaster@example.net"])
+    assert notice.body.startswith(
+        b"From: filter@example.net\r\nTo: postmaster@example.net\r\nSubject: blocked "
+    )
+    assert b"invoice.pdf.exe (Windows program by its content) from alice@example.org" in notice.body

@@ -17,6 +17,7 @@ import stat
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
+from qsift.act.admin_notice import AdminNotifier
 from qsift.act.bounce import DsnBouncer
 from qsift.act.forward import make_forwarder
 from qsift.checks.scanner_config import describe
@@ -67,6 +68,12 @@ class Daemon:
             destinies=config.destiny,
             bounce=bouncer,
             refusal_notice=bouncer.refused,
+            admin_notice=AdminNotifier(
+                make_forwarder(config.notify, config.myhostname),
+                config.myhostname,
+                config.admins,
+                config.notify_templates,
+            ),
             spam_levels=config.spam.levels,
             hostname=config.myhostname,
             quarantine=quarantine,
