@@ -165,3 +165,21 @@ async def test_a_site_template_replaces_the_default(tmp_path: Path) -> None:
         b"From: filter@example.net\r\nTo: postmaster@example.net\r\nSubject: blocked "
     )
     assert b"invoice.pdf.exe (Windows program by its content) from alice@example.org" in notice.body
+
+
+async def test_lmtp_gives_every_recipient_the_rejection(tmp_path: Path) -> None:
+    async with (
+        fake_mta() as mta,
+        running_daemon(
+            tmp_path,
+            f"smtp:[127.0.0.1]:{mta.port}",
+            protocols=("lmtp",),
+            top={"destiny": {"banned": "reject"}},
+        ) as daemon,
+    ):
+        transcript = await smtp_send(
+            daemon.lmtp, banned_message(), SENDER, [b"bob@example.net", b"carol@example.net"], lmtp=True
+        )
+    assert [code for code, _ in transcript.final] == [554, 554], transcript.final
+    assert all(text.startswith("5.7.0 Reject, id=") for _, text in transcript.final)
+    assert mta.deliveries == []

@@ -178,7 +178,8 @@ class _Session:
 def _per_recipient(outcome: Outcome, recipients: tuple[Recipient, ...]) -> list[Reply]:
     """LMTP's answer: each recipient's own result; recipients not forwarded (already delivered) get 250."""
     by_address = {r.recipient.address: r.reply for r in outcome.per_recipient}
-    if outcome.reply.answer is Answer.TEMPFAIL and not by_address:
+    if not by_address:
+        # Nothing was forwarded (rejected, discarded, bounced, held back, a duplicate): one answer for all.
         return [outcome.reply] * len(recipients)
     replies = []
     for recipient in recipients:
