@@ -74,7 +74,8 @@ class EditedMessage:
         return len(self.head) + self.spool.size - self.resume_at
 
     def chunks(self, chunk_size: int = DEFAULT_CHUNK) -> Iterator[bytes]:
-        yield self.head
+        if self.head:
+            yield self.head
         skipped = 0
         for chunk in self.spool.chunks(chunk_size):
             if skipped < self.resume_at:
