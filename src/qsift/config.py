@@ -110,6 +110,15 @@ class QuarantineSettings:
 
 
 @dataclass(frozen=True)
+class MarkSettings:
+    """`[mark]`: the X-Qsift-Scanned mark on passed mail (wire/mark.py), so forwards are not rescanned."""
+
+    enabled: bool = True
+    #: The key; "" means `<state_dir>/mark.key`, made (0600, random) at start-up if missing.
+    key_file: str = ""
+
+
+@dataclass(frozen=True)
 class Config:
     listeners: tuple[Listener, ...]
     forward: Forward = field(default_factory=Forward)
@@ -134,6 +143,7 @@ class Config:
     #: every virus, as modern amavisd-new assumes; a site that wants to tell senders lists names instead.
     viruses_that_fake_sender: str = ".*"
     quarantine: QuarantineSettings = field(default_factory=QuarantineSettings)
+    mark: MarkSettings = field(default_factory=MarkSettings)
 
     @property
     def quarantine_dir(self) -> str:
@@ -215,6 +225,7 @@ def from_mapping(raw: Mapping[str, Any], source: str = "<config>") -> Config:
         _check_forward_method(notify.method, f"{source}: [notify] method")
     dsn = _section(_Dsn, raw.pop("dsn", {}), f"{source}: [dsn]")
     quarantine = _section(QuarantineSettings, raw.pop("quarantine", {}), f"{source}: [quarantine]")
+    mark = _section(MarkSettings, raw.pop("mark", {}), f"{source}: [mark]")
     try:
         re.compile(dsn.viruses_that_fake_sender)
     except re.error as exc:
@@ -246,6 +257,7 @@ def from_mapping(raw: Mapping[str, Any], source: str = "<config>") -> Config:
         notify_templates=notify.templates,
         viruses_that_fake_sender=dsn.viruses_that_fake_sender,
         quarantine=quarantine,
+        mark=mark,
         **values,
     )
 

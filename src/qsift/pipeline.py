@@ -38,6 +38,7 @@ from qsift.policy.destiny import Destiny, DestinySettings
 from qsift.spool import MessageBody, MessageSpool
 from qsift.store.outcomes import OutcomeRecord, OutcomeStore, body_fingerprint, delivery_key
 from qsift.store.quarantine import Quarantine
+from qsift.wire import mark
 
 #: Bodies up to this size are hashed on the event loop (about 0.15 ms at most); a thread hop costs more.
 _HASH_INLINE = 256 * 1024
@@ -90,6 +91,8 @@ class Pipeline:
     #: Where blocked messages of the kept categories go; None: nowhere.
     quarantine: Quarantine | None = None
     quarantine_keeps: Callable[[str], bool] = field(default=lambda category: False)
+    #: The key of the X-Qsift-Scanned mark on passed mail; None: no mark.
+    mark_key: bytes | None = None
 
     async def handle(
         self, envelope: Envelope, spool: MessageSpool, client_gone: asyncio.Event | None = None
@@ -122,6 +125,8 @@ class Pipeline:
         if verdict is not None:
             virus_scanned = bool(self.scanners and (self.scanners.primary or self.scanners.backup))
             fields = header_fields(verdict, self.spam_levels, self.hostname, virus_scanned=virus_scanned)
+            if self.mark_key is not None:
+                fields.insert(0, f"{mark.FIELD}: {await self._mark(spool)}")
             body = edit_message(spool, fields, subject_tag(verdict))
         result = await self.forwarder.forward(replace(envelope, recipients=owed), body, client_gone)
         accepted_keys = [
@@ -138,6 +143,14 @@ class Pipeline:
             # K was earned by the others; the refused ones would otherwise vanish without a word.
             outcome = await self.refusal_notice(outcome, envelope, refused, spool)
         return outcome
+
+    async def _mark(self, spool: MessageSpool) -> str:
+        assert self.mark_key is not None
+        if spool.size <= _HASH_INLINE:
+            body_digest = _body_digest(spool)
+        else:
+            body_digest = await asyncio.to_thread(_body_digest, spool)
+        return mark.make_value(self.mark_key, body_digest, int(self.clock()))
 
     async def _block(
         self, destiny: Destiny, verdict: Verdict, mail_id: str, envelope: Envelope, spool: MessageSpool
@@ -232,6 +245,13 @@ class Pipeline:
             # The downstream has the message: answering Z now would make the retry a duplicate for sure,
             # while a missing record only makes a duplicate possible if the client also loses our K.
             logger.error("id=%s delivered but not recorded for dedupe: %s", mail_id, exc)
+
+
+def _body_digest(spool: MessageSpool) -> str:
+    digest = mark.BodyDigest()
+    for chunk in spool.chunks():
+        digest.update(chunk)
+    return digest.hexdigest()
 
 
 def decide(mail_id: str, envelope: Envelope, result: ForwardResult, already_delivered: int = 0) -> Outcome:

@@ -52,6 +52,7 @@ import sys
 
 from qsift.errors import ProtocolError
 from qsift.queue_client import custom_error
+from qsift.queue_client.bypass import bypass_if_marked
 from qsift.queue_client.exchange import exchange
 from qsift.queue_client.message import read_message
 from qsift.queue_client.outcome import Attempt, Fatal
@@ -113,6 +114,7 @@ def _run(env: Mapping[str, str], notes: list[str]) -> tuple[int, bool]:
         settings = Settings(env, notes)
         message = read_message(MESSAGE_FD, settings.tmpdir)
         sender, recipients = _read_envelope(ENVELOPE_FD)
+        bypass_if_marked(env, message, sender, recipients, settings.tmpdir, notes)
         head, tail = request_frame(message.size, sender, recipients)
         last: Attempt | None = None
         for server in try_order(settings.servers):

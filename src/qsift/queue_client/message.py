@@ -35,6 +35,16 @@ class Message:
         self._fd = fd
         self._offset = offset
 
+    def readable_fd(self, tmpdir: str) -> int:
+        """A descriptor positioned at the message's first byte, for a program exec'd in our place."""
+        if self._data is None:
+            os.lseek(self._fd, self._offset, os.SEEK_SET)
+            return self._fd
+        fd = _open_spool(tmpdir)
+        _write(fd, self._data)
+        os.lseek(fd, 0, os.SEEK_SET)
+        return fd
+
     def request_pieces(self, head: bytes, tail: bytes) -> Iterator[bytes]:
         """The whole request in pieces of bounded size: `head`, the message, `tail`."""
         if self._data is not None:

@@ -78,6 +78,7 @@ class Daemon:
             hostname=config.myhostname,
             quarantine=quarantine,
             quarantine_keeps=config.quarantine.keeps,
+            mark_key=_mark_key(config) if config.mark.enabled else None,
         )
         try:
             for listener in self.config.listeners:
@@ -182,3 +183,16 @@ def _remove_stale_socket(path: str) -> None:
     with contextlib.suppress(FileNotFoundError):
         if stat.S_ISSOCK(os.stat(path).st_mode):
             os.unlink(path)
+
+
+def _mark_key(config: Config) -> bytes:
+    """The mark key, made at the first start: 32 random bytes in a 0600 file."""
+    path = config.mark.key_file or os.path.join(config.state_dir, "mark.key")
+    if not os.path.exists(path):
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as stream:
+            stream.write(os.urandom(32))
+            stream.flush()
+            os.fsync(stream.fileno())
+    with open(path, "rb") as stream:
+        return stream.read()
