@@ -52,7 +52,12 @@ class DsnBouncer:
                 Answer.ACCEPT, 250, "2.7.0", f"Ok, id={mail_id}, DISCARD(bounce.suppressed: {suppressed})"
             )
             return Outcome(mail_id, reply, Disposition.BLOCKED, category=category)
-        dsn = build_dsn(self._request(verdict, mail_id, envelope, head))
+        try:
+            dsn = build_dsn(self._request(verdict, mail_id, envelope, head))
+        except ValueError as exc:  # a sender no DSN can be addressed to: as suppressed, never a crash
+            logger.warning("id=%s no DSN possible: %s", mail_id, exc)
+            reply = Reply(Answer.ACCEPT, 250, "2.7.0", f"Ok, id={mail_id}, DISCARD(bounce.suppressed: {exc})")
+            return Outcome(mail_id, reply, Disposition.BLOCKED, category=category)
         notice = Envelope("", (Recipient(envelope.sender),), protocol="ESMTP")
         with MessageSpool.from_bytes(dsn) as dsn_spool:
             result = await self.notifier.forward(notice, dsn_spool)
@@ -102,8 +107,13 @@ class DsnBouncer:
             arrival_date=email.utils.formatdate(localtime=True),
             message_id=email.utils.make_msgid(idstring=f"{mail_id}.r", domain=self.hostname),
         )
+        try:
+            dsn = build_dsn(request)
+        except ValueError as exc:
+            logger.warning("id=%s no DSN possible for the refused recipients: %s", mail_id, exc)
+            return outcome
         notice = Envelope("", (Recipient(envelope.sender),), protocol="ESMTP")
-        with MessageSpool.from_bytes(build_dsn(request)) as dsn_spool:
+        with MessageSpool.from_bytes(dsn) as dsn_spool:
             result = await self.notifier.forward(notice, dsn_spool)
         if any(r.reply.answer is Answer.TEMPFAIL for r in result.per_recipient):
             text = (
