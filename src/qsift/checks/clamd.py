@@ -36,48 +36,20 @@ import socket
 from dataclasses import dataclass, field
 from typing import IO
 
-from qsift.checks.scanners import VirusResult
+from qsift.checks.scanners import ScannerAddress, VirusResult, parse_scanner_address
 from qsift.errors import ConfigError, ProtocolError
 from qsift.wire import clamd as wire
 
 _READ_SIZE = 4096
 
 
-@dataclass(frozen=True)
-class ClamdAddress:
-    """Where clamd listens: a unix socket path or a TCP host and port."""
-
-    path: str | None = None
-    host: str | None = None
-    port: int | None = None
-
-    def describe(self) -> str:
-        if self.path is not None:
-            return f"unix:{self.path}"
-        return f"[{self.host}]:{self.port}"
+#: The address type clamd's tests and callers name; the parser is every scanner client's.
+ClamdAddress = ScannerAddress
 
 
-def parse_address(address: str) -> ClamdAddress:
+def parse_address(address: str) -> ScannerAddress:
     """`unix:/path`, `host:port`, `[v6]:port` (clamd.conf's LocalSocket, TCPAddr and TCPSocket)."""
-    if address.startswith("unix:"):
-        path = address[len("unix:") :]
-        if not path.startswith("/"):
-            raise ConfigError(f"clamd address {address!r}: the socket path must be absolute")
-        return ClamdAddress(path=path)
-    if address.startswith("["):
-        host, bracket, rest = address[1:].partition("]")
-        if not bracket or not rest.startswith(":"):
-            raise ConfigError(f"clamd address {address!r}: expected [host]:port")
-        port_text = rest[1:]
-    else:
-        host, _, port_text = address.rpartition(":")
-        if ":" in host:
-            raise ConfigError(f"clamd address {address!r}: write an IPv6 address as [addr]:port")
-    if not host:
-        raise ConfigError(f"clamd address {address!r}: expected unix:/path or host:port")
-    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
-        raise ConfigError(f"clamd address {address!r}: bad port {port_text!r}")
-    return ClamdAddress(host=host, port=int(port_text))
+    return parse_scanner_address(address, default_port=None, what="clamd")
 
 
 class _Failed(Exception):

@@ -11,6 +11,55 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import IO, Protocol
 
+from qsift.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class ScannerAddress:
+    """Where a scanner daemon listens: a TCP host and port, or a unix socket path."""
+
+    host: str | None = None
+    port: int | None = None
+    path: str | None = None
+
+    def describe(self) -> str:
+        """amavisd-new's way, as the forward methods are written: `[host]:port` or `unix:/path`."""
+        if self.path is not None:
+            return f"unix:{self.path}"
+        return f"[{self.host}]:{self.port}"
+
+    def __str__(self) -> str:
+        """As it is written in the configuration: brackets only around an IPv6 address."""
+        if self.path is not None:
+            return f"unix:{self.path}"
+        host = f"[{self.host}]" if self.host and ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+
+def parse_scanner_address(text: str, default_port: int | None, what: str = "scanner") -> ScannerAddress:
+    """`unix:/path`, `host:port`, `[v6]:port`; with a `default_port`, also a bare `host` or `[v6]`."""
+    if text.startswith("unix:"):
+        path = text[len("unix:") :]
+        if not path.startswith("/"):
+            raise ConfigError(f"{what} address {text!r}: the socket path must be absolute")
+        return ScannerAddress(path=path)
+    if text.startswith("["):
+        host, bracket, port_text = text[1:].partition("]")
+        if not bracket or (port_text and not port_text.startswith(":")):
+            raise ConfigError(f"{what} address {text!r}: expected [host]:port")
+        port_text = port_text[1:]
+    elif text.count(":") == 1:
+        host, _, port_text = text.partition(":")
+    else:
+        host, port_text = text, ""
+    if not host or (":" in host and not text.startswith("[")):
+        raise ConfigError(f"{what} address {text!r}: expected host:port, [v6]:port or unix:/path")
+    if not port_text and default_port is not None:
+        return ScannerAddress(host=host, port=default_port)
+    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise ConfigError(f"{what} address {text!r}: bad port {port_text!r}")
+    return ScannerAddress(host=host, port=int(port_text))
+
 
 @dataclass(frozen=True)
 class VirusResult:

@@ -20,57 +20,16 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import IO
 
-from qsift.checks.scanners import SpamResult
-from qsift.errors import ConfigError, ProtocolError
+from qsift.checks.scanners import ScannerAddress, SpamResult, parse_scanner_address
+from qsift.errors import ProtocolError
 from qsift.wire import rspamd as rspamd_wire
 from qsift.wire import spamd as spamd_wire
 
 _CHUNK = 64 * 1024
 
 _Streams = tuple[asyncio.StreamReader, asyncio.StreamWriter]
-
-
-@dataclass(frozen=True)
-class ScannerAddress:
-    """A TCP `host:port` or a unix socket path."""
-
-    host: str | None = None
-    port: int | None = None
-    path: str | None = None
-
-    def __str__(self) -> str:
-        if self.path is not None:
-            return f"unix:{self.path}"
-        host = f"[{self.host}]" if self.host and ":" in self.host else self.host
-        return f"{host}:{self.port}"
-
-
-def parse_scanner_address(text: str, default_port: int) -> ScannerAddress:
-    """`unix:/path`, `host:port`, `[v6]:port`, or a bare `host` / `[v6]` for the daemon's usual port."""
-    if text.startswith("unix:"):
-        path = text[len("unix:") :]
-        if not path.startswith("/"):
-            raise ConfigError(f"scanner address {text!r}: the socket path must be absolute")
-        return ScannerAddress(path=path)
-    if text.startswith("["):
-        host, bracket, port_text = text[1:].partition("]")
-        if not bracket or (port_text and not port_text.startswith(":")):
-            raise ConfigError(f"scanner address {text!r}: expected [host]:port")
-        port_text = port_text[1:]
-    elif text.count(":") == 1:
-        host, _, port_text = text.partition(":")
-    else:
-        host, port_text = text, ""
-    if not host or (":" in host and not text.startswith("[")):
-        raise ConfigError(f"scanner address {text!r}: expected host:port, [v6]:port or unix:/path")
-    if not port_text:
-        return ScannerAddress(host=host, port=default_port)
-    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
-        raise ConfigError(f"scanner address {text!r}: bad port {port_text!r}")
-    return ScannerAddress(host=host, port=int(port_text))
 
 
 class _Failed(Exception):
