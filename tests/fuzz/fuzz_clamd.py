@@ -10,8 +10,6 @@ only where clamd said OK. Importable without atheris, so tests can run it.
 
 from __future__ import annotations
 
-import sys
-
 from qsift.errors import ProtocolError
 from qsift.wire import clamd
 
@@ -54,13 +52,7 @@ def _check_scan_reply(text: str) -> None:
         assert reply.message and not reply.names
 
 
-def main() -> None:
-    import importlib
-
-    atheris = importlib.import_module("atheris")
-    atheris.Setup(sys.argv, TestOneInput)
-    atheris.Fuzz()
-
-
 if __name__ == "__main__":
-    main()
+    from tests.fuzz.atheris_runner import fuzz
+
+    fuzz(TestOneInput)

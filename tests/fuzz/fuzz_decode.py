@@ -8,8 +8,6 @@ than allowed, no deeper than allowed. Importable without atheris, so tests can r
 
 from __future__ import annotations
 
-import sys
-
 from qsift.decode.walk import DecodeLimits, decode_message
 
 _LIMITS = DecodeLimits(max_depth=4, max_parts=40, max_total_bytes=1 << 20, time_limit=5, seven_zip=False)
@@ -22,13 +20,7 @@ def TestOneInput(data: bytes) -> None:
     assert all(part.path and part.depth <= _LIMITS.max_depth for part in decoded.parts)
 
 
-def main() -> None:
-    import importlib
-
-    atheris = importlib.import_module("atheris")
-    atheris.Setup(sys.argv, TestOneInput)
-    atheris.Fuzz()
-
-
 if __name__ == "__main__":
-    main()
+    from tests.fuzz.atheris_runner import fuzz
+
+    fuzz(TestOneInput)

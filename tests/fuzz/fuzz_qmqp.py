@@ -10,7 +10,6 @@ events must keep every promise the parser makes. Importable without atheris, so 
 from __future__ import annotations
 
 import contextlib
-import sys
 
 from qsift.errors import ClientError, ProtocolError
 from qsift.wire import netstring, qmqp
@@ -78,13 +77,7 @@ def _fuzz_response(body: bytes, step: int) -> None:
         pass
 
 
-def main() -> None:
-    import importlib
-
-    atheris = importlib.import_module("atheris")
-    atheris.Setup(sys.argv, TestOneInput)
-    atheris.Fuzz()
-
-
 if __name__ == "__main__":
-    main()
+    from tests.fuzz.atheris_runner import fuzz
+
+    fuzz(TestOneInput)

@@ -12,7 +12,6 @@ the builders) may come out. Importable without atheris, so tests can run it.
 from __future__ import annotations
 
 import contextlib
-import sys
 
 from qsift.errors import ProtocolError
 from qsift.model import Params
@@ -91,13 +90,7 @@ def _check_line(line: bytes) -> None:
     assert command.count(b">") <= 1
 
 
-def main() -> None:
-    import importlib
-
-    atheris = importlib.import_module("atheris")
-    atheris.Setup(sys.argv, TestOneInput)
-    atheris.Fuzz()
-
-
 if __name__ == "__main__":
-    main()
+    from tests.fuzz.atheris_runner import fuzz
+
+    fuzz(TestOneInput)

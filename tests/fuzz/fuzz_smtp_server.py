@@ -9,8 +9,6 @@ input the connection holds stays bounded. Importable without atheris, so tests c
 
 from __future__ import annotations
 
-import sys
-
 from qsift.model import Reply
 from qsift.wire import smtp_server as s
 
@@ -59,13 +57,7 @@ def TestOneInput(data: bytes) -> None:
     drive(data[1:], data[0] % 64 + 1, lmtp=data[0] >= 128)
 
 
-def main() -> None:
-    import importlib
-
-    atheris = importlib.import_module("atheris")
-    atheris.Setup(sys.argv, TestOneInput)
-    atheris.Fuzz()
-
-
 if __name__ == "__main__":
-    main()
+    from tests.fuzz.atheris_runner import fuzz
+
+    fuzz(TestOneInput)

@@ -10,8 +10,6 @@ Importable without atheris, so tests can run it.
 
 from __future__ import annotations
 
-import sys
-
 from qsift.errors import ProtocolError
 from qsift.wire import spamd
 
@@ -51,13 +49,7 @@ def _check(data: bytes, reply: spamd.SpamdResponse, max_head: int, max_body: int
     assert not any(c in reply.message for c in "\r\n\0")
 
 
-def main() -> None:
-    import importlib
-
-    atheris = importlib.import_module("atheris")
-    atheris.Setup(sys.argv, TestOneInput)
-    atheris.Fuzz()
-
-
 if __name__ == "__main__":
-    main()
+    from tests.fuzz.atheris_runner import fuzz
+
+    fuzz(TestOneInput)
