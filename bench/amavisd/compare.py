@@ -4,7 +4,7 @@
 
 Starts one real clamd (tests/clamd_daemon.py, the test signature database) and one real spamd
 (tests/spamd_daemon.py, local tests only, as many children as clients), then for each filter in turn:
-a counting SMTP sink in its own process (bench/amavisd/sink.py: bench/sink.py taking long lines), the
+a counting SMTP sink in its own process (bench/sink.py --long-lines), the
 filter with an SMTP listener on loopback forwarding to the sink, a warm-up, and the same N messages sent
 by C concurrent SMTP clients (qsift's own client). It checks every message was accepted and the sink
 counted them all, reads both filters' summary log lines to show what each made of the messages, and prints
@@ -141,7 +141,7 @@ async def send_all(port: int, messages: list[bytes], concurrency: int, result: R
 def start_sink() -> tuple[subprocess.Popen[str], int]:
     port = free_port()
     sink = subprocess.Popen(
-        [sys.executable, "-m", "bench.amavisd.sink", str(port)], stdout=subprocess.PIPE, text=True
+        [sys.executable, "-m", "bench.sink", "--long-lines", str(port)], stdout=subprocess.PIPE, text=True
     )
     assert sink.stdout is not None
     if sink.stdout.readline().strip() != "ready":
