@@ -86,6 +86,24 @@ def _split_params(rest: bytes) -> list[tuple[str, str | None]] | ArgumentError:
     return params
 
 
+def _path_and_params(
+    arg: bytes, verb: str, keyword: bytes, *, extended: bool, max_length: int
+) -> tuple[bytes, list[tuple[str, str | None]]] | ArgumentError:
+    """What MAIL and RCPT share: `FROM:`/`TO:`, the path, and parameters only after EHLO."""
+    if arg[: len(keyword)].upper() != keyword:
+        return ArgumentError(501, "5.5.4", f"Syntax: {verb} {keyword.decode()}<address>")
+    path = parse_path(arg[len(keyword) :], max_length=max_length, sender=verb == "MAIL")
+    if isinstance(path, ArgumentError):
+        return path
+    address, rest = path
+    params = _split_params(rest)
+    if isinstance(params, ArgumentError):
+        return params
+    if params and not extended:
+        return ArgumentError(555, "5.5.4", f"{verb} parameters need EHLO")
+    return address, params
+
+
 def _unsupported(name: str) -> ArgumentError:
     return ArgumentError(555, "5.5.4", f"Unsupported parameter {name}")
 
@@ -107,17 +125,10 @@ def parse_mail(
     arg: bytes, *, extended: bool, max_length: int, max_message_size: int
 ) -> MailArguments | ArgumentError:
     """`FROM:<sender> [params]` after the MAIL verb."""
-    if arg[:5].upper() != b"FROM:":
-        return ArgumentError(501, "5.5.4", "Syntax: MAIL FROM:<address>")
-    path = parse_path(arg[5:], max_length=max_length, sender=True)
-    if isinstance(path, ArgumentError):
-        return path
-    sender, rest = path
-    params = _split_params(rest)
-    if isinstance(params, ArgumentError):
-        return params
-    if params and not extended:
-        return ArgumentError(555, "5.5.4", "MAIL parameters need EHLO")
+    parsed = _path_and_params(arg, "MAIL", b"FROM:", extended=extended, max_length=max_length)
+    if isinstance(parsed, ArgumentError):
+        return parsed
+    sender, params = parsed
     kept: list[tuple[str, str | None]] = []
     declared_size: int | None = None
     for name, value in params:
@@ -161,17 +172,10 @@ class RcptArguments:
 
 def parse_rcpt(arg: bytes, *, extended: bool, max_length: int) -> RcptArguments | ArgumentError:
     """`TO:<recipient> [params]` after the RCPT verb."""
-    if arg[:3].upper() != b"TO:":
-        return ArgumentError(501, "5.5.4", "Syntax: RCPT TO:<address>")
-    path = parse_path(arg[3:], max_length=max_length, sender=False)
-    if isinstance(path, ArgumentError):
-        return path
-    recipient, rest = path
-    params = _split_params(rest)
-    if isinstance(params, ArgumentError):
-        return params
-    if params and not extended:
-        return ArgumentError(555, "5.5.4", "RCPT parameters need EHLO")
+    parsed = _path_and_params(arg, "RCPT", b"TO:", extended=extended, max_length=max_length)
+    if isinstance(parsed, ArgumentError):
+        return parsed
+    recipient, params = parsed
     kept: list[tuple[str, str | None]] = []
     for name, value in params:
         if name == "NOTIFY":
