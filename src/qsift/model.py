@@ -78,10 +78,10 @@ class Reply:
     def qmqp_text(self) -> bytes:
         """The QMQP response payload: the letter, then the status and the text."""
         line = f"{self.answer.value}{self.smtp_code} {self.enhanced_status} {self.text}"
-        return _single_line(line).encode("utf-8", "replace")
+        return single_line(line).encode("utf-8", "replace")
 
     def smtp_line(self) -> str:
-        return _single_line(f"{self.smtp_code} {self.enhanced_status} {self.text}")
+        return single_line(f"{self.smtp_code} {self.enhanced_status} {self.text}")
 
 
 _ENHANCED = re.compile(r"^([245])\.(\d{1,3})\.(\d{1,3})(?:\s+|$)")
@@ -104,8 +104,9 @@ def reply_from_smtp(code: int, text: str) -> Reply:
     return Reply(answer, code, enhanced, text)
 
 
-def _single_line(text: str) -> str:
-    # Replies go into one SMTP line or one qmail-smtpd reply: no CR, LF or other control characters.
+def single_line(text: str) -> str:
+    """The text with every control character (CR and LF among them) replaced by a space: safe in one
+    SMTP reply line, one qmail-smtpd reply, one header field."""
     return "".join(ch if ch >= " " and ch != "\x7f" else " " for ch in text)
 
 

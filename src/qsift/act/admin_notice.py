@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from qsift.act.forward import Forwarder
 from qsift.checks.content import Verdict
-from qsift.model import Answer, Category, Envelope, Recipient
+from qsift.model import Answer, Category, Envelope, Recipient, single_line
 from qsift.observe.log import logger
 from qsift.spool import MessageSpool
 
@@ -89,7 +89,7 @@ class AdminNotifier:
     ) -> dict[str, str]:
         details = "; ".join(f.detail for f in verdict.findings if f.category is verdict.category)
         return {
-            name: _one_line(value)
+            name: single_line(value)
             for name, value in {
                 "hostname": self.hostname,
                 "admin": admin,
@@ -106,8 +106,3 @@ class AdminNotifier:
                 "message_id": email.utils.make_msgid(idstring=f"{mail_id}.admin", domain=self.hostname),
             }.items()
         }
-
-
-def _one_line(value: str) -> str:
-    # Facts come from the message and its sender: none may start a new header line in the notice.
-    return "".join(ch if ch >= " " and ch != "\x7f" else " " for ch in value)

@@ -27,7 +27,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from qsift.model import Params, Reply
+from qsift.model import Params, Reply, single_line
 from qsift.wire.smtp_args import ArgumentError, parse_mail, parse_rcpt
 
 _CRLF = b"\r\n"
@@ -234,8 +234,7 @@ class SmtpServerConnection:
 
     def _reply_line(self, code: int, status: str, text: str) -> None:
         # The text may come from a downstream MTA or a virus name: one line, no control characters.
-        text = "".join(ch if ch >= " " and ch != "\x7f" else " " for ch in text)
-        self._output += f"{code} {status} {text}".encode("utf-8", "replace") + _CRLF
+        self._output += f"{code} {status} {single_line(text)}".encode("utf-8", "replace") + _CRLF
 
     def _close(self) -> None:
         self._state = _State.CLOSED
