@@ -14,7 +14,7 @@ import asyncio
 import os
 import secrets
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
@@ -99,10 +99,13 @@ class Pipeline:
     ) -> Outcome:
         """Carry one message to a certain outcome; never raises for trouble downstream."""
         mail_id = new_mail_id()
+        # The mark's body digest rides on the same read of the spool as the dedupe fingerprint.
+        marking = mark.BodyDigest() if self.mark_key is not None else None
+        chunks = spool.chunks() if marking is None else _feeding(spool.chunks(), marking)
         if spool.size <= _HASH_INLINE:
-            digest = body_fingerprint(spool.chunks())
+            digest = body_fingerprint(chunks)
         else:
-            digest = await asyncio.to_thread(body_fingerprint, spool.chunks())
+            digest = await asyncio.to_thread(body_fingerprint, chunks)
         keys = [delivery_key(digest, envelope.sender, a) for a in envelope.addresses]
         already = await self._delivered_before(keys)
         owed = tuple(r for r, k in zip(envelope.recipients, keys, strict=True) if k not in already)
@@ -125,8 +128,9 @@ class Pipeline:
         if verdict is not None:
             virus_scanned = bool(self.scanners and (self.scanners.primary or self.scanners.backup))
             fields = header_fields(verdict, self.spam_levels, self.hostname, virus_scanned=virus_scanned)
-            if self.mark_key is not None:
-                fields.insert(0, f"{mark.FIELD}: {await self._mark(spool)}")
+            if self.mark_key is not None and marking is not None:
+                value = mark.make_value(self.mark_key, marking.hexdigest(), int(self.clock()))
+                fields.insert(0, f"{mark.FIELD}: {value}")
             body = edit_message(spool, fields, subject_tag(verdict))
         result = await self.forwarder.forward(replace(envelope, recipients=owed), body, client_gone)
         accepted_keys = [
@@ -143,14 +147,6 @@ class Pipeline:
             # K was earned by the others; the refused ones would otherwise vanish without a word.
             outcome = await self.refusal_notice(outcome, envelope, refused, spool)
         return outcome
-
-    async def _mark(self, spool: MessageSpool) -> str:
-        assert self.mark_key is not None
-        if spool.size <= _HASH_INLINE:
-            body_digest = _body_digest(spool)
-        else:
-            body_digest = await asyncio.to_thread(_body_digest, spool)
-        return mark.make_value(self.mark_key, body_digest, int(self.clock()))
 
     async def _block(
         self, destiny: Destiny, verdict: Verdict, mail_id: str, envelope: Envelope, spool: MessageSpool
@@ -247,11 +243,10 @@ class Pipeline:
             logger.error("id=%s delivered but not recorded for dedupe: %s", mail_id, exc)
 
 
-def _body_digest(spool: MessageSpool) -> str:
-    digest = mark.BodyDigest()
-    for chunk in spool.chunks():
-        digest.update(chunk)
-    return digest.hexdigest()
+def _feeding(chunks: Iterator[bytes], body: mark.BodyDigest) -> Iterator[bytes]:
+    for chunk in chunks:
+        body.update(chunk)
+        yield chunk
 
 
 def decide(mail_id: str, envelope: Envelope, result: ForwardResult, already_delivered: int = 0) -> Outcome:
