@@ -107,7 +107,7 @@ def running_spamd(*, max_children: int = 2) -> Iterator[Spamd]:
             _wait_for_pong(process, socket_path, log_path)
             yield Spamd(socket_path, "127.0.0.1", port, log_path, time.monotonic() - started)
         finally:
-            _stop(process)
+            stop_daemon(process)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
@@ -168,8 +168,9 @@ def ping(socket_path: str) -> bool:
         return False
 
 
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    """SIGTERM the spamd we started (it stops its children); its process group if it lingers."""
+def stop_daemon(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM a daemon we started in its own session (it stops its children); its process group if it
+    lingers."""
     if process.poll() is None:
         process.send_signal(signal.SIGTERM)
         try:

@@ -12,7 +12,6 @@ import io
 import os
 import pwd
 import shutil
-import signal
 import socket
 import subprocess
 import tempfile
@@ -26,7 +25,7 @@ import pytest
 from qsift.checks.scanners import SpamScanner
 from qsift.checks.spam import RspamdScanner, SpamdScanner
 from qsift.errors import ConfigError
-from tests.spamd_daemon import GTUBE, Spamd, running_spamd
+from tests.spamd_daemon import GTUBE, Spamd, running_spamd, stop_daemon
 
 HEAD = b"From: alice@example.org\r\nTo: bob@example.org\r\nSubject: %s\r\n"
 GTUBE_MAIL = HEAD % b"test" + b"\r\nThis is the GTUBE, the\r\n\r\n" + GTUBE + b"\r\n\r\nGeneric Test.\r\n"
@@ -411,15 +410,7 @@ def rspamd() -> Iterator[tuple[str, Path]]:
             time.sleep(0.2)
         yield f"127.0.0.1:{port}", workdir / "rspamd.log"
     finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(10)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait(5)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGTERM)
+        stop_daemon(process)
         shutil.rmtree(workdir, ignore_errors=True)
 
 
