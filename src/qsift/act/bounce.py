@@ -131,7 +131,7 @@ class DsnBouncer:
         if not envelope.sender:
             return "null sender"
         if verdict.category is Category.VIRUS:
-            names = next((f.detail for f in verdict.findings if f.category is Category.VIRUS), "")
+            names = verdict.lead.detail if verdict.lead is not None else ""
             if self.viruses_that_fake_sender.search(names):
                 return "virus that fakes its sender"
         score = verdict.spam.score if verdict.spam is not None else None
@@ -142,7 +142,7 @@ class DsnBouncer:
     def _request(self, verdict: Verdict, mail_id: str, envelope: Envelope, head: bytes) -> DsnRequest:
         diagnostic = f"554 5.7.0 Reject, id={mail_id} - {verdict.reason()}"
         # The subject reads "BANNED contents from you (.exe-ms,invoice.pdf.exe ...)", as amavisd-new's does.
-        reason = next((f.detail for f in verdict.findings if f.category is verdict.category), "")
+        reason = verdict.lead.detail if verdict.lead is not None else ""
         return DsnRequest(
             reporting_mta=self.hostname,
             sender=envelope.sender,

@@ -57,11 +57,15 @@ class Verdict:
         present = sorted({f.category for f in self.findings}, key=lambda c: c.rank)
         return tuple(present) or (Category.CLEAN,)
 
+    @property
+    def lead(self) -> Finding | None:
+        """The first finding of the main category: what names the message in logs, answers, DSNs."""
+        return next((f for f in self.findings if f.category is self.category), None)
+
     def reason(self) -> str:
         """Why the message is blocked, as amavisd-new words it after "Reject, id=... - " (its
         %smtp_reason_by_ccat): `INFECTED: Eicar-Test-Signature`, `BANNED: .exe-ms,x.exe (...)`, `SPAM`."""
-        category = self.category
-        first = next((f for f in self.findings if f.category is category), None)
+        category, first = self.category, self.lead
         if first is None:
             return Category.CLEAN.log_word
         if category in (Category.VIRUS, Category.BANNED):
@@ -73,8 +77,7 @@ class Verdict:
     def log_text(self) -> str:
         """The category as amavisd-new's summary line words it: `BANNED (.exe-ms,x.exe ...)`,
         `UNCHECKED-ENCRYPTED`, `BAD-HEADER-7`, `CLEAN`."""
-        category = self.category
-        first = next((f for f in self.findings if f.category is category), None)
+        category, first = self.category, self.lead
         if first is None:
             return Category.CLEAN.log_word
         if category is Category.VIRUS:
