@@ -19,10 +19,17 @@ from typing import Any, TypeVar
 
 from qsift.checks.banned import DEFAULT_RULES, BannedRule, rules_from_config
 from qsift.checks.content import CheckSettings
-from qsift.checks.scanner_config import SpamSettings, VirusSettings, spam_from_config, virus_from_config
+from qsift.checks.scanner_config import (
+    LEVEL_KEYS,
+    SpamSettings,
+    VirusSettings,
+    spam_from_config,
+    virus_from_config,
+)
 from qsift.decode.walk import DecodeLimits
 from qsift.errors import ConfigError
-from qsift.policy.destiny import DestinySettings, destiny_from_config
+from qsift.policy.bank import Bank, Policies, bank_from_config
+from qsift.policy.settings import ADMIN_KINDS, WARN_RECIPIENTS
 
 MIB = 1024 * 1024
 PROTOCOLS = ("qmqp", "smtp", "lmtp")
@@ -74,6 +81,8 @@ class Listener:
     address: ListenAddress
     acl: tuple[Network, ...]
     limits: Limits
+    #: The policy bank every message on this listener gets (amavisd-new's %interface_policy); "" none.
+    policy_bank: str = ""
 
     @property
     def name(self) -> str:
@@ -94,19 +103,11 @@ class Forward:
 
 @dataclass(frozen=True)
 class QuarantineSettings:
-    """`[quarantine]`: where, and which categories are kept when they are not delivered."""
+    """`[quarantine]`: where. Which categories are kept is policy (policy/settings.py), so a bank can
+    change it."""
 
     #: Directory of the gzip files and their index; "" means `<state_dir>/quarantine`.
     dir: str = ""
-    virus: bool = True
-    banned: bool = True
-    spam: bool = True
-    unchecked: bool = False
-    bad_header: bool = False
-    oversized: bool = False
-
-    def keeps(self, category: str) -> bool:
-        return bool(getattr(self, category.replace("-", "_"), False))
 
 
 @dataclass(frozen=True)
@@ -131,12 +132,11 @@ class Config:
     virus: VirusSettings = field(default_factory=VirusSettings)
     #: The spam scanner and its levels (`[spam]`): none by default.
     spam: SpamSettings = field(default_factory=SpamSettings)
-    #: What each category means (`[destiny]`).
-    destiny: DestinySettings = field(default_factory=DestinySettings)
+    #: The per-message policy: `[destiny]`, the `[quarantine]` switches, the `[notify]` admins and
+    #: warnings, the `[spam]` levels, `[policy]`, and the `[policy_bank.NAME]` tables over them.
+    policies: Policies = field(default_factory=lambda: Policies({}), compare=False)
     #: Where DSNs and notifications go (`[notify] method`); "" means the forward method.
     notify_method: str = ""
-    #: `[notify] virus_admin`, `banned_admin`, `spam_admin`: who is told about blocked mail ("" nobody).
-    admins: Mapping[str, str] = field(default_factory=dict)
     #: `[notify] templates`: a directory with the site's own `<kind>.txt` templates.
     notify_templates: str = ""
     #: Virus names (regex) whose sender is faked: no DSN (`[dsn] viruses_that_fake_sender`). By default
@@ -219,12 +219,27 @@ def from_mapping(raw: Mapping[str, Any], source: str = "<config>") -> Config:
         own_rules = rules_from_config(banned_tables)
     except ConfigError as exc:
         raise ConfigError(f"{source}: {exc}") from None
-    destiny = destiny_from_config(raw.pop("destiny", {}), f"{source}: [destiny]")
-    notify = _section(_Notify, raw.pop("notify", {}), f"{source}: [notify]")
+    destiny_raw = raw.pop("destiny", {})
+    notify_raw = _table(raw.pop("notify", {}), f"{source}: [notify]")
+    notify = _section(_Notify, notify_raw, f"{source}: [notify]")
     if notify.method:
         _check_forward_method(notify.method, f"{source}: [notify] method")
     dsn = _section(_Dsn, raw.pop("dsn", {}), f"{source}: [dsn]")
-    quarantine = _section(QuarantineSettings, raw.pop("quarantine", {}), f"{source}: [quarantine]")
+    quarantine_raw = dict(_table(raw.pop("quarantine", {}), f"{source}: [quarantine]"))
+    quarantine = _section(
+        QuarantineSettings, {"dir": quarantine_raw.pop("dir", "")}, f"{source}: [quarantine]"
+    )
+    spam_raw = _table(raw.get("spam", {}), f"{source}: [spam]")
+    base_policy = {
+        "destiny": destiny_raw,
+        "quarantine": quarantine_raw,
+        "notify": {k: v for k, v in notify_raw.items() if k in ADMIN_KINDS or k in WARN_RECIPIENTS},
+        "spam": {k: v for k, v in spam_raw.items() if k in LEVEL_KEYS},
+        "policy": raw.pop("policy", {}),
+    }
+    banks = _banks(raw.pop("policy_bank", {}), f"{source}: [policy_bank]")
+    listener_banks = {listener.name: listener.policy_bank for listener in listeners if listener.policy_bank}
+    policies = Policies(base_policy, banks, listener_banks, source)
     mark = _section(MarkSettings, raw.pop("mark", {}), f"{source}: [mark]")
     try:
         re.compile(dsn.viruses_that_fake_sender)
@@ -247,13 +262,8 @@ def from_mapping(raw: Mapping[str, Any], source: str = "<config>") -> Config:
         banned=banned,
         virus=virus,
         spam=spam,
-        destiny=destiny,
+        policies=policies,
         notify_method=notify.method,
-        admins={
-            "virus_admin": notify.virus_admin,
-            "banned_admin": notify.banned_admin,
-            "spam_admin": notify.spam_admin,
-        },
         notify_templates=notify.templates,
         viruses_that_fake_sender=dsn.viruses_that_fake_sender,
         quarantine=quarantine,
@@ -276,11 +286,17 @@ class _TopLevel:
 
 @dataclass(frozen=True)
 class _Notify:
+    """`[notify]` as a whole, for the key check; the admins and warnings go to the policy."""
+
     method: str = ""
+    templates: str = ""
     virus_admin: str = ""
     banned_admin: str = ""
     spam_admin: str = ""
-    templates: str = ""
+    bad_header_admin: str = ""
+    warn_virus_recip: bool = False
+    warn_banned_recip: bool = False
+    warn_bad_header_recip: bool = False
 
 
 @dataclass(frozen=True)
@@ -337,8 +353,23 @@ def _listener(table: object, limits: Limits, where: str) -> Listener:
     acl_raw = table.pop("acl", list(DEFAULT_ACL))
     if not isinstance(acl_raw, list):
         raise ConfigError(f"{where} acl must be a list of addresses or networks")
+    bank = table.pop("policy_bank", "")
+    if not isinstance(bank, str):
+        raise ConfigError(f"{where} policy_bank must be the name of a [policy_bank.NAME] table")
     listener_limits = _section(Limits, {**_as_dict(limits), **table}, where)
-    return Listener(protocol, parse_address(address, where), _acl(acl_raw, where), listener_limits)
+    return Listener(protocol, parse_address(address, where), _acl(acl_raw, where), listener_limits, bank)
+
+
+def _banks(tables: object, where: str) -> dict[str, Bank]:
+    if not isinstance(tables, dict):
+        raise ConfigError(f"{where} must be tables named [policy_bank.NAME]")
+    return {name: bank_from_config(name, table, f"{where[:-1]}.{name}]") for name, table in tables.items()}
+
+
+def _table(value: object, where: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where} must be a table")
+    return value
 
 
 def _as_dict(limits: Limits) -> dict[str, Any]:

@@ -33,6 +33,19 @@ class Recipient:
 
 
 @dataclass(frozen=True)
+class Client:
+    """The SMTP client the message came from: the connection's peer, or what qsift-queue vouched for
+    from qmail-smtpd's environment (TCPREMOTEIP, TCPREMOTEHOST, RELAYCLIENT, the SMTP AUTH user)."""
+
+    ip: str = ""
+    host: str = ""
+    #: qmail-smtpd let this client relay (RELAYCLIENT was set): our own users' mail.
+    relay_client: bool = False
+    #: The SMTP AUTH user, "" when the client did not log in (or the MTA does not say).
+    auth_user: str = ""
+
+
+@dataclass(frozen=True)
 class Envelope:
     """Who the message is from and to, and what the client told us about itself."""
 
@@ -44,6 +57,8 @@ class Envelope:
     protocol: str = "QMQP"
     client_address: str | None = None
     helo: str | None = None
+    #: The listener's name ("qmqp:127.0.0.1:10628"), which may choose a policy bank.
+    listener: str = ""
 
     @property
     def addresses(self) -> tuple[str, ...]:
@@ -139,6 +154,10 @@ class Outcome:
     per_recipient: tuple[RecipientResult, ...] = ()
     queued_as: str | None = None
     notes: tuple[str, ...] = field(default=())
+    #: The client as qsift-queue vouched for it, when it did (the log shows its address).
+    client: Client | None = None
+    #: The policy banks the message was judged by.
+    banks: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

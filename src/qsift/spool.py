@@ -35,6 +35,8 @@ class MessageBody(Protocol):
 
     def chunks(self, chunk_size: int = DEFAULT_CHUNK) -> Iterator[bytes]: ...
 
+    def head(self, limit: int) -> bytes: ...
+
 
 class MessageSpool:
     """An append-only message body with its size and SHA-256 digest kept as it is written."""

@@ -14,12 +14,14 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from qsift.wire import mark
+from qsift.wire.client_context import ClientContext, find_fields, verify
 from tests.fakes.qmail_qmqpc import run_qmail_qmqpc
 from tests.fakes.qmqp_server import FakeQmqpServer, closed_port, unresponsive_port
 
@@ -29,6 +31,7 @@ ENVELOPE = b"Fsender@example.org\0Trcpt@example.net\0Tsecond@example.net\0\0"
 RECIPIENTS = [b"rcpt@example.net", b"second@example.net"]
 VIRUS = b"D554 5.7.0 rejected: VIRUS Eicar-Test-Signature"
 MIB = 1 << 20
+FAKE_QQ = Path(__file__).parents[1] / "fakes" / "qmail_queue.py"
 
 # ru_maxrss of a child spawned straight from pytest includes pytest's own memory (vfork shares it until
 # exec, and Linux keeps that peak across exec), so a small middleman spawns qsift-queue and reports.
@@ -517,6 +520,129 @@ def test_arguments_are_refused(tmp_path: Path, server: FakeQmqpServer) -> None:
     helped = run_queue(tmp_path, servers_env(server.address), args=("--help",))
     assert helped.code == 55  # never 0: that means "queued"
     assert "Exit codes" in helped.stderr
+    assert server.settle() == 0
+
+
+# --- the client context field (QSIFT_MARK_KEY) ------------------------------------------------------------
+
+#: What tcpserver, tcprules and an AUTH patch leave in qmail-smtpd's environment, which qsift-queue inherits.
+CLIENT_ENV = {
+    "TCPREMOTEIP": "192.0.2.7",
+    "TCPREMOTEHOST": "mx.example.net",
+    "RELAYCLIENT": "",
+    "SMTPAUTHUSER": "alice",
+    "TCPREMOTEINFO": "mallory",  # ident or MAIL FROM AUTH=: the client's word, never taken
+}
+ALICE = ClientContext(ip="192.0.2.7", host="mx.example.net", relay_client=True, auth_user="alice")
+
+
+def mark_key(tmp_path: Path) -> Path:
+    path = tmp_path / "mark.key"
+    path.write_bytes(os.urandom(32))
+    return path
+
+
+def split_client_field(key: bytes, received: bytes) -> tuple[ClientContext | None, bytes]:
+    """(what the first field vouches for, for the test envelope; the bytes after it); the field must lead."""
+    start, end, value = find_fields(received[:4096])[0]
+    assert start == 0
+    context = verify(key, value, b"sender@example.org", RECIPIENTS, int(time.time()))
+    return context, received[end:]
+
+
+def test_the_client_field_leads_the_message_and_verifies(tmp_path: Path, server: FakeQmqpServer) -> None:
+    key = mark_key(tmp_path)
+    run = run_queue(tmp_path, servers_env(server.address, QSIFT_MARK_KEY=str(key), **CLIENT_ENV))
+    assert (run.code, run.stderr) == (0, "")
+    (received,) = server.requests
+    message, sender, recipients = received.fields()
+    assert (sender, recipients) == (b"sender@example.org", RECIPIENTS)
+    assert split_client_field(key.read_bytes(), message) == (ALICE, MESSAGE)
+    assert len(find_fields(message)) == 1
+    # The frame counts the field: the request is exactly QMQP's netstrings around the longer message.
+    assert received.raw == request_bytes(message, sender, recipients)
+
+
+@pytest.mark.parametrize("source", ["pipe", "file"])
+def test_the_client_field_leads_a_message_over_1_mib(
+    tmp_path: Path, server: FakeQmqpServer, source: str
+) -> None:
+    big = b"Subject: big\n\n" + os.urandom(MIB + 12345)
+    path = tmp_path / "big"
+    path.write_bytes(big)
+    key = mark_key(tmp_path)
+    env = servers_env(server.address, QSIFT_MARK_KEY=str(key), TCPREMOTEIP="2001:db8::7")
+    run = run_queue(tmp_path, env, big if source == "pipe" else path)
+    assert (run.code, run.stderr) == (0, "")
+    context, rest = split_client_field(key.read_bytes(), server.requests[0].fields()[0])
+    assert context == ClientContext(ip="2001:db8::7")
+    assert hashlib.sha256(rest).digest() == hashlib.sha256(big).digest()
+    assert list(tmp_path.glob("tmp*")) == []
+
+
+def test_a_field_the_client_wrote_stays_below_ours_and_fails(tmp_path: Path, server: FakeQmqpServer) -> None:
+    forged = b"X-Qsift-Client: v1 t=1 ip= host= relay=1 auth=admin h=" + b"0" * 64 + b"\n" + MESSAGE
+    key = mark_key(tmp_path)
+    run = run_queue(tmp_path, servers_env(server.address, QSIFT_MARK_KEY=str(key)), forged)
+    assert run.code == 0, run.stderr
+    message = server.requests[0].fields()[0]
+    context, rest = split_client_field(key.read_bytes(), message)
+    assert (context, rest) == (ClientContext(), forged)
+    # The daemon cuts every one of them out and believes only the first: ours.
+    (_, _, value) = find_fields(message)[1]
+    assert verify(key.read_bytes(), value, b"sender@example.org", RECIPIENTS, int(time.time())) is None
+
+
+def test_without_the_key_the_message_is_unchanged(tmp_path: Path, server: FakeQmqpServer) -> None:
+    run = run_queue(tmp_path, servers_env(server.address, **CLIENT_ENV))
+    assert (run.code, run.stderr) == (0, "")
+    assert server.requests[0].raw == request_bytes(MESSAGE, b"sender@example.org", RECIPIENTS)
+
+
+@pytest.mark.parametrize(
+    ("make", "note"),
+    [
+        (lambda path: None, "cannot read the mark key {path}: No such file or directory"),
+        (lambda path: path.mkdir(), "cannot read the mark key {path}: Is a directory"),
+        (lambda path: path.write_bytes(b""), "the mark key {path} is empty"),
+    ],
+)
+def test_an_unusable_key_sends_the_message_unchanged_with_a_note(
+    tmp_path: Path, server: FakeQmqpServer, make: Callable[[Path], object], note: str
+) -> None:
+    path = tmp_path / "mark.key"
+    make(path)
+    run = run_queue(tmp_path, servers_env(server.address, QSIFT_MARK_KEY=str(path), **CLIENT_ENV))
+    assert run.code == 0
+    assert run.stderr == f"qsift-queue: {note.format(path=path)}; sent without the client context\n"
+    assert server.requests[0].raw == request_bytes(MESSAGE, b"sender@example.org", RECIPIENTS)
+
+
+def test_marked_mail_bypasses_the_filter_without_a_client_field(
+    tmp_path: Path, server: FakeQmqpServer
+) -> None:
+    # The key is read once and serves both: the bypass (checked first) and the field.
+    key = mark_key(tmp_path)
+    digest = mark.BodyDigest()
+    digest.update(MESSAGE)
+    value = mark.make_value(key.read_bytes(), digest.hexdigest(), int(time.time()))
+    marked = f"{mark.FIELD}: {value}\n".encode() + MESSAGE
+    program = tmp_path / "qmail-queue.orig"
+    program.write_text(f"#!/bin/sh\nexec {sys.executable} {FAKE_QQ}\n")
+    program.chmod(0o755)
+    queue_dir = tmp_path / "queue"
+    queue_dir.mkdir()
+    env = servers_env(
+        server.address,
+        QSIFT_MARK_KEY=str(key),
+        QSIFT_ORIG_QUEUE=str(program),
+        FAKE_QQ_DIR=str(queue_dir),
+        **CLIENT_ENV,
+    )
+    run = run_queue(tmp_path, env, marked)
+    assert (run.code, run.stderr) == (0, "")
+    [queued] = queue_dir.glob("*.msg")
+    assert queued.read_bytes() == marked
     assert server.settle() == 0
 
 

@@ -24,7 +24,7 @@ from qsift.checks.content import Verdict
 from qsift.checks.headers import header_section
 from qsift.model import Answer, Category, Disposition, Envelope, Outcome, Recipient, RecipientResult, Reply
 from qsift.observe.log import logger
-from qsift.spool import MessageSpool
+from qsift.spool import MessageBody, MessageSpool
 from qsift.wire.dsn import DsnRequest, FailedRecipient, build_dsn
 
 _HEAD = 256 * 1024
@@ -37,15 +37,15 @@ class DsnBouncer:
     hostname: str
     #: Virus names that fake their sender: no DSN for them.
     viruses_that_fake_sender: re.Pattern[str]
-    #: No DSN for spam scored at or above this.
-    dsn_cutoff_level: float
 
     async def __call__(
-        self, verdict: Verdict, mail_id: str, envelope: Envelope, spool: MessageSpool
+        self, verdict: Verdict, mail_id: str, envelope: Envelope, spool: MessageBody, dsn_cutoff: float
     ) -> Outcome:
+        """Bounce the message for the recipients in `envelope`; no DSN for spam scored at or above
+        `dsn_cutoff` (the recipients' `dsn_cutoff_level`)."""
         category = verdict.log_text()
         head = header_section(spool.head(_HEAD))
-        suppressed = self._suppressed(verdict, envelope, head)
+        suppressed = self._suppressed(verdict, envelope, head, dsn_cutoff)
         if suppressed:
             logger.info("id=%s bounce without DSN: %s", mail_id, suppressed)
             reply = Reply(
@@ -74,7 +74,7 @@ class DsnBouncer:
         return Outcome(mail_id, reply, Disposition.BLOCKED, category=category, queued_as=result.queued_as)
 
     async def refused(
-        self, outcome: Outcome, envelope: Envelope, refused: list[RecipientResult], spool: MessageSpool
+        self, outcome: Outcome, envelope: Envelope, refused: list[RecipientResult], spool: MessageBody
     ) -> Outcome:
         """A DSN for the recipients the downstream refused while others were delivered (amavisd-new's
         "but 1 REJECT" with its "Delivery status notification"); if it cannot be sent, try later: the
@@ -127,7 +127,7 @@ class DsnBouncer:
             return "null sender"
         return "mail from a list" if _from_list(head) else ""
 
-    def _suppressed(self, verdict: Verdict, envelope: Envelope, head: bytes) -> str:
+    def _suppressed(self, verdict: Verdict, envelope: Envelope, head: bytes, dsn_cutoff: float) -> str:
         if not envelope.sender:
             return "null sender"
         if verdict.category is Category.VIRUS:
@@ -135,7 +135,7 @@ class DsnBouncer:
             if self.viruses_that_fake_sender.search(names):
                 return "virus that fakes its sender"
         score = verdict.spam.score if verdict.spam is not None else None
-        if verdict.category is Category.SPAM and score is not None and score >= self.dsn_cutoff_level:
+        if verdict.category is Category.SPAM and score is not None and score >= dsn_cutoff:
             return f"spam score {score:.1f} at or above the DSN cutoff"
         return "mail from a list" if _from_list(head) else ""
 

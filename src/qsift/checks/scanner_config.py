@@ -157,27 +157,36 @@ def spam_from_config(table: object, where: str = "[spam]") -> SpamSettings:
     failure = _string(section, "failure", where, default="pass")
     if failure not in ("pass", "tempfail"):
         raise ConfigError(f"{where}: failure must be pass or tempfail, not {failure!r}")
-    defaults = SpamLevels()
-    cutoff = section.get("quarantine_cutoff_level")
-    levels = SpamLevels(
-        tag_level=_level(section, "tag_level", where, defaults.tag_level),
-        tag2_level=_level(section, "tag2_level", where, defaults.tag2_level),
-        kill_level=_level(section, "kill_level", where, defaults.kill_level),
-        dsn_cutoff_level=_level(section, "dsn_cutoff_level", where, defaults.dsn_cutoff_level),
-        quarantine_cutoff_level=None
-        if cutoff is None
-        else _level(section, "quarantine_cutoff_level", where, 0),
-    )
     return SpamSettings(
         kind,
         _string(section, "address", where, required=True),
-        levels,
+        levels_from_config(section, where),
         max_size=int(_number(section, "max_size", where, 400 * 1024)),
         timeout=_number(section, "timeout", where, 30.0),
         failure=failure,
         user=_string(section, "user", where, default=""),
         concurrency=int(_number(section, "concurrency", where, 4)),
     )
+
+
+def levels_from_config(
+    section: Mapping[str, object], where: str, defaults: SpamLevels | None = None
+) -> SpamLevels:
+    """The spam levels set in `section` (other keys are the caller's), the rest from `defaults`."""
+    defaults = defaults or SpamLevels()
+    cutoff = section.get("quarantine_cutoff_level")
+    return SpamLevels(
+        tag_level=_level(section, "tag_level", where, defaults.tag_level),
+        tag2_level=_level(section, "tag2_level", where, defaults.tag2_level),
+        kill_level=_level(section, "kill_level", where, defaults.kill_level),
+        dsn_cutoff_level=_level(section, "dsn_cutoff_level", where, defaults.dsn_cutoff_level),
+        quarantine_cutoff_level=defaults.quarantine_cutoff_level
+        if cutoff is None
+        else _level(section, "quarantine_cutoff_level", where, 0),
+    )
+
+
+LEVEL_KEYS = _LEVELS
 
 
 # --- small typed readers ------------------------------------------------------------------------------

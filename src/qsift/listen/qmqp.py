@@ -90,6 +90,7 @@ class QmqpListener:
                 recipients=received.recipients,
                 protocol="QMQP",
                 client_address=client,
+                listener=self.listener.name,
             )
             async with ClientGoneWatch(reader) as gone:
                 outcome = await self.pipeline.handle(envelope, spool, gone.event)

@@ -159,6 +159,7 @@ class _Session:
             protocol="LMTP" if self.owner.lmtp else ("ESMTP" if self.extended else "SMTP"),
             client_address=self.client,
             helo=self.helo,
+            listener=self.owner.listener.name,
         )
         async with ClientGoneWatch(self.reader, self.conn.receive_data) as gone:
             outcome = await self.owner.pipeline.handle(envelope, self.spool, gone.event)

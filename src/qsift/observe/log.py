@@ -70,10 +70,16 @@ def summary_line(outcome: Outcome, envelope: Envelope, *, size: int, msgid: str,
     if len(addresses) > _LOGGED_RECIPIENTS:
         # One line per message must stay one readable line (syslog cuts long ones), even for 10,000.
         recipients += f",... ({len(addresses) - _LOGGED_RECIPIENTS} more)"
-    client = f"[{envelope.client_address}]" if envelope.client_address else "[-]"
+    # The client qsift-queue vouched for, else the connection's peer; then the banks, as amavisd-new's
+    # "ORIGINATING [192.0.2.7]".
+    address = (
+        outcome.client.ip if outcome.client is not None and outcome.client.ip else envelope.client_address
+    )
+    client = f"[{address}]" if address else "[-]"
+    banks = "".join(f"{name} " for name in outcome.banks)
     parts = [
         f"{outcome.disposition.value} {outcome.category}",
-        f"{envelope.protocol} {client} <{envelope.sender}> -> {recipients}",
+        f"{banks}{envelope.protocol} {client} <{envelope.sender}> -> {recipients}",
     ]
     if msgid:
         parts.append(f"Message-ID: {msgid}")

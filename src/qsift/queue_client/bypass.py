@@ -2,9 +2,10 @@
 
 Set up by two variables in qmail's environment for qsift-queue: `QSIFT_ORIG_QUEUE` (the real queue
 program, e.g. /var/qmail/bin/qmail-queue.orig) and `QSIFT_MARK_KEY` (the file with the daemon's mark key,
-readable by the qmail users that run qsift-queue). A message whose X-Qsift-Scanned mark is this site's and
-fresh (wire/mark.py) is handed to that program in qsift-queue's place, envelope and all; anything else
-(no mark, a forged or stale one, an unreadable key) is sent to the filter as usual.
+readable by the qmail users that run qsift-queue; main.py reads it once, for this and for the X-Qsift-Client
+field). A message whose X-Qsift-Scanned mark is this site's and fresh (wire/mark.py) is handed to that
+program in qsift-queue's place, envelope and all; anything else (no mark, a forged or stale one, an
+unreadable key) is sent to the filter as usual.
 """
 
 from __future__ import annotations
@@ -25,25 +26,21 @@ _HEAD_LIMIT = 256 * 1024
 
 def bypass_if_marked(
     env: Mapping[str, str],
+    key: bytes | None,
     message: Message,
     sender: bytes,
     recipients: Sequence[bytes],
     tmpdir: str,
-    notes: list[str],
 ) -> None:
-    """Exec the real qmail-queue for a marked message (never returns then); return for any other."""
+    """Exec the real qmail-queue for a marked message (never returns then); return for any other.
+
+    `key` is the mark key, None when $QSIFT_MARK_KEY is unset or unreadable (main.py noted why).
+    """
     program = env.get("QSIFT_ORIG_QUEUE", "")
-    key_file = env.get("QSIFT_MARK_KEY", "")
-    if not program or not key_file:
+    if not program or key is None:
         return
     from qsift.wire import mark  # only here: hmac and hashlib cost start-up time on every other run
 
-    try:
-        with open(key_file, "rb") as stream:
-            key = stream.read()
-    except OSError as exc:
-        notes.append(f"cannot read the mark key {key_file}: {exc.strerror}; scanning as usual")
-        return
     digest = mark.BodyDigest()
     head = bytearray()
     for piece in message.request_pieces(b"", b""):

@@ -25,18 +25,38 @@ SEND_SIZE = 1 << 18
 
 
 class Message:
-    """The message bytes: in memory, or `size` bytes of a file descriptor from `offset` on."""
+    """The message bytes: in memory, or `length` bytes of a file descriptor from `offset` on.
 
-    __slots__ = ("_data", "_fd", "_offset", "size")
+    A `prefix` (qsift-queue's X-Qsift-Client field) goes to the filter before the message's first byte;
+    `size` counts it, so the QMQP frame built from `size` holds both.
+    """
 
-    def __init__(self, size: int, *, data: bytes | None = None, fd: int = -1, offset: int = 0) -> None:
-        self.size = size
+    __slots__ = ("_data", "_fd", "_length", "_offset", "_prefix")
+
+    def __init__(
+        self, length: int, *, data: bytes | None = None, fd: int = -1, offset: int = 0, prefix: bytes = b""
+    ) -> None:
+        self._length = length
         self._data = data
         self._fd = fd
         self._offset = offset
+        self._prefix = prefix
+
+    @property
+    def size(self) -> int:
+        """The bytes the filter is sent as the message: the prefix and the message as read."""
+        return len(self._prefix) + self._length
+
+    def with_prefix(self, prefix: bytes) -> Message:
+        """The same message with `prefix` before its first byte; nothing is copied, big or small."""
+        return Message(self._length, data=self._data, fd=self._fd, offset=self._offset, prefix=prefix)
 
     def readable_fd(self, tmpdir: str) -> int:
-        """A descriptor positioned at the message's first byte, for a program exec'd in our place."""
+        """A descriptor positioned at the message's first byte, for a program exec'd in our place.
+
+        The message as read, without the prefix: the one program run in our place (bypass.py) runs before
+        a prefix is added, and the real qmail-queue must get the message as qmail-smtpd wrote it.
+        """
         if self._data is None:
             os.lseek(self._fd, self._offset, os.SEEK_SET)
             return self._fd
@@ -46,13 +66,13 @@ class Message:
         return fd
 
     def request_pieces(self, head: bytes, tail: bytes) -> Iterator[bytes]:
-        """The whole request in pieces of bounded size: `head`, the message, `tail`."""
+        """The whole request in pieces of bounded size: `head`, the prefix, the message, `tail`."""
         if self._data is not None:
             # One write for a small request: it leaves in as few segments as TCP allows.
-            yield head + self._data + tail
+            yield head + self._prefix + self._data + tail
             return
-        yield head
-        offset, end = self._offset, self._offset + self.size
+        yield head + self._prefix
+        offset, end = self._offset, self._offset + self._length
         while offset < end:
             try:
                 chunk = os.pread(self._fd, min(SEND_SIZE, end - offset), offset)

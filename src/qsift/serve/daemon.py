@@ -17,9 +17,9 @@ import stat
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-from qsift.act.admin_notice import AdminNotifier
 from qsift.act.bounce import DsnBouncer
 from qsift.act.forward import make_forwarder
+from qsift.act.notices import Notices
 from qsift.checks.scanner_config import describe
 from qsift.checks.scanner_set import ScannerSet
 from qsift.config import Config, Listener
@@ -57,7 +57,6 @@ class Daemon:
             make_forwarder(config.notify, config.myhostname),
             config.myhostname,
             re.compile(config.viruses_that_fake_sender, re.IGNORECASE),
-            config.spam.levels.dsn_cutoff_level,
         )
         pipeline = Pipeline(
             make_forwarder(config.forward, config.myhostname),
@@ -65,20 +64,16 @@ class Daemon:
             config.dedupe_window,
             checks=config.check_settings(),
             scanners=scanners,
-            destinies=config.destiny,
+            policies=config.policies,
             bounce=bouncer,
             refusal_notice=bouncer.refused,
-            admin_notice=AdminNotifier(
-                make_forwarder(config.notify, config.myhostname),
-                config.myhostname,
-                config.admins,
-                config.notify_templates,
+            notices=Notices(
+                make_forwarder(config.notify, config.myhostname), config.myhostname, config.notify_templates
             ),
-            spam_levels=config.spam.levels,
             hostname=config.myhostname,
             quarantine=quarantine,
-            quarantine_keeps=config.quarantine.keeps,
-            mark_key=_mark_key(config) if config.mark.enabled else None,
+            site_key=_site_key(config),
+            marking=config.mark.enabled,
         )
         try:
             for listener in self.config.listeners:
@@ -185,8 +180,10 @@ def _remove_stale_socket(path: str) -> None:
             os.unlink(path)
 
 
-def _mark_key(config: Config) -> bytes:
-    """The mark key, made at the first start: 32 random bytes in a 0600 file."""
+def _site_key(config: Config) -> bytes:
+    """The site's secret, made at the first start: 32 random bytes in a 0600 file. It keys the
+    X-Qsift-Scanned mark and checks qsift-queue's X-Qsift-Client field, so it is read even when marking
+    is off (`[mark] key_file` names it; qsift-queue reads it through $QSIFT_MARK_KEY)."""
     path = config.mark.key_file or os.path.join(config.state_dir, "mark.key")
     if not os.path.exists(path):
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)

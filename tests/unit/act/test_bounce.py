@@ -23,11 +23,11 @@ class Notifier:
 
 async def test_a_sender_nothing_can_be_sent_to_is_suppressed_not_raised() -> None:
     notifier = Notifier()
-    bouncer = DsnBouncer(notifier, "mx.test", re.compile("klez"), 10.0)
+    bouncer = DsnBouncer(notifier, "mx.test", re.compile("klez"))
     verdict = Verdict((), (Finding(Category.BANNED, 0, ".exe,x.exe"),))
     envelope = Envelope("\x01\x02", (Recipient("bob@example.net"),))
     with MessageSpool.from_bytes(b"Subject: x\n\nbody\n") as spool:
-        outcome = await bouncer(verdict, "abcdefgh", envelope, spool)
+        outcome = await bouncer(verdict, "abcdefgh", envelope, spool, 10.0)
         assert outcome.reply.smtp_code == 250 and "bounce.suppressed" in outcome.reply.text
         assert notifier.sent == 0
         # The same sender, for recipients a downstream refused: the outcome stands, no notice is tried.

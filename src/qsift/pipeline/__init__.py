@@ -1,0 +1,9 @@
+"""One message from receipt to a certain answer: decode, check, decide per recipient, act.
+
+stages.py runs the stages; client.py reads the client qsift-queue vouches for; answer.py folds the
+recipients' fates into the one answer the listener gives.
+"""
+
+from qsift.pipeline.stages import Pipeline
+
+__all__ = ["Pipeline"]

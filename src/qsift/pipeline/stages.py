@@ -1,0 +1,413 @@
+"""The stages of one message: dedupe, client, policy bank, checks, per-recipient decisions, acts, answer.
+
+Every listener (QMQP, SMTP, LMTP) hands its Envelope and spooled body to `Pipeline.handle` and gets an
+Outcome back; the listener only renders it (K/Z/D or an SMTP code). The answer is decided only once every
+recipient's fate is certain (delivered, refused, bounced, discarded, quarantined, or held back with a
+temporary failure), and every settled recipient is recorded durably before the answer leaves
+(DESIGN.md §2), so a retry after a lost answer deals only with what was not settled.
+
+Order matters for "nothing is lost": blocked mail is quarantined first (a failure holds the whole
+message back before anything was delivered), then clean recipients are forwarded group by group (each
+group with its own headers), then DSNs are sent (unless the answer will be a rejection, which makes the
+client bounce), then notices (which never change the answer).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Protocol
+
+from qsift.act.forward import Forwarder
+from qsift.act.headers import EditedMessage, edit_message, header_fields, subject_tag
+from qsift.act.notices import Notices
+from qsift.checks.content import CheckSettings, Verdict, inspect
+from qsift.checks.scanner_set import ScannerSet
+from qsift.errors import QsiftError, ScannerFailure, SpoolError
+from qsift.model import (
+    Answer,
+    Category,
+    Disposition,
+    Envelope,
+    ForwardResult,
+    Outcome,
+    Recipient,
+    RecipientResult,
+    Reply,
+)
+from qsift.observe.log import logger
+from qsift.pipeline.answer import combine, decide
+from qsift.pipeline.client import ClientFields, client_fields
+from qsift.policy.bank import Policies
+from qsift.policy.destiny import Destiny
+from qsift.policy.recipients import Decision, decide_recipients
+from qsift.policy.settings import Policy
+from qsift.spool import MessageBody, MessageSpool
+from qsift.store.outcomes import OutcomeRecord, OutcomeStore, body_fingerprint, delivery_key
+from qsift.store.quarantine import Quarantine
+from qsift.wire import mark
+
+#: Bodies up to this size are hashed on the event loop (about 0.15 ms at most); a thread hop costs more.
+_HASH_INLINE = 256 * 1024
+#: How much of the message is searched for the header fields the pipeline reads (X-Qsift-Client).
+_HEAD = 256 * 1024
+
+
+class Bouncer(Protocol):
+    async def __call__(
+        self, verdict: Verdict, mail_id: str, envelope: Envelope, spool: MessageBody, dsn_cutoff: float
+    ) -> Outcome: ...
+
+
+class RefusalNotice(Protocol):
+    async def __call__(
+        self, outcome: Outcome, envelope: Envelope, refused: list[RecipientResult], spool: MessageBody
+    ) -> Outcome: ...
+
+
+def new_mail_id() -> str:
+    """A short random id for logs, answers and quarantine file names, as amavisd-new's mail_id."""
+    return secrets.token_urlsafe(9)
+
+
+@dataclass(frozen=True)
+class _Message:
+    """One message in flight: what every stage after the dedupe needs."""
+
+    mail_id: str
+    envelope: Envelope
+    spool: MessageSpool
+    #: The message as it may leave (without the X-Qsift-Client fields).
+    body: MessageBody
+    client: ClientFields
+    policy: Policy
+    body_digest: str | None
+    client_gone: asyncio.Event | None
+    #: Whether a virus scanner looked at it (X-Virus-Scanned); set once the checks ran.
+    virus_scanned: bool = False
+
+
+@dataclass
+class Pipeline:
+    forwarder: Forwarder
+    outcomes: OutcomeStore | None = None
+    dedupe_window: float = 3600.0
+    clock: Callable[[], float] = field(default=time.time)
+    #: None: no content checks (every message CLEAN), for forward-only setups and tests.
+    checks: CheckSettings | None = None
+    #: The virus and spam scanners (None or empty: none configured).
+    scanners: ScannerSet | None = None
+    #: The base policy and the banks (destinies, levels, lovers, quarantine switches, admins).
+    policies: Policies = field(default_factory=lambda: Policies({}))
+    #: Sends the DSN for bounced recipients and says what to answer; None: bounce acts as discard.
+    bounce: Bouncer | None = None
+    #: Tells the postmaster (and warned recipients) about blocked mail.
+    notices: Notices | None = None
+    #: Tells the sender about recipients the downstream refused while others took the message (a DSN).
+    refusal_notice: RefusalNotice | None = None
+    #: Named in X-Virus-Scanned.
+    hostname: str = "localhost"
+    #: Where blocked messages of the kept categories go; None: nowhere.
+    quarantine: Quarantine | None = None
+    #: The site's secret: verifies qsift-queue's X-Qsift-Client field and keys the mark.
+    site_key: bytes | None = None
+    #: Whether passed mail gets the X-Qsift-Scanned mark (needs `site_key`).
+    marking: bool = True
+
+    async def handle(
+        self, envelope: Envelope, spool: MessageSpool, client_gone: asyncio.Event | None = None
+    ) -> Outcome:
+        """Carry one message to a certain outcome; never raises for trouble downstream."""
+        mail_id = new_mail_id()
+        fields = client_fields(envelope, spool.head(_HEAD), self.site_key, int(self.clock()))
+        body: MessageBody = edit_message(spool, [], "", fields.ranges) if fields.ranges else spool
+        # The mark's body digest rides on the same read as the dedupe fingerprint.
+        marking = mark.BodyDigest() if self.site_key is not None and self.marking else None
+        chunks = body.chunks() if marking is None else _feeding(body.chunks(), marking)
+        if body.size <= _HASH_INLINE:
+            digest = body_fingerprint(chunks)
+        else:
+            digest = await asyncio.to_thread(body_fingerprint, chunks)
+        keys = {r.address: delivery_key(digest, envelope.sender, r.address) for r in envelope.recipients}
+        already = await self._delivered_before(list(keys.values()))
+        owed = tuple(r for r in envelope.recipients if keys[r.address] not in already)
+        if not owed:
+            return _duplicate(mail_id, next(iter(already.values())))
+        banks = self.policies.select(envelope.listener, fields.client)
+        message = _Message(
+            mail_id,
+            envelope,
+            spool,
+            body,
+            fields,
+            self.policies.policy(banks),
+            marking.hexdigest() if marking is not None else None,
+            client_gone,
+        )
+        outcome = await self._judge(message, owed, len(envelope.recipients) - len(owed))
+        outcome = replace(outcome, client=fields.client if fields.vouched else None, banks=banks)
+        settled = [
+            keys[r.recipient.address] for r in outcome.per_recipient if r.reply.answer is Answer.ACCEPT
+        ]
+        if settled and outcome.reply.answer is not Answer.REJECT:
+            await self._record(settled, mail_id, outcome.reply.smtp_line())
+        return outcome
+
+    async def _judge(self, message: _Message, owed: tuple[Recipient, ...], already: int) -> Outcome:
+        mail_id = message.mail_id
+        try:
+            verdict, virus_scanned = await self._check(message, owed)
+        except ScannerFailure as exc:
+            logger.error("id=%s %s; the message is held back (try later)", mail_id, exc)
+            reply = Reply.tempfail(exc.enhanced_status, f"id={mail_id} - {exc}")
+            return Outcome(mail_id, reply, Disposition.TEMPFAILED, category="UNCHECKED")
+        if verdict is None:
+            envelope = replace(message.envelope, recipients=owed)
+            result = await self.forwarder.forward(envelope, message.body, message.client_gone)
+            return await self._after_forward(
+                message, decide(mail_id, message.envelope, result, already), "CLEAN"
+            )
+        message = replace(message, virus_scanned=virus_scanned)
+        decisions = decide_recipients(verdict, message.policy, owed, message.spool.size)
+        category = _log_category(decisions)
+        blocked = [d for d in decisions if d.blocked]
+        try:
+            kept = await self._quarantine(message, blocked)
+        except SpoolError as exc:
+            # Not delivered and not kept: the client must keep it (DESIGN.md: nothing is lost).
+            logger.error("id=%s cannot quarantine: %s", mail_id, exc)
+            reply = Reply.tempfail("4.3.0", f"id={mail_id} - cannot quarantine: {exc}")
+            return Outcome(mail_id, reply, Disposition.TEMPFAILED, category=category)
+        forwarded = await self._forward(message, [d for d in decisions if not d.blocked], already)
+        if forwarded is not None:
+            forwarded = await self._after_forward(message, forwarded, category)
+        delivered = already > 0 or (forwarded is not None and forwarded.disposition is Disposition.PASSED)
+        outcomes, counts = await self._act(message, blocked, delivered, forwarded)
+        outcome = combine(mail_id, forwarded, outcomes, counts)
+        held_back = {
+            r.recipient for o in outcomes for r in o.per_recipient if r.reply.answer is Answer.TEMPFAIL
+        }
+        # Recipients held back come again with the retry, and are told about then.
+        await self._notify(message, [d for d in blocked if d.recipient not in held_back], kept)
+        return replace(
+            outcome, category=category, notes=(*outcome.notes, *(f"quarantine: {kept}",) * bool(kept))
+        )
+
+    async def _check(self, message: _Message, owed: tuple[Recipient, ...]) -> tuple[Verdict | None, bool]:
+        """The verdict (None without content checks), and whether a virus scanner took part."""
+        if self.checks is None:
+            return None, False
+        addresses = tuple(r.address for r in owed)
+        scanners = self.scanners
+        if scanners is not None:
+            # A check every recipient bypasses is not run at all.
+            if message.policy.bypassed_by_all(Category.VIRUS, addresses):
+                scanners = replace(scanners, primary=[], backup=[])
+            if message.policy.bypassed_by_all(Category.SPAM, addresses):
+                scanners = replace(scanners, spam=None)
+        envelope, spool = message.envelope, message.spool
+        smtputf8 = any(key == "SMTPUTF8" for key, _ in envelope.mail_params)
+        # The copies for the scanners are made before the decoder's thread starts reading the spool.
+        copies = spool.independent_readers()
+        verdict = await inspect(spool.reader(), copies, spool.size, self.checks, scanners, smtputf8=smtputf8)
+        for result in verdict.scanner_errors:
+            logger.warning("id=%s scanner %s", message.mail_id, result)
+        for finding in verdict.findings:
+            logger.info("id=%s %s: %s", message.mail_id, finding.category.log_word, finding.detail)
+        return verdict, bool(scanners and (scanners.primary or scanners.backup))
+
+    async def _forward(self, message: _Message, passing: list[Decision], already: int) -> Outcome | None:
+        """Forward to the passing recipients, one transaction per set of headers."""
+        if not passing:
+            return None
+        groups: dict[tuple[tuple[str, ...], str], list[Decision]] = {}
+        for decision in passing:
+            groups.setdefault(self._edits(message, decision), []).append(decision)
+        results = []
+        for (fields, tag), members in groups.items():
+            body = edit_message(message.spool, list(fields), tag, message.client.ranges)
+            envelope = replace(message.envelope, recipients=tuple(d.recipient for d in members))
+            results.append(await self.forwarder.forward(envelope, body, message.client_gone))
+        merged = ForwardResult(
+            results[0].method,
+            tuple(r for result in results for r in result.per_recipient),
+            ", ".join(dict.fromkeys(q for result in results if (q := result.queued_as))) or None,
+        )
+        return decide(message.mail_id, message.envelope, merged, already)
+
+    def _edits(self, message: _Message, decision: Decision) -> tuple[tuple[str, ...], str]:
+        settings = decision.settings
+        fields = header_fields(
+            decision.view,
+            settings.levels,
+            self.hostname,
+            virus_scanned=message.virus_scanned,
+            local=settings.local,
+        )
+        if message.body_digest is not None and self.site_key is not None:
+            value = mark.make_value(self.site_key, message.body_digest, int(self.clock()))
+            fields.insert(0, f"{mark.FIELD}: {value}")
+        return tuple(fields), subject_tag(decision.view, local=settings.local)
+
+    async def _after_forward(self, message: _Message, outcome: Outcome, category: str) -> Outcome:
+        outcome = replace(outcome, category=category)
+        refused = [r for r in outcome.per_recipient if r.reply.answer is Answer.REJECT]
+        if refused and outcome.reply.answer is Answer.ACCEPT and self.refusal_notice is not None:
+            # K was earned by the others; the refused ones would otherwise vanish without a word.
+            outcome = await self.refusal_notice(outcome, message.envelope, refused, message.body)
+        return outcome
+
+    async def _act(
+        self, message: _Message, blocked: list[Decision], delivered: bool, forwarded: Outcome | None
+    ) -> tuple[list[Outcome], dict[str, int]]:
+        """Reject, bounce or discard the blocked recipients, by groups of the same category."""
+        lmtp = message.envelope.protocol == "LMTP"
+        refused_whole = (
+            not lmtp
+            and not delivered
+            and (
+                any(d.destiny is Destiny.REJECT for d in blocked)
+                or (forwarded is not None and forwarded.reply.answer is Answer.REJECT)
+            )
+        )
+        counts = {"REJECT": 0, "BOUNCE": 0, "DISCARD": 0}
+        outcomes = []
+        for (destiny, _, cutoff), group in _groups(blocked).items():
+            counts[destiny.name] += len(group)
+            view = group[0].view
+            envelope = replace(message.envelope, recipients=tuple(d.recipient for d in group))
+            if (destiny is Destiny.REJECT and (lmtp or refused_whole)) or (
+                destiny is Destiny.BOUNCE and refused_whole
+            ):
+                outcomes.append(_rejected(message.mail_id, view, group))
+            elif destiny in (Destiny.REJECT, Destiny.BOUNCE) and self.bounce is not None:
+                # A rejection among delivered recipients can only be told by a DSN (amavisd-new's way).
+                bounced = await self.bounce(view, message.mail_id, envelope, message.body, cutoff)
+                outcomes.append(_for_each(bounced, group))
+            else:
+                outcomes.append(_discarded(message.mail_id, view, group))
+        return outcomes, counts
+
+    async def _quarantine(self, message: _Message, blocked: list[Decision]) -> str:
+        """Keep a blocked message once if any blocked recipient's category is kept (and spam is under
+        that recipient's cutoff); the file's name, or ""."""
+        if self.quarantine is None:
+            return ""
+        kept = [d for d in blocked if _keeps(message.policy, d)]
+        if not kept:
+            return ""
+        view = kept[0].view
+        entry = await asyncio.to_thread(
+            self.quarantine.store,
+            message.mail_id,
+            view.category.value,
+            view.reason(),
+            message.envelope.sender,
+            [d.recipient.address for d in kept],
+            message.body.chunks(),
+            self.clock(),
+        )
+        return os.path.basename(entry.file)
+
+    async def _notify(self, message: _Message, blocked: list[Decision], quarantined: str) -> None:
+        if self.notices is None or not blocked:
+            return
+        policy = message.policy
+        envelope = replace(message.envelope, client_address=message.client.client.ip or None)
+        by_category: dict[Category, list[Decision]] = {}
+        for decision in blocked:
+            by_category.setdefault(decision.view.category, []).append(decision)
+        for category, group in by_category.items():
+            view = group[0].view
+            to_group = replace(envelope, recipients=tuple(d.recipient for d in group))
+            admin = policy.admins.get(category, "")
+            if admin:
+                await self.notices.admin(
+                    view, message.mail_id, to_group, group[0].destiny.value, quarantined, admin
+                )
+            if category in policy.warn_recipients:
+                warned = [d.recipient.address for d in group if d.settings.local]
+                await self.notices.recipients(view, message.mail_id, to_group, quarantined, warned)
+
+    async def _delivered_before(self, keys: Sequence[str]) -> dict[str, OutcomeRecord]:
+        if self.outcomes is None:
+            return {}
+        not_before = self.clock() - self.dedupe_window
+        try:
+            return await asyncio.to_thread(self.outcomes.lookup, keys, not_before)
+        except Exception as exc:  # a broken record must not stop mail
+            logger.error("outcome record lookup failed, forwarding anyway: %s", exc)
+            return {}
+
+    async def _record(self, keys: Sequence[str], mail_id: str, answer: str) -> None:
+        if self.outcomes is None:
+            return
+        try:
+            await asyncio.to_thread(self.outcomes.record, keys, mail_id, answer, self.clock())
+        except QsiftError as exc:
+            # The downstream has the message: answering Z now would make the retry a duplicate for sure,
+            # while a missing record only makes a duplicate possible if the client also loses our K.
+            logger.error("id=%s delivered but not recorded for dedupe: %s", mail_id, exc)
+
+
+def _groups(blocked: list[Decision]) -> dict[tuple[Destiny, Category, float], list[Decision]]:
+    groups: dict[tuple[Destiny, Category, float], list[Decision]] = {}
+    for decision in blocked:
+        key = (decision.destiny, decision.view.category, decision.settings.levels.dsn_cutoff_level)
+        groups.setdefault(key, []).append(decision)
+    return groups
+
+
+def _keeps(policy: Policy, decision: Decision) -> bool:
+    view = decision.view
+    if view.category not in policy.quarantined:
+        return False
+    cutoff = decision.settings.levels.quarantine_cutoff_level
+    score = view.spam.score if view.spam is not None else None
+    return not (
+        view.category is Category.SPAM and cutoff is not None and score is not None and score >= cutoff
+    )
+
+
+def _rejected(mail_id: str, view: Verdict, group: list[Decision]) -> Outcome:
+    reply = Reply.reject("5.7.0", f"Reject, id={mail_id} - {view.reason()}")
+    return _for_each(Outcome(mail_id, reply, Disposition.BLOCKED), group)
+
+
+def _discarded(mail_id: str, view: Verdict, group: list[Decision]) -> Outcome:
+    reply = Reply(Answer.ACCEPT, 250, "2.7.0", f"Ok, discarded, id={mail_id} - {view.reason()}")
+    return _for_each(Outcome(mail_id, reply, Disposition.BLOCKED), group)
+
+
+def _for_each(outcome: Outcome, group: list[Decision]) -> Outcome:
+    """The outcome with its reply as every recipient's own (for LMTP and the outcome record)."""
+    return replace(outcome, per_recipient=tuple(RecipientResult(d.recipient, outcome.reply) for d in group))
+
+
+def _log_category(decisions: list[Decision]) -> str:
+    """The summary line's category: the most severe any recipient saw (amavisd-new's main ccat)."""
+    worst = min(decisions, key=lambda d: d.view.category.rank)
+    return worst.view.log_text()
+
+
+def _feeding(chunks: Iterator[bytes], body: mark.BodyDigest) -> Iterator[bytes]:
+    for chunk in chunks:
+        body.update(chunk)
+        yield chunk
+
+
+def _duplicate(mail_id: str, record: OutcomeRecord) -> Outcome:
+    reply = Reply(
+        Answer.ACCEPT,
+        250,
+        "2.0.0",
+        f"Ok, id={mail_id}, already delivered as id={record.mail_id} (identical retry, not forwarded again)",
+    )
+    return Outcome(mail_id, reply, Disposition.DUPLICATE)
+
+
+__all__ = ["EditedMessage", "Pipeline", "decide", "new_mail_id"]

@@ -1,0 +1,75 @@
+"""What becomes of a message for each recipient: the checks' findings seen through that recipient's policy.
+
+amavisd-new's per-recipient categories: a recipient who bypasses a check does not see its findings; the
+spam category follows the recipient's own tag2 and kill levels; a message larger than the recipient's
+`message_size_limit` is OVERSIZED for it. The recipient is blocked by the most severe category whose
+destiny is not pass and which the recipient does not love; a virus lover blocked for a banned file sees
+the banned file, not the virus, in its DSN and notices. Pure functions: no I/O, easy to test exhaustively.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from qsift.checks.content import Verdict
+from qsift.checks.spam_levels import spam_findings
+from qsift.model import Category, Finding, Recipient
+from qsift.policy.destiny import Destiny
+from qsift.policy.settings import Policy, RecipientSettings
+
+_SPAM_CATEGORIES = (Category.SPAM, Category.SPAMMY)
+
+
+@dataclass(frozen=True)
+class Decision:
+    """One recipient's lot: what it sees of the message and what is done with it for it."""
+
+    recipient: Recipient
+    settings: RecipientSettings
+    #: The checks' findings as this recipient sees them; when blocked, from the blocking category down.
+    view: Verdict
+    destiny: Destiny
+
+    @property
+    def blocked(self) -> bool:
+        return self.destiny is not Destiny.PASS
+
+
+def decide_recipients(
+    verdict: Verdict, policy: Policy, recipients: Sequence[Recipient], size: int
+) -> list[Decision]:
+    return [decide_recipient(verdict, policy, recipient, size) for recipient in recipients]
+
+
+def decide_recipient(verdict: Verdict, policy: Policy, recipient: Recipient, size: int) -> Decision:
+    settings = policy.for_recipient(recipient.address)
+    view = recipient_view(verdict, settings, size)
+    for category in view.categories:
+        destiny = policy.destinies.of(category)
+        if destiny is Destiny.PASS or category in settings.loves:
+            continue
+        blocking = tuple(f for f in view.findings if f.category.rank >= category.rank)
+        return Decision(recipient, settings, _with_findings(view, blocking), destiny)
+    return Decision(recipient, settings, view, Destiny.PASS)
+
+
+def recipient_view(verdict: Verdict, settings: RecipientSettings, size: int) -> Verdict:
+    """The verdict without the bypassed checks, with spam judged by the recipient's levels."""
+    skipped = set(settings.bypasses)
+    if Category.SPAM in skipped:
+        skipped.add(Category.SPAMMY)
+    findings = [
+        f for f in verdict.findings if f.category not in skipped and f.category not in _SPAM_CATEGORIES
+    ]
+    spam = None if Category.SPAM in skipped else verdict.spam
+    if spam is not None:
+        findings.extend(spam_findings(spam, settings.levels))
+    limit = settings.message_size_limit
+    if limit and size > limit:
+        findings.append(Finding(Category.OVERSIZED, 0, f"{size} bytes, over the limit of {limit}"))
+    return Verdict(verdict.parts, tuple(findings), spam, verdict.scanner_errors)
+
+
+def _with_findings(view: Verdict, findings: tuple[Finding, ...]) -> Verdict:
+    return Verdict(view.parts, findings, view.spam, view.scanner_errors)
