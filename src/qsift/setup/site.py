@@ -1,0 +1,109 @@
+"""What `qsift setup` finds on this machine that the postmaster must fix: accounts, the configuration file.
+
+These are warnings, printed after the files were written; nothing here changes the machine. The
+configuration is read through `qsift.config`, the same parser `qsift serve` uses.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+from qsift.errors import ConfigError
+
+if TYPE_CHECKING:
+    from qsift.config import Config
+
+
+#: What PrivateTmp= gives the service, writable under ProtectSystem=strict.
+PRIVATE_TMP = ("/tmp", "/var/tmp")  # noqa: S108 (names, not files created)
+
+
+def missing_accounts(names: Iterable[str]) -> list[str]:
+    notes = []
+    for name in dict.fromkeys(names):
+        try:
+            pwd.getpwnam(name)
+        except KeyError:
+            notes.append(
+                f"There is no user {name}: useradd --system --home-dir /nonexistent "
+                f"--shell /usr/sbin/nologin {name}"
+            )
+    return notes
+
+
+def load_config(path: str) -> tuple[Config | None, list[str]]:
+    """The configuration `qsift serve --config path` would run with, or why it would not start."""
+    from qsift import config
+
+    if not os.path.exists(path):
+        return None, [
+            f"{path} does not exist, and qsift serve will not start without it. An empty file runs "
+            "the defaults: QMQP on 127.0.0.1:10628, SMTP on 127.0.0.1:10024, clean mail forwarded by "
+            "SMTP to 127.0.0.1:10025 (docs/configuration.md)."
+        ]
+    try:
+        return config.load(path), []
+    except ConfigError as exc:
+        return None, [f"qsift serve will not start with this configuration: {exc}"]
+
+
+def state_dir_note(settings: Config, user: str) -> str:
+    return (
+        f"qsift runs as {user} and writes its state_dir: install -d -o {user} -g {user} -m 0750 "
+        f"{settings.state_dir}"
+    )
+
+
+def qmail_notes(settings: Config, *, listen: str, mark_key: str, qmail_home: str) -> list[str]:
+    """Where the configuration and the qmail side disagree."""
+    notes = []
+    qmqp = [str(item.address) for item in settings.listeners if item.protocol == "qmqp"]
+    if listen not in qmqp:
+        notes.append(
+            f"The configuration has no QMQP listener on {listen} (it has: {', '.join(qmqp) or 'none'}). "
+            f'Add:\n    [[listen]]\n    protocol = "qmqp"\n    address = "{listen}"'
+        )
+    method = settings.forward.method
+    if method.startswith("smtp:"):
+        notes.append(
+            f"qsift forwards clean mail by SMTP ({method}): run a re-injection qmail-smtpd there "
+            f'(docs/qmail.md), or queue it directly with [forward] method = "qmail-queue:'
+            f'{os.path.join(qmail_home, "bin", "qmail-queue")}" and no second qmail-smtpd.'
+        )
+    key_file = settings.mark.key_file or os.path.join(settings.state_dir, "mark.key")
+    if mark_key and (not settings.mark.enabled or key_file != mark_key):
+        notes.append(
+            f"qsift-queue checks marks with {mark_key}, but qsift signs with "
+            f"{key_file if settings.mark.enabled else 'nothing ([mark] enabled = false)'}: set "
+            f'[mark] key_file = "{mark_key}", readable by the user qmail-smtpd runs as (e.g. qmaild).'
+        )
+    return notes
+
+
+def systemd_notes(settings: Config, *, state_dir: str, writable: Iterable[str]) -> list[str]:
+    """Directories the configuration writes that the unit's ProtectSystem=strict keeps read-only."""
+    notes = []
+    if settings.state_dir != state_dir:
+        notes.append(f"The configuration's state_dir is {settings.state_dir}, the unit's {state_dir}.")
+    allowed = [state_dir, *writable, *PRIVATE_TMP]
+    wanted = [settings.tmp_dir, settings.quarantine_dir]
+    if settings.forward.method.startswith("maildir:"):
+        wanted.append(settings.forward.method.partition(":")[2])
+    for path in wanted:
+        if path and not any(_inside(path, parent) for parent in allowed):
+            notes.append(f"qsift writes {path}: add it to ReadWritePaths= (--writable {path}).")
+    if settings.forward.method.startswith("qmail-queue:"):
+        notes.append(
+            "The qmail-queue: forward method runs setuid qmail-queue, which this unit's NoNewPrivileges "
+            "forbids: run qsift under daemontools (qsift setup qmail) or forward by SMTP."
+        )
+    return notes
+
+
+def _inside(path: str, parent: str) -> bool:
+    return os.path.normpath(path) == os.path.normpath(parent) or os.path.normpath(path).startswith(
+        os.path.normpath(parent).rstrip("/") + "/"
+    )

@@ -1,0 +1,190 @@
+"""What `qsift setup qmail` writes, run for real: supervise starts qsift and multilog from the generated
+service directory (connected by a pipe, as svscan connects a service and its log), qsift-queue run with
+the variables of the generated tcprules line hands qsift a message, the fake MTA gets it, multilog
+writes the summary line, and `svc -dx` stops both.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import pwd
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.fakes.mta import fake_mta
+from tests.harness import free_port
+from tests.unit.test_setup import parse_rule, rule_lines
+
+BIN = Path(sys.executable).parent
+QSIFT = BIN / "qsift"
+QSIFT_QUEUE = BIN / "qsift-queue"
+DAEMONTOOLS = ("supervise", "svc", "multilog", "setuidgid")
+MISSING = [tool for tool in DAEMONTOOLS if shutil.which(tool) is None]
+MESSAGE = (
+    b"From: alice@example.org\nTo: bob@example.net\nDate: Wed, 25 Nov 2026 12:00:00 +0000\n"
+    b"Message-ID: <setup-1@example.org>\nSubject: through supervise\n\nhello\n"
+)
+ENVELOPE = b"Falice@example.org\0Tbob@example.net\0\0"
+
+pytestmark = [
+    pytest.mark.skipif(
+        bool(MISSING), reason=f"daemontools is not installed (Debian: daemontools); missing {MISSING}"
+    ),
+    pytest.mark.skipif(
+        os.geteuid() != 0, reason="setuidgid calls setgroups(), which needs root even for one's own user"
+    ),
+]
+
+
+def write_config(tmp_path: Path, qmqp_port: int, mta_port: int) -> Path:
+    path = tmp_path / "qsift.toml"
+    path.write_text(
+        f'state_dir = "{tmp_path}/state"\ntmp_dir = "{tmp_path}"\nmyhostname = "qsift.test"\n'
+        # setuidgid to the current user, root here: qsift refuses root unless told.
+        f"allow_root = {'true' if os.geteuid() == 0 else 'false'}\n"
+        f'[[listen]]\nprotocol = "qmqp"\naddress = "127.0.0.1:{qmqp_port}"\n'
+        f'[forward]\nmethod = "smtp:[127.0.0.1]:{mta_port}"\n'
+    )
+    return path
+
+
+def child_pids(pid: int) -> list[int]:
+    children = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                children.append(int(entry.name))
+    return children
+
+
+def stop(process: subprocess.Popen[bytes], directory: Path) -> None:
+    """svc -dx, then a bounded wait; past it, kill supervise and what it started."""
+    if (directory / "supervise" / "control").exists():
+        subprocess.run(["svc", "-dx", str(directory)], timeout=10, check=False)
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        for pid in child_pids(process.pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, 9)
+        process.kill()
+        process.wait(timeout=10)
+
+
+@contextlib.contextmanager
+def supervised(
+    service: Path, errors: Path
+) -> Iterator[tuple[subprocess.Popen[bytes], subprocess.Popen[bytes]]]:
+    """supervise for the service and for its log, the service's fd 1 piped into the log's fd 0."""
+    read_end, write_end = os.pipe()
+    with errors.open("wb") as stderr:
+        log = subprocess.Popen(["supervise", str(service / "log")], stdin=read_end, stderr=stderr)
+        try:
+            main = subprocess.Popen(["supervise", str(service)], stdout=write_end, stderr=stderr)
+        except BaseException:
+            stop(log, service / "log")
+            raise
+        finally:
+            os.close(read_end)
+            os.close(write_end)
+    try:
+        yield main, log
+    finally:
+        stop(main, service)
+        stop(log, service / "log")
+
+
+async def wait_for_port(port: int, main: subprocess.Popen[bytes], errors: Path) -> None:
+    deadline = time.monotonic() + 30
+    while True:
+        with socket.socket() as probe:
+            if probe.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        assert main.poll() is None, errors.read_text()
+        assert time.monotonic() < deadline, f"qsift did not listen within 30 s: {errors.read_text()}"
+        await asyncio.sleep(0.1)
+
+
+def run_queue_program(program: str, env: dict[str, str], message: Path) -> subprocess.CompletedProcess[bytes]:
+    """Run the QMAILQUEUE program as qmail-smtpd does: the message on fd 0, the envelope pipe on fd 1."""
+    read_end, write_end = os.pipe()
+    try:
+        os.write(write_end, ENVELOPE)
+        os.close(write_end)
+        with message.open("rb") as stdin:
+            return subprocess.run(
+                [program],
+                stdin=stdin,
+                stdout=read_end,
+                stderr=subprocess.PIPE,
+                env=env,
+                timeout=60,
+                check=False,
+            )
+    finally:
+        os.close(read_end)
+
+
+async def test_the_generated_service_runs_under_supervise(tmp_path: Path) -> None:
+    me = pwd.getpwuid(os.geteuid()).pw_name
+    async with fake_mta() as mta:
+        port = free_port()
+        config = write_config(tmp_path, port, mta.port)
+        setup_args = [
+            *("setup", "qmail", "--config", str(config), "--listen", f"127.0.0.1:{port}"),
+            *("--service-dir", str(tmp_path / "service"), "--qmail-home", str(tmp_path / "qmail")),
+            *("--user", me, "--log-user", me, "--log-dir", str(tmp_path / "log")),
+        ]
+        setup = subprocess.run(
+            [str(QSIFT), *setup_args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert setup.returncode == 0, setup.stdout + setup.stderr
+        assert "no QMQP listener" not in setup.stdout
+        service = tmp_path / "service" / "qsift"
+        rules = rule_lines((service / "tcp.smtp.qsift").read_text())
+        address, allowed, variables = parse_rule(rules[-1])
+        assert (address, allowed) == ("", True)
+        assert variables["QMAILQUEUE"] == str(QSIFT_QUEUE)
+        errors = tmp_path / "supervise.err"
+        message = tmp_path / "message"
+        message.write_bytes(MESSAGE)
+        with supervised(service, errors) as (main, _):
+            await wait_for_port(port, main, errors)
+            env = {"PATH": os.environ["PATH"], "TMPDIR": str(tmp_path), "QMAILHOME": str(tmp_path / "qmail")}
+            result = await asyncio.to_thread(
+                run_queue_program, variables["QMAILQUEUE"], {**env, **variables}, message
+            )
+            assert result.returncode == 0, result.stderr.decode()  # 0: qsift answered K
+            assert len(mta.accepted) == 1
+            assert mta.accepted[0].recipients == [b"bob@example.net"]
+            assert b"Subject: through supervise\r\n" in mta.accepted[0].body
+            current = tmp_path / "log" / "current"
+            summary = re.compile(
+                r"^@[0-9a-f]{24} qsift\[\d+\]: Passed CLEAN.* <alice@example\.org> -> <bob@example\.net>",
+                re.MULTILINE,
+            )
+            deadline = time.monotonic() + 20
+            while not (current.exists() and summary.search(current.read_text(errors="replace"))):
+                assert time.monotonic() < deadline, current.read_text() if current.exists() else "no current"
+                await asyncio.sleep(0.1)
+        assert main.returncode == 0
+        with pytest.raises(OSError):
+            socket.create_connection(("127.0.0.1", port), timeout=2).close()
