@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import dataclasses
 import json
 import re
@@ -12,7 +11,7 @@ from collections.abc import Sequence
 
 from qsift import config as config_module
 from qsift.errors import ConfigError
-from qsift.observe import log
+from qsift.setup import command as setup_command
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -31,6 +30,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from qsift.release import release
 
             return release(_load(args.config), args.mail_id, args.to or [], sys.stdout)
+        if args.command == "status":
+            return _status(args.config, args.wait)
+        if args.command == "setup":
+            return setup_command.run(args, sys.stdout)
     except ConfigError as exc:
         print(f"qsift: configuration error: {exc}", file=sys.stderr)
         return 2
@@ -63,10 +66,16 @@ def _parser() -> argparse.ArgumentParser:
     release.add_argument("--config", metavar="FILE")
     release.add_argument("--to", action="append", metavar="RCPT", help="only to this recipient (repeatable)")
     release.add_argument("mail_id", metavar="MAIL_ID")
+    status = commands.add_parser("status", help="what each worker of the running daemon is doing")
+    status.add_argument("--config", metavar="FILE")
+    status.add_argument(
+        "--wait", type=float, default=2.0, metavar="SECONDS", help="how long to wait for answers"
+    )
     config = commands.add_parser("config", help="configuration tools")
     config_commands = config.add_subparsers(dest="config_command", required=True)
     check = config_commands.add_parser("check", help="validate FILE and print the effective configuration")
     check.add_argument("file", metavar="FILE")
+    setup_command.add_parser(commands)
     return parser
 
 
@@ -75,16 +84,41 @@ def _load(path: str | None) -> config_module.Config:
 
 
 def _serve(path: str | None) -> int:
-    from qsift.serve.daemon import Daemon
+    from qsift.serve import supervisor
+
+    return supervisor.main(_load(path), path)
+
+
+def _status(path: str | None, wait: float) -> int:
+    """Ask the running daemon's workers what they are doing (SIGUSR1), and print their answers."""
+    import os
+    import signal
+    import time
+
+    from qsift.serve.status import read_status, render, status_dir
+    from qsift.serve.supervisor import read_pid
 
     settings = _load(path)
-    log.setup(settings.log_level, settings.syslog)
-    try:
-        asyncio.run(Daemon(settings).run())
-    except OSError as exc:
-        print(f"qsift: cannot start: {exc}", file=sys.stderr)
+    pid = read_pid(settings)
+    if pid is None:
+        print(
+            f"qsift: no pid file in {settings.state_dir}: is qsift running with this state_dir?",
+            file=sys.stderr,
+        )
         return 1
-    return 0
+    asked = time.time()
+    try:
+        os.kill(pid, signal.SIGUSR1)
+    except OSError as exc:
+        print(f"qsift: cannot signal pid {pid}: {exc.strerror}", file=sys.stderr)
+        return 1
+    deadline = asked + wait
+    reports = read_status(status_dir(settings.state_dir), since=asked)
+    while time.time() < deadline and len(reports) < settings.worker_count:
+        time.sleep(0.05)
+        reports = read_status(status_dir(settings.state_dir), since=asked)
+    sys.stdout.write(render(reports))
+    return 0 if reports else 1
 
 
 def _config_check(path: str) -> int:

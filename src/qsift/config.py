@@ -83,6 +83,8 @@ class Listener:
     limits: Limits
     #: The policy bank every message on this listener gets (amavisd-new's %interface_policy); "" none.
     policy_bank: str = ""
+    #: SMTP/LMTP: offer XFORWARD, so the MTA (Postfix) names the client it had the message from.
+    xforward: bool = True
 
     @property
     def name(self) -> str:
@@ -165,6 +167,26 @@ class Config:
     state_dir: str = "/var/lib/qsift"
     #: How long an identical retry of a delivered message is answered from the record, in seconds.
     dedupe_window: float = 3600.0
+    #: Worker processes sharing the listeners; 0 means one per CPU.
+    workers: int = 0
+    #: Messages in progress at once over all workers (amavisd-new's $max_servers); past it, a bounded
+    #: wait (`busy_wait`), then "too busy, try later".
+    max_servers: int = 64
+    #: A worker is replaced after this many messages (amavisd-new's $max_requests); 0 never.
+    max_requests: int = 10_000
+    #: Drop to this user (and group: its own unless `group` says) after binding the listeners.
+    user: str = ""
+    group: str = ""
+    #: Running as root without `user` is refused unless this says it is wanted.
+    allow_root: bool = False
+    #: How long SIGTERM (or a reload) gives messages in progress to finish, in seconds.
+    drain_timeout: float = 60.0
+    #: `[metrics] address`: where the Prometheus endpoint listens ("host:port"); "" for none.
+    metrics_address: str = ""
+
+    @property
+    def worker_count(self) -> int:
+        return self.workers or os.cpu_count() or 1
 
     def check_settings(self) -> CheckSettings:
         return CheckSettings(decode=self.decode, banned=self.banned, tmp_dir=self.tmp_dir or None)
@@ -245,11 +267,18 @@ def from_mapping(raw: Mapping[str, Any], source: str = "<config>") -> Config:
         re.compile(dsn.viruses_that_fake_sender)
     except re.error as exc:
         raise ConfigError(f"{source}: [dsn] viruses_that_fake_sender: bad regex: {exc}") from None
+    metrics = _section(_Metrics, raw.pop("metrics", {}), f"{source}: [metrics]")
+    if metrics.address:
+        parsed = parse_address(metrics.address, f"{source}: [metrics] address")
+        if parsed.path is not None:
+            raise ConfigError(f"{source}: [metrics] address must be host:port, not a unix socket")
     virus = virus_from_config(raw.pop("virus", {}), f"{source}: [virus]")
     spam = spam_from_config(raw.pop("spam", {}), f"{source}: [spam]")
     top = _section(_TopLevel, raw, source)
     if not 0 <= top.log_level <= 5:
         raise ConfigError(f"{source}: log_level must be 0 to 5, not {top.log_level}")
+    if top.max_servers < 1:
+        raise ConfigError(f"{source}: max_servers must be 1 or more, not {top.max_servers}")
     values = {f.name: getattr(top, f.name) for f in fields(_TopLevel)}
     if not values["myhostname"]:
         values["myhostname"] = socket.getfqdn()
@@ -268,6 +297,7 @@ def from_mapping(raw: Mapping[str, Any], source: str = "<config>") -> Config:
         viruses_that_fake_sender=dsn.viruses_that_fake_sender,
         quarantine=quarantine,
         mark=mark,
+        metrics_address=metrics.address,
         **values,
     )
 
@@ -282,6 +312,18 @@ class _TopLevel:
     dedupe_window: float = 3600.0
     #: Keep the built-in banned-file rules after the site's own `[[banned]]` tables.
     banned_defaults: bool = True
+    workers: int = 0
+    max_servers: int = 64
+    max_requests: int = 10_000
+    user: str = ""
+    group: str = ""
+    allow_root: bool = False
+    drain_timeout: float = 60.0
+
+
+@dataclass(frozen=True)
+class _Metrics:
+    address: str = ""
 
 
 @dataclass(frozen=True)
@@ -356,8 +398,15 @@ def _listener(table: object, limits: Limits, where: str) -> Listener:
     bank = table.pop("policy_bank", "")
     if not isinstance(bank, str):
         raise ConfigError(f"{where} policy_bank must be the name of a [policy_bank.NAME] table")
+    if protocol == "qmqp" and "xforward" in table:
+        raise ConfigError(f"{where} xforward is for smtp and lmtp listeners (QMQP has no XFORWARD)")
+    xforward = table.pop("xforward", protocol != "qmqp")
+    if not isinstance(xforward, bool):
+        raise ConfigError(f"{where} xforward must be true or false")
     listener_limits = _section(Limits, {**_as_dict(limits), **table}, where)
-    return Listener(protocol, parse_address(address, where), _acl(acl_raw, where), listener_limits, bank)
+    return Listener(
+        protocol, parse_address(address, where), _acl(acl_raw, where), listener_limits, bank, xforward
+    )
 
 
 def _banks(tables: object, where: str) -> dict[str, Bank]:

@@ -92,6 +92,8 @@ def main() -> int:
     config.write_text(
         f'state_dir = "{workdir / "state"}"\n'
         "log_level = 1\n"
+        # The quick start runs as root; a real installation sets `user` and qsift drops to it.
+        "allow_root = true\n"
         "[limits]\nmessage_size = 1048576\n"
         "[forward]\n"
         f'method = "maildir:{maildir}"\n'

@@ -59,6 +59,9 @@ class Envelope:
     helo: str | None = None
     #: The listener's name ("qmqp:127.0.0.1:10628"), which may choose a policy bank.
     listener: str = ""
+    #: The connection's peer when the MTA named the client itself (Postfix's XFORWARD); then
+    #: client_address and helo are the client the MTA had the message from. None otherwise.
+    peer_address: str | None = None
 
     @property
     def addresses(self) -> tuple[str, ...]:

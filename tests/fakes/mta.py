@@ -45,6 +45,8 @@ class Script:
     hang_after_dot: bool = False
     #: The reply to QUIT; None: say nothing and keep the connection open.
     quit_reply: str | None = "221 2.0.0 Bye"
+    #: Sessions served at once, as tcpserver -c: the others wait, connected but not greeted.
+    max_connections: int | None = None
 
 
 @dataclass
@@ -77,6 +79,10 @@ class FakeMta:
         self._server: asyncio.Server | None = None
         self._sessions: set[asyncio.Task[None]] = set()
         self.port = 0
+        self._slots = asyncio.Semaphore(self.script.max_connections or 1_000_000)
+        #: The most sessions served at once.
+        self.peak = 0
+        self._serving = 0
 
     @property
     def accepted(self) -> list[Delivery]:
@@ -104,7 +110,13 @@ class FakeMta:
         assert task is not None
         self._sessions.add(task)
         try:
-            await self._session(reader, writer)
+            async with self._slots:
+                self._serving += 1
+                self.peak = max(self.peak, self._serving)
+                try:
+                    await self._session(reader, writer)
+                finally:
+                    self._serving -= 1
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
         finally:

@@ -2,23 +2,30 @@
 
     pip install atheris && python tests/fuzz/fuzz_smtp_server.py [corpus_dir]
 
-The first input byte chooses the chunk size and SMTP or LMTP; the rest is fed to a connection as a
-client would, answering every message. Nothing may raise, every reply is a whole CRLF-ended line, and the
-input the connection holds stays bounded. Importable without atheris, so tests can run it.
+The first input byte chooses the chunk size, SMTP or LMTP, and whether XFORWARD is offered; the rest is fed
+to a connection as a client would, answering every message. Nothing may raise, every reply is a whole
+CRLF-ended line, the input the connection holds stays bounded, and what XFORWARD hands out is only ever
+a known attribute with a value safe in a log line. Importable without atheris, so tests can run it.
 """
 
 from __future__ import annotations
 
 from qsift.model import Reply
 from qsift.wire import smtp_server as s
+from qsift.wire.smtp_args import XFORWARD_ATTRIBUTES
 
 _OK = Reply.tempfail("2.0.0", "Ok", smtp_code=250)
 _MAX_LINE = 128
 
 
-def drive(data: bytes, step: int, *, lmtp: bool) -> None:
+def drive(data: bytes, step: int, *, lmtp: bool, xforward: bool = False) -> None:
     settings = s.ServerSettings(
-        hostname="fuzz.test", lmtp=lmtp, max_message_size=256, max_recipients=4, max_line_length=_MAX_LINE
+        hostname="fuzz.test",
+        lmtp=lmtp,
+        max_message_size=256,
+        max_recipients=4,
+        max_line_length=_MAX_LINE,
+        xforward=xforward,
     )
     conn = s.SmtpServerConnection(settings)
     output = conn.data_to_send()
@@ -34,6 +41,10 @@ def drive(data: bytes, step: int, *, lmtp: bool) -> None:
             elif isinstance(event, s.DataEnd):
                 assert len(event.recipients) == recipients and event.recipients
                 assert event.too_big == (event.size > 256)
+                assert xforward or not event.xforward
+                for name, value in event.xforward.items():
+                    assert name in XFORWARD_ATTRIBUTES, name
+                    assert value is None or (value.isascii() and value.isprintable() and " " not in value)
             elif isinstance(event, s.Paused):
                 conn.answer_data([_OK] * (recipients if lmtp else 1))
                 recipients = 0
@@ -54,7 +65,7 @@ def TestOneInput(data: bytes) -> None:
     """The function atheris calls with each input (hence the name)."""
     if not data:
         return
-    drive(data[1:], data[0] % 64 + 1, lmtp=data[0] >= 128)
+    drive(data[1:], data[0] % 64 + 1, lmtp=data[0] >= 128, xforward=bool(data[0] & 64))
 
 
 if __name__ == "__main__":

@@ -19,12 +19,13 @@ QSIFT = str(Path(sys.executable).parent / "qsift")
 
 
 def start(
-    tmp_path: Path, forward: str, env: dict[str, str] | None = None
+    tmp_path: Path, forward: str, env: dict[str, str] | None = None, extra: str = ""
 ) -> tuple[subprocess.Popen[bytes], int]:
     port = free_port()
     config = tmp_path / "qsift.toml"
     config.write_text(
-        f'state_dir = "{tmp_path}/state"\nlog_level = 2\n[forward]\nmethod = "{forward}"\n'
+        f'state_dir = "{tmp_path}/state"\nlog_level = 2\nallow_root = true\n{extra}'
+        f'[forward]\nmethod = "{forward}"\n'
         f'[[listen]]\nprotocol = "qmqp"\naddress = "127.0.0.1:{port}"\n'
     )
     process = subprocess.Popen(
@@ -33,8 +34,11 @@ def start(
         env={**os.environ, **(env or {})},
     )
     assert process.stderr is not None
-    line = process.stderr.readline().decode()
-    assert "qsift ready" in line, line
+    # The parent says "qsift ready" once every worker is serving; a worker may speak first.
+    lines = [process.stderr.readline().decode()]
+    while "qsift ready" not in lines[-1]:
+        assert lines[-1], lines
+        lines.append(process.stderr.readline().decode())
     return process, port
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import IO
@@ -21,6 +22,7 @@ from qsift.decode.parts import Part
 from qsift.decode.walk import DecodeLimits, decode_message
 from qsift.errors import ScannerFailure
 from qsift.model import Category, Finding, main_category
+from qsift.observe import metrics
 
 #: The header section is read up to this size (a header larger than this is itself a problem).
 _HEADER_READ = 1024 * 1024
@@ -123,7 +125,9 @@ async def inspect(
     `reader` is the decoder's (it reads from a thread); every scanner opens its own copy through
     `open_copy`. Raises ScannerFailure when the message must wait for its scanners.
     """
+    started = time.monotonic()
     decoding = asyncio.ensure_future(asyncio.to_thread(check_message, reader, settings, smtputf8=smtputf8))
+    decoding.add_done_callback(lambda _: metrics.stage_done("decode", started))
     try:
         scanned = await run_scanners(scanners, open_copy, size) if scanners and not scanners.empty else None
     finally:

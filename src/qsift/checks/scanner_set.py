@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import IO
+from typing import IO, TypeVar
 
 from qsift.checks.clamd import ClamdScanner
 from qsift.checks.scanner_config import ScannerSpec, SpamSettings, VirusSettings
@@ -21,6 +22,7 @@ from qsift.checks.spam_levels import spam_findings
 from qsift.checks.virus import CommandScanner, VirusScannersFailed, scan_for_viruses
 from qsift.errors import ScannerFailure
 from qsift.model import Finding
+from qsift.observe import metrics
 
 
 @dataclass
@@ -76,7 +78,7 @@ class _LimitedVirus:
 
     async def scan(self, message: IO[bytes], size: int) -> VirusResult:
         async with self._slots:
-            return await self.inner.scan(message, size)
+            return await _measured(self.name, self.inner.scan(message, size))
 
 
 class _LimitedSpam:
@@ -92,7 +94,23 @@ class _LimitedSpam:
 
     async def check(self, message: IO[bytes], size: int, *, user: str | None = None) -> SpamResult:
         async with self._slots:
-            return await self.inner.check(message, size, user=user)
+            return await _measured(self.name, self.inner.check(message, size, user=user))
+
+
+_Result = TypeVar("_Result", VirusResult, SpamResult)
+
+
+async def _measured(name: str, call: Awaitable[_Result]) -> _Result:
+    """The scanner's result, with its time (not counting the wait for a slot) and any failure recorded in
+    the metrics."""
+    started = time.monotonic()
+    try:
+        result = await call
+    except Exception:  # the caller turns it into a failed scanner
+        metrics.scanner_done(name, started, failed=True)
+        raise
+    metrics.scanner_done(name, started, failed=bool(result.error))
+    return result
 
 
 @dataclass(frozen=True)

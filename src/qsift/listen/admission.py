@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Sequence
 
 from qsift.config import Network
 from qsift.errors import TooBusy
+from qsift.observe import metrics
 
 
 def client_allowed(peer_ip: str | None, acl: Sequence[Network]) -> bool:
@@ -34,12 +35,15 @@ def client_allowed(peer_ip: str | None, acl: Sequence[Network]) -> bool:
 
 
 class SessionSlots:
-    """At most `limit` sessions in progress; a newcomer waits up to `wait` seconds for a slot."""
+    """At most `limit` sessions in progress; a newcomer waits up to `wait` seconds for a slot.
 
-    def __init__(self, limit: int, wait: float) -> None:
+    `listener` names them in the metrics."""
+
+    def __init__(self, limit: int, wait: float, listener: str = "") -> None:
         self._semaphore = asyncio.Semaphore(limit)
         self._wait = wait
         self.limit = limit
+        self.listener = listener
         self.in_use = 0
 
     @contextlib.asynccontextmanager
@@ -47,10 +51,13 @@ class SessionSlots:
         try:
             await asyncio.wait_for(self._semaphore.acquire(), self._wait)
         except TimeoutError:
+            metrics.busy(self.listener)
             raise TooBusy("too busy, try later") from None
         self.in_use += 1
+        metrics.sessions_in_progress(self.listener, self.in_use)
         try:
             yield
         finally:
             self.in_use -= 1
+            metrics.sessions_in_progress(self.listener, self.in_use)
             self._semaphore.release()

@@ -25,6 +25,7 @@ from qsift.listen.session import (
     reply_for_error,
 )
 from qsift.model import Envelope, Recipient, Reply, address_from_bytes
+from qsift.observe import metrics
 from qsift.observe.log import logger
 from qsift.pipeline import Pipeline
 from qsift.spool import MessageSpool
@@ -41,7 +42,7 @@ class QmqpListener:
 
     def __post_init__(self) -> None:
         limits = self.listener.limits
-        self.slots = SessionSlots(limits.max_sessions, limits.busy_wait)
+        self.slots = SessionSlots(limits.max_sessions, limits.busy_wait, self.listener.name)
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """Serve one QMQP connection to its end; never raises."""
@@ -81,8 +82,10 @@ class QmqpListener:
             if received is None:
                 logger.info("QMQP: [%s] closed the connection before the end of the request", client)
                 return
+            metrics.stage_done("receive", started)
             if isinstance(received, Reply):
                 logger.info("QMQP: [%s] refused: %s", client, received.smtp_line())
+                metrics.answered(self.listener.protocol, received)
                 await _answer(writer, received)
                 return
             envelope = Envelope(
@@ -95,6 +98,8 @@ class QmqpListener:
             async with ClientGoneWatch(reader) as gone:
                 outcome = await self.pipeline.handle(envelope, spool, gone.event)
             log_outcome(outcome, envelope, spool, started)
+            metrics.stage_done("total", started)
+            metrics.answered(self.listener.protocol, outcome.reply)
             await _answer(writer, outcome.reply)
 
     async def _read_request(

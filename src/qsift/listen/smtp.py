@@ -3,6 +3,11 @@
 Postfix (content_filter on port 10024) or any MTA hands mail in here. The body is spooled as it arrives
 (bounded memory); after the final dot the pipeline decides, and the answer is sent only once the
 forward's outcome is known: one reply for SMTP, one per recipient for LMTP (RFC 2033 §4.2).
+
+With XFORWARD (on unless the listener says `xforward = false`), Postfix names the client it had the
+message from; that client, not the connection's peer, is then the envelope's client for the policy
+banks and the log. Postfix's XFORWARD_README says not to mix the two: once XFORWARD came, an attribute
+it did not give is unknown, not the peer's.
 """
 
 from __future__ import annotations
@@ -17,10 +22,12 @@ from qsift.errors import ClientTimeout, SpoolError, TooBusy
 from qsift.listen.admission import SessionSlots, client_allowed
 from qsift.listen.session import ClientGoneWatch, log_outcome, peer_ip, read_with_limits, reply_for_error
 from qsift.model import Answer, Envelope, Outcome, Recipient, Reply, address_from_bytes
+from qsift.observe import metrics
 from qsift.observe.log import logger
 from qsift.pipeline import Pipeline
 from qsift.spool import MessageSpool
 from qsift.wire import smtp_server as wire
+from qsift.wire.smtp_args import Forwarded
 
 READ_SIZE = 64 * 1024
 
@@ -34,13 +41,14 @@ class SmtpListener:
 
     def __post_init__(self) -> None:
         limits = self.listener.limits
-        self.slots = SessionSlots(limits.max_sessions, limits.busy_wait)
+        self.slots = SessionSlots(limits.max_sessions, limits.busy_wait, self.listener.name)
         self.lmtp = self.listener.protocol == "lmtp"
         self.settings = wire.ServerSettings(
             hostname=self.hostname,
             lmtp=self.lmtp,
             max_message_size=limits.message_size,
             max_recipients=limits.recipients,
+            xforward=self.listener.xforward,
         )
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -128,7 +136,9 @@ class _Session:
         elif isinstance(event, wire.DataChunk):
             self._spool_chunk(event.data)
         elif isinstance(event, wire.DataEnd):
+            metrics.stage_done("receive", self.started)
             replies = await self._answer_message(event)
+            metrics.answered(self.owner.listener.protocol, *replies)
             self.conn.answer_data(replies)
 
     def _new_spool(self) -> None:
@@ -152,18 +162,25 @@ class _Session:
         if refusal is not None:
             return [refusal] * (len(recipients) if self.owner.lmtp else 1)
         assert self.spool is not None  # a DataEnd always follows a DataStart
+        client, helo, peer = self.client, self.helo, None
+        if end.xforward:
+            client, helo, peer = end.xforward.get("ADDR"), end.xforward.get("HELO"), self.client
         envelope = Envelope(
             sender=address_from_bytes(end.sender),
             recipients=recipients,
             mail_params=end.mail_params,
             protocol="LMTP" if self.owner.lmtp else ("ESMTP" if self.extended else "SMTP"),
-            client_address=self.client,
-            helo=self.helo,
+            client_address=client,
+            helo=helo,
             listener=self.owner.listener.name,
+            peer_address=peer,
         )
         async with ClientGoneWatch(self.reader, self.conn.receive_data) as gone:
             outcome = await self.owner.pipeline.handle(envelope, self.spool, gone.event)
         log_outcome(outcome, envelope, self.spool, self.started)
+        metrics.stage_done("total", self.started)
+        if end.xforward:
+            _log_forwarded(outcome.mail_id, envelope, end.xforward)
         if self.owner.lmtp:
             return _per_recipient(outcome, recipients)
         return [outcome.reply]
@@ -174,6 +191,13 @@ class _Session:
         if self.spool_failure is not None:
             return reply_for_error(self.spool_failure)
         return None
+
+
+def _log_forwarded(mail_id: str, envelope: Envelope, xforward: Forwarded) -> None:
+    """What XFORWARD said, by mail_id: the MTA's own queue ID (IDENT) and the real peer, for tracing."""
+    attributes = " ".join(f"{name}={value or '[UNAVAILABLE]'}" for name, value in xforward.items())
+    peer = envelope.peer_address or "-"
+    logger.info("id=%s %s: XFORWARD from [%s]: %s", mail_id, envelope.protocol, peer, attributes)
 
 
 def _per_recipient(outcome: Outcome, recipients: tuple[Recipient, ...]) -> list[Reply]:

@@ -30,8 +30,11 @@ def level(log_level: int) -> int:
     return _LEVELS[max(0, min(5, log_level))]
 
 
-def setup(log_level: int, syslog_facility: str = "") -> None:
-    """Send qsift's log to stderr (daemontools-friendly) or syslog, through a writer thread."""
+def setup(log_level: int, syslog_facility: str = "", *, threaded: bool = True) -> None:
+    """Send qsift's log to stderr (daemontools-friendly) or syslog, through a writer thread unless
+    `threaded` is false: the parent of the workers has no thread, so that forking it is safe (a thread
+    holding a lock at fork time would leave the child's copy locked for good), and waiting on a blocked
+    stderr costs it nothing."""
     for existing in list(logger.handlers):
         logger.removeHandler(existing)
     if syslog_facility:
@@ -40,6 +43,11 @@ def setup(log_level: int, syslog_facility: str = "") -> None:
     else:
         target = logging.StreamHandler(sys.stderr)
         target.setFormatter(logging.Formatter("qsift[%(process)d]: %(message)s"))
+    if not threaded:
+        logger.addHandler(target)
+        logger.setLevel(level(log_level))
+        logger.propagate = False
+        return
     records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
     listener = logging.handlers.QueueListener(records, target)
     listener.start()

@@ -18,7 +18,8 @@ import asyncio
 import os
 import secrets
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
@@ -39,6 +40,7 @@ from qsift.model import (
     RecipientResult,
     Reply,
 )
+from qsift.observe import metrics
 from qsift.observe.log import logger
 from qsift.pipeline.answer import combine, decide
 from qsift.pipeline.client import ClientFields, client_fields
@@ -117,11 +119,40 @@ class Pipeline:
     site_key: bytes | None = None
     #: Whether passed mail gets the X-Qsift-Scanned mark (needs `site_key`).
     marking: bool = True
+    #: Messages in progress at once in this process (its share of max_servers); past it, a message
+    #: waits up to `busy_wait` seconds, then hears "too busy, try later".
+    max_in_progress: int = 1_000_000
+    busy_wait: float = 10.0
+    #: Messages handed to this pipeline so far (max_requests counts them).
+    handled: int = field(default=0, init=False)
+    _slots: asyncio.Semaphore | None = field(default=None, init=False, repr=False)
 
     async def handle(
         self, envelope: Envelope, spool: MessageSpool, client_gone: asyncio.Event | None = None
     ) -> Outcome:
         """Carry one message to a certain outcome; never raises for trouble downstream."""
+        self.handled += 1
+        if self._slots is None:
+            self._slots = asyncio.Semaphore(self.max_in_progress)
+        try:
+            async with asyncio.timeout(self.busy_wait):
+                await self._slots.acquire()
+        except TimeoutError:
+            mail_id = new_mail_id()
+            logger.warning(
+                "id=%s %d messages in progress (max_servers): try later", mail_id, self.max_in_progress
+            )
+            metrics.busy(envelope.listener)
+            reply = Reply.tempfail("4.3.2", f"id={mail_id} - too busy, try later", smtp_code=451)
+            return Outcome(mail_id, reply, Disposition.TEMPFAILED)
+        try:
+            return await self._handle(envelope, spool, client_gone)
+        finally:
+            self._slots.release()
+
+    async def _handle(
+        self, envelope: Envelope, spool: MessageSpool, client_gone: asyncio.Event | None
+    ) -> Outcome:
         mail_id = new_mail_id()
         fields = client_fields(envelope, spool.head(_HEAD), self.site_key, int(self.clock()))
         body: MessageBody = edit_message(spool, [], "", fields.ranges) if fields.ranges else spool
@@ -164,13 +195,18 @@ class Pipeline:
         except ScannerFailure as exc:
             logger.error("id=%s %s; the message is held back (try later)", mail_id, exc)
             reply = Reply.tempfail(exc.enhanced_status, f"id={mail_id} - {exc}")
+            metrics.message_fate(Category.UNCHECKED.value, "tempfail", len(owed))
             return Outcome(mail_id, reply, Disposition.TEMPFAILED, category="UNCHECKED")
         if verdict is None:
             envelope = replace(message.envelope, recipients=owed)
+            started = time.monotonic()
             result = await self.forwarder.forward(envelope, message.body, message.client_gone)
-            return await self._after_forward(
+            metrics.stage_done("forward", started)
+            outcome = await self._after_forward(
                 message, decide(mail_id, message.envelope, result, already), "CLEAN"
             )
+            _count_fates(outcome, ((r, Category.CLEAN, Destiny.PASS) for r in owed))
+            return outcome
         message = replace(message, virus_scanned=virus_scanned)
         decisions = decide_recipients(verdict, message.policy, owed, message.spool.size)
         category = _log_category(decisions)
@@ -181,7 +217,9 @@ class Pipeline:
             # Not delivered and not kept: the client must keep it (DESIGN.md: nothing is lost).
             logger.error("id=%s cannot quarantine: %s", mail_id, exc)
             reply = Reply.tempfail("4.3.0", f"id={mail_id} - cannot quarantine: {exc}")
-            return Outcome(mail_id, reply, Disposition.TEMPFAILED, category=category)
+            held = Outcome(mail_id, reply, Disposition.TEMPFAILED, category=category)
+            _count_fates(held, _fates(decisions))
+            return held
         forwarded = await self._forward(message, [d for d in decisions if not d.blocked], already)
         if forwarded is not None:
             forwarded = await self._after_forward(message, forwarded, category)
@@ -193,6 +231,7 @@ class Pipeline:
         }
         # Recipients held back come again with the retry, and are told about then.
         await self._notify(message, [d for d in blocked if d.recipient not in held_back], kept)
+        _count_fates(outcome, _fates(decisions))
         return replace(
             outcome, category=category, notes=(*outcome.notes, *(f"quarantine: {kept}",) * bool(kept))
         )
@@ -213,7 +252,9 @@ class Pipeline:
         smtputf8 = any(key == "SMTPUTF8" for key, _ in envelope.mail_params)
         # The copies for the scanners are made before the decoder's thread starts reading the spool.
         copies = spool.independent_readers()
+        started = time.monotonic()
         verdict = await inspect(spool.reader(), copies, spool.size, self.checks, scanners, smtputf8=smtputf8)
+        metrics.stage_done("checks", started)
         for result in verdict.scanner_errors:
             logger.warning("id=%s scanner %s", message.mail_id, result)
         for finding in verdict.findings:
@@ -224,14 +265,23 @@ class Pipeline:
         """Forward to the passing recipients, one transaction per set of headers."""
         if not passing:
             return None
+        # One mark for the message, made once: a clock ticking over between recipients must not split
+        # them into transactions.
+        marked: tuple[str, ...] = ()
+        if message.body_digest is not None and self.site_key is not None:
+            value = mark.make_value(self.site_key, message.body_digest, int(self.clock()))
+            marked = (f"{mark.FIELD}: {value}",)
         groups: dict[tuple[tuple[str, ...], str], list[Decision]] = {}
         for decision in passing:
-            groups.setdefault(self._edits(message, decision), []).append(decision)
+            fields, tag = self._edits(message, decision)
+            groups.setdefault((marked + fields, tag), []).append(decision)
         results = []
         for (fields, tag), members in groups.items():
             body = edit_message(message.spool, list(fields), tag, message.client.ranges)
             envelope = replace(message.envelope, recipients=tuple(d.recipient for d in members))
+            started = time.monotonic()
             results.append(await self.forwarder.forward(envelope, body, message.client_gone))
+            metrics.stage_done("forward", started)
         merged = ForwardResult(
             results[0].method,
             tuple(r for result in results for r in result.per_recipient),
@@ -248,9 +298,6 @@ class Pipeline:
             virus_scanned=message.virus_scanned,
             local=settings.local,
         )
-        if message.body_digest is not None and self.site_key is not None:
-            value = mark.make_value(self.site_key, message.body_digest, int(self.clock()))
-            fields.insert(0, f"{mark.FIELD}: {value}")
         return tuple(fields), subject_tag(decision.view, local=settings.local)
 
     async def _after_forward(self, message: _Message, outcome: Outcome, category: str) -> Outcome:
@@ -287,6 +334,7 @@ class Pipeline:
             elif destiny in (Destiny.REJECT, Destiny.BOUNCE) and self.bounce is not None:
                 # A rejection among delivered recipients can only be told by a DSN (amavisd-new's way).
                 bounced = await self.bounce(view, message.mail_id, envelope, message.body, cutoff)
+                metrics.dsn(_dsn_result(bounced.reply))
                 outcomes.append(_for_each(bounced, group))
             else:
                 outcomes.append(_discarded(message.mail_id, view, group))
@@ -311,6 +359,7 @@ class Pipeline:
             message.body.chunks(),
             self.clock(),
         )
+        metrics.quarantined(view.category.value)
         return os.path.basename(entry.file)
 
     async def _notify(self, message: _Message, blocked: list[Decision], quarantined: str) -> None:
@@ -386,6 +435,40 @@ def _discarded(mail_id: str, view: Verdict, group: list[Decision]) -> Outcome:
 def _for_each(outcome: Outcome, group: list[Decision]) -> Outcome:
     """The outcome with its reply as every recipient's own (for LMTP and the outcome record)."""
     return replace(outcome, per_recipient=tuple(RecipientResult(d.recipient, outcome.reply) for d in group))
+
+
+def _fates(decisions: Iterable[Decision]) -> Iterator[tuple[Recipient, Category, Destiny]]:
+    return ((d.recipient, d.view.category, d.destiny) for d in decisions)
+
+
+def _count_fates(outcome: Outcome, fates: Iterable[tuple[Recipient, Category, Destiny]]) -> None:
+    """Count each group of recipients that shared a category and a fate, for the metrics."""
+    if not metrics.enabled():
+        return
+    answers = {r.recipient: r.reply.answer for r in outcome.per_recipient}
+    groups = Counter(
+        (category.value, _fate(destiny, answers.get(recipient, outcome.reply.answer)))
+        for recipient, category, destiny in fates
+    )
+    for (category, fate), recipients in groups.items():
+        metrics.message_fate(category, fate, recipients)
+
+
+def _fate(destiny: Destiny, answer: Answer) -> str:
+    """What became of a recipient: its destiny, unless its own answer says it was held back or refused."""
+    if answer is Answer.TEMPFAIL:
+        return "tempfail"
+    if answer is Answer.REJECT:
+        return "reject"
+    # A rejection among delivered recipients can only be told by a DSN (`_act`).
+    return Destiny.BOUNCE.value if destiny is Destiny.REJECT else destiny.value
+
+
+def _dsn_result(reply: Reply) -> str:
+    """What the bouncer did, as its answer says (act/bounce.py): 2.7.0 is its "no DSN is due"."""
+    if reply.answer is Answer.TEMPFAIL:
+        return "failed"
+    return "suppressed" if reply.enhanced_status == "2.7.0" else "sent"
 
 
 def _log_category(decisions: list[Decision]) -> str:

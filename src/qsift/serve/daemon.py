@@ -1,8 +1,10 @@
-"""The daemon: bind the listeners, serve until told to stop, drain, exit.
+"""One serving process: the listeners, the pipeline, until told to stop; then drain and exit.
 
-Foreground only (daemontools and systemd supervise it); logs go to stderr unless syslog is configured.
-SIGTERM and SIGINT stop accepting at once and give in-flight sessions `drain_timeout` seconds to finish;
-sessions still running then are cut, which their clients see as a temporary failure.
+`qsift serve` runs several of these as worker processes under a parent (supervisor.py) that bound the
+listening sockets and hands them over; tests run one in-process, binding its own. SIGTERM and SIGINT
+stop accepting at once and give in-flight sessions `drain_timeout` seconds to finish; sessions still
+running then are cut, which their clients see as a temporary failure. After `max_requests` messages the
+worker stops the same way, and its parent starts a fresh one.
 """
 
 from __future__ import annotations
@@ -13,9 +15,13 @@ import os
 import re
 import shutil
 import signal
+import socket
 import stat
-from collections.abc import Awaitable, Callable
+import sys
+import time
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from qsift.act.bounce import DsnBouncer
 from qsift.act.forward import make_forwarder
@@ -27,6 +33,7 @@ from qsift.listen.qmqp import QmqpListener
 from qsift.listen.smtp import SmtpListener
 from qsift.observe.log import logger
 from qsift.pipeline import Pipeline
+from qsift.serve.status import SessionInfo, status_dir, write_status
 from qsift.spool import make_private_dir
 from qsift.store.outcomes import OutcomeStore
 from qsift.store.quarantine import Quarantine
@@ -44,6 +51,18 @@ class Daemon:
     servers: list[asyncio.Server] = field(default_factory=list)
     sessions: set[asyncio.Task[None]] = field(default_factory=set)
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
+    #: Listening sockets the parent bound, by listener name; None: bind them here.
+    sockets: Mapping[str, socket.socket] | None = None
+    #: Which worker this is (for the log and the status file); -1 when it runs alone.
+    index: int = -1
+    #: How many workers share max_servers (this one gets its share).
+    workers: int = 1
+    #: The site key, made by the parent; None: read (or make) it here.
+    site_key: bytes | None = None
+    #: What each session is doing, for SIGUSR1 / `qsift status`.
+    activity: dict[asyncio.Task[None], SessionInfo] = field(default_factory=dict)
+    #: Whether the worker stopped because it reached max_requests (its parent replaces it).
+    recycled: bool = False
 
     async def run(self) -> None:
         """Serve until SIGTERM/SIGINT (or `stop()`), then drain and clean up."""
@@ -72,21 +91,26 @@ class Daemon:
             ),
             hostname=config.myhostname,
             quarantine=quarantine,
-            site_key=_site_key(config),
+            site_key=self.site_key if self.site_key is not None else site_key(config),
             marking=config.mark.enabled,
+            max_in_progress=-(-config.max_servers // max(1, self.workers)),
+            busy_wait=config.limits.busy_wait,
         )
+        self.pipeline = pipeline
         try:
             for listener in self.config.listeners:
                 await self._bind(listener, self._handler_for(listener, pipeline, spool_dir))
             if self.handle_signals:
                 self._install_signals()
             self.ready.set()
-            logger.warning(
-                "qsift ready: %s; forward %s",
-                ", ".join(listener.name for listener in self.config.listeners),
-                pipeline.forwarder.method,
-            )
-            await self._greet_scanners(scanners)
+            if self.index < 0:
+                logger.warning(
+                    "qsift ready: %s; forward %s",
+                    ", ".join(listener.name for listener in self.config.listeners),
+                    pipeline.forwarder.method,
+                )
+            if self.index <= 0:  # one worker says it for all
+                await self._greet_scanners(scanners)
             await self.stopping.wait()
             await self._drain()
         finally:
@@ -96,7 +120,10 @@ class Daemon:
             quarantine.close()
             await scanners.close()
             shutil.rmtree(spool_dir, ignore_errors=True)
-            logger.warning("qsift stopped")
+            if self.index < 0:
+                logger.warning("qsift stopped")
+            else:
+                logger.info("worker %d stopped", self.index)
 
     async def _greet_scanners(self, scanners: ScannerSet) -> None:
         """Say which scanners are configured and whether they answer; a silent one is logged, not fatal
@@ -128,14 +155,42 @@ class Daemon:
             task = asyncio.current_task()
             assert task is not None
             self.sessions.add(task)
+            self.activity[task] = SessionInfo(listener.name, _peer(writer), time.time())
             try:
                 await serve(reader, writer)
             finally:
                 self.sessions.discard(task)
+                self.activity.pop(task, None)
+                self._recycle_if_due()
 
         return track
 
+    def _recycle_if_due(self) -> None:
+        limit = self.config.max_requests
+        if limit and not self.stopping.is_set() and self.pipeline.handled >= limit:
+            logger.info(
+                "worker %d: %d messages handled (max_requests): making way for a fresh one",
+                self.index,
+                self.pipeline.handled,
+            )
+            self.recycled = True
+            self.stop()
+
+    def write_status(self, directory: str) -> None:
+        """Say what this worker is doing, for `qsift status` (amavisd-nanny's view)."""
+        write_status(directory, self.index, self.pipeline.handled, list(self.activity.values()))
+
     async def _bind(self, listener: Listener, handler: Handler) -> None:
+        if self.sockets is not None:
+            sock = self.sockets[listener.name]
+            if sock.family == socket.AF_UNIX:
+                # The socket file is the parent's: a worker that stops must not unlink it (3.13+ would).
+                keep: dict[str, Any] = {"cleanup_socket": False} if sys.version_info >= (3, 13) else {}
+                server = await asyncio.start_unix_server(handler, sock=sock, **keep)
+            else:
+                server = await asyncio.start_server(handler, sock=sock)
+            self.servers.append(server)
+            return
         address = listener.address
         if address.path is not None:
             _remove_stale_socket(address.path)
@@ -150,6 +205,7 @@ class Daemon:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self._on_stop_signal, signum)
         loop.add_signal_handler(signal.SIGHUP, self._on_hup)
+        loop.add_signal_handler(signal.SIGUSR1, self._on_usr1)
 
     def _on_stop_signal(self, signum: int) -> None:
         logger.warning(
@@ -158,7 +214,14 @@ class Daemon:
         self.stop()
 
     def _on_hup(self) -> None:
-        logger.warning("SIGHUP: configuration reload is not implemented yet; restart to apply changes")
+        # The parent reloads (it starts workers with the new configuration); a worker has nothing to do.
+        logger.info("worker %d: SIGHUP is for the parent process", self.index)
+
+    def _on_usr1(self) -> None:
+        try:
+            self.write_status(status_dir(self.config.state_dir))
+        except OSError as exc:
+            logger.error("worker %d: cannot write its status: %s", self.index, exc)
 
     async def _drain(self) -> None:
         for server in self.servers:
@@ -180,7 +243,12 @@ def _remove_stale_socket(path: str) -> None:
             os.unlink(path)
 
 
-def _site_key(config: Config) -> bytes:
+def _peer(writer: asyncio.StreamWriter) -> str:
+    peer = writer.get_extra_info("peername")
+    return str(peer[0]) if isinstance(peer, tuple) and peer else "unix"
+
+
+def site_key(config: Config) -> bytes:
     """The site's secret, made at the first start: 32 random bytes in a 0600 file. It keys the
     X-Qsift-Scanned mark and checks qsift-queue's X-Qsift-Client field, so it is read even when marking
     is off (`[mark] key_file` names it; qsift-queue reads it through $QSIFT_MARK_KEY)."""

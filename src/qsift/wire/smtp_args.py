@@ -1,13 +1,15 @@
-"""The arguments of SMTP commands, sans-IO: reverse and forward paths and ESMTP parameters.
+"""The arguments of SMTP commands, sans-IO: reverse and forward paths, ESMTP parameters, XFORWARD.
 
 RFC 5321 §4.1.2 (paths), RFC 1870 (SIZE), RFC 6152 (BODY), RFC 6531 (SMTPUTF8), RFC 3461 (DSN: RET,
-ENVID, NOTIFY, ORCPT). Parsing is lenient where MTAs in the field are (a space after the colon, a missing
-pair of angle brackets, a source route) and strict where it matters for what we forward: no control
-characters in an address or a parameter, no parameter we do not understand, none given twice.
+ENVID, NOTIFY, ORCPT), Postfix's XFORWARD_README (the client Postfix had the message from). Parsing is
+lenient where MTAs in the field are (a space after the colon, a missing pair of angle brackets, a source
+route) and strict where it matters for what we forward: no control characters in an address or a
+parameter, no parameter we do not understand, none given twice.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from dataclasses import dataclass
 
@@ -191,3 +193,98 @@ def parse_rcpt(arg: bytes, *, extended: bool, max_length: int) -> RcptArguments 
         else:
             return _unsupported(name)
     return RcptArguments(recipient, tuple(kept))
+
+
+# --- XFORWARD (Postfix's XFORWARD_README) ---------------------------------------------------------------
+
+#: The attributes offered in the EHLO reply, in the order Postfix's smtpd announces them.
+XFORWARD_ATTRIBUTES = ("NAME", "ADDR", "PROTO", "HELO", "SOURCE", "PORT", "IDENT")
+#: "An attribute-value element must not be longer than 255 characters."
+_XFORWARD_VALUE_MAX = 255
+_XFORWARD_PROTO_MAX = 64
+#: Not in an XFORWARD value after decoding: "characters that are special in message headers", the set
+#: Postfix's own smtpd censors (smtpd.c, NEUTER_CHARACTERS). Controls, spaces and non-ASCII go too.
+_XFORWARD_SPECIALS = frozenset(b'<>()\\";@')
+#: [UNAVAILABLE] in any case; [TEMPUNAVAIL] is XCLIENT's word for a name lookup that failed for now.
+_XFORWARD_UNAVAILABLE = frozenset({b"[UNAVAILABLE]", b"[TEMPUNAVAIL]"})
+_HEX_UPPER = frozenset(b"0123456789ABCDEF")
+
+#: XFORWARD's attributes: upper-case name -> decoded value, None when the client said unavailable.
+Forwarded = dict[str, str | None]
+
+
+def decode_xtext(text: bytes) -> bytes | None:
+    """RFC 1891 §5 xtext: "!" to "~" stand for themselves except "+" and "="; "+XX" is a byte in
+    upper-case hexadecimal. None if `text` is not xtext."""
+    out = bytearray()
+    pos = 0
+    while pos < len(text):
+        byte = text[pos]
+        if byte == 0x2B:  # "+"
+            digits = text[pos + 1 : pos + 3]
+            if len(digits) != 2 or not set(digits) <= _HEX_UPPER:
+                return None
+            out.append(int(digits, 16))
+            pos += 3
+            continue
+        if byte < 0x21 or byte > 0x7E or byte == 0x3D:  # "="
+            return None
+        out.append(byte)
+        pos += 1
+    return bytes(out)
+
+
+def parse_xforward(arg: bytes) -> Forwarded | ArgumentError:
+    """`NAME=value ADDR=value ...` after the XFORWARD verb: names in any case, values in xtext."""
+    tokens = arg.split()
+    if not tokens:
+        return ArgumentError(501, "5.5.4", "Syntax: XFORWARD attribute=value...")
+    attributes: Forwarded = {}
+    for token in tokens:
+        key, eq, raw = token.partition(b"=")
+        name = key.upper().decode("ascii", "backslashreplace")
+        if name not in XFORWARD_ATTRIBUTES:
+            return ArgumentError(501, "5.5.4", f"Bad XFORWARD attribute name: {name[:64]}")
+        if not eq or not raw:
+            return ArgumentError(501, "5.5.4", f"Syntax: XFORWARD {name}=value")
+        if len(raw) > _XFORWARD_VALUE_MAX:
+            return ArgumentError(501, "5.5.4", f"XFORWARD {name} value too long")
+        value = decode_xtext(raw)
+        if value is None or any(b < 0x21 or b > 0x7E or b in _XFORWARD_SPECIALS for b in value):
+            return _bad_xforward(name)
+        if value.upper() in _XFORWARD_UNAVAILABLE:
+            attributes[name] = None
+            continue
+        checked = _xforward_value(name, value.decode("ascii"))
+        if checked is None:
+            return _bad_xforward(name)
+        attributes[name] = checked
+    return attributes
+
+
+def _bad_xforward(name: str) -> ArgumentError:
+    return ArgumentError(501, "5.5.4", f"Bad XFORWARD {name} syntax")
+
+
+def _xforward_value(name: str, value: str) -> str | None:
+    """The value as qsift keeps it, or None when this attribute cannot have it."""
+    if name == "ADDR":
+        # "an IPv6 address prefixed with IPV6:", in any case (XCLIENT_README, Note 2). Postfix's client
+        # (smtp_proto.c) sends the address as its queue file has it, so a bare one is taken too.
+        if value[:5].upper() == "IPV6:":
+            value = value[5:]
+        try:
+            ipaddress.ip_address(value)
+        except ValueError:
+            return None
+    elif name == "PORT":
+        if not (value.isdigit() and len(value) <= 5 and int(value) <= 65535):
+            return None
+    elif name == "PROTO":
+        if len(value) > _XFORWARD_PROTO_MAX:
+            return None
+    elif name == "SOURCE":
+        value = value.upper()
+        if value not in ("LOCAL", "REMOTE"):
+            return None
+    return value

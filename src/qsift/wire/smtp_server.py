@@ -18,6 +18,12 @@ Defences, each one a known attack or a known breakage:
   buffered up to a bound; past it the connection is closed after the answer.
 - Too many refused commands, and the connection is closed with 421.
 - No input makes `receive_data` or `next_event` raise.
+
+XFORWARD (Postfix's XFORWARD_README), when offered: Postfix, handing a message to the filter, names the
+client it had the message from. The attributes are taken only outside a mail transaction, accumulate
+over several commands, and are dropped when the transaction ends (the final dot, RSET, or a new EHLO,
+an implicit RSET by RFC 5321 §4.1.4); `DataEnd.xforward` carries them. Who may send it is the
+listener's ACL: a client it refuses never gets this far.
 """
 
 from __future__ import annotations
@@ -28,11 +34,21 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from qsift.model import Params, Reply, single_line
-from qsift.wire.smtp_args import ArgumentError, parse_mail, parse_rcpt
+from qsift.wire.smtp_args import (
+    XFORWARD_ATTRIBUTES,
+    ArgumentError,
+    Forwarded,
+    parse_mail,
+    parse_rcpt,
+    parse_xforward,
+)
 
 _CRLF = b"\r\n"
 _END_OF_DATA = b".\r\n"
 _PAUSED_INPUT_LIMIT = 64 * 1024
+#: The EHLO keyword and the attributes taken, as Postfix's smtpd announces them; Postfix's client sends
+#: only the attributes named here.
+_XFORWARD_OFFER = b"XFORWARD " + " ".join(XFORWARD_ATTRIBUTES).encode()
 
 
 @dataclass(frozen=True)
@@ -46,6 +62,8 @@ class ServerSettings:
     #: Refused commands before the connection is closed with 421.
     max_errors: int = 20
     max_address_length: int = 1000
+    #: Offer XFORWARD (Postfix's XFORWARD_README) in the EHLO/LHLO reply and take it.
+    xforward: bool = False
 
 
 # --- events -------------------------------------------------------------------------------------------
@@ -101,6 +119,11 @@ class DataEnd:
     size: int
     #: The body went past max_message_size; the chunks past the limit were not handed out.
     too_big: bool
+    #: What XFORWARD said about the original client before this transaction: NAME, ADDR (without
+    #: an IPV6: prefix), PORT, PROTO, HELO, IDENT, SOURCE, each decoded, None when the client said
+    #: [UNAVAILABLE]. Empty when no XFORWARD came; names not sent are unavailable too (the README:
+    #: a first XFORWARD sets every attribute to [UNAVAILABLE]).
+    xforward: Forwarded = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -132,6 +155,7 @@ class _Transaction:
     recipients: list[tuple[bytes, Params]] = field(default_factory=list)
     size: int = 0
     too_big: bool = False
+    xforward: Forwarded = field(default_factory=dict)
 
 
 class SmtpServerConnection:
@@ -307,6 +331,8 @@ class SmtpServerConnection:
             b"DSN",
             b"ENHANCEDSTATUSCODES",
         ]
+        if self.settings.xforward:
+            lines.insert(-1, _XFORWARD_OFFER)
         self._output += b"".join(b"250-%s\r\n" % line for line in lines[:-1]) + b"250 %s\r\n" % lines[-1]
 
     def _do_mail(self, arg: bytes) -> None:
@@ -357,6 +383,22 @@ class SmtpServerConnection:
             self._state = _State.DATA
             self._at_line_start = True
             self._events.append(DataStart())
+
+    def _do_xforward(self, arg: bytes) -> None:
+        if not self.settings.xforward:
+            self._send(502, "5.5.1", "Command not implemented")
+        elif not self._extended:
+            # The client may send it once the EHLO (LHLO) reply offered it.
+            self._send(503, "5.5.1", f"Send {'LHLO' if self.settings.lmtp else 'EHLO'} first")
+        elif self._txn.sender is not None:
+            self._send(503, "5.5.1", "Mail transaction in progress")
+        else:
+            parsed = parse_xforward(arg)
+            if isinstance(parsed, ArgumentError):
+                self._send(parsed.code, parsed.status, parsed.text)
+                return
+            self._txn.xforward.update(parsed)
+            self._send(250, "2.0.0", "Ok")
 
     def _do_rset(self, arg: bytes) -> None:
         self._txn = _Transaction()
@@ -415,7 +457,14 @@ class SmtpServerConnection:
         if ended:
             txn = self._txn
             self._events.append(
-                DataEnd(txn.sender or b"", txn.recipients, txn.mail_params, txn.size, txn.too_big)
+                DataEnd(
+                    txn.sender or b"",
+                    txn.recipients,
+                    txn.mail_params,
+                    txn.size,
+                    txn.too_big,
+                    dict(txn.xforward),
+                )
             )
             self._state = _State.PAUSED
         return pos > 0
@@ -443,9 +492,8 @@ _HANDLERS: dict[bytes, Callable[[SmtpServerConnection, bytes], None]] = {
     b"VRFY": SmtpServerConnection._do_vrfy,
     b"HELP": SmtpServerConnection._do_help,
     b"QUIT": SmtpServerConnection._do_quit,
+    b"XFORWARD": SmtpServerConnection._do_xforward,
 }
 
 #: Known verbs qsift does not offer: refused with 502, not the 500 of nonsense.
-_NOT_OFFERED = frozenset(
-    {b"EXPN", b"STARTTLS", b"AUTH", b"BDAT", b"ETRN", b"TURN", b"ATRN", b"XCLIENT", b"XFORWARD"}
-)
+_NOT_OFFERED = frozenset({b"EXPN", b"STARTTLS", b"AUTH", b"BDAT", b"ETRN", b"TURN", b"ATRN", b"XCLIENT"})

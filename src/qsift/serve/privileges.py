@@ -1,0 +1,84 @@
+"""Who the daemon runs as, and the directories only it may read.
+
+The parent binds the listeners (a port under 1024 needs root), then drops to `user` (and `group`) for
+good before any message is read. Running as root without `user` is refused unless `allow_root = true`
+says it is meant: a content filter takes apart hostile archives, and a bug there must not be root's.
+The state directory (outcome record, site key, status) and the quarantine hold mail and secrets: they
+are made 0700 and owned by the run user, and an existing one that others can read is refused with the
+command that fixes it, rather than silently changed.
+"""
+
+from __future__ import annotations
+
+import grp
+import os
+import pwd
+import stat
+from dataclasses import dataclass
+
+from qsift.config import Config
+from qsift.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class RunAs:
+    uid: int
+    gid: int
+    name: str
+
+
+def run_as(config: Config) -> RunAs | None:
+    """The user to become, or None to stay who we are; ConfigError for root without a word about it."""
+    if not config.user:
+        if os.geteuid() == 0 and not config.allow_root:
+            raise ConfigError(
+                "running as root: set `user` (qsift binds, then drops to it) or `allow_root = true`"
+            )
+        return None
+    try:
+        entry = pwd.getpwnam(config.user)
+    except KeyError:
+        raise ConfigError(f"user {config.user!r} does not exist") from None
+    gid = entry.pw_gid
+    if config.group:
+        try:
+            gid = grp.getgrnam(config.group).gr_gid
+        except KeyError:
+            raise ConfigError(f"group {config.group!r} does not exist") from None
+    if os.geteuid() != 0 and entry.pw_uid != os.geteuid():
+        raise ConfigError(f"only root can become user {config.user!r}; started as uid {os.geteuid()}")
+    return RunAs(entry.pw_uid, gid, config.user)
+
+
+def prepare_private_dirs(config: Config, user: RunAs | None) -> None:
+    """Make (or check) every directory that holds mail or secrets: 0700, the run user's."""
+    for directory in (config.state_dir, config.quarantine_dir):
+        _private_dir(directory, user)
+    if config.tmp_dir and not os.path.isdir(config.tmp_dir):
+        raise ConfigError(f"tmp_dir {config.tmp_dir} does not exist")
+
+
+def _private_dir(directory: str, user: RunAs | None) -> None:
+    uid = user.uid if user else os.geteuid()
+    if not os.path.isdir(directory):
+        os.makedirs(directory, mode=0o700)
+        if user is not None and os.geteuid() == 0:
+            os.chown(directory, user.uid, user.gid)
+    info = os.stat(directory)
+    if info.st_uid != uid:
+        owner = user.name if user else str(uid)
+        raise ConfigError(
+            f"{directory} belongs to uid {info.st_uid}, not to {owner}: chown {owner} {directory}"
+        )
+    mode = stat.S_IMODE(info.st_mode)
+    if mode & 0o077:
+        raise ConfigError(f"{directory} is mode {mode:04o}; it holds mail and keys: chmod 700 {directory}")
+
+
+def drop(user: RunAs) -> None:
+    """Become `user` for good (no way back: the saved uid goes too)."""
+    if os.geteuid() != 0:
+        return
+    os.setgroups([user.gid])
+    os.setresgid(user.gid, user.gid, user.gid)
+    os.setresuid(user.uid, user.uid, user.uid)

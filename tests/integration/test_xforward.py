@@ -1,0 +1,175 @@
+"""XFORWARD end to end: the client Postfix names picks the policy bank and shows in the log, for one
+transaction only, over a real socket; and the `[[listen]] xforward` key."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import smtplib
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from qsift import config
+from qsift.errors import ConfigError
+from tests.fakes.mta import fake_mta
+from tests.harness import running_daemon
+from tests.integration.test_destinies import banned_message
+
+SENDER = "alice@example.org"
+RCPT = "bob@example.net"
+#: Banned files bounce by default; from the partners' network they are discarded instead.
+TOP: dict[str, Any] = {
+    "policy_bank": {
+        "PARTNERS": {"client_networks": ["192.0.2.0/24", "2001:db8::/32"], "destiny": {"banned": "discard"}}
+    }
+}
+
+
+def session(port: int, steps: list[str | bytes], *, lmtp: bool = False) -> list[tuple[int, str]]:
+    """One connection: each str is a command sent with docmd, each bytes a whole message; their replies."""
+    client = (
+        smtplib.LMTP("127.0.0.1", port, timeout=30) if lmtp else smtplib.SMTP("127.0.0.1", port, timeout=30)
+    )
+    with client:
+        client.ehlo("postfix.test")
+        answers: list[tuple[int, str]] = []
+        for step in steps:
+            if isinstance(step, str):
+                verb, _, arg = step.partition(" ")
+                code, text = client.docmd(verb, arg)
+            else:
+                client.mail(SENDER)
+                client.rcpt(RCPT)
+                code, text = client.data(step)
+            answers.append((code, text.decode()))
+        return answers
+
+
+async def run(
+    tmp_path: Path, steps: list[str | bytes], *, protocol: str = "smtp", **listen: Any
+) -> tuple[list[tuple[int, str]], Any]:
+    async with (
+        fake_mta() as mta,
+        running_daemon(
+            tmp_path,
+            f"smtp:[127.0.0.1]:{mta.port}",
+            protocols=(protocol,),
+            top=TOP,
+            listen_extra=listen or None,
+        ) as daemon,
+    ):
+        answers = await asyncio.to_thread(session, daemon.ports[protocol], steps, lmtp=protocol == "lmtp")
+    return answers, mta
+
+
+def summaries(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.getMessage().startswith(("Passed ", "Blocked "))]
+
+
+async def test_the_forwarded_client_chooses_the_bank_for_one_transaction(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="qsift")
+    message = banned_message()
+    answers, mta = await run(
+        tmp_path,
+        [
+            "XFORWARD ADDR=192.0.2.7 NAME=mua.example.org HELO=x PROTO=ESMTP",
+            "XFORWARD IDENT=4dQ7bX2LkQz SOURCE=REMOTE",
+            message,
+            # The same connection, no XFORWARD: the attributes were reset after the dot. (Another
+            # message, or the outcome record would answer it as a retry of the first.)
+            banned_message(headers={"Comments": "the second"}),
+        ],
+    )
+    assert answers[:2] == [(250, "2.0.0 Ok"), (250, "2.0.0 Ok")]
+    assert answers[2][0] == 250 and answers[2][1].startswith("2.7.0 Ok, discarded"), answers[2]
+    assert answers[3][0] == 250 and re.match(r"2\.5\.0 Ok, id=\S+, BOUNCE", answers[3][1]), answers[3]
+    assert len(mta.deliveries) == 1 and mta.deliveries[0].sender == b""  # the second one's DSN, only
+    first, second = summaries(caplog)
+    assert first.startswith("Blocked BANNED") and "PARTNERS ESMTP [192.0.2.7] <alice@" in first, first
+    assert "ESMTP [127.0.0.1] <alice@example.org>" in second and "PARTNERS" not in second, second
+    forwarded = [r.getMessage() for r in caplog.records if "XFORWARD from" in r.getMessage()]
+    assert len(forwarded) == 1, forwarded
+    assert re.fullmatch(
+        r"id=\S+ ESMTP: XFORWARD from \[127\.0\.0\.1\]: ADDR=192\.0\.2\.7 NAME=mua\.example\.org HELO=x "
+        r"PROTO=ESMTP IDENT=4dQ7bX2LkQz SOURCE=REMOTE",
+        forwarded[0],
+    ), forwarded[0]
+
+
+async def test_without_xforward_the_peer_is_the_client(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="qsift")
+    answers, mta = await run(tmp_path, [banned_message()])
+    assert answers[0][0] == 250 and answers[0][1].startswith("2.5.0 Ok, id="), answers
+    assert len(mta.deliveries) == 1  # the DSN
+    (line,) = summaries(caplog)
+    assert "ESMTP [127.0.0.1]" in line and "PARTNERS" not in line, line
+
+
+async def test_rset_drops_the_forwarded_client(tmp_path: Path) -> None:
+    answers, _ = await run(tmp_path, ["XFORWARD ADDR=192.0.2.7", "RSET", banned_message()])
+    assert answers[2][1].startswith("2.5.0 Ok, id="), answers
+
+
+async def test_refused_inside_a_transaction_and_for_bad_syntax(tmp_path: Path) -> None:
+    answers, _ = await run(
+        tmp_path,
+        ["MAIL FROM:<a@example.org>", "XFORWARD ADDR=192.0.2.7", "RSET", "XFORWARD ADDR=not-an-address"],
+    )
+    assert answers == [
+        (250, "2.1.0 Ok"),
+        (503, "5.5.1 Mail transaction in progress"),
+        (250, "2.0.0 Ok"),
+        (501, "5.5.4 Bad XFORWARD ADDR syntax"),
+    ]
+
+
+async def test_lmtp_and_an_ipv6_address(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="qsift")
+    answers, _ = await run(
+        tmp_path, ["XFORWARD ADDR=IPV6:2001:db8::7 NAME=[UNAVAILABLE]", banned_message()], protocol="lmtp"
+    )
+    assert answers[1][0] == 250 and "Ok, discarded" in answers[1][1], answers
+    (line,) = summaries(caplog)
+    assert "PARTNERS LMTP [2001:db8::7]" in line, line
+
+
+async def test_a_listener_that_does_not_offer_it(tmp_path: Path) -> None:
+    answers, _ = await run(tmp_path, ["XFORWARD ADDR=192.0.2.7", banned_message()], xforward=False)
+    assert answers[0] == (502, "5.5.1 Command not implemented")
+    assert answers[1][1].startswith("2.5.0 Ok, id="), answers
+
+
+# --- configuration ------------------------------------------------------------------------------------
+
+
+def listeners(*tables: dict[str, Any]) -> tuple[config.Listener, ...]:
+    return config.from_mapping({"listen": list(tables)}).listeners
+
+
+def test_xforward_is_on_for_smtp_and_lmtp_and_off_for_qmqp() -> None:
+    found = listeners(
+        {"protocol": "qmqp", "address": "127.0.0.1:10628"},
+        {"protocol": "smtp", "address": "127.0.0.1:10024"},
+        {"protocol": "lmtp", "address": "127.0.0.1:10026", "xforward": False},
+    )
+    assert [listener.xforward for listener in found] == [False, True, False]
+
+
+@pytest.mark.parametrize(
+    ("table", "message"),
+    [
+        ({"protocol": "qmqp", "xforward": True}, "xforward is for smtp and lmtp listeners"),
+        ({"protocol": "qmqp", "xforward": False}, "xforward is for smtp and lmtp listeners"),
+        ({"protocol": "smtp", "xforward": "yes"}, "xforward must be true or false"),
+    ],
+)
+def test_xforward_config_errors(table: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        listeners({"address": "127.0.0.1:10024", **table})
