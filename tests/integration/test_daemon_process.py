@@ -96,7 +96,8 @@ async def test_sigterm_lets_the_message_in_flight_finish(tmp_path: Path, queue_d
     in_flight = asyncio.create_task(qmqp_send(port, b"Subject: slow\n\nx\n", b"a@x.org", [b"b@y.net"]))
     loop = asyncio.get_running_loop()
     deadline = loop.time() + 10
-    while not child_pids(process.pid):  # the queue program is running: the message is in flight
+    # The queue program is running under a worker: the message is in flight.
+    while not any(child_pids(worker) for worker in child_pids(process.pid)):
         assert loop.time() < deadline and not in_flight.done()
         await asyncio.sleep(0.01)
     process.send_signal(signal.SIGTERM)
