@@ -23,6 +23,7 @@ import pytest
 
 from tests.fakes.mta import fake_mta
 from tests.harness import free_port
+from tests.integration.test_daemon_process import child_pids
 from tests.unit.test_setup import parse_rule, rule_lines
 
 BIN = Path(sys.executable).parent
@@ -56,19 +57,6 @@ def write_config(tmp_path: Path, qmqp_port: int, mta_port: int) -> Path:
         f'[forward]\nmethod = "smtp:[127.0.0.1]:{mta_port}"\n'
     )
     return path
-
-
-def child_pids(pid: int) -> list[int]:
-    children = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[1]) == pid:
-                children.append(int(entry.name))
-    return children
 
 
 def stop(process: subprocess.Popen[bytes], directory: Path) -> None:
