@@ -72,8 +72,13 @@ class RefusalNotice(Protocol):
 
 
 def new_mail_id() -> str:
-    """A short random id for logs, answers and quarantine file names, as amavisd-new's mail_id."""
-    return secrets.token_urlsafe(9)
+    """A short random id for logs, answers and quarantine file names, as amavisd-new's mail_id.
+
+    Never starting with "-": `qsift quarantine show MAIL_ID` and `qsift release MAIL_ID` must not take
+    one for an option (about one id in 64 did)."""
+    while (mail_id := secrets.token_urlsafe(9)).startswith("-"):
+        pass
+    return mail_id
 
 
 @dataclass(frozen=True)
