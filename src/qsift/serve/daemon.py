@@ -226,6 +226,10 @@ class Daemon:
     async def _drain(self) -> None:
         for server in self.servers:
             server.close()
+        # A connection accepted just before the close reaches its handler (and self.sessions) only after
+        # a few loop turns; leaving now would reset it. With shared sockets (workers) this is the common
+        # case: the other workers keep accepting while this one makes way.
+        await asyncio.sleep(0.1)
         if not self.sessions:
             return
         _, pending = await asyncio.wait(set(self.sessions), timeout=self.drain_timeout)
