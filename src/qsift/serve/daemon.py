@@ -50,6 +50,10 @@ class Daemon:
     ready: asyncio.Event = field(default_factory=asyncio.Event)
     servers: list[asyncio.Server] = field(default_factory=list)
     sessions: set[asyncio.Task[None]] = field(default_factory=set)
+    #: Connections accepted and not yet finished, counted when asyncio makes their protocol: that is
+    #: a few loop turns before the session task exists, and the drain must not miss them.
+    accepted: int = 0
+    idle: asyncio.Event = field(default_factory=asyncio.Event)
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
     #: Listening sockets the parent bound, by listener name; None: bind them here.
     sockets: Mapping[str, socket.socket] | None = None
@@ -161,9 +165,27 @@ class Daemon:
             finally:
                 self.sessions.discard(task)
                 self.activity.pop(task, None)
+                self._finished()
                 self._recycle_if_due()
 
         return track
+
+    def _protocols(self, handler: Handler) -> Callable[[], asyncio.Protocol]:
+        """What asyncio.start_server would make per connection, counted when the connection is accepted."""
+        loop = asyncio.get_running_loop()
+
+        def make() -> asyncio.Protocol:
+            self.accepted += 1
+            self.idle.clear()
+            return asyncio.StreamReaderProtocol(asyncio.StreamReader(loop=loop), handler, loop=loop)
+
+        return make
+
+    def _finished(self) -> None:
+        self.accepted -= 1
+        if self.accepted <= 0:
+            self.accepted = 0
+            self.idle.set()
 
     def _recycle_if_due(self) -> None:
         limit = self.config.max_requests
@@ -181,23 +203,26 @@ class Daemon:
         write_status(directory, self.index, self.pipeline.handled, list(self.activity.values()))
 
     async def _bind(self, listener: Listener, handler: Handler) -> None:
+        loop = asyncio.get_running_loop()
+        protocols = self._protocols(handler)
         if self.sockets is not None:
             sock = self.sockets[listener.name]
             if sock.family == socket.AF_UNIX:
                 # The socket file is the parent's: a worker that stops must not unlink it (3.13+ would).
                 keep: dict[str, Any] = {"cleanup_socket": False} if sys.version_info >= (3, 13) else {}
-                server = await asyncio.start_unix_server(handler, sock=sock, **keep)
+                server = await loop.create_unix_server(protocols, sock=sock, **keep)
             else:
-                server = await asyncio.start_server(handler, sock=sock)
+                server = await loop.create_server(protocols, sock=sock)
             self.servers.append(server)
             return
         address = listener.address
         if address.path is not None:
             _remove_stale_socket(address.path)
-            server = await asyncio.start_unix_server(handler, address.path)
+            server = await loop.create_unix_server(protocols, address.path)
             os.chmod(address.path, 0o660)
         else:
-            server = await asyncio.start_server(handler, address.host, address.port, reuse_address=True)
+            assert address.port is not None  # an address is a socket path or has a port
+            server = await loop.create_server(protocols, address.host, address.port, reuse_address=True)
         self.servers.append(server)
 
     def _install_signals(self) -> None:
@@ -224,15 +249,23 @@ class Daemon:
             logger.error("worker %d: cannot write its status: %s", self.index, exc)
 
     async def _drain(self) -> None:
+        # A connection the loop has accepted gets its transport (and is counted) in a task already
+        # queued; a Server closed before that task runs drops the connection (asyncio asserts the server
+        # is open when the transport attaches), leaving the client waiting for an answer. So: stop
+        # accepting, give those tasks one turn, and only then close. With shared sockets this is the
+        # common case: the other workers keep accepting while this one makes way.
+        loop = asyncio.get_running_loop()
+        for server in self.servers:
+            for sock in server.sockets:
+                loop.remove_reader(sock.fileno())
+        await asyncio.sleep(0)
         for server in self.servers:
             server.close()
-        # A connection accepted just before the close reaches its handler (and self.sessions) only after
-        # a few loop turns; leaving now would reset it. With shared sockets (workers) this is the common
-        # case: the other workers keep accepting while this one makes way.
-        await asyncio.sleep(0.1)
-        if not self.sessions:
+        if self.accepted == 0:
             return
-        _, pending = await asyncio.wait(set(self.sessions), timeout=self.drain_timeout)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.idle.wait(), self.drain_timeout)
+        pending = set(self.sessions)
         for task in pending:
             task.cancel()
         if pending:
