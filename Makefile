@@ -38,7 +38,7 @@ typecheck: $(STAMP)
 
 test: $(STAMP) lint typecheck
 	$(BIN)/coverage run -m pytest -q
-	$(BIN)/coverage report --include='src/qsift/wire/*,src/qsift/decode/mime.py,src/qsift/decode/filetype.py,src/qsift/checks/banned.py,src/qsift/checks/headers.py' --fail-under=100
+	$(BIN)/coverage report --include='src/qsift/wire/*,src/qsift/decode/mime.py,src/qsift/decode/filetype.py,src/qsift/checks/banned.py,src/qsift/checks/headers.py,src/qsift/config_*.py' --fail-under=100
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache .coverage

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import json
-import re
 import sys
 from collections.abc import Sequence
 
@@ -21,7 +18,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "serve":
             return _serve(args.config)
         if args.command == "config":
-            return _config_check(args.file)
+            return _config(args)
         if args.command == "scan":
             return _scan(args.config, args.messages, as_json=args.json)
         if args.command == "quarantine":
@@ -73,8 +70,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     config = commands.add_parser("config", help="configuration tools")
     config_commands = config.add_subparsers(dest="config_command", required=True)
-    check = config_commands.add_parser("check", help="validate FILE and print the effective configuration")
+    check = config_commands.add_parser(
+        "check", help="report every error in FILE with its line, or print the configuration in effect"
+    )
     check.add_argument("file", metavar="FILE")
+    config_commands.add_parser("reference", help="print the configuration reference (Markdown)")
     setup_command.add_parser(commands)
     return parser
 
@@ -121,14 +121,15 @@ def _status(path: str | None, wait: float) -> int:
     return 0 if reports else 1
 
 
-def _config_check(path: str) -> int:
-    settings = _load(path)
-    print(json.dumps(dataclasses.asdict(settings), indent=2, default=_printable_value))
-    return 0
+def _config(args: argparse.Namespace) -> int:
+    if args.config_command == "reference":
+        from qsift.config_reference import render
 
+        sys.stdout.write(render())
+        return 0
+    from qsift.config_check import check_file
 
-def _printable_value(value: object) -> object:
-    return value.pattern if isinstance(value, re.Pattern) else str(value)
+    return check_file(args.file, sys.stdout, sys.stderr)
 
 
 def _quarantine(args: argparse.Namespace) -> int:

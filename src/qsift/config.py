@@ -96,10 +96,15 @@ class Forward:
     """Where clean mail goes, in amavisd-new's `$forward_method` syntax."""
 
     method: str = "smtp:[127.0.0.1]:10025"
+    #: More recipients than this are split over several SMTP transactions.
     max_recipients_per_transaction: int = 1000
+    #: Seconds to wait for the downstream MTA to accept the connection and greet.
     connect_timeout: float = 10.0
+    #: Seconds to wait for the answer to each SMTP command (RFC 5321 suggests 5 minutes for MAIL).
     command_timeout: float = 60.0
+    #: Seconds to wait while sending each block of the message.
     data_timeout: float = 180.0
+    #: Seconds to wait for the answer after the final dot (RFC 5321 4.5.3.2.6: 10 minutes).
     final_timeout: float = 600.0
 
 
@@ -116,6 +121,7 @@ class QuarantineSettings:
 class MarkSettings:
     """`[mark]`: the X-Qsift-Scanned mark on passed mail (wire/mark.py), so forwards are not rescanned."""
 
+    #: Add the mark to passed mail (and trust a valid one from this site).
     enabled: bool = True
     #: The key; "" means `<state_dir>/mark.key`, made (0600, random) at start-up if missing.
     key_file: str = ""
@@ -176,6 +182,7 @@ class Config:
     max_requests: int = 10_000
     #: Drop to this user (and group: its own unless `group` says) after binding the listeners.
     user: str = ""
+    #: The group to drop to; "" for the user's own.
     group: str = ""
     #: Running as root without `user` is refused unless this says it is wanted.
     allow_root: bool = False
@@ -224,7 +231,7 @@ def from_mapping(raw: Mapping[str, Any], source: str = "<config>") -> Config:
     raw = dict(raw)
     limits = _section(Limits, raw.pop("limits", {}), f"{source}: [limits]")
     forward = _section(Forward, raw.pop("forward", {}), f"{source}: [forward]")
-    _check_forward_method(forward.method, f"{source}: [forward] method")
+    check_forward_method(forward.method, f"{source}: [forward] method")
     listen_tables = raw.pop("listen", list(DEFAULT_LISTENERS))
     if not isinstance(listen_tables, list) or not listen_tables:
         raise ConfigError(f"{source}: [[listen]] must be one or more tables")
@@ -243,10 +250,10 @@ def from_mapping(raw: Mapping[str, Any], source: str = "<config>") -> Config:
         raise ConfigError(f"{source}: {exc}") from None
     destiny_raw = raw.pop("destiny", {})
     notify_raw = _table(raw.pop("notify", {}), f"{source}: [notify]")
-    notify = _section(_Notify, notify_raw, f"{source}: [notify]")
+    notify = _section(NotifySettings, notify_raw, f"{source}: [notify]")
     if notify.method:
-        _check_forward_method(notify.method, f"{source}: [notify] method")
-    dsn = _section(_Dsn, raw.pop("dsn", {}), f"{source}: [dsn]")
+        check_forward_method(notify.method, f"{source}: [notify] method")
+    dsn = _section(DsnSettings, raw.pop("dsn", {}), f"{source}: [dsn]")
     quarantine_raw = dict(_table(raw.pop("quarantine", {}), f"{source}: [quarantine]"))
     quarantine = _section(
         QuarantineSettings, {"dir": quarantine_raw.pop("dir", "")}, f"{source}: [quarantine]"
@@ -267,19 +274,19 @@ def from_mapping(raw: Mapping[str, Any], source: str = "<config>") -> Config:
         re.compile(dsn.viruses_that_fake_sender)
     except re.error as exc:
         raise ConfigError(f"{source}: [dsn] viruses_that_fake_sender: bad regex: {exc}") from None
-    metrics = _section(_Metrics, raw.pop("metrics", {}), f"{source}: [metrics]")
+    metrics = _section(MetricsSettings, raw.pop("metrics", {}), f"{source}: [metrics]")
     if metrics.address:
         parsed = parse_address(metrics.address, f"{source}: [metrics] address")
         if parsed.path is not None:
             raise ConfigError(f"{source}: [metrics] address must be host:port, not a unix socket")
     virus = virus_from_config(raw.pop("virus", {}), f"{source}: [virus]")
     spam = spam_from_config(raw.pop("spam", {}), f"{source}: [spam]")
-    top = _section(_TopLevel, raw, source)
+    top = _section(TopLevel, raw, source)
     if not 0 <= top.log_level <= 5:
         raise ConfigError(f"{source}: log_level must be 0 to 5, not {top.log_level}")
     if top.max_servers < 1:
         raise ConfigError(f"{source}: max_servers must be 1 or more, not {top.max_servers}")
-    values = {f.name: getattr(top, f.name) for f in fields(_TopLevel)}
+    values = {f.name: getattr(top, f.name) for f in fields(TopLevel)}
     if not values["myhostname"]:
         values["myhostname"] = socket.getfqdn()
     banned = own_rules + (DEFAULT_RULES if values.pop("banned_defaults") else ())
@@ -303,7 +310,7 @@ def from_mapping(raw: Mapping[str, Any], source: str = "<config>") -> Config:
 
 
 @dataclass(frozen=True)
-class _TopLevel:
+class TopLevel:
     log_level: int = 1
     syslog: str = ""
     myhostname: str = ""
@@ -322,12 +329,12 @@ class _TopLevel:
 
 
 @dataclass(frozen=True)
-class _Metrics:
+class MetricsSettings:
     address: str = ""
 
 
 @dataclass(frozen=True)
-class _Notify:
+class NotifySettings:
     """`[notify]` as a whole, for the key check; the admins and warnings go to the policy."""
 
     method: str = ""
@@ -342,7 +349,7 @@ class _Notify:
 
 
 @dataclass(frozen=True)
-class _Dsn:
+class DsnSettings:
     viruses_that_fake_sender: str = ".*"
 
 
@@ -469,7 +476,7 @@ _FORWARD_SCHEMES: dict[str, Callable[[str], bool]] = {
 }
 
 
-def _check_forward_method(method: str, where: str) -> None:
+def check_forward_method(method: str, where: str) -> None:
     scheme, _, rest = method.partition(":")
     check = _FORWARD_SCHEMES.get(scheme)
     if check is None or not check(rest):

@@ -22,6 +22,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+from qsift.checks.scanners import parse_scanner_address
 from qsift.checks.spam_levels import SpamLevels
 from qsift.errors import ConfigError
 
@@ -66,6 +67,7 @@ class SpamSettings:
     levels: SpamLevels = field(default_factory=SpamLevels)
     #: Larger messages are not sent (amavisd-new's sample $sa_mail_body_size_limit).
     max_size: int = 400 * 1024
+    #: Seconds to wait for the scanner's answer.
     timeout: float = 30.0
     #: What a spamd failure means: "pass" (unscored, logged; amavisd-new's behaviour) or "tempfail".
     failure: str = "pass"
@@ -76,8 +78,8 @@ class SpamSettings:
 
 
 _SCANNER_TYPES = ("clamd", "command")
-_SPAM_TYPES = ("spamd", "rspamd")
-_SCANNER_KEYS = {
+SPAM_TYPES = ("spamd", "rspamd")
+SCANNER_KEYS = {
     "clamd": {"type", "name", "address", "timeout", "max_stream", "sessions", "concurrency"},
     "command": {
         "type",
@@ -118,18 +120,18 @@ def _scanner(table: object, where: str) -> ScannerSpec:
     if kind not in _SCANNER_TYPES:
         raise ConfigError(f"{where}: type must be one of {', '.join(_SCANNER_TYPES)}, not {kind!r}")
     assert isinstance(kind, str)
-    _known(section, _SCANNER_KEYS[kind], where)
+    _known(section, SCANNER_KEYS[kind], where)
     name = _string(section, "name", where, default="ClamAV-clamd" if kind == "clamd" else "")
     timeout = _number(section, "timeout", where, 120.0)
     if kind == "clamd":
         return ScannerSpec(
             "clamd",
             name,
-            address=_string(section, "address", where, required=True),
+            address=_address(section, where, None, "clamd"),
             timeout=timeout,
-            max_stream=int(_number(section, "max_stream", where, 25 * MIB)),
-            sessions=int(_number(section, "sessions", where, 4)),
-            concurrency=int(_number(section, "concurrency", where, 8)),
+            max_stream=_count(section, "max_stream", where, 25 * MIB),
+            sessions=_count(section, "sessions", where, 4),
+            concurrency=_count(section, "concurrency", where, 8),
         )
     return ScannerSpec(
         "command",
@@ -141,7 +143,7 @@ def _scanner(table: object, where: str) -> ScannerSpec:
         virus_name=_regex(section.get("virus_name", r"^.*?: (?!Infected Archive)(.*) FOUND$"), where),
         timeout=timeout,
         # A command-line scanner loads its database each run: a few at once is all a machine takes.
-        concurrency=int(_number(section, "concurrency", where, 2)),
+        concurrency=_count(section, "concurrency", where, 2),
     )
 
 
@@ -151,21 +153,21 @@ def spam_from_config(table: object, where: str = "[spam]") -> SpamSettings:
         return SpamSettings()
     _known(section, _SPAM_KEYS, where)
     kind = section.get("type")
-    if kind not in _SPAM_TYPES:
-        raise ConfigError(f"{where}: type must be one of {', '.join(_SPAM_TYPES)}, not {kind!r}")
+    if kind not in SPAM_TYPES:
+        raise ConfigError(f"{where}: type must be one of {', '.join(SPAM_TYPES)}, not {kind!r}")
     assert isinstance(kind, str)
     failure = _string(section, "failure", where, default="pass")
     if failure not in ("pass", "tempfail"):
         raise ConfigError(f"{where}: failure must be pass or tempfail, not {failure!r}")
     return SpamSettings(
         kind,
-        _string(section, "address", where, required=True),
+        _address(section, where, 783 if kind == "spamd" else 11333, kind),
         levels_from_config(section, where),
-        max_size=int(_number(section, "max_size", where, 400 * 1024)),
+        max_size=_count(section, "max_size", where, 400 * 1024),
         timeout=_number(section, "timeout", where, 30.0),
         failure=failure,
         user=_string(section, "user", where, default=""),
-        concurrency=int(_number(section, "concurrency", where, 4)),
+        concurrency=_count(section, "concurrency", where, 4),
     )
 
 
@@ -213,6 +215,16 @@ def _string(
     return value
 
 
+def _address(section: Mapping[str, object], where: str, default_port: int | None, what: str) -> str:
+    """The scanner's address, refused now if it cannot be one rather than at the first message."""
+    address = _string(section, "address", where, required=True)
+    try:
+        parse_scanner_address(address, default_port, what)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+    return address
+
+
 def _strings(section: Mapping[str, object], key: str, where: str) -> tuple[str, ...]:
     value = section.get(key, [])
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
@@ -225,6 +237,13 @@ def _number(section: Mapping[str, object], key: str, where: str, default: float)
     if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
         raise ConfigError(f"{where}: {key} must be a number > 0, not {value!r}")
     return float(value)
+
+
+def _count(section: Mapping[str, object], key: str, where: str, default: int) -> int:
+    value = section.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{where}: {key} must be a whole number >= 1, not {value!r}")
+    return value
 
 
 def _level(section: Mapping[str, object], key: str, where: str, default: float) -> float:

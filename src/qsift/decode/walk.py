@@ -40,14 +40,21 @@ MIB = 1024 * KIB
 
 @dataclass(frozen=True)
 class DecodeLimits:
+    #: Deepest nesting of archives and attached messages opened.
     max_depth: int = 14
+    #: Most parts (MIME parts and archive members) looked at in one message.
     max_parts: int = 1500
+    #: Most decoded bytes in all for one message.
     max_total_bytes: int = 300 * MIB
+    #: Largest single decoded member.
     max_member_bytes: int = 100 * MIB
     #: Decoded bytes may reach this many times the message's size (with a floor of `min_quota`).
     max_expansion: int = 500
+    #: The smallest decoding quota, in bytes, however small the message.
     min_quota: int = 100 * KIB
+    #: Seconds one message may spend being decoded.
     time_limit: float = 30.0
+    #: Decoded members larger than this go to the private temp dir rather than memory, in bytes.
     memory_threshold: int = 1 * MIB
     #: Open ARJ, CHM and SZDD with 7-Zip (an external program) when it is installed.
     seven_zip: bool = True

@@ -48,7 +48,7 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 ORIGINATING = "ORIGINATING"
 _SELECTORS = ("client_networks", "relay_client", "authenticated")
 #: What a bank may set in each section: the per-message policy, never the scanners or where things go.
-_BANK_KEYS: dict[str, set[str] | None] = {
+BANK_KEYS: dict[str, set[str] | None] = {
     "destiny": None,  # destiny_from_config checks the names
     "quarantine": {c.name.lower() for c in QUARANTINE_DEFAULTS},
     "notify": {*ADMIN_KINDS, *WARN_RECIPIENTS},
@@ -158,12 +158,12 @@ def bank_from_config(name: str, table: object, where: str) -> Bank:
     for key, value in raw.items():
         if key == "originating":
             continue
-        if key not in _BANK_KEYS:
-            allowed = ", ".join(sorted({*_BANK_KEYS, *_SELECTORS, "originating"}))
+        if key not in BANK_KEYS:
+            allowed = ", ".join(sorted({*BANK_KEYS, *_SELECTORS, "originating"}))
             raise ConfigError(f"{where}: unknown key {key!r} (allowed: {allowed})")
         if not isinstance(value, Mapping):
             raise ConfigError(f"{where} {key} must be a table")
-        allowed_keys = _BANK_KEYS[key]
+        allowed_keys = BANK_KEYS[key]
         if allowed_keys is not None:
             for inner in value:
                 if inner not in allowed_keys:
