@@ -10,6 +10,7 @@ import re
 import signal
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+import qsift
 from tests.fakes.mta import FakeMta, Script, fake_mta
 from tests.harness import free_port, qmqp_send, running_daemon
 from tests.integration.test_daemon_process import child_pids
@@ -64,13 +66,15 @@ class Served:
 
 
 @contextmanager
-def serving(tmp_path: Path, forward: str, extra: str = "") -> Iterator[Served]:
+def serving(
+    tmp_path: Path, forward: str, extra: str = "", command: tuple[str, ...] = (QSIFT,)
+) -> Iterator[Served]:
     port = free_port()
     config = tmp_path / "qsift.toml"
     config.write_text(config_text(tmp_path / "state", forward, port, extra))
     log = tmp_path / "log"
     with log.open("wb") as sink:
-        process = subprocess.Popen([QSIFT, "serve", "--config", str(config)], stderr=sink)
+        process = subprocess.Popen([*command, "serve", "--config", str(config)], stderr=sink)
     served = Served(process, port, config, log)
     try:
         served.wait_for_log("qsift ready")
@@ -205,19 +209,41 @@ def readable_by_others(path: str) -> bool:
     return all(part.stat().st_mode & 0o005 for part in [current, *current.parents] if part.exists())
 
 
+def qsift_for_others(base: Path) -> tuple[str, ...] | None:
+    """A command that runs this qsift and that a dropped user can run too: this Python when others can
+    read it; else (a Python under /root, as on this image) a venv of the system's Python 3.11+ over this
+    venv's packages and source tree; None when neither can be had."""
+    if readable_by_others(sys.base_prefix):
+        return (QSIFT,)
+    system = "/usr/bin/python3"
+    packages = sysconfig.get_paths()["purelib"]
+    source = str(Path(qsift.__file__).resolve().parents[1])
+    if not os.path.exists(system) or not all(map(readable_by_others, (packages, source))):
+        return None
+    new_enough = subprocess.run(
+        [system, "-c", "import sys; sys.exit(sys.version_info < (3, 11))"], check=False
+    )
+    if new_enough.returncode != 0:
+        return None
+    venv = base / "python"
+    subprocess.run([system, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=60)
+    (site,) = venv.glob("lib/python3*/site-packages")
+    # A .pth line adds a directory but not the .pth files in it (the editable install's): name both.
+    (site / "qsift-under-test.pth").write_text(f"{source}\n{packages}\n")
+    return (str(venv / "bin" / "python"), "-m", "qsift.cli")
+
+
 @pytest.mark.skipif(os.geteuid() != 0, reason="dropping privileges needs root")
-@pytest.mark.skipif(
-    not readable_by_others(sys.base_prefix),
-    reason=f"the Python installation ({sys.base_prefix}) cannot be read by other users, so no dropped "
-    "process could run Python here",
-)
 async def test_workers_drop_to_the_user_after_binding(tmp_path: Path) -> None:
     nobody = pwd.getpwnam("nobody")
     base = Path(tempfile.mkdtemp(dir="/tmp"))  # tmp_path's parents are closed to nobody
     try:
         base.chmod(0o711)
+        command = qsift_for_others(base)
+        if command is None:
+            pytest.skip(f"no Python that other users can read ({sys.base_prefix} is closed to them)")
         async with sink() as mta:
-            with serving(base, f"smtp:[127.0.0.1]:{mta.port}", 'user = "nobody"') as served:
+            with serving(base, f"smtp:[127.0.0.1]:{mta.port}", 'user = "nobody"', command) as served:
                 answer = await qmqp_send(served.port, CLEAN % 1, SENDER, [b"b@example.net"])
                 assert answer.startswith("K250"), answer
                 for pid in [served.process.pid, *served.workers()]:
@@ -228,7 +254,10 @@ async def test_workers_drop_to_the_user_after_binding(tmp_path: Path) -> None:
         # An existing state directory others can read is refused, with the fix in the message.
         state.chmod(0o755)
         result = subprocess.run(
-            [QSIFT, "serve", "--config", str(base / "qsift.toml")], capture_output=True, text=True, timeout=30
+            [*command, "serve", "--config", str(base / "qsift.toml")],
+            capture_output=True,
+            text=True,
+            timeout=30,
         )
         assert result.returncode == 2 and f"chmod 700 {state}" in result.stderr, result.stderr
     finally:
