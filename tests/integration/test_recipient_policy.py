@@ -96,6 +96,24 @@ async def test_lmtp_refuses_the_rejected_recipient_alone(tmp_path: Path) -> None
     assert notices == []  # LMTP said it per recipient: no DSN on top
 
 
+async def test_lmtp_says_each_recipient_s_fate_once(tmp_path: Path) -> None:
+    policy = {"banned_files_lovers": ["carol@example.org"]}
+    final, mail, _ = await send(
+        tmp_path,
+        banned_message(),
+        [BOB, CAROL],
+        protocol="lmtp",
+        policy=policy,
+        destiny={"banned": "discard"},
+    )
+    assert [code for code, _ in final] == [250, 250], final
+    discarded, delivered = (text for _, text in final)
+    assert re.fullmatch(r"2\.7\.0 Ok, discarded, id=(\S+) - BANNED.*", discarded), discarded
+    assert discarded.count("id=") == 1
+    assert re.fullmatch(r"2\.0\.0 Ok, id=\S+, .*queued.*", delivered), delivered
+    assert len(mail) == 1 and mail[0].recipients == [CAROL]
+
+
 async def test_all_rejected_and_bounced_is_one_refusal_without_dsn(tmp_path: Path) -> None:
     # bob rejects, carol bounces: nothing delivered, so D, and the client's bounce covers both.
     answer, mail, notices = await send(

@@ -215,7 +215,9 @@ def _per_recipient(outcome: Outcome, recipients: tuple[Recipient, ...]) -> list[
                 if outcome.reply.answer is Answer.ACCEPT
                 else Reply(Answer.ACCEPT, 250, "2.0.0", f"Ok, id={outcome.mail_id}, already delivered")
             )
-        elif reply.answer is Answer.ACCEPT:
+        elif reply.answer is Answer.ACCEPT and f"id={outcome.mail_id}" not in reply.text:
+            # The downstream's own words ("Ok: queued as X"), said with our mail_id; a reply of ours
+            # (discarded, bounced) has it already.
             reply = Reply(Answer.ACCEPT, 250, "2.0.0", f"Ok, id={outcome.mail_id}, {reply.text}")
         replies.append(reply)
     return replies
