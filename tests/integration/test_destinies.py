@@ -13,6 +13,7 @@ from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
+from qsift.store.quarantine import Quarantine
 from tests.fakes.mta import Script, fake_mta
 from tests.harness import qmqp_send, running_daemon, smtp_send
 
@@ -136,6 +137,33 @@ async def test_a_dsn_that_cannot_be_sent_means_try_later(tmp_path: Path) -> None
         answer = await qmqp_send(daemon.qmqp, banned_message(), SENDER, [b"bob@example.net"])
     assert re.match(r"Z451 4\.5\.0 id=\S+ - BOUNCE: the DSN could not be sent", answer), answer
     assert mta.deliveries == [] and notify.accepted == []
+
+
+async def test_retries_after_a_dsn_failure_leave_one_quarantined_copy(tmp_path: Path) -> None:
+    async with (
+        fake_mta() as mta,
+        fake_mta(Script(mail_reply="451 4.3.0 queue full")) as notify,
+        running_daemon(
+            tmp_path,
+            f"smtp:[127.0.0.1]:{mta.port}",
+            protocols=("qmqp",),
+            top={"notify": {"method": f"smtp:[127.0.0.1]:{notify.port}"}},
+        ) as daemon,
+    ):
+        message = banned_message()  # the same bytes each time, as a client's retry
+        answers = [await qmqp_send(daemon.qmqp, message, SENDER, [b"bob@example.net"]) for _ in range(3)]
+        assert all(a.startswith("Z451") for a in answers), answers
+        notify.script.mail_reply = "250 2.1.0 Ok"
+        last = await qmqp_send(daemon.qmqp, message, SENDER, [b"bob@example.net"])
+    assert re.fullmatch(r"K250 2\.5\.0 Ok, id=\S+, BOUNCE", last), last
+    kept = Quarantine(str(tmp_path / "state" / "quarantine"))
+    try:
+        entries = kept.list()
+    finally:
+        kept.close()
+    assert len(entries) == 1, entries  # the first try's copy, found by each retry
+    assert entries[0].mail_id in answers[0] and entries[0].recipients == ("bob@example.net",)
+    assert len(notify.accepted) == 1  # and one DSN, once it could be sent
 
 
 async def test_the_postmaster_is_told_with_the_facts(tmp_path: Path) -> None:

@@ -94,6 +94,8 @@ class _Message:
     policy: Policy
     body_digest: str | None
     client_gone: asyncio.Event | None
+    #: The outcome record's fingerprint of the body: the same on every retry of the message.
+    fingerprint: str = ""
     #: Whether a virus scanner looked at it (X-Virus-Scanned); set once the checks ran.
     virus_scanned: bool = False
 
@@ -183,6 +185,7 @@ class Pipeline:
             self.policies.policy(banks),
             marking.hexdigest() if marking is not None else None,
             client_gone,
+            digest,
         )
         outcome = await self._judge(message, owed, len(envelope.recipients) - len(owed))
         outcome = replace(outcome, client=fields.client if fields.vouched else None, banks=banks)
@@ -354,15 +357,29 @@ class Pipeline:
         if not kept:
             return ""
         view = kept[0].view
+        addresses = [d.recipient.address for d in kept]
+        sender = message.envelope.sender
+        since = self.clock() - self.dedupe_window
+        earlier = await asyncio.to_thread(self.quarantine.kept_before, message.fingerprint, sender, since)
+        if (
+            earlier is not None
+            and earlier.category == view.category.value
+            and set(addresses) <= set(earlier.recipients)
+        ):
+            logger.info(
+                "id=%s a retry of %s: kept already as %s", message.mail_id, earlier.mail_id, earlier.file
+            )
+            return os.path.basename(earlier.file)
         entry = await asyncio.to_thread(
             self.quarantine.store,
             message.mail_id,
             view.category.value,
             view.reason(),
-            message.envelope.sender,
-            [d.recipient.address for d in kept],
+            sender,
+            addresses,
             message.body.chunks(),
             self.clock(),
+            message.fingerprint,
         )
         metrics.quarantined(view.category.value)
         return os.path.basename(entry.file)

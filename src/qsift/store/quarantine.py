@@ -50,7 +50,8 @@ CREATE TABLE IF NOT EXISTS quarantine (
     reasons     TEXT NOT NULL,
     size        INTEGER NOT NULL,
     file        TEXT NOT NULL,
-    released    TEXT NOT NULL DEFAULT '[]'
+    released    TEXT NOT NULL DEFAULT '[]',
+    fingerprint TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS quarantine_time ON quarantine (time);
 CREATE INDEX IF NOT EXISTS quarantine_category_time ON quarantine (category, time);
@@ -150,6 +151,7 @@ class Quarantine:
                 db.execute("PRAGMA journal_mode=WAL")
                 db.execute("PRAGMA synchronous=FULL")
                 db.executescript(_SCHEMA)
+                _add_fingerprints(db)
             except BaseException:
                 db.close()
                 raise
@@ -169,10 +171,12 @@ class Quarantine:
         recipients: Sequence[str],
         chunks: Iterable[bytes],
         now: float,
+        fingerprint: str = "",
     ) -> QuarantineEntry:
         """Keep a message durably; SpoolError if it cannot be kept (the caller answers "try later").
 
-        Storing the same mail_id again replaces the earlier copy (an idempotent retry).
+        Storing the same mail_id again replaces the earlier copy (an idempotent retry). `fingerprint`
+        (the outcome record's body fingerprint) lets a retry of the same message find this copy.
         """
         check_mail_id(mail_id)
         if not _CATEGORY.fullmatch(category):
@@ -188,15 +192,25 @@ class Quarantine:
         size = self._write_file(
             path, name, envelope_block(mail_id, category, sender, recipients), chunks, now
         )
-        row = (mail_id, now, json.dumps(sender), _encode_addresses(recipients), category, reasons, size, name)
+        row = (
+            mail_id,
+            now,
+            json.dumps(sender),
+            _encode_addresses(recipients),
+            category,
+            reasons,
+            size,
+            name,
+            fingerprint,
+        )
         try:
             with self._lock:
                 db = self._connection()
                 db.execute("BEGIN IMMEDIATE")
                 try:
                     db.execute(
-                        f"INSERT OR REPLACE INTO quarantine ({_COLUMNS}) "  # noqa: S608 - constant columns
-                        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, '[]')",
+                        f"INSERT OR REPLACE INTO quarantine ({_COLUMNS}, fingerprint) "  # noqa: S608
+                        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, '[]', ?)",
                         row,
                     )
                 except BaseException:
@@ -275,6 +289,18 @@ class Quarantine:
         )
         return [self._entry(row) for row in rows]
 
+    def kept_before(self, fingerprint: str, sender: str, not_before: float) -> QuarantineEntry | None:
+        """The newest copy of the same message from the same sender kept at or after `not_before`: a
+        client retrying after "try later" (a DSN that could not be sent) must not leave a copy per try."""
+        if not fingerprint:
+            return None
+        rows = self._query(
+            f"SELECT {_COLUMNS} FROM quarantine "  # noqa: S608 - constant text, '?' marks only
+            "WHERE fingerprint = ? AND sender = ? AND time >= ? ORDER BY time DESC, rowid DESC LIMIT 1",
+            (fingerprint, json.dumps(sender), not_before),
+        )
+        return self._entry(rows[0]) if rows else None
+
     def get(self, mail_id: str) -> QuarantineEntry | None:
         """The entry of one message, or None if it is not quarantined."""
         check_mail_id(mail_id)
@@ -327,6 +353,14 @@ class Quarantine:
             if self._db is not None:
                 self._db.close()
                 self._db = None
+
+
+def _add_fingerprints(db: sqlite3.Connection) -> None:
+    """An index made before fingerprints were kept gets the column (empty for its old entries)."""
+    columns = {str(row[1]) for row in db.execute("PRAGMA table_info(quarantine)")}
+    if "fingerprint" not in columns:
+        db.execute("ALTER TABLE quarantine ADD COLUMN fingerprint TEXT NOT NULL DEFAULT ''")
+    db.execute("CREATE INDEX IF NOT EXISTS quarantine_fingerprint ON quarantine (fingerprint)")
 
 
 def _add_released(db: sqlite3.Connection, mail_id: str, recipients: Sequence[str]) -> bool:

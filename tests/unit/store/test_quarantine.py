@@ -358,3 +358,36 @@ def test_a_thousand_entries_are_listed_fast(quarantine: Quarantine, monkeypatch:
     assert len(entries) == 1000 and entries[0].mail_id == "many00999" and entries[-1].mail_id == "many00000"
     assert len(spam) == 500
     assert elapsed < 1.0
+
+
+def test_a_retry_finds_the_copy_kept_for_the_same_message(quarantine: Quarantine) -> None:
+    kept = quarantine.store("retry0000001", "banned", "x", SENDER, RECIPIENTS, [MESSAGE], 1000.0, "f" * 64)
+    quarantine.store("other0000001", "banned", "x", SENDER, RECIPIENTS, [MESSAGE], 1001.0, "e" * 64)
+    found = quarantine.kept_before("f" * 64, SENDER, 900.0)
+    assert found is not None and found.mail_id == kept.mail_id and found.file == kept.file
+    assert quarantine.kept_before("f" * 64, SENDER, 1000.5) is None  # too old
+    assert quarantine.kept_before("f" * 64, "someone@else.example", 900.0) is None
+    assert quarantine.kept_before("", SENDER, 0.0) is None  # no fingerprint: never the same
+
+
+def test_an_index_from_before_fingerprints_gets_the_column(tmp_path: Path) -> None:
+    directory = tmp_path / "q"
+    directory.mkdir(mode=0o700)
+    old = sqlite3.connect(directory / "index.sqlite")
+    old.executescript(
+        """
+        CREATE TABLE quarantine (mail_id TEXT PRIMARY KEY, time REAL NOT NULL, sender TEXT NOT NULL,
+            recipients TEXT NOT NULL, category TEXT NOT NULL, reasons TEXT NOT NULL, size INTEGER NOT NULL,
+            file TEXT NOT NULL, released TEXT NOT NULL DEFAULT '[]');
+        INSERT INTO quarantine VALUES ('old000000001', 5.0, '"a@example.org"', '[]', 'virus', 'x', 1,
+            'virus-old000000001.gz', '[]');
+        """
+    )
+    old.close()
+    upgraded = Quarantine(str(directory))
+    try:
+        assert [e.mail_id for e in upgraded.list()] == ["old000000001"]
+        upgraded.store("new000000001", "virus", "x", "a@example.org", [], [b"m"], 6.0, "d" * 64)
+        assert upgraded.kept_before("d" * 64, "a@example.org", 0.0) is not None
+    finally:
+        upgraded.close()
