@@ -56,6 +56,8 @@ class Envelope:
     #: The protocol the message came in by: QMQP, SMTP, ESMTP, LMTP.
     protocol: str = "QMQP"
     client_address: str | None = None
+    #: The client's host name where it is known (XFORWARD NAME, qmail's TCPREMOTEHOST).
+    client_name: str | None = None
     helo: str | None = None
     #: The listener's name ("qmqp:127.0.0.1:10628"), which may choose a policy bank.
     listener: str = ""

@@ -47,6 +47,9 @@ class Script:
     quit_reply: str | None = "221 2.0.0 Bye"
     #: Sessions served at once, as tcpserver -c: the others wait, connected but not greeted.
     max_connections: int | None = None
+    #: The XFORWARD attributes offered after EHLO, as Postfix's smtpd to an authorized host; "" none.
+    xforward: str = ""
+    xforward_reply: str = "250 2.0.0 Ok"
 
 
 @dataclass
@@ -141,6 +144,8 @@ class FakeMta:
                 await say(*self._capabilities())
             elif verb in (b"EHLO", b"LHLO"):
                 await say("502 5.5.1 No ESMTP here")
+            elif verb == b"XFOR" and script.xforward:
+                await say(script.xforward_reply)
             elif verb == b"HELO":
                 await say("250 sink.test")
             elif verb == b"MAIL":
@@ -180,6 +185,7 @@ class FakeMta:
         script = self.script
         words = ["sink.test", "SIZE 10240000", "8BITMIME", "ENHANCEDSTATUSCODES"]
         words += ["PIPELINING"] * script.pipelining + ["SMTPUTF8"] * script.smtputf8 + ["DSN"] * script.dsn
+        words += [f"XFORWARD {script.xforward}"] * bool(script.xforward)
         return [f"250{'-' if i < len(words) - 1 else ' '}{w}" for i, w in enumerate(words)]
 
     async def _message(

@@ -14,8 +14,8 @@ import pytest
 
 from qsift import config
 from qsift.errors import ConfigError
-from tests.fakes.mta import fake_mta
-from tests.harness import running_daemon
+from tests.fakes.mta import Script, fake_mta
+from tests.harness import qmqp_send, running_daemon
 from tests.integration.test_destinies import banned_message
 
 SENDER = "alice@example.org"
@@ -49,10 +49,15 @@ def session(port: int, steps: list[str | bytes], *, lmtp: bool = False) -> list[
 
 
 async def run(
-    tmp_path: Path, steps: list[str | bytes], *, protocol: str = "smtp", **listen: Any
+    tmp_path: Path,
+    steps: list[str | bytes],
+    *,
+    protocol: str = "smtp",
+    downstream: Script | None = None,
+    **listen: Any,
 ) -> tuple[list[tuple[int, str]], Any]:
     async with (
-        fake_mta() as mta,
+        fake_mta(downstream) as mta,
         running_daemon(
             tmp_path,
             f"smtp:[127.0.0.1]:{mta.port}",
@@ -173,3 +178,65 @@ def test_xforward_is_on_for_smtp_and_lmtp_and_off_for_qmqp() -> None:
 def test_xforward_config_errors(table: dict[str, Any], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         listeners({"address": "127.0.0.1:10024", **table})
+
+
+# --- qsift's own forward names the client to a server that takes XFORWARD --------------------------------
+
+POSTFIX = "NAME ADDR PORT PROTO HELO IDENT SOURCE"  # what Postfix's smtpd offers an authorized host
+CLEAN = (
+    b"From: alice@example.org\r\nTo: bob@example.net\r\nSubject: hi\r\n"
+    b"Date: Tue, 24 Nov 2026 10:00:00 +0000\r\nMessage-ID: <x1@example.org>\r\n\r\nhello\r\n"
+)
+
+
+def sent_before_mail(mta: Any) -> list[bytes]:
+    lines: list[bytes] = mta.transcript
+    first_mail = next(i for i, line in enumerate(lines) if line.upper().startswith(b"MAIL"))
+    return [line for line in lines[:first_mail] if line.upper().startswith(b"XFORWARD")]
+
+
+async def test_the_client_postfix_named_goes_on_to_the_next_mta(tmp_path: Path) -> None:
+    answers, mta = await run(
+        tmp_path,
+        ["XFORWARD ADDR=192.0.2.7 NAME=mua.example.org HELO=mua PROTO=ESMTP", CLEAN],
+        downstream=Script(xforward=POSTFIX),
+    )
+    assert answers[1][0] == 250, answers
+    assert len(mta.accepted) == 1
+    assert sent_before_mail(mta) == [b"XFORWARD NAME=mua.example.org ADDR=192.0.2.7 PROTO=ESMTP HELO=mua\r\n"]
+
+
+async def test_without_xforward_in_the_peer_is_named_and_nothing_goes_unoffered(tmp_path: Path) -> None:
+    for name in ("offered", "not"):
+        (tmp_path / name).mkdir()
+    _, mta = await run(tmp_path / "offered", [CLEAN], downstream=Script(xforward="ADDR HELO"))
+    assert sent_before_mail(mta) == [b"XFORWARD ADDR=127.0.0.1 HELO=postfix.test\r\n"]
+    _, mta = await run(tmp_path / "not", [CLEAN])
+    assert sent_before_mail(mta) == [] and len(mta.accepted) == 1
+
+
+async def test_a_server_refusing_xforward_still_gets_the_message(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    answers, mta = await run(
+        tmp_path, [CLEAN], downstream=Script(xforward=POSTFIX, xforward_reply="550 5.7.0 not for you")
+    )
+    assert answers[0][0] == 250 and len(mta.accepted) == 1, answers
+    assert any("refused XFORWARD: 550" in r.getMessage() for r in caplog.records)
+
+
+async def test_the_client_qsift_queue_vouched_for_goes_on(tmp_path: Path) -> None:
+    from tests.integration.test_destinies import SENDER as QMQP_SENDER
+    from tests.integration.test_recipient_policy import BOB, client_field
+
+    async with (
+        fake_mta(Script(xforward=POSTFIX)) as mta,
+        running_daemon(
+            tmp_path, f"smtp:[127.0.0.1]:{mta.port}", protocols=("qmqp",), top={"mark": {"enabled": False}}
+        ) as daemon,
+    ):
+        answer = await qmqp_send(daemon.qmqp, client_field(tmp_path, [BOB]) + CLEAN, QMQP_SENDER, [BOB])
+    assert answer.startswith("K250"), answer
+    assert sent_before_mail(mta) == [
+        b"XFORWARD NAME=mua.example.org ADDR=192.0.2.7 PROTO=QMQP HELO=[UNAVAILABLE]\r\n"
+    ]

@@ -162,15 +162,18 @@ class _Session:
         if refusal is not None:
             return [refusal] * (len(recipients) if self.owner.lmtp else 1)
         assert self.spool is not None  # a DataEnd always follows a DataStart
-        client, helo, peer = self.client, self.helo, None
+        client, name, helo, peer = self.client, None, self.helo, None
         if end.xforward:
-            client, helo, peer = end.xforward.get("ADDR"), end.xforward.get("HELO"), self.client
+            forwarded = end.xforward
+            client, name, helo = forwarded.get("ADDR"), forwarded.get("NAME"), forwarded.get("HELO")
+            peer = self.client
         envelope = Envelope(
             sender=address_from_bytes(end.sender),
             recipients=recipients,
             mail_params=end.mail_params,
             protocol="LMTP" if self.owner.lmtp else ("ESMTP" if self.extended else "SMTP"),
             client_address=client,
+            client_name=name,
             helo=helo,
             listener=self.owner.listener.name,
             peer_address=peer,

@@ -206,7 +206,7 @@ class Pipeline:
             metrics.message_fate(Category.UNCHECKED.value, "tempfail", len(owed))
             return Outcome(mail_id, reply, Disposition.TEMPFAILED, category="UNCHECKED")
         if verdict is None:
-            envelope = replace(message.envelope, recipients=owed)
+            envelope = _outgoing(message, owed)
             started = time.monotonic()
             result = await self.forwarder.forward(envelope, message.body, message.client_gone)
             metrics.stage_done("forward", started)
@@ -286,7 +286,7 @@ class Pipeline:
         results = []
         for (fields, tag), members in groups.items():
             body = edit_message(message.spool, list(fields), tag, message.client.ranges)
-            envelope = replace(message.envelope, recipients=tuple(d.recipient for d in members))
+            envelope = _outgoing(message, tuple(d.recipient for d in members))
             started = time.monotonic()
             results.append(await self.forwarder.forward(envelope, body, message.client_gone))
             metrics.stage_done("forward", started)
@@ -423,6 +423,17 @@ class Pipeline:
             # The downstream has the message: answering Z now would make the retry a duplicate for sure,
             # while a missing record only makes a duplicate possible if the client also loses our K.
             logger.error("id=%s delivered but not recorded for dedupe: %s", mail_id, exc)
+
+
+def _outgoing(message: _Message, recipients: tuple[Recipient, ...]) -> Envelope:
+    """The envelope as it goes downstream, to these recipients, naming the client qsift-queue vouched for
+    (a QMQP peer is only qmail-smtpd's host), so XFORWARD tells the next MTA the real one."""
+    envelope = replace(message.envelope, recipients=recipients)
+    vouched = message.client
+    if vouched.vouched:
+        client = vouched.client
+        envelope = replace(envelope, client_address=client.ip or None, client_name=client.host or None)
+    return envelope
 
 
 def _groups(blocked: list[Decision]) -> dict[tuple[Destiny, Category, float], list[Decision]]:

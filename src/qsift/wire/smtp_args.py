@@ -234,6 +234,30 @@ def decode_xtext(text: bytes) -> bytes | None:
     return bytes(out)
 
 
+def encode_xtext(value: bytes) -> bytes:
+    """RFC 1891 §5 xtext: bytes outside "!" to "~", and "+" and "=", as "+XX"."""
+    return b"".join(
+        bytes([byte]) if 0x21 <= byte <= 0x7E and byte not in (0x2B, 0x3D) else b"+%02X" % byte
+        for byte in value
+    )
+
+
+def xforward_value(value: str | None) -> bytes:
+    """A value as XFORWARD carries it: "[UNAVAILABLE]" for None; what Postfix's smtpd would censor
+    (controls, spaces, non-ASCII, header specials) as "?", as it does; cut to fit 255 characters."""
+    if value is None:
+        return b"[UNAVAILABLE]"
+    censored = bytes(
+        b if 0x21 <= b <= 0x7E and b not in _XFORWARD_SPECIALS else 0x3F
+        for b in value.encode("utf-8", "replace")
+    )
+    encoded = encode_xtext(censored)
+    while len(encoded) > _XFORWARD_VALUE_MAX:
+        censored = censored[:-1]
+        encoded = encode_xtext(censored)
+    return encoded
+
+
 def parse_xforward(arg: bytes) -> Forwarded | ArgumentError:
     """`NAME=value ADDR=value ...` after the XFORWARD verb: names in any case, values in xtext."""
     tokens = arg.split()

@@ -20,11 +20,12 @@ we do not understand we cannot promise to have honoured.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from qsift.errors import ProtocolError
 from qsift.model import Params
+from qsift.wire.smtp_args import XFORWARD_ATTRIBUTES, xforward_value
 
 DATA: bytes = b"DATA\r\n"
 RSET: bytes = b"RSET\r\n"
@@ -33,6 +34,7 @@ QUIT: bytes = b"QUIT\r\n"
 _LF = b"\n"
 _CR = b"\r"
 _CRLF = b"\r\n"
+_COMMAND_LINE_MAX = 512
 _KEYWORD = re.compile(r"[A-Za-z0-9-]+")
 # Bytes that would end the command line early or close the angle brackets around the address.
 _ADDRESS_FORBIDDEN = (b"\r", b"\n", b"\0", b"<", b">")
@@ -164,24 +166,29 @@ class Capabilities:
     dsn: bool = False
     enhanced_status_codes: bool = False
     chunking: bool = False
+    #: The XFORWARD attributes the server takes (Postfix offers it to smtpd_authorized_xforward_hosts).
+    xforward: frozenset[str] = frozenset()
 
     @classmethod
     def from_ehlo(cls, reply: SmtpReply) -> Capabilities:
         """Read the extension lines of a successful EHLO or LHLO reply; the first line is a greeting."""
         flags: dict[str, bool] = {}
         size: int | None = None
+        xforward: frozenset[str] = frozenset()
         for line in reply.lines[1:]:
             words = line.split()
             if not words:
                 continue
             keyword = words[0].upper()
-            if keyword == "SIZE":
+            if keyword == "XFORWARD":
+                xforward = frozenset(w.upper() for w in words[1:]) & frozenset(XFORWARD_ATTRIBUTES)
+            elif keyword == "SIZE":
                 # RFC 1870: no number (or 0) means no fixed limit; a garbled one tells us no more than that.
                 number = words[1] if len(words) > 1 else ""
                 size = int(number) if number.isascii() and number.isdigit() else 0
             elif keyword in _FLAGS:
                 flags[_FLAGS[keyword]] = True
-        return cls(extended=True, size=size, **flags)
+        return cls(extended=True, size=size, xforward=xforward, **flags)
 
     @classmethod
     def basic(cls) -> Capabilities:
@@ -222,6 +229,26 @@ def hello(name: str, *, lmtp: bool, extended: bool = True) -> bytes:
     else:
         verb = b"HELO"
     return verb + b" " + name.encode("utf-8") + _CRLF
+
+
+def xforward(attributes: Mapping[str, str | None], offered: frozenset[str]) -> list[bytes]:
+    """XFORWARD commands for the attributes the server offered, in as few as fit a command line each
+    (RFC 5321 §4.5.3.1.4: 512 octets with CRLF, the limit Postfix's smtpd reads XFORWARD with)."""
+    items = [
+        name.encode("ascii") + b"=" + xforward_value(attributes[name])
+        for name in XFORWARD_ATTRIBUTES
+        if name in offered and name in attributes
+    ]
+    commands: list[bytes] = []
+    line = b""
+    for item in items:
+        if line and len(b"XFORWARD " + line + b" " + item + _CRLF) > _COMMAND_LINE_MAX:
+            commands.append(b"XFORWARD " + line + _CRLF)
+            line = b""
+        line = item if not line else line + b" " + item
+    if line:
+        commands.append(b"XFORWARD " + line + _CRLF)
+    return commands
 
 
 def needs_smtputf8(sender: bytes, recipients: Sequence[bytes], mail_params: Params) -> bool:
