@@ -69,3 +69,10 @@ def test_the_ehlo_reply_says_which_attributes_the_server_takes() -> None:
     caps = Capabilities.from_ehlo(reply)
     assert caps.xforward == {"NAME", "ADDR", "PROTO", "HELO"} and caps.pipelining and caps.eightbitmime
     assert Capabilities.from_ehlo(SmtpReply(250, ("mx.test", "PIPELINING"))).xforward == frozenset()
+
+
+def test_long_values_are_spread_over_several_commands() -> None:
+    attributes = {"NAME": "n" * 250, "HELO": "h" * 250, "ADDR": "192.0.2.7", "PROTO": "ESMTP"}
+    commands = xforward(attributes, EVERY)
+    assert len(commands) == 2 and all(len(c) <= 512 for c in commands)
+    assert commands[0].startswith(b"XFORWARD NAME=nnn") and commands[1].startswith(b"XFORWARD HELO=hhh")
