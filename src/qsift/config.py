@@ -165,11 +165,11 @@ class Config:
     log_level: int = 1
     #: Log to syslog with this facility ("mail") instead of stderr; empty for stderr.
     syslog: str = ""
-    #: The name qsift greets and says EHLO with.
+    #: The name qsift greets and says EHLO with; "" for the host's fully qualified name.
     myhostname: str = field(default_factory=socket.getfqdn)
     #: Parent of the private 0700 spool directory; empty for the system temp dir.
     tmp_dir: str = ""
-    #: Where durable state lives: the outcome record (and later quarantine index).
+    #: Where durable state lives: the outcome record, the site key, status files, the quarantine.
     state_dir: str = "/var/lib/qsift"
     #: How long an identical retry of a delivered message is answered from the record, in seconds.
     dedupe_window: float = 3600.0
