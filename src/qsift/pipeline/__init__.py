@@ -1,7 +1,8 @@
 """One message from receipt to a certain answer: decode, check, decide per recipient, act.
 
-stages.py runs the stages; client.py reads the client qsift-queue vouches for; answer.py folds the
-recipients' fates into the one answer the listener gives.
+stages.py runs the stages on an inflight.py message; client.py reads the client qsift-queue vouches for;
+blocked.py quarantines, rejects, bounces or discards blocked recipients and sends the notices; answer.py
+folds the recipients' fates into the one answer the listener gives.
 """
 
 from qsift.pipeline.stages import Pipeline

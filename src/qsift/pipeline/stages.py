@@ -6,16 +6,14 @@ recipient's fate is certain (delivered, refused, bounced, discarded, quarantined
 temporary failure), and every settled recipient is recorded durably before the answer leaves
 (DESIGN.md §2), so a retry after a lost answer deals only with what was not settled.
 
-Order matters for "nothing is lost": blocked mail is quarantined first (a failure holds the whole
-message back before anything was delivered), then clean recipients are forwarded group by group (each
-group with its own headers), then DSNs are sent (unless the answer will be a rejection, which makes the
-client bounce), then notices (which never change the answer).
+Order matters for "nothing is lost": blocked mail is quarantined first, then clean recipients are
+forwarded group by group (each group with its own headers), then blocked recipients are rejected, bounced
+or discarded, then notices go out (blocked.py says why in this order).
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
 import secrets
 import time
 from collections import Counter
@@ -43,11 +41,12 @@ from qsift.model import (
 from qsift.observe import metrics
 from qsift.observe.log import logger
 from qsift.pipeline.answer import combine, decide
-from qsift.pipeline.client import ClientFields, client_fields
+from qsift.pipeline.blocked import Bouncer, quarantine_once, reject_bounce_or_discard, send_notices
+from qsift.pipeline.client import client_fields
+from qsift.pipeline.inflight import InFlight
 from qsift.policy.bank import Policies
 from qsift.policy.destiny import Destiny
 from qsift.policy.recipients import Decision, decide_recipients
-from qsift.policy.settings import Policy
 from qsift.spool import MessageBody, MessageSpool
 from qsift.store.outcomes import OutcomeRecord, OutcomeStore, body_fingerprint, delivery_key
 from qsift.store.quarantine import Quarantine
@@ -57,12 +56,6 @@ from qsift.wire import mark
 _HASH_INLINE = 256 * 1024
 #: How much of the message is searched for the header fields the pipeline reads (X-Qsift-Client).
 _HEAD = 256 * 1024
-
-
-class Bouncer(Protocol):
-    async def __call__(
-        self, verdict: Verdict, mail_id: str, envelope: Envelope, spool: MessageBody, dsn_cutoff: float
-    ) -> Outcome: ...
 
 
 class RefusalNotice(Protocol):
@@ -79,25 +72,6 @@ def new_mail_id() -> str:
     while (mail_id := secrets.token_urlsafe(9)).startswith("-"):
         pass
     return mail_id
-
-
-@dataclass(frozen=True)
-class _Message:
-    """One message in flight: what every stage after the dedupe needs."""
-
-    mail_id: str
-    envelope: Envelope
-    spool: MessageSpool
-    #: The message as it may leave (without the X-Qsift-Client fields).
-    body: MessageBody
-    client: ClientFields
-    policy: Policy
-    body_digest: str | None
-    client_gone: asyncio.Event | None
-    #: The outcome record's fingerprint of the body: the same on every retry of the message.
-    fingerprint: str = ""
-    #: Whether a virus scanner looked at it (X-Virus-Scanned); set once the checks ran.
-    virus_scanned: bool = False
 
 
 @dataclass
@@ -176,7 +150,7 @@ class Pipeline:
         if not owed:
             return _duplicate(mail_id, next(iter(already.values())))
         banks = self.policies.select(envelope.listener, fields.client)
-        message = _Message(
+        message = InFlight(
             mail_id,
             envelope,
             spool,
@@ -196,7 +170,7 @@ class Pipeline:
             await self._record(settled, mail_id, outcome.reply.smtp_line())
         return outcome
 
-    async def _judge(self, message: _Message, owed: tuple[Recipient, ...], already: int) -> Outcome:
+    async def _judge(self, message: InFlight, owed: tuple[Recipient, ...], already: int) -> Outcome:
         mail_id = message.mail_id
         try:
             verdict, virus_scanned = await self._check(message, owed)
@@ -220,7 +194,9 @@ class Pipeline:
         category = _log_category(decisions)
         blocked = [d for d in decisions if d.blocked]
         try:
-            kept = await self._quarantine(message, blocked)
+            kept = await quarantine_once(
+                self.quarantine, message, blocked, clock=self.clock, dedupe_window=self.dedupe_window
+            )
         except SpoolError as exc:
             # Not delivered and not kept: the client must keep it (DESIGN.md: nothing is lost).
             logger.error("id=%s cannot quarantine: %s", mail_id, exc)
@@ -232,19 +208,19 @@ class Pipeline:
         if forwarded is not None:
             forwarded = await self._after_forward(message, forwarded, category)
         delivered = already > 0 or (forwarded is not None and forwarded.disposition is Disposition.PASSED)
-        outcomes, counts = await self._act(message, blocked, delivered, forwarded)
+        outcomes, counts = await reject_bounce_or_discard(self.bounce, message, blocked, delivered, forwarded)
         outcome = combine(mail_id, forwarded, outcomes, counts)
         held_back = {
             r.recipient for o in outcomes for r in o.per_recipient if r.reply.answer is Answer.TEMPFAIL
         }
         # Recipients held back come again with the retry, and are told about then.
-        await self._notify(message, [d for d in blocked if d.recipient not in held_back], kept)
+        await send_notices(self.notices, message, [d for d in blocked if d.recipient not in held_back], kept)
         _count_fates(outcome, _fates(decisions))
         return replace(
             outcome, category=category, notes=(*outcome.notes, *(f"quarantine: {kept}",) * bool(kept))
         )
 
-    async def _check(self, message: _Message, owed: tuple[Recipient, ...]) -> tuple[Verdict | None, bool]:
+    async def _check(self, message: InFlight, owed: tuple[Recipient, ...]) -> tuple[Verdict | None, bool]:
         """The verdict (None without content checks), and whether a virus scanner took part."""
         if self.checks is None:
             return None, False
@@ -269,7 +245,7 @@ class Pipeline:
             logger.info("id=%s %s: %s", message.mail_id, finding.category.log_word, finding.detail)
         return verdict, bool(scanners and (scanners.primary or scanners.backup))
 
-    async def _forward(self, message: _Message, passing: list[Decision], already: int) -> Outcome | None:
+    async def _forward(self, message: InFlight, passing: list[Decision], already: int) -> Outcome | None:
         """Forward to the passing recipients, one transaction per set of headers."""
         if not passing:
             return None
@@ -297,7 +273,7 @@ class Pipeline:
         )
         return decide(message.mail_id, message.envelope, merged, already)
 
-    def _edits(self, message: _Message, decision: Decision) -> tuple[tuple[str, ...], str]:
+    def _edits(self, message: InFlight, decision: Decision) -> tuple[tuple[str, ...], str]:
         settings = decision.settings
         fields = header_fields(
             decision.view,
@@ -308,101 +284,13 @@ class Pipeline:
         )
         return tuple(fields), subject_tag(decision.view, local=settings.local)
 
-    async def _after_forward(self, message: _Message, outcome: Outcome, category: str) -> Outcome:
+    async def _after_forward(self, message: InFlight, outcome: Outcome, category: str) -> Outcome:
         outcome = replace(outcome, category=category)
         refused = [r for r in outcome.per_recipient if r.reply.answer is Answer.REJECT]
         if refused and outcome.reply.answer is Answer.ACCEPT and self.refusal_notice is not None:
             # K was earned by the others; the refused ones would otherwise vanish without a word.
             outcome = await self.refusal_notice(outcome, message.envelope, refused, message.body)
         return outcome
-
-    async def _act(
-        self, message: _Message, blocked: list[Decision], delivered: bool, forwarded: Outcome | None
-    ) -> tuple[list[Outcome], dict[str, int]]:
-        """Reject, bounce or discard the blocked recipients, by groups of the same category."""
-        lmtp = message.envelope.protocol == "LMTP"
-        refused_whole = (
-            not lmtp
-            and not delivered
-            and (
-                any(d.destiny is Destiny.REJECT for d in blocked)
-                or (forwarded is not None and forwarded.reply.answer is Answer.REJECT)
-            )
-        )
-        counts = {"REJECT": 0, "BOUNCE": 0, "DISCARD": 0}
-        outcomes = []
-        for (destiny, _, cutoff), group in _groups(blocked).items():
-            counts[destiny.name] += len(group)
-            view = group[0].view
-            envelope = replace(message.envelope, recipients=tuple(d.recipient for d in group))
-            if (destiny is Destiny.REJECT and (lmtp or refused_whole)) or (
-                destiny is Destiny.BOUNCE and refused_whole
-            ):
-                outcomes.append(_rejected(message.mail_id, view, group))
-            elif destiny in (Destiny.REJECT, Destiny.BOUNCE) and self.bounce is not None:
-                # A rejection among delivered recipients can only be told by a DSN (amavisd-new's way).
-                bounced = await self.bounce(view, message.mail_id, envelope, message.body, cutoff)
-                metrics.dsn(_dsn_result(bounced.reply))
-                outcomes.append(_for_each(bounced, group))
-            else:
-                outcomes.append(_discarded(message.mail_id, view, group))
-        return outcomes, counts
-
-    async def _quarantine(self, message: _Message, blocked: list[Decision]) -> str:
-        """Keep a blocked message once if any blocked recipient's category is kept (and spam is under
-        that recipient's cutoff); the file's name, or ""."""
-        if self.quarantine is None:
-            return ""
-        kept = [d for d in blocked if _keeps(message.policy, d)]
-        if not kept:
-            return ""
-        view = kept[0].view
-        addresses = [d.recipient.address for d in kept]
-        sender = message.envelope.sender
-        since = self.clock() - self.dedupe_window
-        earlier = await asyncio.to_thread(self.quarantine.kept_before, message.fingerprint, sender, since)
-        if (
-            earlier is not None
-            and earlier.category == view.category.value
-            and set(addresses) <= set(earlier.recipients)
-        ):
-            logger.info(
-                "id=%s a retry of %s: kept already as %s", message.mail_id, earlier.mail_id, earlier.file
-            )
-            return os.path.basename(earlier.file)
-        entry = await asyncio.to_thread(
-            self.quarantine.store,
-            message.mail_id,
-            view.category.value,
-            view.reason(),
-            sender,
-            addresses,
-            message.body.chunks(),
-            self.clock(),
-            message.fingerprint,
-        )
-        metrics.quarantined(view.category.value)
-        return os.path.basename(entry.file)
-
-    async def _notify(self, message: _Message, blocked: list[Decision], quarantined: str) -> None:
-        if self.notices is None or not blocked:
-            return
-        policy = message.policy
-        envelope = replace(message.envelope, client_address=message.client.client.ip or None)
-        by_category: dict[Category, list[Decision]] = {}
-        for decision in blocked:
-            by_category.setdefault(decision.view.category, []).append(decision)
-        for category, group in by_category.items():
-            view = group[0].view
-            to_group = replace(envelope, recipients=tuple(d.recipient for d in group))
-            admin = policy.admins.get(category, "")
-            if admin:
-                await self.notices.admin(
-                    view, message.mail_id, to_group, group[0].destiny.value, quarantined, admin
-                )
-            if category in policy.warn_recipients:
-                warned = [d.recipient.address for d in group if d.settings.local]
-                await self.notices.recipients(view, message.mail_id, to_group, quarantined, warned)
 
     async def _delivered_before(self, keys: Sequence[str]) -> dict[str, OutcomeRecord]:
         if self.outcomes is None:
@@ -425,7 +313,7 @@ class Pipeline:
             logger.error("id=%s delivered but not recorded for dedupe: %s", mail_id, exc)
 
 
-def _outgoing(message: _Message, recipients: tuple[Recipient, ...]) -> Envelope:
+def _outgoing(message: InFlight, recipients: tuple[Recipient, ...]) -> Envelope:
     """The envelope as it goes downstream, to these recipients, naming the client qsift-queue vouched for
     (a QMQP peer is only qmail-smtpd's host), so XFORWARD tells the next MTA the real one."""
     envelope = replace(message.envelope, recipients=recipients)
@@ -434,40 +322,6 @@ def _outgoing(message: _Message, recipients: tuple[Recipient, ...]) -> Envelope:
         client = vouched.client
         envelope = replace(envelope, client_address=client.ip or None, client_name=client.host or None)
     return envelope
-
-
-def _groups(blocked: list[Decision]) -> dict[tuple[Destiny, Category, float], list[Decision]]:
-    groups: dict[tuple[Destiny, Category, float], list[Decision]] = {}
-    for decision in blocked:
-        key = (decision.destiny, decision.view.category, decision.settings.levels.dsn_cutoff_level)
-        groups.setdefault(key, []).append(decision)
-    return groups
-
-
-def _keeps(policy: Policy, decision: Decision) -> bool:
-    view = decision.view
-    if view.category not in policy.quarantined:
-        return False
-    cutoff = decision.settings.levels.quarantine_cutoff_level
-    score = view.spam.score if view.spam is not None else None
-    return not (
-        view.category is Category.SPAM and cutoff is not None and score is not None and score >= cutoff
-    )
-
-
-def _rejected(mail_id: str, view: Verdict, group: list[Decision]) -> Outcome:
-    reply = Reply.reject("5.7.0", f"Reject, id={mail_id} - {view.reason()}")
-    return _for_each(Outcome(mail_id, reply, Disposition.BLOCKED), group)
-
-
-def _discarded(mail_id: str, view: Verdict, group: list[Decision]) -> Outcome:
-    reply = Reply(Answer.ACCEPT, 250, "2.7.0", f"Ok, discarded, id={mail_id} - {view.reason()}")
-    return _for_each(Outcome(mail_id, reply, Disposition.BLOCKED), group)
-
-
-def _for_each(outcome: Outcome, group: list[Decision]) -> Outcome:
-    """The outcome with its reply as every recipient's own (for LMTP and the outcome record)."""
-    return replace(outcome, per_recipient=tuple(RecipientResult(d.recipient, outcome.reply) for d in group))
 
 
 def _fates(decisions: Iterable[Decision]) -> Iterator[tuple[Recipient, Category, Destiny]]:
@@ -493,15 +347,8 @@ def _fate(destiny: Destiny, answer: Answer) -> str:
         return "tempfail"
     if answer is Answer.REJECT:
         return "reject"
-    # A rejection among delivered recipients can only be told by a DSN (`_act`).
+    # A rejection among delivered recipients can only be told by a DSN (blocked.reject_bounce_or_discard).
     return Destiny.BOUNCE.value if destiny is Destiny.REJECT else destiny.value
-
-
-def _dsn_result(reply: Reply) -> str:
-    """What the bouncer did, as its answer says (act/bounce.py): 2.7.0 is its "no DSN is due"."""
-    if reply.answer is Answer.TEMPFAIL:
-        return "failed"
-    return "suppressed" if reply.enhanced_status == "2.7.0" else "sent"
 
 
 def _log_category(decisions: list[Decision]) -> str:

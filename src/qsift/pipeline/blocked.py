@@ -1,0 +1,175 @@
+"""What becomes of blocked recipients: kept in quarantine, rejected, bounced or discarded, and told about.
+
+Order matters for "nothing is lost": blocked mail is quarantined first (a failure holds the whole
+message back before anything was delivered), then clean recipients are forwarded (stages.py), then DSNs
+are sent (unless the answer will be a rejection, which makes the client bounce), then notices (which
+never change the answer).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Protocol
+
+from qsift.act.notices import Notices
+from qsift.checks.content import Verdict
+from qsift.model import Answer, Category, Disposition, Envelope, Outcome, RecipientResult, Reply
+from qsift.observe import metrics
+from qsift.observe.log import logger
+from qsift.pipeline.inflight import InFlight
+from qsift.policy.destiny import Destiny
+from qsift.policy.recipients import Decision
+from qsift.policy.settings import Policy
+from qsift.spool import MessageBody
+from qsift.store.quarantine import Quarantine
+
+
+class Bouncer(Protocol):
+    async def __call__(
+        self, verdict: Verdict, mail_id: str, envelope: Envelope, spool: MessageBody, dsn_cutoff: float
+    ) -> Outcome: ...
+
+
+async def quarantine_once(
+    quarantine: Quarantine | None,
+    message: InFlight,
+    blocked: list[Decision],
+    *,
+    clock: Callable[[], float],
+    dedupe_window: float,
+) -> str:
+    """Keep a blocked message once if any blocked recipient's category is kept (and spam is under
+    that recipient's cutoff); the file's name, or ""."""
+    if quarantine is None:
+        return ""
+    kept = [d for d in blocked if _keeps(message.policy, d)]
+    if not kept:
+        return ""
+    view = kept[0].view
+    addresses = [d.recipient.address for d in kept]
+    sender = message.envelope.sender
+    since = clock() - dedupe_window
+    earlier = await asyncio.to_thread(quarantine.kept_before, message.fingerprint, sender, since)
+    if (
+        earlier is not None
+        and earlier.category == view.category.value
+        and set(addresses) <= set(earlier.recipients)
+    ):
+        logger.info("id=%s a retry of %s: kept already as %s", message.mail_id, earlier.mail_id, earlier.file)
+        return os.path.basename(earlier.file)
+    entry = await asyncio.to_thread(
+        quarantine.store,
+        message.mail_id,
+        view.category.value,
+        view.reason(),
+        sender,
+        addresses,
+        message.body.chunks(),
+        clock(),
+        message.fingerprint,
+    )
+    metrics.quarantined(view.category.value)
+    return os.path.basename(entry.file)
+
+
+async def reject_bounce_or_discard(
+    bounce: Bouncer | None,
+    message: InFlight,
+    blocked: list[Decision],
+    delivered: bool,
+    forwarded: Outcome | None,
+) -> tuple[list[Outcome], dict[str, int]]:
+    """Reject, bounce or discard the blocked recipients, by groups of the same category."""
+    lmtp = message.envelope.protocol == "LMTP"
+    refused_whole = (
+        not lmtp
+        and not delivered
+        and (
+            any(d.destiny is Destiny.REJECT for d in blocked)
+            or (forwarded is not None and forwarded.reply.answer is Answer.REJECT)
+        )
+    )
+    counts = {"REJECT": 0, "BOUNCE": 0, "DISCARD": 0}
+    outcomes = []
+    for (destiny, _, cutoff), group in _groups(blocked).items():
+        counts[destiny.name] += len(group)
+        view = group[0].view
+        envelope = replace(message.envelope, recipients=tuple(d.recipient for d in group))
+        if (destiny is Destiny.REJECT and (lmtp or refused_whole)) or (
+            destiny is Destiny.BOUNCE and refused_whole
+        ):
+            outcomes.append(_rejected(message.mail_id, view, group))
+        elif destiny in (Destiny.REJECT, Destiny.BOUNCE) and bounce is not None:
+            # A rejection among delivered recipients can only be told by a DSN (amavisd-new's way).
+            bounced = await bounce(view, message.mail_id, envelope, message.body, cutoff)
+            metrics.dsn(_dsn_result(bounced.reply))
+            outcomes.append(_for_each(bounced, group))
+        else:
+            outcomes.append(_discarded(message.mail_id, view, group))
+    return outcomes, counts
+
+
+async def send_notices(
+    notices: Notices | None, message: InFlight, blocked: list[Decision], quarantined: str
+) -> None:
+    """Tell each category's admin and its warned local recipients about the blocked mail."""
+    if notices is None or not blocked:
+        return
+    policy = message.policy
+    envelope = replace(message.envelope, client_address=message.client.client.ip or None)
+    by_category: dict[Category, list[Decision]] = {}
+    for decision in blocked:
+        by_category.setdefault(decision.view.category, []).append(decision)
+    for category, group in by_category.items():
+        view = group[0].view
+        to_group = replace(envelope, recipients=tuple(d.recipient for d in group))
+        admin = policy.admins.get(category, "")
+        if admin:
+            await notices.admin(view, message.mail_id, to_group, group[0].destiny.value, quarantined, admin)
+        if category in policy.warn_recipients:
+            warned = [d.recipient.address for d in group if d.settings.local]
+            await notices.recipients(view, message.mail_id, to_group, quarantined, warned)
+
+
+def _groups(blocked: list[Decision]) -> dict[tuple[Destiny, Category, float], list[Decision]]:
+    groups: dict[tuple[Destiny, Category, float], list[Decision]] = {}
+    for decision in blocked:
+        key = (decision.destiny, decision.view.category, decision.settings.levels.dsn_cutoff_level)
+        groups.setdefault(key, []).append(decision)
+    return groups
+
+
+def _keeps(policy: Policy, decision: Decision) -> bool:
+    view = decision.view
+    if view.category not in policy.quarantined:
+        return False
+    cutoff = decision.settings.levels.quarantine_cutoff_level
+    score = view.spam.score if view.spam is not None else None
+    return not (
+        view.category is Category.SPAM and cutoff is not None and score is not None and score >= cutoff
+    )
+
+
+def _rejected(mail_id: str, view: Verdict, group: list[Decision]) -> Outcome:
+    reply = Reply.reject("5.7.0", f"Reject, id={mail_id} - {view.reason()}")
+    return _for_each(Outcome(mail_id, reply, Disposition.BLOCKED), group)
+
+
+def _discarded(mail_id: str, view: Verdict, group: list[Decision]) -> Outcome:
+    reply = Reply(Answer.ACCEPT, 250, "2.7.0", f"Ok, discarded, id={mail_id} - {view.reason()}")
+    return _for_each(Outcome(mail_id, reply, Disposition.BLOCKED), group)
+
+
+def _for_each(outcome: Outcome, group: list[Decision]) -> Outcome:
+    """The outcome with its reply as every recipient's own (for LMTP and the outcome record)."""
+    return replace(outcome, per_recipient=tuple(RecipientResult(d.recipient, outcome.reply) for d in group))
+
+
+def _dsn_result(reply: Reply) -> str:
+    """What the bouncer did, as its answer says (act/bounce.py): 2.7.0 is its "no DSN is due"."""
+    if reply.answer is Answer.TEMPFAIL:
+        return "failed"
+    return "suppressed" if reply.enhanced_status == "2.7.0" else "sent"

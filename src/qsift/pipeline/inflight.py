@@ -1,0 +1,30 @@
+"""The message as the stages after the dedupe pass it along."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+from qsift.model import Envelope
+from qsift.pipeline.client import ClientFields
+from qsift.policy.settings import Policy
+from qsift.spool import MessageBody, MessageSpool
+
+
+@dataclass(frozen=True)
+class InFlight:
+    """One message in flight: what every stage after the dedupe needs."""
+
+    mail_id: str
+    envelope: Envelope
+    spool: MessageSpool
+    #: The message as it may leave (without the X-Qsift-Client fields).
+    body: MessageBody
+    client: ClientFields
+    policy: Policy
+    body_digest: str | None
+    client_gone: asyncio.Event | None
+    #: The outcome record's fingerprint of the body: the same on every retry of the message.
+    fingerprint: str = ""
+    #: Whether a virus scanner looked at it (X-Virus-Scanned); set once the checks ran.
+    virus_scanned: bool = False
