@@ -58,6 +58,8 @@ class Envelope:
     client_address: str | None = None
     #: The client's host name where it is known (XFORWARD NAME, qmail's TCPREMOTEHOST).
     client_name: str | None = None
+    #: The id the sending side gave the message (ours, the mail_id, once it goes downstream: XFORWARD IDENT).
+    ident: str | None = None
     helo: str | None = None
     #: The listener's name ("qmqp:127.0.0.1:10628"), which may choose a policy bank.
     listener: str = ""

@@ -203,13 +203,19 @@ async def test_the_client_postfix_named_goes_on_to_the_next_mta(tmp_path: Path) 
     )
     assert answers[1][0] == 250, answers
     assert len(mta.accepted) == 1
-    assert sent_before_mail(mta) == [b"XFORWARD NAME=mua.example.org ADDR=192.0.2.7 PROTO=ESMTP HELO=mua\r\n"]
+    mail_id = re.search(r"id=(\S+),", answers[1][1])
+    assert mail_id is not None, answers
+    # IDENT is our mail_id, which Postfix logs as orig_queue_id.
+    assert sent_before_mail(mta) == [
+        b"XFORWARD NAME=mua.example.org ADDR=192.0.2.7 PROTO=ESMTP HELO=mua IDENT=%s\r\n"
+        % mail_id.group(1).encode()
+    ]
 
 
 async def test_without_xforward_in_the_peer_is_named_and_nothing_goes_unoffered(tmp_path: Path) -> None:
     for name in ("offered", "not"):
         (tmp_path / name).mkdir()
-    _, mta = await run(tmp_path / "offered", [CLEAN], downstream=Script(xforward="ADDR HELO"))
+    _, mta = await run(tmp_path / "offered", [CLEAN], downstream=Script(xforward="ADDR HELO"))  # no IDENT
     assert sent_before_mail(mta) == [b"XFORWARD ADDR=127.0.0.1 HELO=postfix.test\r\n"]
     _, mta = await run(tmp_path / "not", [CLEAN])
     assert sent_before_mail(mta) == [] and len(mta.accepted) == 1
@@ -237,6 +243,8 @@ async def test_the_client_qsift_queue_vouched_for_goes_on(tmp_path: Path) -> Non
     ):
         answer = await qmqp_send(daemon.qmqp, client_field(tmp_path, [BOB]) + CLEAN, QMQP_SENDER, [BOB])
     assert answer.startswith("K250"), answer
+    mail_id = answer.split("id=")[1].split(",")[0]
     assert sent_before_mail(mta) == [
-        b"XFORWARD NAME=mua.example.org ADDR=192.0.2.7 PROTO=QMQP HELO=[UNAVAILABLE]\r\n"
+        b"XFORWARD NAME=mua.example.org ADDR=192.0.2.7 PROTO=QMQP HELO=[UNAVAILABLE] IDENT=%s\r\n"
+        % mail_id.encode()
     ]

@@ -345,6 +345,8 @@ class _Session:
             "HELO": envelope.helo,
             "PROTO": envelope.protocol,
         }
+        if envelope.ident is not None:
+            attributes["IDENT"] = envelope.ident
         for command in wire.xforward(attributes, self.caps.xforward):
             await self._send(command, self.timeouts.command)
             reply = await self._reply(self.timeouts.command, waiting_for="XFORWARD")

@@ -315,8 +315,9 @@ class Pipeline:
 
 def _outgoing(message: InFlight, recipients: tuple[Recipient, ...]) -> Envelope:
     """The envelope as it goes downstream, to these recipients, naming the client qsift-queue vouched for
-    (a QMQP peer is only qmail-smtpd's host), so XFORWARD tells the next MTA the real one."""
-    envelope = replace(message.envelope, recipients=recipients)
+    (a QMQP peer is only qmail-smtpd's host), so XFORWARD tells the next MTA the real one, and our
+    mail_id, which Postfix logs as orig_queue_id: one grep follows the message across both logs."""
+    envelope = replace(message.envelope, recipients=recipients, ident=message.mail_id)
     vouched = message.client
     if vouched.vouched:
         client = vouched.client
