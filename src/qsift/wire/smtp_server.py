@@ -9,11 +9,7 @@ Why not aiosmtpd: it holds the whole body in memory and gives LMTP a single repl
 (aio-libs/aiosmtpd#517). Here the body leaves as `DataChunk` events as it arrives, so memory is bounded
 by the read size whatever the message size.
 
-Defences, each one a known attack or a known breakage:
-- Only CR LF . CR LF ends DATA. A bare LF before or after the dot does not (SMTP smuggling,
-  CVE-2023-51764/51765/51766): whatever the client meant, the forward re-encodes every line end, so
-  nothing it hides can end a message downstream.
-- A command line longer than `max_line_length` is discarded as it arrives, not buffered, then refused.
+Defences, each one a known attack or a known breakage (those on bytes are in smtp_server_framing):
 - Bytes that arrive while the connection waits for `answer_data` (a pipelined QUIT, or a flood) are
   buffered up to a bound; past it the connection is closed after the answer.
 - Too many refused commands, and the connection is closed with 421.
@@ -33,7 +29,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from qsift.model import Params, Reply, single_line
+from qsift.model import Params, Reply
 from qsift.wire.smtp_args import (
     XFORWARD_ATTRIBUTES,
     ArgumentError,
@@ -42,9 +38,37 @@ from qsift.wire.smtp_args import (
     parse_rcpt,
     parse_xforward,
 )
+from qsift.wire.smtp_server_events import (
+    ConnectionClosed,
+    DataChunk,
+    DataEnd,
+    DataStart,
+    Event,
+    Hello,
+    MailFrom,
+    NeedData,
+    Paused,
+    Quit,
+    RcptTo,
+)
+from qsift.wire.smtp_server_framing import ClientInput, LineTooLong, bare_reply, reply_line
 
-_CRLF = b"\r\n"
-_END_OF_DATA = b".\r\n"
+__all__ = [
+    "ConnectionClosed",
+    "DataChunk",
+    "DataEnd",
+    "DataStart",
+    "Event",
+    "Hello",
+    "MailFrom",
+    "NeedData",
+    "Paused",
+    "Quit",
+    "RcptTo",
+    "ServerSettings",
+    "SmtpServerConnection",
+]
+
 _PAUSED_INPUT_LIMIT = 64 * 1024
 #: The EHLO keyword and the attributes taken, as Postfix's smtpd announces them; Postfix's client sends
 #: only the attributes named here.
@@ -64,81 +88,6 @@ class ServerSettings:
     max_address_length: int = 1000
     #: Offer XFORWARD (Postfix's XFORWARD_README) in the EHLO/LHLO reply and take it.
     xforward: bool = False
-
-
-# --- events -------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class NeedData:
-    """Nothing more can happen until `receive_data` is called."""
-
-
-@dataclass(frozen=True)
-class Paused:
-    """The connection waits for `answer_data`."""
-
-
-@dataclass(frozen=True)
-class Hello:
-    name: str
-    extended: bool
-
-
-@dataclass(frozen=True)
-class MailFrom:
-    sender: bytes
-    params: Params
-
-
-@dataclass(frozen=True)
-class RcptTo:
-    recipient: bytes
-    params: Params
-
-
-@dataclass(frozen=True)
-class DataStart:
-    """354 was sent; body bytes follow as DataChunk events."""
-
-
-@dataclass(frozen=True)
-class DataChunk:
-    """Body bytes, dot-unstuffed, line ends as the client sent them."""
-
-    data: bytes
-
-
-@dataclass(frozen=True)
-class DataEnd:
-    """The final dot arrived; the connection now waits for `answer_data`."""
-
-    sender: bytes
-    recipients: list[tuple[bytes, Params]]
-    mail_params: Params
-    size: int
-    #: The body went past max_message_size; the chunks past the limit were not handed out.
-    too_big: bool
-    #: What XFORWARD said about the original client before this transaction: NAME, ADDR (without
-    #: an IPV6: prefix), PORT, PROTO, HELO, IDENT, SOURCE, each decoded, None when the client said
-    #: [UNAVAILABLE]. Empty when no XFORWARD came; names not sent are unavailable too (the README:
-    #: a first XFORWARD sets every attribute to [UNAVAILABLE]).
-    xforward: Forwarded = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class Quit:
-    """The client said QUIT; 221 is queued and the connection is closed."""
-
-
-@dataclass(frozen=True)
-class ConnectionClosed:
-    """The connection is over: the client went away (mid-message, the message is incomplete) or we closed."""
-
-
-Event = (
-    NeedData | Paused | Hello | MailFrom | RcptTo | DataStart | DataChunk | DataEnd | Quit | ConnectionClosed
-)
 
 
 class _State(enum.Enum):
@@ -164,7 +113,7 @@ class SmtpServerConnection:
     def __init__(self, settings: ServerSettings) -> None:
         self.settings = settings
         self._state = _State.COMMAND
-        self._input = bytearray()
+        self._input = ClientInput(settings.max_line_length)
         self._output = bytearray()
         self._events: deque[Event] = deque()
         self._eof = False
@@ -172,9 +121,7 @@ class SmtpServerConnection:
         self._hello: str | None = None
         self._extended = False
         self._errors = 0
-        self._discarding_long_line = False
         self._paused_overflow = False
-        self._at_line_start = True
         self._txn = _Transaction()
 
     # --- the application's side -----------------------------------------------------------------------
@@ -187,7 +134,7 @@ class SmtpServerConnection:
         """Greet with a refusal instead of 220 (access denied, too busy) and close."""
         if not self._greeted:
             self._greeted = True
-            self._reply_line(reply.smtp_code, reply.enhanced_status, reply.text)
+            self._output += reply_line(reply.smtp_code, reply.enhanced_status, reply.text)
         self._close()
 
     def data_to_send(self) -> bytes:
@@ -205,7 +152,7 @@ class SmtpServerConnection:
         elif self._state is _State.PAUSED and len(self._input) + len(data) > _PAUSED_INPUT_LIMIT:
             self._paused_overflow = True
         else:
-            self._input += data
+            self._input.append(data)
 
     def next_event(self) -> Event:
         self._greet()
@@ -232,7 +179,7 @@ class SmtpServerConnection:
             raise RuntimeError(f"answer_data needs {expected} replies, got {len(replies)}")
         for reply in replies:
             # The message's fate, not a client mistake: it does not count towards max_errors.
-            self._reply_line(reply.smtp_code, reply.enhanced_status, reply.text)
+            self._output += reply_line(reply.smtp_code, reply.enhanced_status, reply.text)
         self._txn = _Transaction()
         self._state = _State.COMMAND
         if self._paused_overflow:
@@ -245,20 +192,16 @@ class SmtpServerConnection:
         if not self._greeted:
             self._greeted = True
             service = "LMTP" if self.settings.lmtp else "ESMTP"
-            self._output += b"220 %s %s qsift\r\n" % (self._hostname_bytes(), service.encode())
+            self._output += bare_reply(220, [b"%s %s qsift" % (self._hostname_bytes(), service.encode())])
 
     def _hostname_bytes(self) -> bytes:
         return self.settings.hostname.encode("ascii", "replace")
 
     def _send(self, code: int, status: str, text: str) -> None:
         """Queue a one-line reply; a refusal counts towards max_errors."""
-        self._reply_line(code, status, text)
+        self._output += reply_line(code, status, text)
         if code >= 400:
             self._errors += 1
-
-    def _reply_line(self, code: int, status: str, text: str) -> None:
-        # The text may come from a downstream MTA or a virus name: one line, no control characters.
-        self._output += f"{code} {status} {single_line(text)}".encode("utf-8", "replace") + _CRLF
 
     def _close(self) -> None:
         self._state = _State.CLOSED
@@ -267,20 +210,13 @@ class SmtpServerConnection:
     # --- commands -------------------------------------------------------------------------------------
 
     def _command_step(self) -> bool:
-        newline = self._input.find(b"\n")
-        if newline < 0:
-            if len(self._input) > self.settings.max_line_length:
-                # Drop it as it comes; the refusal goes out once the line ends.
-                self._discarding_long_line = True
-                self._input.clear()
+        line = self._input.read_line()
+        if line is None:
             return False
-        line = bytes(self._input[:newline])
-        del self._input[: newline + 1]
-        if self._discarding_long_line or newline + 1 > self.settings.max_line_length:
-            self._discarding_long_line = False
+        if isinstance(line, LineTooLong):
             self._send(500, "5.5.6", "Line too long")
         else:
-            self._command(line.removesuffix(b"\r"))
+            self._command(line)
         if self._state is not _State.CLOSED and self._errors > self.settings.max_errors:
             self._send(421, "4.7.0", "Too many errors, closing connection")
             self._close()
@@ -320,7 +256,7 @@ class SmtpServerConnection:
         self._txn = _Transaction()
         self._events.append(Hello(self._hello, extended))
         if not extended:
-            self._output += b"250 %s\r\n" % self._hostname_bytes()
+            self._output += bare_reply(250, [self._hostname_bytes()])
             return
         lines = [
             self._hostname_bytes(),
@@ -333,7 +269,7 @@ class SmtpServerConnection:
         ]
         if self.settings.xforward:
             lines.insert(-1, _XFORWARD_OFFER)
-        self._output += b"".join(b"250-%s\r\n" % line for line in lines[:-1]) + b"250 %s\r\n" % lines[-1]
+        self._output += bare_reply(250, lines)
 
     def _do_mail(self, arg: bytes) -> None:
         if self._hello is None:
@@ -379,9 +315,9 @@ class SmtpServerConnection:
         elif not self._txn.recipients:
             self._send(554, "5.5.1", "No valid recipients")
         else:
-            self._output += b"354 End data with <CR><LF>.<CR><LF>\r\n"
+            self._output += bare_reply(354, [b"End data with <CR><LF>.<CR><LF>"])
             self._state = _State.DATA
-            self._at_line_start = True
+            self._input.start_body()
             self._events.append(DataStart())
 
     def _do_xforward(self, arg: bytes) -> None:
@@ -421,40 +357,9 @@ class SmtpServerConnection:
     # --- the message body -----------------------------------------------------------------------------
 
     def _data_step(self) -> bool:
-        """Hand out as much body as the buffer allows; find the end only at CR LF . CR LF."""
-        body = bytearray()
-        ended = False
-        buf = self._input
-        pos = 0
-        while pos < len(buf):
-            if self._at_line_start:
-                if buf[pos] == 0x2E:  # "."
-                    ahead = bytes(buf[pos : pos + 3])
-                    if ahead == _END_OF_DATA:
-                        pos += 3
-                        ended = True
-                        break
-                    if _END_OF_DATA.startswith(ahead):
-                        break  # ".", ".\r": wait for the bytes that decide
-                    pos += 1  # a stuffed dot (RFC 5321 §4.5.2)
-                self._at_line_start = False
-            found = buf.find(b"\r\n.", pos)
-            if found >= 0:
-                body += buf[pos : found + 2]
-                pos = found + 2
-                self._at_line_start = True
-                continue
-            end = len(buf)
-            if buf.endswith(_CRLF):
-                self._at_line_start = True
-            elif buf.endswith(b"\r"):
-                end -= 1  # its LF may be the next byte to come
-            body += buf[pos:end]
-            pos = end
-            break
-        del buf[:pos]
-        self._add_body(bytes(body))
-        if ended:
+        read = self._input.read_body()
+        self._add_body(read.data)
+        if read.ended:
             txn = self._txn
             self._events.append(
                 DataEnd(
@@ -467,7 +372,7 @@ class SmtpServerConnection:
                 )
             )
             self._state = _State.PAUSED
-        return pos > 0
+        return read.consumed
 
     def _add_body(self, body: bytes) -> None:
         if not body:
