@@ -343,6 +343,49 @@ def pipeline_main(directory: str, work: str) -> None:
     print(generate_latest(registry).decode())
 
 
+def refusal_main(directory: str, work: str) -> None:
+    """A message the downstream takes for one recipient and refuses for the other: the sender's DSN for
+    the refused one counts as a DSN sent."""
+    import re as regex
+
+    from qsift.act.bounce import DsnBouncer
+    from qsift.act.forward import SmtpForwarder
+    from qsift.act.maildir import MaildirForwarder
+    from qsift.config import Forward
+    from qsift.model import Envelope, Recipient
+    from qsift.pipeline import Pipeline
+    from qsift.spool import MessageSpool
+    from tests.fakes.mta import Script, fake_mta
+
+    metrics.setup(directory)
+    from prometheus_client import CollectorRegistry, generate_latest
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    async def send() -> None:
+        script = Script(rcpt_replies={"carol@example.net": "550 5.1.1 no such user"})
+        async with fake_mta(script) as mta:
+            forward = SmtpForwarder(Forward(method=f"smtp:[127.0.0.1]:{mta.port}"), "localhost")
+            bouncer = DsnBouncer(
+                MaildirForwarder(os.path.join(work, "dsn")), "localhost", regex.compile(".*")
+            )
+            pipeline = Pipeline(forward, refusal_notice=bouncer.refused)
+            recipients = (Recipient("bob@example.net"), Recipient("carol@example.net"))
+            with MessageSpool.from_bytes(_message(None)) as spool:
+                outcome = await pipeline.handle(Envelope("alice@example.org", recipients), spool)
+            assert outcome.reply.answer.name == "ACCEPT", outcome
+
+    asyncio.run(send())
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, directory)  # type: ignore[no-untyped-call]
+    print(generate_latest(registry).decode())
+
+
+async def test_a_dsn_for_recipients_the_downstream_refused_is_counted(tmp_path: Path) -> None:
+    got = samples(await _run_in_child("refusal_main", str(tmp_path / "metrics"), str(tmp_path)))
+    assert got['qsift_dsn_total{result="sent"}'] == 1
+    assert len(os.listdir(tmp_path / "dsn" / "new")) == 1
+
+
 async def test_pipeline_records_stages_fates_quarantine_and_dsn(tmp_path: Path) -> None:
     got = samples(await _run_in_child("pipeline_main", str(tmp_path / "metrics"), str(tmp_path)))
     assert got['qsift_messages_total{category="clean",destiny="pass"}'] == 1

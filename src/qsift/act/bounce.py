@@ -23,6 +23,7 @@ from qsift.act.forward import Forwarder
 from qsift.checks.content import Verdict
 from qsift.checks.headers import header_section
 from qsift.model import Answer, Category, Disposition, Envelope, Outcome, Recipient, RecipientResult, Reply
+from qsift.observe import metrics
 from qsift.observe.log import logger
 from qsift.spool import MessageBody, MessageSpool
 from qsift.wire.dsn import DsnRequest, FailedRecipient, build_dsn
@@ -84,6 +85,7 @@ class DsnBouncer:
         suppressed = self._suppressed_for_refusal(envelope, head)
         if suppressed:
             logger.info("id=%s no DSN for the refused recipients: %s", mail_id, suppressed)
+            metrics.dsn("suppressed")
             return outcome
         failed = tuple(
             FailedRecipient(
@@ -111,6 +113,7 @@ class DsnBouncer:
             dsn = build_dsn(request)
         except ValueError as exc:
             logger.warning("id=%s no DSN possible for the refused recipients: %s", mail_id, exc)
+            metrics.dsn("suppressed")
             return outcome
         notice = Envelope("", (Recipient(envelope.sender),), protocol="ESMTP")
         with MessageSpool.from_bytes(dsn) as dsn_spool:
@@ -119,7 +122,9 @@ class DsnBouncer:
             text = (
                 f"id={mail_id} - the DSN for {len(refused)} refused recipient(s) could not be sent, try later"
             )
+            metrics.dsn("failed")
             return replace(outcome, reply=Reply.tempfail("4.5.0", text), disposition=Disposition.TEMPFAILED)
+        metrics.dsn("sent")
         return replace(outcome, notes=(*outcome.notes, f"DSN sent for {len(refused)} refused recipient(s)"))
 
     def _suppressed_for_refusal(self, envelope: Envelope, head: bytes) -> str:

@@ -113,7 +113,11 @@ def _build(directory: str) -> _Metrics:
         ),
         busy=counter("qsift_busy", "Sessions refused for want of a free slot", ("listener",)),
         quarantined=counter("qsift_quarantined", "Messages kept in the quarantine", ("category",)),
-        dsn=counter("qsift_dsn", "Bounce DSNs: sent, suppressed or failed (try later)", ("result",)),
+        dsn=counter(
+            "qsift_dsn",
+            "DSNs (bounces, and recipients the downstream refused): sent, suppressed or failed (try later)",
+            ("result",),
+        ),
         worker_restarts=counter("qsift_worker_restarts", "Worker processes started again", ("reason",)),
     )
 
@@ -215,7 +219,8 @@ def quarantined(category: str) -> None:
 
 
 def dsn(result: str) -> None:
-    """A bounce's DSN: "sent", "suppressed" (backscatter rules) or "failed" (the message waits)."""
+    """A DSN (a bounce, or recipients the downstream refused while others took the message): "sent",
+    "suppressed" (backscatter rules) or "failed" (the message waits)."""
     if (m := _metrics) is not None:
         with _never_stopping_mail:
             m.dsn.labels(result).inc()
