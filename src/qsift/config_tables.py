@@ -175,15 +175,25 @@ def _scanner_rules(raw: Mapping[str, Any]) -> Iterable[tuple[Path, str]]:
         yield (needed,), f"is required for a {kind} scanner"
 
 
-def _bank_names(raw: Mapping[str, Any]) -> Iterable[tuple[Path, str]]:
-    """A listener's policy_bank must name a bank the file defines (or the built-in one)."""
+def _across_listeners(raw: Mapping[str, Any]) -> Iterable[tuple[Path, str]]:
+    """What the listeners' keys must say together: a bank the file defines (or the built-in one), and
+    no address twice."""
     banks = raw.get("policy_bank", {})
     defined = {ORIGINATING, *(banks if isinstance(banks, Mapping) else ())}
     listeners = raw.get("listen", [])
+    seen: dict[str, int] = {}
     for index, listener in enumerate(listeners if isinstance(listeners, list) else []):
-        name = listener.get("policy_bank", "") if isinstance(listener, Mapping) else ""
+        if not isinstance(listener, Mapping):
+            continue
+        name = listener.get("policy_bank", "")
         if isinstance(name, str) and name and name not in defined:
             yield ("listen", index, "policy_bank"), f"there is no [policy_bank.{name}]"
+        address = listener.get("address")
+        if isinstance(address, str) and _ADDRESS(address) is None:
+            written = str(parse_address(address))
+            if written in seen:
+                yield ("listen", index, "address"), f"{written} is [[listen]] #{seen[written] + 1}'s too"
+            seen.setdefault(written, index)
 
 
 def _spam_rules(raw: Mapping[str, Any]) -> Iterable[tuple[Path, str]]:
@@ -580,5 +590,5 @@ ROOT = Table(
             ),
         ),
     ),
-    rules=_bank_names,
+    rules=_across_listeners,
 )

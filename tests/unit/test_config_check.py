@@ -216,14 +216,27 @@ def test_a_toml_syntax_error_names_its_line() -> None:
     assert "not TOML" in reports[0].text
 
 
-def test_an_error_across_keys_is_left_to_the_builder_and_reported() -> None:
+def test_two_listeners_on_one_address_name_the_second() -> None:
     text = (
         '[[listen]]\nprotocol = "qmqp"\naddress = "127.0.0.1:1"\n'
-        '[[listen]]\nprotocol = "smtp"\naddress = "127.0.0.1:1"\n'
+        '[[listen]]\nprotocol = "smtp"\naddress = "[127.0.0.1]:1"\n'
     )
     reports, values = check_text(text, "q.toml")
     assert values is None
-    assert [str(r) for r in reports] == ["q.toml: two listeners on 127.0.0.1:1"]
+    assert [str(r) for r in reports] == [
+        "q.toml:6: [[listen]] #2 address: 127.0.0.1:1 is [[listen]] #1's too"
+    ]
+    with pytest.raises(ConfigError, match=r"two listeners on 127\.0\.0\.1:1"):
+        config.loads(text)
+
+
+def test_an_error_only_the_builder_finds_is_still_reported(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(raw: Any, source: str) -> config.Config:
+        raise ConfigError(f"{source}: something across keys")
+
+    monkeypatch.setattr(config, "from_mapping", refuse)
+    reports, values = check_text("", "q.toml")
+    assert values is None and [str(r) for r in reports] == ["q.toml: something across keys"]
 
 
 def test_the_configuration_in_effect_reads_back_as_the_same_configuration() -> None:
