@@ -12,7 +12,6 @@ import ipaddress
 import os
 import re
 import socket
-import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, TypeVar
@@ -210,19 +209,26 @@ def load(path: str) -> Config:
     """Read and validate a configuration file."""
     try:
         with open(path, "rb") as handle:
-            raw = tomllib.load(handle)
+            data = handle.read()
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror}") from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: {exc}") from exc
-    return from_mapping(raw, source=path)
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 (TOML is): {exc}") from None
+    return loads(text, source=path)
 
 
 def loads(text: str, source: str = "<string>") -> Config:
-    try:
-        raw = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{source}: {exc}") from exc
+    """Validate a configuration file's text and build the Config. Every error the schema finds is in the
+    one ConfigError, each with its line, as `qsift config check` reports them: a daemon refusing to start
+    (or a SIGHUP refused) says all that is wrong at once."""
+    # The schema describes this module's classes, so it is imported here rather than at the top.
+    from qsift.config_check import schema_reports
+
+    reports, raw = schema_reports(text, source)
+    if reports:
+        raise ConfigError("; ".join(str(report) for report in reports))
     return from_mapping(raw, source=source)
 
 

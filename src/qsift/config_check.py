@@ -34,18 +34,25 @@ class Report:
         return f"{self.file}:{self.line}: {self.text}" if self.line else f"{self.file}: {self.text}"
 
 
-def check_text(text: str, file: str) -> tuple[list[Report], dict[str, Any] | None]:
-    """The errors in a configuration file's text, and when there are none, the configuration in effect."""
+def schema_reports(text: str, file: str) -> tuple[list[Report], dict[str, Any]]:
+    """What the TOML syntax and the schema find wrong in a configuration file's text, in line order,
+    and the parsed file (empty when it is not TOML)."""
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         found = re.search(r"\(at line (\d+), column \d+\)", str(exc))
-        return [Report(file, int(found.group(1)) if found else None, f"not TOML: {exc}")], None
+        return [Report(file, int(found.group(1)) if found else None, f"not TOML: {exc}")], {}
     problems = validate(ROOT, raw)
-    if problems:
-        lines = key_lines(text)
-        reports = [Report(file, line_of(lines, p.path), f"{describe(p.path)}: {p.message}") for p in problems]
-        return sorted(reports, key=lambda r: r.line or 0), None
+    lines = key_lines(text) if problems else {}
+    reports = [Report(file, line_of(lines, p.path), f"{describe(p.path)}: {p.message}") for p in problems]
+    return sorted(reports, key=lambda r: r.line or 0), raw
+
+
+def check_text(text: str, file: str) -> tuple[list[Report], dict[str, Any] | None]:
+    """The errors in a configuration file's text, and when there are none, the configuration in effect."""
+    reports, raw = schema_reports(text, file)
+    if reports:
+        return reports, None
     try:
         built = config_module.from_mapping(raw, source=file)
     except ConfigError as exc:

@@ -1,10 +1,12 @@
 from __future__ import annotations
 
+import tomllib
 from pathlib import Path
 
 import pytest
 
 from qsift import config
+from qsift.config_tables import ROOT
 from qsift.errors import ConfigError
 
 
@@ -67,13 +69,27 @@ def test_listeners_inherit_and_override_limits() -> None:
         ),
         ("limits = 3", "must be a table"),
         ("myhostname = 3", "must be a string"),
-        ("this is not toml", "<string>"),
     ],
 )
 def test_errors_name_the_key_and_what_is_allowed(text: str, complaint: str) -> None:
+    # The builder's own words; config.loads meets the schema first (the next test).
     with pytest.raises(ConfigError, match=r".*") as caught:
-        config.loads(text)
+        config.from_mapping(tomllib.loads(text))
     assert complaint in str(caught.value)
+    with pytest.raises(ConfigError):
+        config.loads(text)
+
+
+def test_loading_names_every_error_with_its_line() -> None:
+    with pytest.raises(ConfigError) as caught:
+        config.loads("log_levl = 1\n\n[limits]\nbusy_wait = 0\n", source="q.toml")
+    allowed = ", ".join(ROOT.names)
+    assert str(caught.value) == (
+        f"q.toml:1: log_levl: unknown key (allowed: {allowed}); "
+        "q.toml:4: [limits] busy_wait: must be a number of seconds > 0, not 0"
+    )
+    with pytest.raises(ConfigError, match=r"^q\.toml:1: not TOML: "):
+        config.loads("this is not toml", source="q.toml")
 
 
 def test_load_reports_unreadable_files(tmp_path: Path) -> None:
@@ -81,3 +97,6 @@ def test_load_reports_unreadable_files(tmp_path: Path) -> None:
         config.load(str(tmp_path / "missing.toml"))
     (tmp_path / "ok.toml").write_text("log_level = 3\n")
     assert config.load(str(tmp_path / "ok.toml")).log_level == 3
+    (tmp_path / "latin1.toml").write_bytes(b'myhostname = "caf\xe9"\n')
+    with pytest.raises(ConfigError, match="not UTF-8"):
+        config.load(str(tmp_path / "latin1.toml"))

@@ -227,7 +227,7 @@ def test_two_listeners_on_one_address_name_the_second() -> None:
         "q.toml:6: [[listen]] #2 address: 127.0.0.1:1 is [[listen]] #1's too"
     ]
     with pytest.raises(ConfigError, match=r"two listeners on 127\.0\.0\.1:1"):
-        config.loads(text)
+        config.from_mapping(tomllib.loads(text))
 
 
 def test_an_error_only_the_builder_finds_is_still_reported(monkeypatch: pytest.MonkeyPatch) -> None:
