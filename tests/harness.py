@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from qsift import config
+from qsift.config_schema import validate
+from qsift.config_tables import ROOT
 from qsift.serve.daemon import Daemon
 
 
@@ -53,8 +55,10 @@ async def running_daemon(
     listen_extra: Mapping[str, Any] | None = None,
     top: Mapping[str, Any] | None = None,
     forward_extra: Mapping[str, Any] | None = None,
+    housekeeping_every: float = 3600.0,
 ) -> AsyncIterator[RunningDaemon]:
-    """Start qsift on free loopback ports with the given forward method; stop and drain on exit."""
+    """Start qsift on free loopback ports with the given forward method; stop and drain on exit. The
+    configuration must pass the schema, as a file would (`qsift config check`)."""
     ports = {protocol: free_port() for protocol in protocols}
     raw: dict[str, Any] = {
         "state_dir": str(tmp_path / "state"),
@@ -69,7 +73,11 @@ async def running_daemon(
         ],
         **(top or {}),
     }
-    daemon = Daemon(config.from_mapping(raw), drain_timeout=5, handle_signals=False)
+    problems = validate(ROOT, raw)
+    assert not problems, [str(p) for p in problems]
+    daemon = Daemon(
+        config.from_mapping(raw), drain_timeout=5, handle_signals=False, housekeeping_every=housekeeping_every
+    )
     task = asyncio.create_task(daemon.run())
     ready = asyncio.create_task(daemon.ready.wait())
     await asyncio.wait({task, ready}, timeout=10, return_when=asyncio.FIRST_COMPLETED)

@@ -56,6 +56,9 @@ def _parser() -> argparse.ArgumentParser:
     listing.add_argument("--category", help="only this category (virus, banned, spam, ...)")
     listing.add_argument("--limit", type=int, default=100)
     listing.add_argument("--json", action="store_true")
+    purging = quarantine_commands.add_parser("purge", help="delete quarantined messages older than DAYS")
+    purging.add_argument("--config", metavar="FILE")
+    purging.add_argument("--older-than", type=float, required=True, metavar="DAYS", dest="days")
     showing = quarantine_commands.add_parser("show", help="one quarantined message, whole")
     showing.add_argument("--config", metavar="FILE")
     showing.add_argument("mail_id", metavar="MAIL_ID")
@@ -133,13 +136,18 @@ def _config(args: argparse.Namespace) -> int:
 
 
 def _quarantine(args: argparse.Namespace) -> int:
-    from qsift.release import list_quarantine, show
+    from qsift.release import list_quarantine, purge, show
 
     settings = _load(args.config)
     if args.quarantine_command == "list":
         return list_quarantine(
             settings, category=args.category, as_json=args.json, limit=args.limit, out=sys.stdout
         )
+    if args.quarantine_command == "purge":
+        if args.days < 0:
+            print("qsift: --older-than must be 0 days or more", file=sys.stderr)
+            return 2
+        return purge(settings, args.days, sys.stdout)
     return show(settings, args.mail_id, sys.stdout)
 
 

@@ -114,6 +114,9 @@ class QuarantineSettings:
 
     #: Directory of the gzip files and their index; "" means `<state_dir>/quarantine`.
     dir: str = ""
+    #: Quarantined messages older than this many days are deleted (hourly); 0 keeps them for ever, as
+    #: amavisd-new does (then `qsift quarantine purge` from cron).
+    max_age_days: int = 0
 
 
 @dataclass(frozen=True)
@@ -261,9 +264,10 @@ def from_mapping(raw: Mapping[str, Any], source: str = "<config>") -> Config:
         check_forward_method(notify.method, f"{source}: [notify] method")
     dsn = _section(DsnSettings, raw.pop("dsn", {}), f"{source}: [dsn]")
     quarantine_raw = dict(_table(raw.pop("quarantine", {}), f"{source}: [quarantine]"))
-    quarantine = _section(
-        QuarantineSettings, {"dir": quarantine_raw.pop("dir", "")}, f"{source}: [quarantine]"
-    )
+    where_and_how_long = {
+        key: quarantine_raw.pop(key) for key in ("dir", "max_age_days") if key in quarantine_raw
+    }
+    quarantine = _section(QuarantineSettings, where_and_how_long, f"{source}: [quarantine]")
     spam_raw = _table(raw.get("spam", {}), f"{source}: [spam]")
     base_policy = {
         "destiny": destiny_raw,

@@ -11,6 +11,7 @@ import asyncio
 import datetime
 import json
 import sys
+import time
 from collections.abc import Sequence
 from typing import TextIO
 
@@ -28,6 +29,17 @@ def list_quarantine(config: Config, *, category: str | None, as_json: bool, limi
             out.write(_entry_json(entry) + "\n" if as_json else _entry_line(entry) + "\n")
     finally:
         quarantine.close()
+    return 0
+
+
+def purge(config: Config, days: float, out: TextIO) -> int:
+    """Delete what was quarantined more than `days` days ago (for cron, when max_age_days is not set)."""
+    quarantine = Quarantine(config.quarantine_dir)
+    try:
+        gone = quarantine.purge(time.time() - days * 86400)
+    finally:
+        quarantine.close()
+    out.write(f"{gone} quarantined message(s) older than {days:g} days deleted\n")
     return 0
 
 

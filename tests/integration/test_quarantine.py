@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -72,3 +74,59 @@ async def test_a_quarantine_that_cannot_be_written_means_try_later(
         answer = await qmqp_send(daemon.qmqp, banned_message(), b"alice@example.org", [b"bob@example.net"])
     assert answer.startswith("Z451 4.3.0") and "No space left on device" in answer, answer
     assert mta.deliveries == []  # neither delivered, nor bounced, nor kept: the client keeps it
+
+
+async def test_old_quarantine_and_outcome_records_are_cleared_out(tmp_path: Path) -> None:
+    """With `max_age_days`, one worker deletes what is older, hourly; outcome records past the dedupe
+    window go too. Here time is moved by making the entries look old."""
+    async with (
+        fake_mta() as mta,
+        running_daemon(tmp_path, f"smtp:[127.0.0.1]:{mta.port}", protocols=("qmqp",)) as daemon,
+    ):
+        answer = await qmqp_send(daemon.qmqp, banned_message(), b"alice@example.org", [b"bob@example.net"])
+        assert "BOUNCE" in answer, answer
+    state = tmp_path / "state"
+    index = sqlite3.connect(state / "quarantine" / "index.sqlite")
+    with index:
+        index.execute("UPDATE quarantine SET time = time - 8 * 86400")
+    index.close()
+    outcomes = sqlite3.connect(state / "outcomes.sqlite")
+    with outcomes:
+        rows = outcomes.execute("SELECT count(*) FROM outcomes").fetchone()[0]
+        outcomes.execute("UPDATE outcomes SET created = created - 7200")
+    outcomes.close()
+    assert rows >= 1  # the DSN'd recipient is settled and recorded
+    top = {"quarantine": {"max_age_days": 7}}
+    async with (
+        fake_mta() as mta,
+        running_daemon(
+            tmp_path, f"smtp:[127.0.0.1]:{mta.port}", protocols=("qmqp",), top=top, housekeeping_every=0.05
+        ),
+    ):
+        for _ in range(100):
+            if not list((state / "quarantine").glob("*.gz")):
+                break
+            await asyncio.sleep(0.05)
+    assert list((state / "quarantine").glob("*.gz")) == []
+    outcomes = sqlite3.connect(state / "outcomes.sqlite")
+    assert outcomes.execute("SELECT count(*) FROM outcomes").fetchone()[0] == 0
+    outcomes.close()
+
+
+def test_quarantine_purge_from_cron(tmp_path: Path) -> None:
+    kept = Quarantine(str(tmp_path / "state" / "quarantine"))
+    try:
+        kept.store(
+            "old000000001", "virus", "x", "a@example.org", ["b@example.org"], [b"m"], time.time() - 40 * 86400
+        )
+        kept.store("new000000001", "virus", "x", "a@example.org", ["b@example.org"], [b"m"], time.time())
+    finally:
+        kept.close()
+    config = tmp_path / "qsift.toml"
+    config.write_text(f'state_dir = "{tmp_path / "state"}"\n')
+    done = qsift("quarantine", "purge", "--older-than", "30", "--config", str(config))
+    assert done.returncode == 0 and done.stdout == "1 quarantined message(s) older than 30 days deleted\n"
+    listed = qsift("quarantine", "list", "--json", "--config", str(config))
+    assert [json.loads(line)["mail_id"] for line in listed.stdout.splitlines()] == ["new000000001"]
+    refused = qsift("quarantine", "purge", "--older-than", "-1", "--config", str(config))
+    assert refused.returncode == 2

@@ -67,6 +67,8 @@ class Daemon:
     activity: dict[asyncio.Task[None], SessionInfo] = field(default_factory=dict)
     #: Whether the worker stopped because it reached max_requests (its parent replaces it).
     recycled: bool = False
+    #: Seconds between clear-outs of the outcome record and the quarantine (by one worker only).
+    housekeeping_every: float = 3600.0
 
     async def run(self) -> None:
         """Serve until SIGTERM/SIGINT (or `stop()`), then drain and clean up."""
@@ -101,6 +103,7 @@ class Daemon:
             busy_wait=config.limits.busy_wait,
         )
         self.pipeline = pipeline
+        housekeeping: asyncio.Task[None] | None = None
         try:
             for listener in self.config.listeners:
                 await self._bind(listener, self._handler_for(listener, pipeline, spool_dir))
@@ -113,11 +116,16 @@ class Daemon:
                     ", ".join(listener.name for listener in self.config.listeners),
                     pipeline.forwarder.method,
                 )
-            if self.index <= 0:  # one worker says it for all
+            if self.index <= 0:  # one worker says it and clears out for all
                 await self._greet_scanners(scanners)
+                housekeeping = asyncio.create_task(self._housekeeping(outcomes, quarantine))
             await self.stopping.wait()
             await self._drain()
         finally:
+            if housekeeping is not None:
+                housekeeping.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await housekeeping
             for server in self.servers:
                 server.close()
             outcomes.close()
@@ -128,6 +136,25 @@ class Daemon:
                 logger.warning("qsift stopped")
             else:
                 logger.info("worker %d stopped", self.index)
+
+    async def _housekeeping(self, outcomes: OutcomeStore, quarantine: Quarantine) -> None:
+        """Keep the durable state bounded: outcome records past the dedupe window go (they can no longer
+        answer a retry), and quarantined mail past `[quarantine] max_age_days` when that is set."""
+        config = self.config
+        while True:
+            now = time.time()
+            try:
+                gone = await asyncio.to_thread(outcomes.purge, now - config.dedupe_window)
+                if gone:
+                    logger.info("outcome record: %d entries past the dedupe window removed", gone)
+                days = config.quarantine.max_age_days
+                if days:
+                    gone = await asyncio.to_thread(quarantine.purge, now - days * 86400)
+                    if gone:
+                        logger.info("quarantine: %d messages older than %d days deleted", gone, days)
+            except Exception as exc:  # housekeeping must never stop mail
+                logger.error("housekeeping: %s", exc)
+            await asyncio.sleep(self.housekeeping_every)
 
     async def _greet_scanners(self, scanners: ScannerSet) -> None:
         """Say which scanners are configured and whether they answer; a silent one is logged, not fatal

@@ -391,3 +391,25 @@ def test_an_index_from_before_fingerprints_gets_the_column(tmp_path: Path) -> No
         assert upgraded.kept_before("d" * 64, "a@example.org", 0.0) is not None
     finally:
         upgraded.close()
+
+
+def test_purge_deletes_what_is_older_and_sweeps_unlisted_files(
+    tmp_path: Path, quarantine: Quarantine
+) -> None:
+    old = quarantine.store("old000000001", "virus", "x", SENDER, RECIPIENTS, [MESSAGE], 1000.0)
+    new = quarantine.store("new000000001", "virus", "x", SENDER, RECIPIENTS, [MESSAGE], 3000.0)
+    orphan = Path(quarantine.directory) / "spam-orphan000001.gz"  # a crash between file and index
+    orphan.write_bytes(b"")
+    os.utime(orphan, (1500.0, 1500.0))
+    assert quarantine.purge(2000.0) == 1
+    assert [e.mail_id for e in quarantine.list()] == ["new000000001"]
+    assert not os.path.exists(old.file) and os.path.exists(new.file) and not orphan.exists()
+    assert quarantine.get("old000000001") is None
+    assert quarantine.purge(2000.0) == 0
+
+
+def test_a_purge_that_cannot_reach_the_index_says_so(tmp_path: Path) -> None:
+    q = Quarantine(str(tmp_path / "q"))
+    q.close()
+    with pytest.raises(SpoolError):
+        q.purge(0.0)
