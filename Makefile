@@ -8,13 +8,15 @@ STAMP  := $(VENV)/.installed
 
 # Debian packages the decoder needs (libarchive, libmagic, 7-Zip for ARJ/CHM/SZDD) and the tests use
 # (clamav-testfiles: ClamAV's test file in many containers; clamd, clamscan and spamd, which the tests
-# start on private sockets with their own data). Installed only when missing.
-DEBS := libarchive13 libmagic1 p7zip-full clamav-testfiles clamav clamav-daemon spamassassin spamc rspamd daemontools ucspi-tcp shellcheck
+# start on private sockets with their own data; Postfix, which a test runs as a private instance on
+# loopback ports, preseeded "No configuration" so no system MTA is set up). Installed only when missing.
+DEBS := libarchive13 libmagic1 p7zip-full clamav-testfiles clamav clamav-daemon spamassassin spamc rspamd daemontools ucspi-tcp shellcheck postfix
 
 $(STAMP): pyproject.toml
 	@missing=$$(for p in $(DEBS); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
 		echo "installing Debian packages: $$missing"; \
+		echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections; \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing >/dev/null || \
 		{ apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing >/dev/null; }; \
 	fi
