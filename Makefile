@@ -39,7 +39,7 @@ typecheck: $(STAMP)
 	$(BIN)/mypy
 
 test: $(STAMP) lint typecheck
-	$(BIN)/coverage run -m pytest -q
+	HYPOTHESIS_PROFILE=repeatable $(BIN)/coverage run -m pytest -q
 	$(BIN)/coverage report --include='src/qsift/wire/*,src/qsift/decode/mime.py,src/qsift/decode/filetype.py,src/qsift/checks/banned.py,src/qsift/checks/headers.py,src/qsift/config_*.py' --fail-under=100
 
 clean:
