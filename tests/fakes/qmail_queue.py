@@ -9,6 +9,7 @@ Test knobs come from the environment:
   FAKE_QQ_EXIT   exit with this code instead of queueing
   FAKE_QQ_CUSTOM write this text to fd 6 (notqmail's custom error) before exiting
   FAKE_QQ_SLEEP  sleep this many seconds after reading, to test timeouts
+  FAKE_QQ_SLOW   sleep this many seconds before each read of the message (a qmail-queue on a busy disk)
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import time
 
 
 def main() -> int:
-    message = _read_all(0)
+    message = _read_all(0, float(os.environ.get("FAKE_QQ_SLOW") or 0))
     envelope = _read_all(1)
     if not _envelope_complete(envelope):
         return 91
@@ -39,11 +40,14 @@ def main() -> int:
     return 0
 
 
-def _read_all(fd: int) -> bytes:
-    chunks = []
-    while chunk := os.read(fd, 65536):
+def _read_all(fd: int, pause: float = 0.0) -> bytes:
+    chunks: list[bytes] = []
+    while True:
+        time.sleep(pause)
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            return b"".join(chunks)
         chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def _envelope_complete(envelope: bytes) -> bool:

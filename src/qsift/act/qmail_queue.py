@@ -119,12 +119,15 @@ class QmailQueueForwarder:
 
 
 class _PipeWriter(asyncio.BaseProtocol):
-    """Flow control for a write pipe: wait while the kernel buffer is full, notice the reader leaving."""
+    """Flow control for a write pipe: wait while the kernel buffer is full, notice the reader leaving,
+    and know when the pipe is closed (everything written, or the reader gone)."""
 
     def __init__(self) -> None:
         self.writable = asyncio.Event()
         self.writable.set()
         self.lost = False
+        self.closed = asyncio.Event()
+        self.error: Exception | None = None
 
     def pause_writing(self) -> None:
         self.writable.clear()
@@ -134,23 +137,34 @@ class _PipeWriter(asyncio.BaseProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
+        self.error = exc
         self.writable.set()
+        self.closed.set()
 
 
 async def _write_pipe(pipe: IO[bytes], chunks: Iterator[bytes]) -> None:
-    """Write every chunk to a pipe without blocking the loop, then close it (EOF for the reader)."""
+    """Write every chunk to a pipe without blocking the loop, then close it (EOF for the reader) once
+    the reader has had every byte; BrokenPipeError if it went away first."""
     loop = asyncio.get_running_loop()
     transport, protocol = await loop.connect_write_pipe(_PipeWriter, pipe)
     try:
         for chunk in chunks:
             if protocol.lost:
-                raise BrokenPipeError
+                break
             transport.write(chunk)
             await protocol.writable.wait()
-        if protocol.lost:
-            raise BrokenPipeError
-    finally:
-        transport.close()
+    except BaseException:
+        transport.abort()
+        raise
+    if protocol.lost:  # the reader went away before the end
+        raise BrokenPipeError
+    # The transport may still hold up to its high-water mark (64 KiB) that the reader has not taken:
+    # close() sends it, then the EOF. Going on before that (and closing the file under it) cut the end
+    # off the message a slow qmail-queue was reading, which it then queued as if whole.
+    transport.close()
+    await protocol.closed.wait()
+    if protocol.error is not None:
+        raise BrokenPipeError from protocol.error
 
 
 async def _read_pipe(pipe: IO[bytes], limit: int) -> bytes:

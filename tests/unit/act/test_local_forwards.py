@@ -63,6 +63,21 @@ async def test_qmail_queue_gets_message_on_fd0_and_envelope_on_fd1(
     assert msg.read_bytes() == b"Subject: hi\n\nbody\n" * 20000
 
 
+async def test_a_slow_qmail_queue_gets_the_whole_message(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A message a little larger than the pipe (64 KiB), to a qmail-queue slow to start reading: what the
+    pipe could not take stayed in the write transport, and closing the file under it cut the message
+    short; qmail-queue then queued the shortened message (found under CPU load)."""
+    forwarder = _fake_qq(tmp_path, monkeypatch, FAKE_QQ_SLOW="0.2")
+    body = b"".join(b"line %06d of a message larger than the pipe\r\n" % n for n in range(2000))
+    with MessageSpool.from_bytes(b"Subject: big\r\n\r\n" + body) as spool:
+        result = await forwarder.forward(ENVELOPE, spool)
+    assert result.all_accepted, result
+    (msg,) = (tmp_path / "queue").glob("*.msg")
+    assert msg.read_bytes() == b"Subject: big\n\n" + body.replace(b"\r\n", b"\n")
+
+
 @pytest.mark.parametrize(
     ("code", "custom", "answer", "text"),
     [
