@@ -1,10 +1,10 @@
 """`qsift config check FILE`: every error in a configuration file, each with its line; else the
 configuration in effect.
 
-The schema (config_schema.py) finds what each key shows by itself, all at once, so a postmaster mends
-a file in one pass rather than one error per start. Only a file clean by that measure goes on to the
-builder (config.py), which checks what spans keys (two listeners on one address, a listener naming a
-bank that does not exist) and stops at the first such error.
+The schema (config_tables.py) finds every problem at once, each with its line (config_lines.py), so a
+postmaster mends a file in one pass rather than one error per start; loading for `qsift serve` goes
+through the same reports (config.loads). Only a file clean by that measure goes on to the builder
+(config.py), whose own checks stay behind the schema's and stop at the first error.
 """
 
 from __future__ import annotations
