@@ -40,7 +40,7 @@ typecheck: $(STAMP)
 
 test: $(STAMP) lint typecheck
 	HYPOTHESIS_PROFILE=repeatable $(BIN)/coverage run -m pytest -q
-	$(BIN)/coverage report --include='src/qsift/wire/*,src/qsift/decode/mime.py,src/qsift/decode/filetype.py,src/qsift/checks/banned.py,src/qsift/checks/headers.py,src/qsift/config_*.py' --fail-under=100
+	$(BIN)/coverage report --include='src/qsift/wire/*,src/qsift/decode/mime.py,src/qsift/decode/filetype.py,src/qsift/checks/banned.py,src/qsift/checks/headers.py,src/qsift/config/check.py,src/qsift/config/effective.py,src/qsift/config/lines.py,src/qsift/config/reference.py,src/qsift/config/schema.py,src/qsift/config/tables.py' --fail-under=100
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache .coverage

@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from qsift import config
-from qsift.config_schema import validate
-from qsift.config_tables import ROOT
+from qsift.config.schema import validate
+from qsift.config.tables import ROOT
 from qsift.serve.daemon import Daemon
 
 

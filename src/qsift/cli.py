@@ -126,11 +126,11 @@ def _status(path: str | None, wait: float) -> int:
 
 def _config(args: argparse.Namespace) -> int:
     if args.config_command == "reference":
-        from qsift.config_reference import render
+        from qsift.config.reference import render
 
         sys.stdout.write(render())
         return 0
-    from qsift.config_check import check_file
+    from qsift.config.check import check_file
 
     return check_file(args.file, sys.stdout, sys.stderr)
 

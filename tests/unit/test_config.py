@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from qsift import config
-from qsift.config_tables import ROOT
+from qsift.config.tables import ROOT
 from qsift.errors import ConfigError
 
 

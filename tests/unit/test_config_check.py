@@ -15,12 +15,12 @@ from hypothesis import strategies as st
 
 from qsift import cli, config
 from qsift.checks.scanner_config import SCANNER_KEYS
-from qsift.config_check import check_file, check_text
-from qsift.config_effective import dumps
-from qsift.config_reference import render
-from qsift.config_schema import Key, Problem, Table, describe
-from qsift.config_schema import validate as validate_against
-from qsift.config_tables import ROOT
+from qsift.config.check import check_file, check_text
+from qsift.config.effective import dumps
+from qsift.config.reference import render
+from qsift.config.schema import Key, Problem, Table, describe
+from qsift.config.schema import validate as validate_against
+from qsift.config.tables import ROOT
 from qsift.errors import ConfigError
 from qsift.policy.bank import BANK_KEYS
 from qsift.policy.settings import BYPASS, LOVERS

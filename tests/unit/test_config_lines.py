@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from qsift.config_lines import Path, key_lines, line_of
+from qsift.config.lines import Path, key_lines, line_of
 
 ROOT = FilePath(__file__).resolve().parents[2]
 

@@ -227,7 +227,7 @@ def loads(text: str, source: str = "<string>") -> Config:
     one ConfigError, each with its line, as `qsift config check` reports them: a daemon refusing to start
     (or a SIGHUP refused) says all that is wrong at once."""
     # The schema describes this module's classes, so it is imported here rather than at the top.
-    from qsift.config_check import schema_reports
+    from qsift.config.check import schema_reports
 
     reports, raw = schema_reports(text, source)
     if reports:

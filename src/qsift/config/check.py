@@ -1,7 +1,7 @@
 """`qsift config check FILE`: every error in a configuration file, each with its line; else the
 configuration in effect.
 
-The schema (config_tables.py) finds every problem at once, each with its line (config_lines.py), so a
+The schema (config/tables.py) finds every problem at once, each with its line (config/lines.py), so a
 postmaster mends a file in one pass rather than one error per start; loading for `qsift serve` goes
 through the same reports (config.loads). Only a file clean by that measure goes on to the builder
 (config.py), whose own checks stay behind the schema's and stop at the first error.
@@ -15,10 +15,10 @@ from dataclasses import dataclass
 from typing import Any, TextIO
 
 from qsift import config as config_module
-from qsift.config_effective import dumps, effective
-from qsift.config_lines import key_lines, line_of
-from qsift.config_schema import describe, validate
-from qsift.config_tables import ROOT
+from qsift.config.effective import dumps, effective
+from qsift.config.lines import key_lines, line_of
+from qsift.config.schema import describe, validate
+from qsift.config.tables import ROOT
 from qsift.errors import ConfigError
 
 

@@ -2,7 +2,7 @@
 
 config.py and the parsers it calls build the typed objects and stop at the first error, which is what a
 starting daemon needs. A schema is for people and tools: `validate` reports every problem a file's keys
-show by themselves, at once, each with its key path; config_tables.py describes qsift's own file with it.
+show by themselves, at once, each with its key path; config/tables.py describes qsift's own file with it.
 """
 
 from __future__ import annotations

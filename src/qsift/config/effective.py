@@ -13,8 +13,8 @@ from typing import Any
 
 from qsift.checks.scanner_config import SCANNER_KEYS
 from qsift.config import DEFAULT_LISTENERS, Config
-from qsift.config_schema import Table
-from qsift.config_tables import ROOT
+from qsift.config.schema import Table
+from qsift.config.tables import ROOT
 from qsift.policy.bank import ORIGINATING
 
 

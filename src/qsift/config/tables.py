@@ -34,7 +34,7 @@ from qsift.config import (
     check_forward_method,
     parse_address,
 )
-from qsift.config_schema import Check, Key, Path, Table
+from qsift.config.schema import Check, Key, Path, Table
 from qsift.decode.walk import DecodeLimits
 from qsift.errors import ConfigError
 from qsift.policy.bank import BANK_KEYS, ORIGINATING
