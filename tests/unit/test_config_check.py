@@ -512,3 +512,25 @@ def test_the_writer_handles_what_a_configuration_holds() -> None:
     }
     with pytest.raises(TypeError):
         dumps({"a": None})
+
+
+def test_the_schema_does_without_the_source_of_its_classes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Installed without .py files, the docs are gone but every check stays."""
+    import importlib
+    import inspect
+
+    from qsift.config import tables
+
+    def no_source(kind: object) -> str:
+        raise OSError("could not get source code")
+
+    monkeypatch.setattr(inspect, "getsource", no_source)
+    try:
+        importlib.reload(tables)
+        assert tables.ROOT.child("limits").key("busy_wait") is not None
+        problems = validate_against(tables.ROOT, {"limits": {"busy_wait": 0}, "log_level": 9})
+        assert [describe(p.path) for p in problems] == ["[limits] busy_wait", "log_level"]
+    finally:
+        monkeypatch.undo()
+        importlib.reload(tables)
+    assert tables.ROOT.child("limits").key("busy_wait").doc  # type: ignore[union-attr]

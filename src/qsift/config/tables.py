@@ -104,10 +104,15 @@ _FORWARD = _raises(lambda v: check_forward_method(v, ""))
 
 
 def _docs(kind: type) -> dict[str, str]:
-    """The `#:` comments above a dataclass's fields (as Sphinx reads them), by field name."""
+    """The `#:` comments above a dataclass's fields (as Sphinx reads them), by field name; none where the
+    source is not installed (only the reference needs them, never a check)."""
     docs: dict[str, str] = {}
     pending: list[str] = []
-    for line in inspect.getsource(kind).splitlines():
+    try:
+        source = inspect.getsource(kind)
+    except (OSError, TypeError):
+        return docs
+    for line in source.splitlines():
         text = line.strip()
         if text.startswith("#:"):
             pending.append(text[2:].strip())
@@ -362,7 +367,7 @@ _SPAM = Table(
                 SpamSettings,
                 only=("max_size", "timeout", "failure", "user", "concurrency"),
                 failure=Key(
-                    "failure", "string", "pass", _docs(SpamSettings)["failure"], ("pass", "tempfail")
+                    "failure", "string", "pass", _docs(SpamSettings).get("failure", ""), ("pass", "tempfail")
                 ),
             ),
             ("max_size", "concurrency"),
@@ -420,7 +425,7 @@ def _scanner_table(name: str, doc: str) -> Table:
             "concurrency",
             "integer",
             None,
-            _docs(ScannerSpec)["concurrency"],
+            _docs(ScannerSpec).get("concurrency", ""),
             unset="8 (clamd), 2 (command)",
         ),
     }
@@ -461,9 +466,15 @@ ROOT = Table(
     _from_dataclass(
         TopLevel,
         docs=_docs(Config),
-        log_level=Key("log_level", "integer", 1, _docs(Config)["log_level"], check=lambda v: _at_most(v, 5)),
+        log_level=Key(
+            "log_level", "integer", 1, _docs(Config).get("log_level", ""), check=lambda v: _at_most(v, 5)
+        ),
         max_servers=Key(
-            "max_servers", "integer", 64, _docs(Config)["max_servers"], check=lambda v: _at_least(v, 1)
+            "max_servers",
+            "integer",
+            64,
+            _docs(Config).get("max_servers", ""),
+            check=lambda v: _at_least(v, 1),
         ),
     ),
     (
