@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 from qsift.errors import SpoolError
 from qsift.model import address_bytes
+from qsift.store.sqlite import immediate
 
 # SQLite allows 32766 host parameters; stay well below.
 _BATCH = 500
@@ -118,17 +119,11 @@ class OutcomeStore:
     def record(self, keys: Sequence[str], mail_id: str, answer: str, now: float) -> None:
         """Store delivered recipients in one durable transaction; SpoolError if it cannot be made durable."""
         try:
-            with self._lock:
-                self._db.execute("BEGIN IMMEDIATE")
-                try:
-                    self._db.executemany(
-                        "INSERT OR REPLACE INTO outcomes (key, mail_id, answer, created) VALUES (?, ?, ?, ?)",
-                        [(key, mail_id, answer, now) for key in keys],
-                    )
-                except BaseException:
-                    self._db.execute("ROLLBACK")
-                    raise
-                self._db.execute("COMMIT")
+            with self._lock, immediate(self._db):
+                self._db.executemany(
+                    "INSERT OR REPLACE INTO outcomes (key, mail_id, answer, created) VALUES (?, ?, ?, ?)",
+                    [(key, mail_id, answer, now) for key in keys],
+                )
         except sqlite3.Error as exc:
             raise SpoolError(f"cannot write outcome record: {exc}") from exc
 

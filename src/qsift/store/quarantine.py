@@ -33,6 +33,7 @@ from typing import Any
 
 from qsift.errors import SpoolError
 from qsift.model import address_bytes
+from qsift.store.sqlite import immediate
 
 INDEX_NAME = "index.sqlite"
 
@@ -204,19 +205,12 @@ class Quarantine:
             fingerprint,
         )
         try:
-            with self._lock:
-                db = self._connection()
-                db.execute("BEGIN IMMEDIATE")
-                try:
-                    db.execute(
-                        f"INSERT OR REPLACE INTO quarantine ({_COLUMNS}, fingerprint) "  # noqa: S608
-                        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, '[]', ?)",
-                        row,
-                    )
-                except BaseException:
-                    db.execute("ROLLBACK")
-                    raise
-                db.execute("COMMIT")
+            with self._lock, immediate(self._connection()) as db:
+                db.execute(
+                    f"INSERT OR REPLACE INTO quarantine ({_COLUMNS}, fingerprint) "  # noqa: S608
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, '[]', ?)",
+                    row,
+                )
         except (sqlite3.Error, SpoolError) as exc:
             if not any(old == name for (old,) in previous):
                 _unlink_quietly(path)  # not indexed: nobody would ever find it
@@ -261,15 +255,8 @@ class Quarantine:
         """Record, durably, that the message went to `recipients`; KeyError if it is not quarantined."""
         check_mail_id(mail_id)
         try:
-            with self._lock:
-                db = self._connection()
-                db.execute("BEGIN IMMEDIATE")
-                try:
-                    found = _add_released(db, mail_id, recipients)
-                except BaseException:
-                    db.execute("ROLLBACK")
-                    raise
-                db.execute("COMMIT")
+            with self._lock, immediate(self._connection()) as db:
+                found = _add_released(db, mail_id, recipients)
         except sqlite3.Error as exc:
             raise SpoolError(f"cannot record the release of {mail_id}: {exc}") from exc
         if not found:
@@ -307,15 +294,9 @@ class Quarantine:
         never an entry whose file is gone."""
         try:
             with self._lock:
-                db = self._connection()
-                db.execute("BEGIN IMMEDIATE")
-                try:
+                with immediate(self._connection()) as db:
                     rows = db.execute("SELECT file FROM quarantine WHERE time < ?", (older_than,)).fetchall()
                     db.execute("DELETE FROM quarantine WHERE time < ?", (older_than,))
-                except BaseException:
-                    db.execute("ROLLBACK")
-                    raise
-                db.execute("COMMIT")
                 listed = {str(name) for (name,) in db.execute("SELECT file FROM quarantine")}
         except sqlite3.Error as exc:
             raise SpoolError(f"cannot purge quarantine {self.directory}: {exc}") from exc
