@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import email
 import email.message
 import email.policy
@@ -9,13 +10,14 @@ import io
 import re
 import sys
 import zipfile
+from collections.abc import AsyncIterator
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
 from qsift.store.quarantine import Quarantine
-from tests.fakes.mta import Script, fake_mta
-from tests.harness import qmqp_send, running_daemon, smtp_send
+from tests.fakes.mta import FakeMta, Script, fake_mta
+from tests.harness import RunningDaemon, qmqp_send, running_daemon, smtp_send
 
 PROGRAM = b"MZ" + b"\x00" * 62 + b"\xcd\x20" * 100
 SENDER = b"alice@example.org"
@@ -123,7 +125,9 @@ async def test_a_virus_bounce_sends_no_dsn_by_default(tmp_path: Path) -> None:
     assert len(mta.deliveries) == 2 and b"VIRUS from you (Worm.Faker)" in mta.deliveries[0].body
 
 
-async def test_a_dsn_that_cannot_be_sent_means_try_later(tmp_path: Path) -> None:
+@contextlib.asynccontextmanager
+async def notify_mta_queue_full(tmp_path: Path) -> AsyncIterator[tuple[FakeMta, FakeMta, RunningDaemon]]:
+    """qsift forwarding to one MTA and sending DSNs to another that answers 451 to MAIL."""
     async with (
         fake_mta() as mta,
         fake_mta(Script(mail_reply="451 4.3.0 queue full")) as notify,
@@ -134,22 +138,18 @@ async def test_a_dsn_that_cannot_be_sent_means_try_later(tmp_path: Path) -> None
             top={"notify": {"method": f"smtp:[127.0.0.1]:{notify.port}"}},
         ) as daemon,
     ):
+        yield mta, notify, daemon
+
+
+async def test_a_dsn_that_cannot_be_sent_means_try_later(tmp_path: Path) -> None:
+    async with notify_mta_queue_full(tmp_path) as (mta, notify, daemon):
         answer = await qmqp_send(daemon.qmqp, banned_message(), SENDER, [b"bob@example.net"])
     assert re.match(r"Z451 4\.5\.0 id=\S+ - BOUNCE: the DSN could not be sent", answer), answer
     assert mta.deliveries == [] and notify.accepted == []
 
 
 async def test_retries_after_a_dsn_failure_leave_one_quarantined_copy(tmp_path: Path) -> None:
-    async with (
-        fake_mta() as mta,
-        fake_mta(Script(mail_reply="451 4.3.0 queue full")) as notify,
-        running_daemon(
-            tmp_path,
-            f"smtp:[127.0.0.1]:{mta.port}",
-            protocols=("qmqp",),
-            top={"notify": {"method": f"smtp:[127.0.0.1]:{notify.port}"}},
-        ) as daemon,
-    ):
+    async with notify_mta_queue_full(tmp_path) as (mta, notify, daemon):
         message = banned_message()  # the same bytes each time, as a client's retry
         answers = [await qmqp_send(daemon.qmqp, message, SENDER, [b"bob@example.net"]) for _ in range(3)]
         assert all(a.startswith("Z451") for a in answers), answers
@@ -164,6 +164,7 @@ async def test_retries_after_a_dsn_failure_leave_one_quarantined_copy(tmp_path: 
     assert len(entries) == 1, entries  # the first try's copy, found by each retry
     assert entries[0].mail_id in answers[0] and entries[0].recipients == ("bob@example.net",)
     assert len(notify.accepted) == 1  # and one DSN, once it could be sent
+    assert mta.deliveries == []  # the banned message itself went nowhere
 
 
 async def test_the_postmaster_is_told_with_the_facts(tmp_path: Path) -> None:
