@@ -49,6 +49,7 @@ class DsnBouncer:
         suppressed = self._suppressed(verdict, envelope, head, dsn_cutoff)
         if suppressed:
             logger.info("id=%s bounce without DSN: %s", mail_id, suppressed)
+            metrics.dsn("suppressed")
             reply = Reply(
                 Answer.ACCEPT, 250, "2.7.0", f"Ok, id={mail_id}, DISCARD(bounce.suppressed: {suppressed})"
             )
@@ -57,6 +58,7 @@ class DsnBouncer:
             dsn = build_dsn(self._request(verdict, mail_id, envelope, head))
         except ValueError as exc:  # a sender no DSN can be addressed to: as suppressed, never a crash
             logger.warning("id=%s no DSN possible: %s", mail_id, exc)
+            metrics.dsn("suppressed")
             reply = Reply(Answer.ACCEPT, 250, "2.7.0", f"Ok, id={mail_id}, DISCARD(bounce.suppressed: {exc})")
             return Outcome(mail_id, reply, Disposition.BLOCKED, category=category)
         notice = Envelope("", (Recipient(envelope.sender),), protocol="ESMTP")
@@ -65,12 +67,14 @@ class DsnBouncer:
         answers = {r.reply.answer for r in result.per_recipient}
         if Answer.TEMPFAIL in answers:
             text = f"id={mail_id} - BOUNCE: the DSN could not be sent ({result.per_recipient[0].reply.text})"
+            metrics.dsn("failed")
             return Outcome(mail_id, Reply.tempfail("4.5.0", text), Disposition.TEMPFAILED, category=category)
         if Answer.REJECT in answers:
             # The sender's own MTA refuses its notice: nothing more can be done; the message stays blocked.
             logger.error(
                 "id=%s DSN to <%s> refused: %s", mail_id, envelope.sender, result.per_recipient[0].reply.text
             )
+        metrics.dsn("sent")
         reply = Reply(Answer.ACCEPT, 250, "2.5.0", f"Ok, id={mail_id}, BOUNCE")
         return Outcome(mail_id, reply, Disposition.BLOCKED, category=category, queued_as=result.queued_as)
 

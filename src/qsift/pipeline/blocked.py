@@ -105,7 +105,6 @@ async def reject_bounce_or_discard(
         elif destiny in (Destiny.REJECT, Destiny.BOUNCE) and bounce is not None:
             # A rejection among delivered recipients can only be told by a DSN (amavisd-new's way).
             bounced = await bounce(view, message.mail_id, envelope, message.body, cutoff)
-            metrics.dsn(_dsn_result(bounced.reply))
             outcomes.append(_for_each(bounced, group))
         else:
             outcomes.append(_discarded(message.mail_id, view, group))
@@ -166,10 +165,3 @@ def _discarded(mail_id: str, view: Verdict, group: list[Decision]) -> Outcome:
 def _for_each(outcome: Outcome, group: list[Decision]) -> Outcome:
     """The outcome with its reply as every recipient's own (for LMTP and the outcome record)."""
     return replace(outcome, per_recipient=tuple(RecipientResult(d.recipient, outcome.reply) for d in group))
-
-
-def _dsn_result(reply: Reply) -> str:
-    """What the bouncer did, as its answer says (act/bounce.py): 2.7.0 is its "no DSN is due"."""
-    if reply.answer is Answer.TEMPFAIL:
-        return "failed"
-    return "suppressed" if reply.enhanced_status == "2.7.0" else "sent"
