@@ -4,13 +4,14 @@ HOWTO's deadlock that cannot happen. Real processes, real sockets, a scripted do
 from __future__ import annotations
 
 import asyncio
+import importlib
 import os
 import pwd
 import re
+import shutil
 import signal
 import subprocess
 import sys
-import sysconfig
 import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -19,7 +20,6 @@ from pathlib import Path
 
 import pytest
 
-import qsift
 from tests.fakes.mta import FakeMta, Script, fake_mta
 from tests.harness import free_port, qmqp_send, running_daemon
 from tests.integration.test_daemon_process import child_pids
@@ -209,27 +209,28 @@ def readable_by_others(path: str) -> bool:
     return all(part.stat().st_mode & 0o005 for part in [current, *current.parents] if part.exists())
 
 
+#: What `qsift serve` imports beyond the standard library (pyproject.toml's dependencies).
+RUNTIME_PACKAGES = ("qsift", "libarchive", "magic", "tnefparse", "prometheus_client")
+
+
 def qsift_for_others(base: Path) -> tuple[str, ...] | None:
     """A command that runs this qsift and that a dropped user can run too: this Python when others can
-    read it; else (a Python under /root, as on this image) a venv of the system's Python 3.11+ over this
-    venv's packages and source tree; None when neither can be had."""
+    read it; else (a Python under /root, as on this image) a venv of the system's Python 3.11+ in `base`
+    with a copy of qsift and its packages, wherever the checkout is; None when neither can be had."""
     if readable_by_others(sys.base_prefix):
         return (QSIFT,)
     system = "/usr/bin/python3"
-    packages = sysconfig.get_paths()["purelib"]
-    source = str(Path(qsift.__file__).resolve().parents[1])
-    if not os.path.exists(system) or not all(map(readable_by_others, (packages, source))):
+    if not os.path.exists(system):
         return None
-    new_enough = subprocess.run(
-        [system, "-c", "import sys; sys.exit(sys.version_info < (3, 11))"], check=False
-    )
-    if new_enough.returncode != 0:
+    version_check = "import sys; sys.exit(sys.version_info < (3, 11))"
+    if subprocess.run([system, "-c", version_check], check=False).returncode != 0:
         return None
     venv = base / "python"
     subprocess.run([system, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=60)
     (site,) = venv.glob("lib/python3*/site-packages")
-    # A .pth line adds a directory but not the .pth files in it (the editable install's): name both.
-    (site / "qsift-under-test.pth").write_text(f"{source}\n{packages}\n")
+    for name in RUNTIME_PACKAGES:
+        package = Path(importlib.import_module(name).__file__ or "").parent
+        shutil.copytree(package, site / name, ignore=shutil.ignore_patterns("__pycache__"))
     return (str(venv / "bin" / "python"), "-m", "qsift.cli")
 
 
