@@ -9,8 +9,9 @@ STAMP  := $(VENV)/.installed
 # Debian packages the decoder needs (libarchive, libmagic, 7-Zip for ARJ/CHM/SZDD) and the tests use
 # (clamav-testfiles: ClamAV's test file in many containers; clamd, clamscan and spamd, which the tests
 # start on private sockets with their own data; Postfix, which a test runs as a private instance on
-# loopback ports, preseeded "No configuration" so no system MTA is set up). Installed only when missing.
-DEBS := libarchive13 libmagic1 p7zip-full clamav-testfiles clamav clamav-daemon spamassassin spamc rspamd daemontools ucspi-tcp shellcheck postfix
+# loopback ports, preseeded "No configuration" so no system MTA is set up; systemd for systemd-analyze, which
+# checks the unit qsift setup systemd writes). Installed only when missing.
+DEBS := libarchive13 libmagic1 p7zip-full clamav-testfiles clamav clamav-daemon spamassassin spamc rspamd daemontools ucspi-tcp shellcheck postfix systemd
 
 $(STAMP): pyproject.toml
 	@missing=$$(for p in $(DEBS); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \

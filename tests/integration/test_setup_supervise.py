@@ -1,7 +1,8 @@
-"""What `qsift setup qmail` writes, run for real: supervise starts qsift and multilog from the generated
-service directory (connected by a pipe, as svscan connects a service and its log), qsift-queue run with
-the variables of the generated tcprules line hands qsift a message, the fake MTA gets it, multilog
-writes the summary line, and `svc -dx` stops both.
+"""What `qsift setup qmail` writes, run for real: the state directory made as its "Before starting" note
+says, supervise starts qsift and multilog from the generated service directory (connected by a pipe, as
+svscan connects a service and its log) and qsift stays up, qsift-queue run with the variables of the
+generated tcprules line hands qsift a message, the fake MTA gets it, multilog writes the summary line,
+and `svc -dx` stops both.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from tests.unit.test_setup import parse_rule, rule_lines
 BIN = Path(sys.executable).parent
 QSIFT = BIN / "qsift"
 QSIFT_QUEUE = BIN / "qsift-queue"
-DAEMONTOOLS = ("supervise", "svc", "multilog", "setuidgid")
+DAEMONTOOLS = ("supervise", "svc", "svstat", "multilog", "setuidgid")
 MISSING = [tool for tool in DAEMONTOOLS if shutil.which(tool) is None]
 MESSAGE = (
     b"From: alice@example.org\nTo: bob@example.net\nDate: Wed, 25 Nov 2026 12:00:00 +0000\n"
@@ -127,6 +128,35 @@ def run_queue_program(program: str, env: dict[str, str], message: Path) -> subpr
         os.close(read_end)
 
 
+def make_state_dir_as_told(setup_output: str) -> Path:
+    """Run the `install -d` command of setup's note for the state directory, as the postmaster would."""
+    command = re.search(r"install -d -o (\S+) -g (\S+) -m ([0-7]+) (\S+)", " ".join(setup_output.split()))
+    assert command is not None, setup_output
+    owner, group, mode, path = command.groups()
+    subprocess.run(["install", "-d", "-o", owner, "-g", group, "-m", mode, path], check=True, timeout=10)
+    return Path(path)
+
+
+def supervised_pid(service: Path) -> tuple[int, int] | None:
+    """(pid, seconds up) as svstat reports them, or None while the service is not up."""
+    status = subprocess.run(["svstat", str(service)], capture_output=True, text=True, timeout=10, check=False)
+    found = re.search(r": up \(pid (\d+)\) (\d+) seconds", status.stdout)
+    return (int(found[1]), int(found[2])) if found else None
+
+
+async def assert_stays_up(service: Path, pid: int, seconds: int, errors: Path) -> None:
+    """The same qsift process has been up for `seconds`: supervise restarts a dead one within a second,
+    so a refused start shows as a new pid and an uptime that never grows."""
+    deadline = time.monotonic() + seconds + 30
+    while True:
+        status = supervised_pid(service)
+        assert status is not None and status[0] == pid, f"qsift restarted: {status}; {errors.read_text()}"
+        if status[1] >= seconds:
+            return
+        assert time.monotonic() < deadline, f"svstat: {status}"
+        await asyncio.sleep(0.2)
+
+
 async def test_the_generated_service_runs_under_supervise(tmp_path: Path) -> None:
     me = pwd.getpwuid(os.geteuid()).pw_name
     async with fake_mta() as mta:
@@ -146,6 +176,7 @@ async def test_the_generated_service_runs_under_supervise(tmp_path: Path) -> Non
         )
         assert setup.returncode == 0, setup.stdout + setup.stderr
         assert "no QMQP listener" not in setup.stdout
+        assert make_state_dir_as_told(setup.stdout) == tmp_path / "state"
         service = tmp_path / "service" / "qsift"
         rules = rule_lines((service / "tcp.smtp.qsift").read_text())
         address, allowed, variables = parse_rule(rules[-1])
@@ -156,6 +187,8 @@ async def test_the_generated_service_runs_under_supervise(tmp_path: Path) -> Non
         message.write_bytes(MESSAGE)
         with supervised(service, errors) as (main, _):
             await wait_for_port(port, main, errors)
+            status = supervised_pid(service)
+            assert status is not None, errors.read_text()
             env = {"PATH": os.environ["PATH"], "TMPDIR": str(tmp_path), "QMAILHOME": str(tmp_path / "qmail")}
             result = await asyncio.to_thread(
                 run_queue_program, variables["QMAILQUEUE"], {**env, **variables}, message
@@ -173,6 +206,7 @@ async def test_the_generated_service_runs_under_supervise(tmp_path: Path) -> Non
             while not (current.exists() and summary.search(current.read_text(errors="replace"))):
                 assert time.monotonic() < deadline, current.read_text() if current.exists() else "no current"
                 await asyncio.sleep(0.1)
+            await assert_stays_up(service, status[0], 3, errors)
         assert main.returncode == 0
         with pytest.raises(OSError):
             socket.create_connection(("127.0.0.1", port), timeout=2).close()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import os
+import pwd
 import shutil
 import stat
 import struct
@@ -23,6 +24,7 @@ import pytest
 from qsift import cli, config
 from qsift.errors import ConfigError
 from qsift.queue_client.servers import Server, parse_control_file, parse_env
+from qsift.serve.privileges import prepare_private_dirs
 from qsift.setup import postfix, qmail, site, systemd, tcprules
 from qsift.setup.command import installed_program
 from qsift.setup.plan import Plan, PlannedDir, PlannedFile, carry_out
@@ -416,6 +418,27 @@ def test_systemd_analyze_verify_accepts_the_unit(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     # It exits 0 on unknown keys and bad values too, and says so on stderr.
     assert "qsift.service" not in result.stderr, result.stderr
+
+
+def test_the_state_directory_the_unit_makes_is_one_qsift_serve_accepts(tmp_path: Path) -> None:
+    unit = systemd.unit(systemd.SystemdOptions(qsift=QSIFT))
+    mode = next(line for line in unit.splitlines() if line.startswith("StateDirectoryMode="))
+    state_dir = tmp_path / "state"
+    state_dir.mkdir()
+    # What systemd does with StateDirectoryMode= before it starts the service.
+    state_dir.chmod(int(mode.partition("=")[2], 8))
+    settings = config.loads(f'state_dir = "{state_dir}"\nallow_root = true\n')
+    prepare_private_dirs(settings, None)
+
+
+def test_the_state_directory_note_makes_one_qsift_serve_accepts(tmp_path: Path) -> None:
+    state_dir = tmp_path / "state"
+    settings = config.loads(f'state_dir = "{state_dir}"\nallow_root = true\n')
+    note = site.state_dir_note(settings, pwd.getpwuid(os.geteuid()).pw_name)
+    command = note[note.index("install -d") :].split()
+    assert command[-1] == str(state_dir)
+    subprocess.run(command, check=True, timeout=10)
+    prepare_private_dirs(settings, None)
 
 
 # --- qsift setup postfix -------------------------------------------------------------------------------

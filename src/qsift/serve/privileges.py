@@ -19,6 +19,10 @@ from dataclasses import dataclass
 from qsift.config import Config
 from qsift.errors import ConfigError
 
+#: The one mode of every directory that holds mail or secrets (state_dir, the quarantine): what `qsift
+#: serve` makes and accepts, and what `qsift setup` tells the postmaster to make.
+PRIVATE_DIR_MODE = 0o700
+
 
 @dataclass(frozen=True)
 class RunAs:
@@ -61,7 +65,7 @@ def prepare_private_dirs(config: Config, user: RunAs | None) -> None:
 def _private_dir(directory: str, user: RunAs | None) -> None:
     uid = user.uid if user else os.geteuid()
     if not os.path.isdir(directory):
-        os.makedirs(directory, mode=0o700)
+        os.makedirs(directory, mode=PRIVATE_DIR_MODE)
         if user is not None and os.geteuid() == 0:
             os.chown(directory, user.uid, user.gid)
     info = os.stat(directory)
@@ -71,8 +75,10 @@ def _private_dir(directory: str, user: RunAs | None) -> None:
             f"{directory} belongs to uid {info.st_uid}, not to {owner}: chown {owner} {directory}"
         )
     mode = stat.S_IMODE(info.st_mode)
-    if mode & 0o077:
-        raise ConfigError(f"{directory} is mode {mode:04o}; it holds mail and keys: chmod 700 {directory}")
+    if mode & 0o777 & ~PRIVATE_DIR_MODE:
+        raise ConfigError(
+            f"{directory} is mode {mode:04o}; it holds mail and keys: chmod {PRIVATE_DIR_MODE:o} {directory}"
+        )
 
 
 def drop(user: RunAs) -> None:

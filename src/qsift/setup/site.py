@@ -12,6 +12,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from qsift.errors import ConfigError
+from qsift.serve.privileges import PRIVATE_DIR_MODE
 
 if TYPE_CHECKING:
     from qsift.config import Config
@@ -52,8 +53,8 @@ def load_config(path: str) -> tuple[Config | None, list[str]]:
 
 def state_dir_note(settings: Config, user: str) -> str:
     return (
-        f"qsift runs as {user} and writes its state_dir: install -d -o {user} -g {user} -m 0750 "
-        f"{settings.state_dir}"
+        f"qsift runs as {user} and writes its state_dir, which only {user} may read (qsift serve refuses "
+        f"it otherwise): install -d -o {user} -g {user} -m {PRIVATE_DIR_MODE:04o} {settings.state_dir}"
     )
 
 

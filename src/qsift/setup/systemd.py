@@ -13,6 +13,7 @@ import os
 from dataclasses import dataclass
 
 from qsift.errors import ConfigError
+from qsift.serve.privileges import PRIVATE_DIR_MODE
 from qsift.setup.checks import absolute_path, account_name
 from qsift.setup.plan import Plan, PlannedDir, PlannedFile
 
@@ -102,11 +103,12 @@ WantedBy=multi-user.target
 
 
 def _state_directory(state_dir: str) -> str:
-    """StateDirectory= makes the state dir (owned by User=) at each start, when it is under /var/lib."""
+    """StateDirectory= makes the state dir (owned by User=) at each start, when it is under /var/lib, in
+    the one mode qsift serve accepts."""
     relative = state_dir[len(_STATE_ROOT) :].strip("/") if state_dir.startswith(_STATE_ROOT) else ""
     if not relative:
-        return f"# {state_dir} must exist and belong to the service's user.\n"
-    return f"StateDirectory={relative}\nStateDirectoryMode=0750\n"
+        return f"# {state_dir} must exist, belong to the service's user and be mode {PRIVATE_DIR_MODE:04o}.\n"
+    return f"StateDirectory={relative}\nStateDirectoryMode={PRIVATE_DIR_MODE:04o}\n"
 
 
 def plan(options: SystemdOptions) -> Plan:
