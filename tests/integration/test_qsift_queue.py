@@ -10,6 +10,7 @@ import contextlib
 import hashlib
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import threading
@@ -32,6 +33,7 @@ RECIPIENTS = [b"rcpt@example.net", b"second@example.net"]
 VIRUS = b"D554 5.7.0 rejected: VIRUS Eicar-Test-Signature"
 MIB = 1 << 20
 FAKE_QQ = Path(__file__).parents[1] / "fakes" / "qmail_queue.py"
+FAKE_CALLER = Path(__file__).parents[1] / "fakes" / "qmail_open.py"
 
 # ru_maxrss of a child spawned straight from pytest includes pytest's own memory (vfork shares it until
 # exec, and Linux keeps that peak across exec), so a small middleman spawns qsift-queue and reports.
@@ -443,6 +445,54 @@ def test_indimail_error_fd(tmp_path: Path, server: FakeQmqpServer) -> None:
     run = run_queue(tmp_path, env, custom_fd=5)
     assert (run.code, run.custom) == (88, b"Drejected: VIRUS Eicar-Test-Signature (#5.7.0)")
     assert VIRUS.decode() in run.stderr
+
+
+REJECTED = "Drejected: VIRUS Eicar-Test-Signature (#5.7.0)"
+PLAIN_REJECT = "Dmail server permanently rejected message (#5.3.0)"
+
+
+@pytest.mark.parametrize(
+    ("caller", "chosen", "reply", "extra"),
+    [
+        ("notqmail", "notqmail", REJECTED, {}),
+        ("indimail", "indimail", REJECTED, {}),
+        # The caller's read end of the error pipe at the number of qsift-queue's write end.
+        ("indimail", "indimail", REJECTED, {"ERROR_FD": "9", "FAKE_READ_END_AT": "9"}),
+        # A convention the caller does not have: the plain code, and the text stays out of the log.
+        ("notqmail", "indimail", PLAIN_REJECT, {}),
+        ("stock", "indimail", PLAIN_REJECT, {}),
+        ("stock", "notqmail", PLAIN_REJECT, {}),
+        ("indimail", "notqmail", "Dqq mail server permanently rejected message (#5.3.0)", {}),
+        ("notqmail", "simscan", PLAIN_REJECT, {}),
+    ],
+)
+def test_custom_error_as_each_qmail_reads_it(
+    tmp_path: Path,
+    server: FakeQmqpServer,
+    caller: str,
+    chosen: str,
+    reply: str,
+    extra: dict[str, str],
+) -> None:
+    """qsift-queue under each qmail's qmail_open(), its stderr qmail-smtpd's log pipe (as under multilog)."""
+    assert QSIFT_QUEUE is not None
+    server.answer = VIRUS
+    (tmp_path / "message").write_bytes(MESSAGE)
+    (tmp_path / "envelope").write_bytes(ENVELOPE)
+    env = {"QMAILQUEUE": QSIFT_QUEUE, "TMPDIR": str(tmp_path), "QSIFT_CUSTOM_ERROR": chosen}
+    result = subprocess.run(
+        [sys.executable, str(FAKE_CALLER), caller, str(tmp_path / "message"), str(tmp_path / "envelope")],
+        env={**env, **servers_env(server.address), **extra},
+        capture_output=True,
+        timeout=60,
+        check=True,
+    )
+    log = result.stderr.decode()
+    assert result.stdout.decode() == reply + "\n", log
+    assert REJECTED not in log
+    if caller != "indimail":
+        # The reason for the postmaster, as qsift-queue's log line (under indimail fd 2 is the error pipe).
+        assert f"qsift-queue: {server.address}: {VIRUS.decode()}" in log
 
 
 # --- big messages and local failures ----------------------------------------------------------------------

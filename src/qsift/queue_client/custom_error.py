@@ -8,8 +8,12 @@ patches let a queue program supply the text (qmail-protocols.md §3.4); $QSIFT_C
   simscan   fd 4, exit 82 (netqmail + the original patch shipped with simscan)
   indimail  fd $ERROR_FD (default 2, -1 disables), exit 88; 82 means "unable to exec qq" there
 
-The text is written only if the descriptor is a pipe: under a caller without the patch the descriptor
-is closed or is something else (tcpserver's socket), and the plain exit code must stand.
+The text is written only to an error pipe the caller made for this run: a pipe that the caller does
+not itself hold, writable, at the same number. Under a caller without the convention the descriptor is
+closed, or something else (tcpserver's socket), or the caller's own descriptor passed down: fd 2 is
+qmail-smtpd's stderr, its log pipe, under any qmail but indimail-mta. The plain exit code must then
+stand, and the text must not land in qmail-smtpd's log. The caller's descriptors are read in
+/proc/PPID; without /proc, a pipe is taken as the error pipe.
 """
 
 from __future__ import annotations
@@ -89,11 +93,28 @@ def _is_status(word: str, letter: str) -> bool:
 
 
 def write_text(fd: int, text: bytes) -> bool:
-    """Write the text if `fd` is a pipe; False if it is not, or the write failed."""
+    """Write the text if `fd` is an error pipe made for this run; False if not, or the write failed."""
     try:
-        if not stat.S_ISFIFO(os.fstat(fd).st_mode):
+        mine = os.fstat(fd)
+        if not stat.S_ISFIFO(mine.st_mode) or _passed_down(fd, mine):
             return False
         # At most 255 bytes, under PIPE_BUF: one write, never split.
         return os.write(fd, text) == len(text)
     except OSError:
         return False
+
+
+def _passed_down(fd: int, mine: os.stat_result) -> bool:
+    """Whether the caller writes to this same pipe at the same number: its own descriptor, inherited."""
+    caller = f"/proc/{os.getppid()}"
+    try:
+        theirs = os.stat(f"{caller}/fd/{fd}")
+        if (theirs.st_dev, theirs.st_ino) != (mine.st_dev, mine.st_ino):
+            return False
+        with open(f"{caller}/fdinfo/{fd}", encoding="ascii") as info:
+            flags = next(line for line in info if line.startswith("flags:")).split()[1]
+    except (OSError, StopIteration, IndexError):
+        # The caller has no such descriptor (the usual case for an error pipe), or there is no /proc.
+        return False
+    # The read end of the error pipe, kept by indimail's caller, may sit at the number of our write end.
+    return int(flags, 8) & os.O_ACCMODE != os.O_RDONLY
