@@ -525,6 +525,33 @@ def test_notes_where_the_configuration_and_qmail_disagree() -> None:
     assert site.qmail_notes(agreeing, listen="127.0.0.1:10628", mark_key="", qmail_home="/var/qmail") == []
 
 
+def test_a_note_gives_myhostname_from_qmails_control_me(tmp_path: Path) -> None:
+    control = tmp_path / "control"
+    control.mkdir()
+    (control / "me").write_text("mx.example.org \n")
+    settings = config.loads('myhostname = "localhost.localdomain"\n')
+    note = site.myhostname_note(settings, qmail_home=str(tmp_path), config_path="/etc/qsift/qsift.toml")
+    assert note is not None
+    assert "MAILER-DAEMON@localhost.localdomain" in note
+    assert note.endswith(
+        "Add to /etc/qsift/qsift.toml (qsift setup writes only its own files):\n"
+        '    myhostname = "mx.example.org"'
+    )
+    assert config.loads(note.split("\n")[1]).myhostname == "mx.example.org"
+    same = config.loads('myhostname = "MX.example.org"\n')
+    assert site.myhostname_note(same, qmail_home=str(tmp_path), config_path="q.toml") is None
+
+
+def test_a_note_says_why_myhostname_cannot_come_from_control_me(tmp_path: Path) -> None:
+    settings = config.loads('myhostname = "localhost.localdomain"\n')
+    missing = site.myhostname_note(settings, qmail_home=str(tmp_path), config_path="q.toml")
+    assert missing is not None and f"Cannot read {tmp_path}/control/me (No such file or directory)" in missing
+    (tmp_path / "control").mkdir()
+    (tmp_path / "control" / "me").write_text("\n")
+    empty = site.myhostname_note(settings, qmail_home=str(tmp_path), config_path="q.toml")
+    assert empty is not None and "is empty" in empty
+
+
 def test_notes_where_the_configuration_writes_outside_the_sandbox() -> None:
     settings = config.loads(
         'tmp_dir = "/srv/tmp"\n[forward]\nmethod = "qmail-queue:/var/qmail/bin/qmail-queue"\n'
@@ -575,6 +602,18 @@ def test_cli_writes_the_service_and_refuses_to_overwrite(
     assert cli.main([*args, "--force"]) == 0
     assert run.read_text().startswith("#!/bin/sh\n")
     assert "Next steps:" in capsys.readouterr().out
+
+
+def test_cli_qmail_says_the_myhostname_of_control_me(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "qmail" / "control").mkdir(parents=True)
+    (tmp_path / "qmail" / "control" / "me").write_text("mx.example.org\n")
+    (tmp_path / "qsift.toml").write_text('myhostname = "other.example.org"\n')
+    args = ["setup", "qmail", "--dry-run", "--qsift", QSIFT, "--qmail-home", str(tmp_path / "qmail")]
+    args += ["--service-dir", str(tmp_path / "s"), "--config", str(tmp_path / "qsift.toml")]
+    assert cli.main(args) == 0
+    assert 'myhostname = "mx.example.org"' in capsys.readouterr().out
 
 
 def test_cli_postfix_prints_without_write(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

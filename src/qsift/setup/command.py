@@ -192,6 +192,8 @@ def _qmail(args: argparse.Namespace, out: TextIO) -> int:
     notes += problems
     if settings is not None:
         notes.append(site.state_dir_note(settings, options.user))
+        hostname = site.myhostname_note(settings, qmail_home=options.qmail_home, config_path=options.config)
+        notes += [hostname] if hostname else []
         notes += site.qmail_notes(
             settings,
             listen=str(qmail.server_list(options)[0]),

@@ -6,6 +6,7 @@ configuration is read through `qsift.config`, the same parser `qsift serve` uses
 
 from __future__ import annotations
 
+import json
 import os
 import pwd
 from collections.abc import Iterable
@@ -55,6 +56,30 @@ def state_dir_note(settings: Config, user: str) -> str:
     return (
         f"qsift runs as {user} and writes its state_dir, which only {user} may read (qsift serve refuses "
         f"it otherwise): install -d -o {user} -g {user} -m {PRIVATE_DIR_MODE:04o} {settings.state_dir}"
+    )
+
+
+def myhostname_note(settings: Config, *, qmail_home: str, config_path: str) -> str | None:
+    """Where qsift's myhostname (its DSNs' MAILER-DAEMON@ name) is not qmail's own, control/me."""
+    control_me = os.path.join(qmail_home, "control", "me")
+    try:
+        with open(control_me, encoding="utf-8", errors="replace") as stream:
+            # qmail's control_readline: the first line, trailing blanks dropped.
+            name = stream.readline().strip()
+    except OSError as exc:
+        return (
+            f"Cannot read {control_me} ({exc.strerror}), the name qmail uses for this host: set myhostname "
+            f"in {config_path} to it, or qsift's DSNs come from MAILER-DAEMON@{settings.myhostname}."
+        )
+    if not name:
+        return f"{control_me} is empty: qsift's DSNs come from MAILER-DAEMON@{settings.myhostname}."
+    if name.lower() == settings.myhostname.lower():
+        return None
+    # The configuration is the postmaster's file: setup writes its own files only, and says the line.
+    return (
+        f"qmail calls this host {name} ({control_me}), qsift {settings.myhostname}: qsift's DSNs would come "
+        f"from MAILER-DAEMON@{settings.myhostname}. Add to {config_path} (qsift setup writes only its own "
+        f"files):\n    myhostname = {json.dumps(name)}"
     )
 
 
