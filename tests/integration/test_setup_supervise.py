@@ -16,12 +16,14 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from qsift.setup import site
 from tests.fakes.mta import fake_mta
 from tests.harness import free_port
 from tests.integration.test_daemon_process import child_pids
@@ -210,3 +212,48 @@ async def test_the_generated_service_runs_under_supervise(tmp_path: Path) -> Non
         assert main.returncode == 0
         with pytest.raises(OSError):
             socket.create_connection(("127.0.0.1", port), timeout=2).close()
+
+
+def runs_as_nobody(program: str) -> bool:
+    """Whether another user can run qsift-queue: `--help` prints the usage and exits 55 once it runs."""
+    run = subprocess.run(
+        ["setuidgid", "nobody", program, "--help"], capture_output=True, timeout=60, check=False
+    )
+    return run.returncode == 55
+
+
+def test_the_note_on_qsift_queue_says_what_running_it_as_another_user_finds() -> None:
+    """The installed qsift-queue (on this image its Python is under /root, closed to others), then one in
+    a venv of the system's Python that others can read, then the same closed by one directory."""
+    assert (site.others_cannot_run(str(QSIFT_QUEUE)) == []) == runs_as_nobody(str(QSIFT_QUEUE))
+    system = "/usr/bin/python3"
+    if (
+        not os.path.exists(system)
+        or subprocess.run(
+            [system, "-c", "import sys; sys.exit(sys.version_info < (3, 11))"], check=False
+        ).returncode
+    ):
+        pytest.skip("no system Python 3.11+ to make a venv that others can read")
+    base = Path(tempfile.mkdtemp(dir="/tmp"))  # tmp_path's parents are closed to others
+    try:
+        base.chmod(0o755)
+        venv = base / "opt"
+        subprocess.run([system, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=60)
+        (site_packages,) = venv.glob("lib/python3*/site-packages")
+        shutil.copytree(
+            Path(site.__file__).parents[1],
+            site_packages / "qsift",
+            ignore=shutil.ignore_patterns("__pycache__"),
+        )
+        program = venv / "bin" / "qsift-queue"
+        program.write_text(
+            f"#!{venv}/bin/python\nimport sys\nfrom qsift.queue_client.main import main\nsys.exit(main())\n"
+        )
+        program.chmod(0o755)
+        assert site.others_cannot_run(str(program)) == []
+        assert runs_as_nobody(str(program))
+        (venv / "lib").chmod(0o700)
+        assert site.others_cannot_run(str(program)) == [f"{venv}/lib is mode 0700"]
+        assert not runs_as_nobody(str(program))
+    finally:
+        shutil.rmtree(base)

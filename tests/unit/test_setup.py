@@ -15,6 +15,7 @@ import stat
 import struct
 import subprocess
 import sys
+import tempfile
 import tomllib
 from dataclasses import replace
 from pathlib import Path
@@ -552,6 +553,27 @@ def test_a_note_says_why_myhostname_cannot_come_from_control_me(tmp_path: Path) 
     assert empty is not None and "is empty" in empty
 
 
+def test_what_keeps_other_users_from_qsift_queue_through_links() -> None:
+    base = Path(tempfile.mkdtemp(dir="/tmp"))  # tmp_path's parents are closed to others
+    try:
+        base.chmod(0o755)
+        (base / "closed").mkdir(mode=0o700)
+        (base / "closed" / "python3").write_text("")
+        (base / "closed" / "python3").chmod(0o755)
+        (base / "bin").mkdir(mode=0o755)
+        (base / "bin" / "python").symlink_to("../closed/python3")
+        program = base / "bin" / "qsift-queue"
+        program.write_text(f"#!{base}/bin/python\n")
+        program.chmod(0o755)
+        assert site.others_cannot_run(str(program)) == [f"{base}/closed is mode 0700"]
+        (base / "closed").chmod(0o755)
+        assert site.others_cannot_run(str(program)) == []
+        program.chmod(0o750)
+        assert site.others_cannot_run(str(program)) == [f"{program} is mode 0750"]
+    finally:
+        shutil.rmtree(base)
+
+
 def test_notes_where_the_configuration_writes_outside_the_sandbox() -> None:
     settings = config.loads(
         'tmp_dir = "/srv/tmp"\n[forward]\nmethod = "qmail-queue:/var/qmail/bin/qmail-queue"\n'
@@ -614,6 +636,20 @@ def test_cli_qmail_says_the_myhostname_of_control_me(
     args += ["--service-dir", str(tmp_path / "s"), "--config", str(tmp_path / "qsift.toml")]
     assert cli.main(args) == 0
     assert 'myhostname = "mx.example.org"' in capsys.readouterr().out
+
+
+def test_cli_qmail_says_when_other_users_cannot_run_qsift_queue(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    program = tmp_path / "venv" / "bin" / "qsift-queue"
+    program.parent.mkdir(parents=True, mode=0o700)
+    program.write_text("#!/usr/bin/python3\n")
+    args = ["setup", "qmail", "--dry-run", "--qsift", QSIFT, "--qsift-queue", str(program)]
+    args += ["--service-dir", str(tmp_path / "s"), "--config", str(tmp_path / "qsift.toml")]
+    assert cli.main(args) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert f"runs {program} as qmaild (qmail-local as the recipient), who cannot run it:" in out
+    assert f"{tmp_path}/venv/bin is mode 0700" in out
 
 
 def test_cli_postfix_prints_without_write(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

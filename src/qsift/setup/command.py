@@ -188,6 +188,7 @@ def _qmail(args: argparse.Namespace, out: TextIO) -> int:
     print(file=out)
     print(_paragraph(qmail.servers_explained(options)), end="", file=out)
     notes = site.missing_accounts([options.user, options.log_user])
+    notes += _unreachable_note(options.qsift_queue)
     settings, problems = site.load_config(options.config)
     notes += problems
     if settings is not None:
@@ -201,6 +202,17 @@ def _qmail(args: argparse.Namespace, out: TextIO) -> int:
             qmail_home=options.qmail_home,
         )
     return _finish(kept, notes, qmail.next_steps(options), dry_run=args.dry_run, out=out)
+
+
+def _unreachable_note(qsift_queue: str) -> list[str]:
+    problems = site.others_cannot_run(qsift_queue)
+    if not problems:
+        return []
+    return [
+        f"qmail-smtpd runs {qsift_queue} as qmaild (qmail-local as the recipient), who cannot run it: "
+        f"{'; '.join(problems)}. qmail-smtpd would answer 451 to every message. Install qsift where "
+        "every user can read it, e.g. a venv under /opt (docs/qmail.md, step 1)."
+    ]
 
 
 def _systemd(args: argparse.Namespace, out: TextIO) -> int:

@@ -9,7 +9,10 @@ from __future__ import annotations
 import json
 import os
 import pwd
+import stat
+import subprocess
 from collections.abc import Iterable
+from stat import S_IROTH, S_IXOTH
 from typing import TYPE_CHECKING
 
 from qsift.errors import ConfigError
@@ -34,6 +37,74 @@ def missing_accounts(names: Iterable[str]) -> list[str]:
                 f"--shell /usr/sbin/nologin {name}"
             )
     return notes
+
+
+def others_cannot_run(program: str) -> list[str]:
+    """Why a user other than the owner cannot run the Python program `program`: a directory on the way
+    to it, to the interpreter its #! line names or to the qsift package that interpreter imports, which
+    others cannot search, or a file they cannot read."""
+    problems = _blocked(program, S_IROTH | S_IXOTH)
+    try:
+        with open(program, "rb") as stream:
+            first = stream.readline(4096)
+    except OSError as exc:
+        return problems or [f"{program}: {exc.strerror}"]
+    interpreter = first[2:].split()[0].decode(errors="replace") if first.startswith(b"#!") else ""
+    if interpreter:
+        problems += _blocked(interpreter, S_IXOTH)
+        package = _package_of(interpreter)
+        if package:
+            problems += _blocked(package, S_IROTH | S_IXOTH)
+    return list(dict.fromkeys(problems))
+
+
+def _package_of(interpreter: str) -> str:
+    """The qsift package directory `interpreter` imports (asked, as a venv's pyvenv.cfg decides it)."""
+    ask = "import os, qsift; print(os.path.dirname(qsift.__file__))"
+    try:
+        found = subprocess.run(
+            [interpreter, "-c", ask], capture_output=True, text=True, timeout=30, check=False, env={}
+        )
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return found.stdout.strip() if found.returncode == 0 else ""
+
+
+def _blocked(path: str, wanted: int) -> list[str]:
+    """What keeps others from `path`, following its symbolic links hop by hop (each hop's directories
+    must be searchable too: a venv's python is a link to the real one)."""
+    problems = []
+    for _ in range(40):  # the kernel's own limit on links followed
+        problems += [_mode(directory) for directory in _parents(path) if not _allows(directory, S_IXOTH)]
+        if not os.path.islink(path):
+            break
+        path = os.path.join(os.path.dirname(path), os.readlink(path))
+    if not _allows(path, wanted):
+        problems.append(_mode(path))
+    return problems
+
+
+def _mode(path: str) -> str:
+    try:
+        return f"{path} is mode {stat.S_IMODE(os.stat(path).st_mode):04o}"
+    except OSError as exc:
+        return f"{path}: {exc.strerror}"
+
+
+def _parents(path: str) -> list[str]:
+    parents = []
+    directory = os.path.dirname(os.path.abspath(path))
+    while directory not in parents:
+        parents.append(directory)
+        directory = os.path.dirname(directory)
+    return parents[::-1]
+
+
+def _allows(path: str, wanted: int) -> bool:
+    try:
+        return os.stat(path).st_mode & wanted == wanted
+    except OSError:
+        return False
 
 
 def load_config(path: str) -> tuple[Config | None, list[str]]:
