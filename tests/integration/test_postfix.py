@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import re
 import shutil
@@ -18,11 +19,13 @@ import subprocess
 import sys
 import tempfile
 import time
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from qsift.setup import postfix as setup_postfix
 from tests.fakes.mta import FakeMta, fake_mta
 from tests.harness import free_port, running_daemon
 from tests.integration.test_destinies import banned_message
@@ -149,7 +152,17 @@ async def delivered(sink: FakeMta, count: int, timeout: float = 60) -> None:
     assert len(sink.accepted) >= count, [d.recipients for d in sink.deliveries]
 
 
-async def test_mail_goes_through_postfix_and_qsift_and_both_logs_agree() -> None:
+def listener_from_setup(qsift_port: int) -> dict[str, object]:
+    """The [[listen]] table `qsift setup postfix` writes for this port (xforward_hosts included)."""
+    text = setup_postfix.qsift_toml(setup_postfix.PostfixOptions(listen=f"127.0.0.1:{qsift_port}"))
+    [listener] = tomllib.loads(text)["listen"]
+    return {key: value for key, value in listener.items() if key != "protocol"}
+
+
+async def test_mail_goes_through_postfix_and_qsift_and_both_logs_agree(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="qsift")
     base = Path(tempfile.mkdtemp(prefix="qsift-postfix-", dir="/tmp"))  # Postfix's user must reach it
     base.chmod(0o755)
     smtpd_port, qsift_port, reinject_port = free_port(), free_port(), free_port()
@@ -161,7 +174,7 @@ async def test_mail_goes_through_postfix_and_qsift_and_both_logs_agree() -> None
                 base / "qsift",
                 f"smtp:[127.0.0.1]:{reinject_port}",
                 protocols=("smtp",),
-                listen_extra={"address": f"127.0.0.1:{qsift_port}"},
+                listen_extra=listener_from_setup(qsift_port),
             ),
         ):
             with running_postfix(base, smtpd_port, sink.port, qsift_port, reinject_port) as postfix:
@@ -176,6 +189,11 @@ async def test_mail_goes_through_postfix_and_qsift_and_both_logs_agree() -> None
                     r"orig_queue_id=([^,\s]+), orig_client=\S*\[127\.0\.0\.1\]"
                 )
                 assert re.fullmatch(r"[A-Za-z0-9_-]{12}", found.group(1)), found.group(0)
+                # Postfix is the host setup lets send XFORWARD: qsift took it (IDENT: Postfix's queue ID).
+                assert any(
+                    re.search(r"XFORWARD from \[127\.0\.0\.1\]: .*IDENT=\w+", r.getMessage())
+                    for r in caplog.records
+                ), [r.getMessage() for r in caplog.records]
                 # A banned file: qsift bounces it; its DSN goes back through Postfix to the sender.
                 banned = banned_message()
                 await asyncio.to_thread(submit, smtpd_port, banned, "alice@example.org", "bob@example.net")

@@ -1,9 +1,10 @@
 """XFORWARD end to end: the client Postfix names picks the policy bank and shows in the log, for one
-transaction only, over a real socket; and the `[[listen]] xforward` key."""
+transaction only, over a real socket; only the hosts in `[[listen]] xforward_hosts` may name one."""
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import re
 import smtplib
@@ -20,6 +21,8 @@ from tests.integration.test_destinies import banned_message
 
 SENDER = "alice@example.org"
 RCPT = "bob@example.net"
+#: The test client connects from loopback: the Postfix host, allowed to send XFORWARD.
+POSTFIX_HOST = {"xforward_hosts": ["127.0.0.0/8"]}
 #: Banned files bounce by default; from the partners' network they are discarded instead.
 TOP: dict[str, Any] = {
     "policy_bank": {
@@ -28,13 +31,18 @@ TOP: dict[str, Any] = {
 }
 
 
-def session(port: int, steps: list[str | bytes], *, lmtp: bool = False) -> list[tuple[int, str]]:
-    """One connection: each str is a command sent with docmd, each bytes a whole message; their replies."""
+def session(
+    port: int, steps: list[str | bytes], *, lmtp: bool = False, ehlo: list[str] | None = None
+) -> list[tuple[int, str]]:
+    """One connection: each str is a command sent with docmd, each bytes a whole message; their replies.
+    `ehlo` gets the EHLO (LHLO) reply's keywords."""
     client = (
         smtplib.LMTP("127.0.0.1", port, timeout=30) if lmtp else smtplib.SMTP("127.0.0.1", port, timeout=30)
     )
     with client:
         client.ehlo("postfix.test")
+        if ehlo is not None:
+            ehlo.extend(client.esmtp_features)
         answers: list[tuple[int, str]] = []
         for step in steps:
             if isinstance(step, str):
@@ -54,8 +62,10 @@ async def run(
     *,
     protocol: str = "smtp",
     downstream: Script | None = None,
+    ehlo: list[str] | None = None,
     **listen: Any,
 ) -> tuple[list[tuple[int, str]], Any]:
+    """The steps on one connection to a daemon whose listener has `listen` (default: POSTFIX_HOST)."""
     async with (
         fake_mta(downstream) as mta,
         running_daemon(
@@ -63,10 +73,12 @@ async def run(
             f"smtp:[127.0.0.1]:{mta.port}",
             protocols=(protocol,),
             top=TOP,
-            listen_extra=listen or None,
+            listen_extra=listen or POSTFIX_HOST,
         ) as daemon,
     ):
-        answers = await asyncio.to_thread(session, daemon.ports[protocol], steps, lmtp=protocol == "lmtp")
+        answers = await asyncio.to_thread(
+            session, daemon.ports[protocol], steps, lmtp=protocol == "lmtp", ehlo=ehlo
+        )
     return answers, mta
 
 
@@ -145,10 +157,35 @@ async def test_lmtp_and_an_ipv6_address(tmp_path: Path, caplog: pytest.LogCaptur
     assert "PARTNERS LMTP [2001:db8::7]" in line, line
 
 
-async def test_a_listener_that_does_not_offer_it(tmp_path: Path) -> None:
-    answers, _ = await run(tmp_path, ["XFORWARD ADDR=192.0.2.7", banned_message()], xforward=False)
-    assert answers[0] == (502, "5.5.1 Command not implemented")
-    assert answers[1][1].startswith("2.5.0 Ok, id="), answers
+@pytest.mark.parametrize(
+    ("protocol", "listen"),
+    [
+        ("smtp", {}),  # the default: nobody
+        ("smtp", {"xforward_hosts": ["192.0.2.0/24", "::1/128"]}),  # others, not this client
+        ("lmtp", {"xforward_hosts": ["10.0.0.1"]}),
+    ],
+)
+async def test_a_client_the_acl_admits_but_not_named_in_xforward_hosts_gets_nothing(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, protocol: str, listen: dict[str, Any]
+) -> None:
+    caplog.set_level(logging.INFO, logger="qsift")
+    features: list[str] = []
+    answers, mta = await run(
+        tmp_path,
+        ["XFORWARD ADDR=192.0.2.7 NAME=mua.example.org", banned_message()],
+        protocol=protocol,
+        ehlo=features,
+        acl=["127.0.0.0/8"],
+        **listen,
+    )
+    assert "xforward" not in features and "pipelining" in features, features  # not offered
+    assert answers[0] == (550, "5.7.0 Error: insufficient authorization")
+    # Not the partners' bank (discard): the banned file bounces, and the client is the peer.
+    assert answers[1][0] == 250 and "BOUNCE" in answers[1][1], answers
+    (line,) = summaries(caplog)
+    assert "[127.0.0.1]" in line and "PARTNERS" not in line and "192.0.2.7" not in line, line
+    assert not [r for r in caplog.records if "XFORWARD from" in r.getMessage()]
+    assert len(mta.deliveries) == 1 and mta.deliveries[0].sender == b""  # the DSN
 
 
 # --- configuration ------------------------------------------------------------------------------------
@@ -158,21 +195,26 @@ def listeners(*tables: dict[str, Any]) -> tuple[config.Listener, ...]:
     return config.from_mapping({"listen": list(tables)}).listeners
 
 
-def test_xforward_is_on_for_smtp_and_lmtp_and_off_for_qmqp() -> None:
+def test_xforward_hosts_are_none_by_default() -> None:
     found = listeners(
         {"protocol": "qmqp", "address": "127.0.0.1:10628"},
         {"protocol": "smtp", "address": "127.0.0.1:10024"},
-        {"protocol": "lmtp", "address": "127.0.0.1:10026", "xforward": False},
+        {"protocol": "lmtp", "address": "127.0.0.1:10026", "xforward_hosts": ["127.0.0.1", "::1/128"]},
     )
-    assert [listener.xforward for listener in found] == [False, True, False]
+    assert [listener.xforward_hosts for listener in found] == [
+        (),
+        (),
+        (ipaddress.ip_network("127.0.0.1/32"), ipaddress.ip_network("::1/128")),
+    ]
 
 
 @pytest.mark.parametrize(
     ("table", "message"),
     [
-        ({"protocol": "qmqp", "xforward": True}, "xforward is for smtp and lmtp listeners"),
-        ({"protocol": "qmqp", "xforward": False}, "xforward is for smtp and lmtp listeners"),
-        ({"protocol": "smtp", "xforward": "yes"}, "xforward must be true or false"),
+        ({"protocol": "qmqp", "xforward_hosts": []}, "xforward_hosts is for smtp and lmtp listeners"),
+        ({"protocol": "smtp", "xforward_hosts": "127.0.0.1"}, "xforward_hosts must be a list"),
+        ({"protocol": "smtp", "xforward_hosts": ["mx.example"]}, "xforward_hosts: .*does not appear"),
+        ({"protocol": "smtp", "xforward": True}, "unknown key 'xforward'"),
     ],
 )
 def test_xforward_config_errors(table: dict[str, Any], message: str) -> None:

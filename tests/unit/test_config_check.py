@@ -56,7 +56,7 @@ acl = ["127.0.0.1", "10.0.0.0/8"]
 [[listen]]
 protocol = "smtp"
 address = "127.0.0.1:10024"
-xforward = false
+xforward_hosts = ["127.0.0.1", "::1"]
 policy_bank = "INBOUND"
 max_sessions = 8
 
@@ -167,7 +167,7 @@ address = "nowhere"
 [[listen]]
 protocol = "qmqp"
 address = "127.0.0.1:1"
-xforward = true
+xforward_hosts = []
 
 [destiny]
 spam = "drop"
@@ -191,7 +191,7 @@ viruses_that_fake_sender = "("
         (5, "[limits] message_size"),
         (8, "[[listen]] #1 protocol"),
         (9, "[[listen]] #1 address"),
-        (14, "[[listen]] #2 xforward"),
+        (14, "[[listen]] #2 xforward_hosts"),
         (17, "[destiny] spam"),
         (19, "[[virus.scanners]] #1 address"),  # required: the table's line
         (21, "[[virus.scanners]] #1 command"),
@@ -263,8 +263,8 @@ def test_the_configuration_in_effect_shows_defaults_and_computed_values() -> Non
     assert values is not None
     assert values["workers"] >= 1  # one per CPU, said as a number
     assert values["limits"]["message_size"] == 50 * 1024 * 1024
-    assert values["listen"][1]["xforward"] is True
-    assert "xforward" not in values["listen"][0]  # qmqp has none
+    assert values["listen"][1]["xforward_hosts"] == []  # nobody by default
+    assert "xforward_hosts" not in values["listen"][0]  # qmqp has none
     assert values["quarantine"]["dir"] == "/var/lib/qsift/quarantine"
     assert values["policy_bank"]["ORIGINATING"]["relay_client"] is True
     assert "spam" not in values  # no spam scanner: no levels to show
@@ -368,6 +368,7 @@ def _valid_value(path: tuple[str, ...], key: Key) -> Any:
         "method": "smtp:[127.0.0.1]:1",
         "policy_bank": "",
         "acl": ["127.0.0.1"],
+        "xforward_hosts": ["127.0.0.1"],
         "client_networks": ["192.0.2.0/24"],
         "match": ["a@example.org"],
         "recipient_delimiter": "+",

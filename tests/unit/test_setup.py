@@ -8,6 +8,7 @@ tcprules when ucspi-tcp is installed (its cdb read back by a reader written from
 from __future__ import annotations
 
 import io
+import ipaddress
 import os
 import pwd
 import shutil
@@ -480,7 +481,14 @@ def test_qsift_toml_lines_load_and_match_master_cf(maxproc: int, sessions: int) 
     [listener] = settings.listeners
     assert (listener.protocol, str(listener.address)) == ("smtp", "127.0.0.1:10024")
     assert listener.limits.max_sessions == sessions
+    assert listener.xforward_hosts == (ipaddress.ip_network("127.0.0.0/8"),)  # Postfix on this host
     assert settings.forward.method == "smtp:[127.0.0.1]:10026"
+
+
+def test_qsift_toml_lets_postfix_on_ipv6_loopback_send_xforward() -> None:
+    text = postfix.qsift_toml(postfix.PostfixOptions(listen="[::1]:10024", reinject="[::1]:10025"))
+    [listener] = config.loads(text).listeners
+    assert listener.xforward_hosts == (ipaddress.ip_network("::1/128"),)
 
 
 @pytest.mark.parametrize(

@@ -82,8 +82,9 @@ class Listener:
     limits: Limits
     #: The policy bank every message on this listener gets (amavisd-new's %interface_policy); "" none.
     policy_bank: str = ""
-    #: SMTP/LMTP: offer XFORWARD, so the MTA (Postfix) names the client it had the message from.
-    xforward: bool = True
+    #: SMTP/LMTP: the hosts that may send XFORWARD (the MTA, Postfix, naming the client it had the message
+    #: from); the others are not offered it and are refused (Postfix's smtpd_authorized_xforward_hosts).
+    xforward_hosts: tuple[Network, ...] = ()
 
     @property
     def name(self) -> str:
@@ -415,14 +416,15 @@ def _listener(table: object, limits: Limits, where: str) -> Listener:
     bank = table.pop("policy_bank", "")
     if not isinstance(bank, str):
         raise ConfigError(f"{where} policy_bank must be the name of a [policy_bank.NAME] table")
-    if protocol == "qmqp" and "xforward" in table:
-        raise ConfigError(f"{where} xforward is for smtp and lmtp listeners (QMQP has no XFORWARD)")
-    xforward = table.pop("xforward", protocol != "qmqp")
-    if not isinstance(xforward, bool):
-        raise ConfigError(f"{where} xforward must be true or false")
+    if protocol == "qmqp" and "xforward_hosts" in table:
+        raise ConfigError(f"{where} xforward_hosts is for smtp and lmtp listeners (QMQP has no XFORWARD)")
+    xforward_raw = table.pop("xforward_hosts", [])
+    if not isinstance(xforward_raw, list):
+        raise ConfigError(f"{where} xforward_hosts must be a list of addresses or networks")
+    xforward_hosts = _acl(xforward_raw, where, "xforward_hosts")
     listener_limits = _section(Limits, {**_as_dict(limits), **table}, where)
     return Listener(
-        protocol, parse_address(address, where), _acl(acl_raw, where), listener_limits, bank, xforward
+        protocol, parse_address(address, where), _acl(acl_raw, where), listener_limits, bank, xforward_hosts
     )
 
 
@@ -457,15 +459,15 @@ def parse_address(text: str, where: str = "address") -> ListenAddress:
     return ListenAddress(host, int(port_text), None)
 
 
-def _acl(entries: list[object], where: str) -> tuple[Network, ...]:
+def _acl(entries: list[object], where: str, key: str = "acl") -> tuple[Network, ...]:
     networks: list[Network] = []
     for entry in entries:
         if not isinstance(entry, str):
-            raise ConfigError(f"{where} acl entries must be strings, not {entry!r}")
+            raise ConfigError(f"{where} {key} entries must be strings, not {entry!r}")
         try:
             networks.append(ipaddress.ip_network(entry, strict=False))
         except ValueError as exc:
-            raise ConfigError(f"{where} acl: {exc}") from exc
+            raise ConfigError(f"{where} {key}: {exc}") from exc
     return tuple(networks)
 
 

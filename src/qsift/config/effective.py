@@ -61,9 +61,9 @@ def _filled(schema: Table, raw: Mapping[str, Any]) -> dict[str, Any]:
 def _listener(raw: Mapping[str, Any], limits: Mapping[str, Any]) -> dict[str, Any]:
     values = _filled(ROOT.child("listen"), raw)
     values.update({name: value for name, value in limits.items() if name not in values})
-    values.setdefault("xforward", values["protocol"] != "qmqp")
+    values.setdefault("xforward_hosts", [])
     if values["protocol"] == "qmqp":
-        del values["xforward"]
+        del values["xforward_hosts"]
     return values
 
 

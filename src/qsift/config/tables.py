@@ -162,8 +162,8 @@ def _counts(keys: tuple[Key, ...], names: tuple[str, ...]) -> tuple[Key, ...]:
 
 
 def _listener_rules(raw: Mapping[str, Any]) -> Iterable[tuple[Path, str]]:
-    if raw.get("protocol") == "qmqp" and "xforward" in raw:
-        yield ("xforward",), "is for smtp and lmtp listeners (QMQP has no XFORWARD)"
+    if raw.get("protocol") == "qmqp" and "xforward_hosts" in raw:
+        yield ("xforward_hosts",), "is for smtp and lmtp listeners (QMQP has no XFORWARD)"
 
 
 def _scanner_rules(raw: Mapping[str, Any]) -> Iterable[tuple[Path, str]]:
@@ -450,11 +450,12 @@ def _listener_keys() -> tuple[Key, ...]:
         ),
         Key("policy_bank", "string", "", "The [policy_bank.NAME] every message on this listener gets."),
         Key(
-            "xforward",
-            "boolean",
+            "xforward_hosts",
+            "strings",
             None,
-            "Offer XFORWARD (Postfix names the client).",
-            unset="true (smtp, lmtp)",
+            "SMTP/LMTP: the MTA hosts (addresses or networks) allowed to send XFORWARD; others are refused.",
+            check=_NETWORKS,
+            unset="[] (smtp, lmtp)",
         ),
         *limits,
     )

@@ -34,6 +34,15 @@ def client_allowed(peer_ip: str | None, acl: Sequence[Network]) -> bool:
     return any(address in network for network in acl)
 
 
+def xforward_allowed(peer_ip: str | None, hosts: Sequence[Network]) -> bool:
+    """True if the peer may name another client with XFORWARD: its address is in `hosts`.
+
+    A Unix-socket peer counts as 127.0.0.1, as Postfix's smtpd counts a local client for
+    smtpd_authorized_xforward_hosts.
+    """
+    return client_allowed("127.0.0.1" if peer_ip is None else peer_ip, hosts)
+
+
 class SessionSlots:
     """At most `limit` sessions in progress; a newcomer waits up to `wait` seconds for a slot.
 

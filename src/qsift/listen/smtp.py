@@ -4,10 +4,12 @@ Postfix (content_filter on port 10024) or any MTA hands mail in here. The body i
 (bounded memory); after the final dot the pipeline decides, and the answer is sent only once the
 forward's outcome is known: one reply for SMTP, one per recipient for LMTP (RFC 2033 §4.2).
 
-With XFORWARD (on unless the listener says `xforward = false`), Postfix names the client it had the
-message from; that client, not the connection's peer, is then the envelope's client for the policy
-banks and the log. Postfix's XFORWARD_README says not to mix the two: once XFORWARD came, an attribute
-it did not give is unknown, not the peer's.
+With XFORWARD, Postfix names the client it had the message from; that client, not the connection's peer,
+is then the envelope's client for the policy banks and the log. Postfix's XFORWARD_README says not to mix
+the two: once XFORWARD came, an attribute it did not give is unknown, not the peer's. Since the named
+client picks the policy bank, only the hosts in the listener's `xforward_hosts` may name one (Postfix's
+smtpd_authorized_xforward_hosts, apart from the ACL that lets a client connect at all); to any other
+client XFORWARD is neither offered nor taken.
 """
 
 from __future__ import annotations
@@ -15,11 +17,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from qsift.config import Listener
 from qsift.errors import ClientTimeout, SpoolError, TooBusy
-from qsift.listen.admission import SessionSlots, client_allowed
+from qsift.listen.admission import SessionSlots, client_allowed, xforward_allowed
 from qsift.listen.session import ClientGoneWatch, log_outcome, peer_ip, read_with_limits, reply_for_error
 from qsift.model import Answer, Envelope, Outcome, Recipient, Reply, address_from_bytes
 from qsift.observe import metrics
@@ -48,13 +50,13 @@ class SmtpListener:
             lmtp=self.lmtp,
             max_message_size=limits.message_size,
             max_recipients=limits.recipients,
-            xforward=self.listener.xforward,
         )
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """Serve one SMTP/LMTP connection to its end; never raises."""
         client = peer_ip(writer)
-        conn = wire.SmtpServerConnection(self.settings)
+        may_forward = xforward_allowed(client, self.listener.xforward_hosts)
+        conn = wire.SmtpServerConnection(replace(self.settings, xforward=may_forward))
         proto = "LMTP" if self.lmtp else "SMTP"
         try:
             if not client_allowed(client, self.listener.acl):

@@ -61,7 +61,7 @@ def master_cf(options: PostfixOptions) -> str:
     client = (
         options.protocol
     )  # Postfix's smtp and lmtp clients share their parameters' names but for the prefix
-    loopback = "[::1]/128" if reinject.host and ":" in reinject.host else "127.0.0.0/8"
+    loopback = _loopback(reinject).replace("::1", "[::1]")
     return f"""\
 # master.cf additions for qsift (written by `qsift setup postfix`): an after-queue content filter.
 # The "{TRANSPORT}" transport hands each message to qsift's {client.upper()} listener on {listen}; qsift
@@ -102,6 +102,11 @@ def master_cf(options: PostfixOptions) -> str:
 """
 
 
+def _loopback(address: ListenAddress) -> str:
+    """The loopback network of the address's family: where Postfix on this host connects from."""
+    return "::1/128" if address.host and ":" in address.host else "127.0.0.0/8"
+
+
 def _sessions_said(options: PostfixOptions) -> str:
     if options.maxproc > DEFAULT_MAX_SESSIONS:
         return f"{DEFAULT_MAX_SESSIONS} by default; {QSIFT_TOML} sets {options.maxproc}"
@@ -137,12 +142,16 @@ def qsift_toml(options: PostfixOptions) -> str:
             f"# max_sessions ({DEFAULT_MAX_SESSIONS} by default) must stay at least master.cf's maxproc "
             f"({options.maxproc}).\n"
         )
+    postfix_host = _loopback(listen)
     return f"""\
 # qsift.toml for Postfix (written by `qsift setup postfix`). [[listen]] tables replace the default
 # listeners (QMQP on 127.0.0.1:10628, SMTP on 127.0.0.1:10024): list every one qsift is to keep.
 [[listen]]
 protocol = "{options.protocol}"
 address = "{listen}"
+# The Postfix host, whose {options.protocol} client names the original client with XFORWARD: that client
+# picks the policy bank, so no other host may (add Postfix's address to acl too if it runs elsewhere).
+xforward_hosts = ["{postfix_host}"]
 {sessions}
 [forward]
 method = "smtp:{nexthop(reinject)}"

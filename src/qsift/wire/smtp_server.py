@@ -19,7 +19,8 @@ XFORWARD (Postfix's XFORWARD_README), when offered: Postfix, handing a message t
 client it had the message from. The attributes are taken only outside a mail transaction, accumulate
 over several commands, and are dropped when the transaction ends (the final dot, RSET, or a new EHLO,
 an implicit RSET by RFC 5321 §4.1.4); `DataEnd.xforward` carries them. Who may send it is the
-listener's ACL: a client it refuses never gets this far.
+application's call, made per connection (`ServerSettings.xforward`): a client not allowed is not offered it
+and hears Postfix smtpd's own refusal, 550 5.7.0, with nothing changed.
 """
 
 from __future__ import annotations
@@ -86,7 +87,8 @@ class ServerSettings:
     #: Refused commands before the connection is closed with 421.
     max_errors: int = 20
     max_address_length: int = 1000
-    #: Offer XFORWARD (Postfix's XFORWARD_README) in the EHLO/LHLO reply and take it.
+    #: This client may send XFORWARD (Postfix's XFORWARD_README): offer it in the EHLO/LHLO reply and take
+    #: it; otherwise refuse it with 550 5.7.0.
     xforward: bool = False
 
 
@@ -322,7 +324,8 @@ class SmtpServerConnection:
 
     def _do_xforward(self, arg: bytes) -> None:
         if not self.settings.xforward:
-            self._send(502, "5.5.1", "Command not implemented")
+            # Postfix's smtpd to a host not in smtpd_authorized_xforward_hosts, word for word.
+            self._send(550, "5.7.0", "Error: insufficient authorization")
         elif not self._extended:
             # The client may send it once the EHLO (LHLO) reply offered it.
             self._send(503, "5.5.1", f"Send {'LHLO' if self.settings.lmtp else 'EHLO'} first")

@@ -37,13 +37,13 @@ def xforward(conn: s.SmtpServerConnection, *lines: bytes) -> bytes:
     return out
 
 
-def test_not_offered_unless_asked() -> None:
+def test_a_client_not_allowed_is_not_offered_it_and_refused_as_postfix_refuses() -> None:
     conn = s.SmtpServerConnection(s.ServerSettings(hostname="mx.test"))
     conn.data_to_send()
     _, out = feed(conn, b"EHLO mta.test\r\n")
     assert b"XFORWARD" not in out
     _, out = feed(conn, b"XFORWARD ADDR=192.0.2.7\r\n")
-    assert out == b"502 5.5.1 Command not implemented\r\n"
+    assert out == b"550 5.7.0 Error: insufficient authorization\r\n"
     end, _ = message(conn)
     assert end.xforward == {}
 
