@@ -1,93 +1,240 @@
-"""Scanned once: mail qsift passed carries its mark, and qsift-queue sends marked mail that qmail-local
-forwards straight to the real qmail-queue; a forged or altered mark is scanned as usual."""
+"""Scanned once in qmail's real permission model: qmail-local forwards a message qsift passed by running
+qsift-queue as the recipient's user, who can read neither key; the daemon knows its own mark and passes the
+forward unscanned and unchanged. A local user who forges a mark or an X-Qsift-Client field gets nothing.
+
+The local user is `nobody`: qsift-queue runs under a Python other users can read (test_workers makes one)
+after dropping root's uid, gid and groups, as qmail-lspawn's qmail-getpw and setuid do for qmail-local.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import os
+import pwd
+import shutil
 import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from qsift.wire import mark
-from tests.fakes.mta import fake_mta
-from tests.harness import free_port, qmqp_send, running_daemon
-from tests.integration.test_qsift_queue import run_queue
+import pytest
 
-FAKE_QQ = Path(__file__).parents[1] / "fakes" / "qmail_queue.py"
-MESSAGE = b"From: alice@example.org\nDate: Wed, 25 Nov 2026 12:00:00 +0000\nSubject: hi\n\nhello\nworld\n"
+from qsift.wire import client_context, mark
+from tests.fakes.mta import FakeMta, fake_mta
+from tests.harness import RunningDaemon, qmqp_send, running_daemon
+from tests.integration.test_destinies import banned_message
+from tests.integration.test_qsift_queue import Run, run_queue
+from tests.integration.test_workers import qsift_for_others
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="running qsift-queue as another user needs root")
+
+ALICE, BOB, CAROL = b"alice@example.org", b"bob@example.net", b"carol@example.net"
+#: Bob accepts banned files; nobody else does, and for them a banned file bounces. So a forward of what
+#: Bob got, scanned again for Carol, would bounce: arriving at all proves it was not rescanned. Mail from
+#: a relay client (the ORIGINATING bank) passes banned files: the prize of a forged client field.
+TOP: dict[str, Any] = {
+    "policy": {"banned_files_lovers": ["bob@example.net"]},
+    "policy_bank": {"ORIGINATING": {"destiny": {"banned": "pass"}}},
+}
+#: As the local user: qsift-queue with root's uid, gid and groups dropped for nobody's, then exec'd.
+AS_NOBODY = (
+    "import os, sys; uid, gid = int(sys.argv[1]), int(sys.argv[2]); os.setgroups([]); os.setgid(gid); "
+    "os.setuid(uid); os.execv(sys.argv[3], sys.argv[3:])"
+)
 
 
-def fake_queue_program(tmp_path: Path) -> str:
-    program = tmp_path / "qmail-queue.orig"
-    program.write_text(f"#!/bin/sh\nexec {sys.executable} {FAKE_QQ}\n")
-    program.chmod(0o755)
-    return str(program)
+@dataclass
+class Site:
+    daemon: RunningDaemon
+    mta: FakeMta
+    #: The client key: 0440, root's, in a directory nobody can pass through; as qmaild:qsift would be.
+    client_key: Path
+    #: The command that runs qsift-queue as nobody.
+    local_user: list[str]
+    tmpdir: Path
 
 
-async def passed_copy(tmp_path: Path) -> bytes:
-    """The message as qsift delivered it, in qmail's LF form, with what qmail-local prepends."""
-    async with (
-        fake_mta() as mta,
-        running_daemon(tmp_path, f"smtp:[127.0.0.1]:{mta.port}", protocols=("qmqp",)) as daemon,
-    ):
-        assert (await qmqp_send(daemon.qmqp, MESSAGE, b"alice@example.org", [b"bob@example.net"])).startswith(
-            "K"
+@contextmanager
+def world_for_nobody() -> Iterator[tuple[Path, list[str]]]:
+    base = Path(tempfile.mkdtemp(dir="/tmp"))  # tmp_path's parents are closed to nobody
+    try:
+        base.chmod(0o711)
+        command = qsift_for_others(base)
+        if command is None:
+            pytest.skip(f"no Python that other users can read ({sys.base_prefix} is closed to them)")
+        nobody = pwd.getpwnam("nobody")
+        python = command[0]
+        yield (
+            base,
+            [
+                sys.executable,
+                "-c",
+                AS_NOBODY,
+                str(nobody.pw_uid),
+                str(nobody.pw_gid),
+                python,
+                "-m",
+                "qsift.queue_client.main",
+            ],
         )
-    delivered = mta.deliveries[0].body.replace(b"\r\n", b"\n")
-    assert delivered.startswith(f"{mark.FIELD}: v1 t=".encode())
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@asynccontextmanager
+async def site(tmp_path: Path) -> AsyncIterator[Site]:
+    with world_for_nobody() as (base, local_user):
+        client_key = base / "client.key"
+        client_key.write_bytes(os.urandom(32))
+        client_key.chmod(0o440)
+        top = {**TOP, "client_context": {"key_file": str(client_key)}}
+        async with (
+            fake_mta() as mta,
+            running_daemon(tmp_path, f"smtp:[127.0.0.1]:{mta.port}", protocols=("qmqp",), top=top) as daemon,
+        ):
+            tmpdir = base / "tmp"
+            tmpdir.mkdir(mode=0o1777)
+            tmpdir.chmod(0o1777)
+            yield Site(daemon, mta, client_key, local_user, tmpdir)
+
+
+async def forward_as_local_user(where: Site, message: bytes, sender: bytes, recipient: bytes) -> Run:
+    """qmail-local's forward: qsift-queue as the recipient's user, in qmail-send's environment (no tcpserver
+    variables), with QSIFT_CLIENT_KEY set as a careless rc might set it. In a thread: the daemon shares
+    this event loop."""
+    env = {
+        "QMQPSERVERS": f"127.0.0.1:{where.daemon.qmqp}",
+        "QSIFT_CLIENT_KEY": str(where.client_key),
+        "TMPDIR": str(where.tmpdir),
+    }
+    envelope = b"F%s\0T%s\0\0" % (sender, recipient)
+    return await asyncio.to_thread(run_queue, where.tmpdir, env, message, envelope, program=where.local_user)
+
+
+async def passed_to_bob(where: Site) -> bytes:
+    """What Bob's mailbox got, in qmail's LF form, with the Delivered-To qmail-local prepends."""
+    answer = await qmqp_send(where.daemon.qmqp, banned_message(), ALICE, [BOB])
+    assert answer.startswith("K250"), answer
+    delivered = where.mta.deliveries[-1].body.replace(b"\r\n", b"\n")
+    assert delivered.startswith(f"{mark.FIELD}: v2 t=".encode()), delivered[:200]
     return b"Delivered-To: bob@example.net\n" + delivered
 
 
-async def test_a_forwarded_message_skips_the_filter(tmp_path: Path) -> None:
-    forwarded = await passed_copy(tmp_path)
-    queue_dir = tmp_path / "queue"
-    queue_dir.mkdir()
-    env = {
-        "QMQPSERVERS": f"127.0.0.1:{free_port()}",  # nobody there: going to the filter would fail
-        "QSIFT_ORIG_QUEUE": fake_queue_program(tmp_path),
-        "QSIFT_MARK_KEY": str(tmp_path / "state" / "mark.key"),
-        "FAKE_QQ_DIR": str(queue_dir),
-    }
-    envelope = b"Fbob@example.net\0Tcarol@example.org\0\0"
-    run = run_queue(tmp_path, env, forwarded, envelope)
-    assert run.code == 0, run.stderr
-    [queued] = sorted(queue_dir.glob("*.msg"))
-    assert queued.read_bytes() == forwarded
-    assert queued.with_suffix(".env").read_bytes() == envelope
+def cannot_read_the_key(run: Run, where: Site) -> bool:
+    return f"cannot read the client key {where.client_key}: Permission denied" in run.stderr
 
 
-async def test_an_altered_body_or_a_foreign_key_is_scanned_as_usual(tmp_path: Path) -> None:
-    forwarded = await passed_copy(tmp_path)
-    queue_dir = tmp_path / "queue"
-    queue_dir.mkdir()
-    other_key = tmp_path / "other.key"
-    other_key.write_bytes(b"k" * 32)
-    base = {
-        "QMQPSERVERS": f"127.0.0.1:{free_port()}",
-        "QSIFT_ORIG_QUEUE": fake_queue_program(tmp_path),
-        "FAKE_QQ_DIR": str(queue_dir),
-    }
-    envelope = b"Fbob@example.net\0Tcarol@example.org\0\0"
-    altered = forwarded.replace(b"hello", b"HELLO")
-    for message, key in ((altered, tmp_path / "state" / "mark.key"), (forwarded, other_key)):
-        run = run_queue(tmp_path, {**base, "QSIFT_MARK_KEY": str(key)}, message, envelope)
-        assert run.code == 73, run.stderr  # sent to the filter (refused connection), not queued
-    assert list(queue_dir.iterdir()) == []
+async def test_a_forward_by_qmail_local_arrives_once_unscanned_and_unchanged(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="qsift")
+    async with site(tmp_path) as where:
+        forwarded = await passed_to_bob(where)
+        run = await forward_as_local_user(where, forwarded, BOB, CAROL)
+        assert run.code == 0, run.stderr
+        assert cannot_read_the_key(run, where), run.stderr  # really another user, with no key
+        assert len(where.mta.deliveries) == 2, [d.recipients for d in where.mta.deliveries]
+        got = where.mta.deliveries[-1]
+    assert (got.sender, got.recipients) == (BOB, [CAROL])  # delivered, not bounced: not rescanned
+    assert got.body.replace(b"\r\n", b"\n") == forwarded  # not a byte added: one set of qsift's fields
+    header = forwarded.split(b"\n\n", 1)[0]
+    assert header.count(b"X-Qsift-Scanned:") == 1 and header.count(b"X-Qsift-Alert:") == 1, header
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Passed ")]
+    assert len(lines) == 2 and "scanned here before (X-Qsift-Scanned)" in lines[1], lines
 
 
-def test_the_mark_survives_line_ends_and_breaks_on_any_body_change() -> None:
+@pytest.mark.parametrize(
+    "forge",
+    [
+        # A mark of its own making: a guessed HMAC.
+        lambda copy: f"{mark.FIELD}: v2 t={int(time.time())} h={'0' * 64}\n".encode() + banned_message(),
+        # The real mark of the message Bob got, on another body.
+        lambda copy: copy.replace(b"see attached", b"see enclosed"),
+        # The same body read another way: the message's own MIME field changed, below the mark.
+        lambda copy: copy.replace(b"MIME-Version: 1.0\n", b"MIME-Version: 1.0 (x)\n", 1),
+        # A mark of the old kind, over the body only.
+        lambda copy: copy.replace(b"X-Qsift-Scanned: v2", b"X-Qsift-Scanned: v1"),
+    ],
+    ids=["guessed", "other-body", "other-reading", "v1"],
+)
+async def test_a_local_user_who_forges_a_mark_gets_the_message_scanned(tmp_path: Path, forge: Any) -> None:
+    async with site(tmp_path) as where:
+        forged = forge(await passed_to_bob(where))
+        run = await forward_as_local_user(where, forged, ALICE, CAROL)
+        assert run.code == 0 and cannot_read_the_key(run, where), run.stderr
+        got = where.mta.deliveries[-1]
+    # Carol is no lover of banned files: scanned, bounced; the DSN goes to the sender.
+    assert (got.sender, got.recipients) == (b"", [ALICE]), got
+    assert b"BANNED" in got.body
+
+
+async def test_a_local_user_who_forges_a_client_field_is_no_relay_client(tmp_path: Path) -> None:
+    async with site(tmp_path) as where:
+        context = client_context.ClientContext(ip="127.0.0.1", relay_client=True, auth_user="alice")
+        guessed = client_context.make_field(os.urandom(32), context, ALICE, [CAROL], int(time.time()))
+        run = await forward_as_local_user(where, guessed + banned_message(), ALICE, CAROL)
+        assert run.code == 0 and cannot_read_the_key(run, where), run.stderr
+        got = where.mta.deliveries[-1]
+    assert (got.sender, got.recipients) == (b"", [ALICE]), got  # bounced, not ORIGINATING's pass
+
+
+async def test_the_relay_client_qsift_queue_vouches_for_still_gets_its_bank(tmp_path: Path) -> None:
+    """The control for the test above: the same message, signed with the client key, is passed."""
+    async with site(tmp_path) as where:
+        context = client_context.ClientContext(ip="192.0.2.7", relay_client=True)
+        signed = client_context.make_field(
+            where.client_key.read_bytes(), context, ALICE, [CAROL], int(time.time())
+        )
+        answer = await qmqp_send(where.daemon.qmqp, signed + banned_message(), ALICE, [CAROL])
+        assert answer.startswith("K250"), answer
+        got = where.mta.deliveries[-1]
+    assert (got.sender, got.recipients) == (ALICE, [CAROL])
+
+
+async def test_a_marked_copy_from_an_smtp_client_is_scanned_again(tmp_path: Path) -> None:
+    """qsift-queue under qmail-smtpd vouches that an SMTP client sent it: a copy of passed mail coming
+    back from outside (or replayed) is no forward of ours."""
+    async with site(tmp_path) as where:
+        copy = await passed_to_bob(where)
+        context = client_context.ClientContext(ip="192.0.2.7")
+        signed = client_context.make_field(
+            where.client_key.read_bytes(), context, ALICE, [CAROL], int(time.time())
+        )
+        answer = await qmqp_send(where.daemon.qmqp, signed + copy, ALICE, [CAROL])
+        assert answer.startswith("K250"), answer
+        got = where.mta.deliveries[-1]
+    assert (got.sender, got.recipients) == (b"", [ALICE]), got  # the bounce
+
+
+def test_the_mark_survives_line_ends_and_breaks_on_any_change_to_what_it_covers() -> None:
     key = b"s" * 32
+    header = b"Subject: x\nContent-Type: text/plain;\n charset=us-ascii\n"
     lf = mark.BodyDigest()
-    lf.update(b"Subject: x\n\nbody\nline\n")
+    lf.update(header + b"\nbody\nline\n")
     crlf = mark.BodyDigest()
-    for piece in (b"Subject: x\r", b"\n\r\nbody\r", b"\nline\r\n"):
+    for piece in (b"Subject: x\r\nContent-Type: text/plain;\r\n charset=us-ascii\r", b"\n\r\nbody\r"):
         crlf.update(piece)
+    crlf.update(b"\nline\r\n")
     assert lf.hexdigest() == crlf.hexdigest()
-    value = mark.make_value(key, lf.hexdigest(), 1_000_000)
-    assert mark.verify(key, value, crlf.hexdigest(), 1_000_100)
-    assert not mark.verify(key, value, crlf.hexdigest(), 1_000_000 + mark.MAX_AGE + 1)  # stale
-    assert not mark.verify(b"t" * 32, value, lf.hexdigest(), 1_000_100)  # another site's
-    assert not mark.verify(key, value.replace("v1", "v2"), lf.hexdigest(), 1_000_100)
+    reading = mark.reading_digest(header)
+    # A forward prepends fields, and line ends and folding may change: the reading stays the same.
+    assert mark.reading_digest(b"Delivered-To: b@x\r\n" + header.replace(b"\n ", b"\r\n\t")) == reading
+    assert mark.reading_digest(b"Subject: y\nX-Other: 1\n" + header[11:]) == reading
+    value = mark.make_value(key, lf.hexdigest(), reading, 1_000_000)
+    assert mark.verify(key, value, crlf.hexdigest(), reading, 1_000_100)
+    assert not mark.verify(key, value, crlf.hexdigest(), reading, 1_000_000 + mark.MAX_AGE + 1)  # stale
+    assert not mark.verify(key, value, crlf.hexdigest(), reading, 1_000_000 - 301)  # from the future
+    assert not mark.verify(b"t" * 32, value, lf.hexdigest(), reading, 1_000_100)  # another site's
+    assert not mark.verify(key, value.replace("v2", "v1"), lf.hexdigest(), reading, 1_000_100)
     changed = mark.BodyDigest()
     changed.update(b"Subject: x\n\nbody\nLine\n")
-    assert not mark.verify(key, value, changed.hexdigest(), 1_000_100)
-    assert mark.find_value(b"Delivered-To: b@x\nx-qsift-scanned:  v1 t=1 h=ab\n") == "v1 t=1 h=ab"
+    assert not mark.verify(key, value, changed.hexdigest(), reading, 1_000_100)
+    for other in (b"Content-Type: text/html\n", header + b"Content-Transfer-Encoding: base64\n", b""):
+        assert not mark.verify(key, value, lf.hexdigest(), mark.reading_digest(other), 1_000_100)
+    assert mark.find_value(b"Delivered-To: b@x\nx-qsift-scanned:  v2 t=1 h=ab\n") == "v2 t=1 h=ab"
     assert mark.find_value(b"Subject: x\n") is None

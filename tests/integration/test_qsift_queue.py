@@ -15,13 +15,12 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from qsift.wire import mark
 from qsift.wire.client_context import ClientContext, find_fields, verify
 from tests.fakes.qmail_qmqpc import run_qmail_qmqpc
 from tests.fakes.qmqp_server import FakeQmqpServer, closed_port, unresponsive_port
@@ -32,7 +31,6 @@ ENVELOPE = b"Fsender@example.org\0Trcpt@example.net\0Tsecond@example.net\0\0"
 RECIPIENTS = [b"rcpt@example.net", b"second@example.net"]
 VIRUS = b"D554 5.7.0 rejected: VIRUS Eicar-Test-Signature"
 MIB = 1 << 20
-FAKE_QQ = Path(__file__).parents[1] / "fakes" / "qmail_queue.py"
 FAKE_CALLER = Path(__file__).parents[1] / "fakes" / "qmail_open.py"
 
 # ru_maxrss of a child spawned straight from pytest includes pytest's own memory (vfork shares it until
@@ -77,11 +75,13 @@ def run_queue(
     measure_memory: bool = False,
     args: tuple[str, ...] = (),
     timeout: float = 60.0,
+    program: Sequence[str] | None = None,
 ) -> Run:
-    """Run qsift-queue once with the envelope pipe on fd 1 and on fd 0 the message: bytes through a
-    pipe, a file opened here, or a descriptor of the caller's (left open, its offset shared)."""
+    """Run qsift-queue (or `program`, the command that runs it) once with the envelope pipe on fd 1 and on
+    fd 0 the message: bytes through a pipe, a file opened here, or a descriptor of the caller's (left
+    open, its offset shared)."""
     assert QSIFT_QUEUE is not None, "qsift-queue is not installed next to the test interpreter"
-    argv = [QSIFT_QUEUE, *args]
+    argv = [*(program or [QSIFT_QUEUE]), *args]
     if fsize_limit is not None:
         # RLIMIT_FSIZE makes the spool file's writes fail (EFBIG): a full disk without a full disk.
         limit = f"({fsize_limit}, {fsize_limit})"
@@ -573,7 +573,7 @@ def test_arguments_are_refused(tmp_path: Path, server: FakeQmqpServer) -> None:
     assert server.settle() == 0
 
 
-# --- the client context field (QSIFT_MARK_KEY) ------------------------------------------------------------
+# --- the client context field (QSIFT_CLIENT_KEY) ----------------------------------------------------------
 
 #: What tcpserver, tcprules and an AUTH patch leave in qmail-smtpd's environment, which qsift-queue inherits.
 CLIENT_ENV = {
@@ -586,8 +586,8 @@ CLIENT_ENV = {
 ALICE = ClientContext(ip="192.0.2.7", host="mx.example.net", relay_client=True, auth_user="alice")
 
 
-def mark_key(tmp_path: Path) -> Path:
-    path = tmp_path / "mark.key"
+def client_key(tmp_path: Path) -> Path:
+    path = tmp_path / "client.key"
     path.write_bytes(os.urandom(32))
     return path
 
@@ -601,8 +601,8 @@ def split_client_field(key: bytes, received: bytes) -> tuple[ClientContext | Non
 
 
 def test_the_client_field_leads_the_message_and_verifies(tmp_path: Path, server: FakeQmqpServer) -> None:
-    key = mark_key(tmp_path)
-    run = run_queue(tmp_path, servers_env(server.address, QSIFT_MARK_KEY=str(key), **CLIENT_ENV))
+    key = client_key(tmp_path)
+    run = run_queue(tmp_path, servers_env(server.address, QSIFT_CLIENT_KEY=str(key), **CLIENT_ENV))
     assert (run.code, run.stderr) == (0, "")
     (received,) = server.requests
     message, sender, recipients = received.fields()
@@ -620,8 +620,8 @@ def test_the_client_field_leads_a_message_over_1_mib(
     big = b"Subject: big\n\n" + os.urandom(MIB + 12345)
     path = tmp_path / "big"
     path.write_bytes(big)
-    key = mark_key(tmp_path)
-    env = servers_env(server.address, QSIFT_MARK_KEY=str(key), TCPREMOTEIP="2001:db8::7")
+    key = client_key(tmp_path)
+    env = servers_env(server.address, QSIFT_CLIENT_KEY=str(key), TCPREMOTEIP="2001:db8::7")
     run = run_queue(tmp_path, env, big if source == "pipe" else path)
     assert (run.code, run.stderr) == (0, "")
     context, rest = split_client_field(key.read_bytes(), server.requests[0].fields()[0])
@@ -632,8 +632,8 @@ def test_the_client_field_leads_a_message_over_1_mib(
 
 def test_a_field_the_client_wrote_stays_below_ours_and_fails(tmp_path: Path, server: FakeQmqpServer) -> None:
     forged = b"X-Qsift-Client: v1 t=1 ip= host= relay=1 auth=admin h=" + b"0" * 64 + b"\n" + MESSAGE
-    key = mark_key(tmp_path)
-    run = run_queue(tmp_path, servers_env(server.address, QSIFT_MARK_KEY=str(key)), forged)
+    key = client_key(tmp_path)
+    run = run_queue(tmp_path, servers_env(server.address, QSIFT_CLIENT_KEY=str(key)), forged)
     assert run.code == 0, run.stderr
     message = server.requests[0].fields()[0]
     context, rest = split_client_field(key.read_bytes(), message)
@@ -652,48 +652,46 @@ def test_without_the_key_the_message_is_unchanged(tmp_path: Path, server: FakeQm
 @pytest.mark.parametrize(
     ("make", "note"),
     [
-        (lambda path: None, "cannot read the mark key {path}: No such file or directory"),
-        (lambda path: path.mkdir(), "cannot read the mark key {path}: Is a directory"),
-        (lambda path: path.write_bytes(b""), "the mark key {path} is empty"),
+        (lambda path: None, "cannot read the client key {path}: No such file or directory"),
+        (lambda path: path.mkdir(), "cannot read the client key {path}: Is a directory"),
+        (lambda path: path.write_bytes(b""), "the client key {path} is empty"),
     ],
 )
 def test_an_unusable_key_sends_the_message_unchanged_with_a_note(
     tmp_path: Path, server: FakeQmqpServer, make: Callable[[Path], object], note: str
 ) -> None:
-    path = tmp_path / "mark.key"
+    path = tmp_path / "client.key"
     make(path)
-    run = run_queue(tmp_path, servers_env(server.address, QSIFT_MARK_KEY=str(path), **CLIENT_ENV))
+    run = run_queue(tmp_path, servers_env(server.address, QSIFT_CLIENT_KEY=str(path), **CLIENT_ENV))
     assert run.code == 0
     assert run.stderr == f"qsift-queue: {note.format(path=path)}; sent without the client context\n"
     assert server.requests[0].raw == request_bytes(MESSAGE, b"sender@example.org", RECIPIENTS)
 
 
-def test_marked_mail_bypasses_the_filter_without_a_client_field(
-    tmp_path: Path, server: FakeQmqpServer
+@pytest.mark.parametrize(
+    ("env", "note"),
+    [
+        # The setup before the keys were split: the variable's old name still works, with a word.
+        (
+            {"QSIFT_MARK_KEY": "{key}"},
+            "QSIFT_MARK_KEY is read as QSIFT_CLIENT_KEY, its new name ({key}): rename it",
+        ),
+        # The client-side bypass is gone: the message goes to the filter, which knows its own mark.
+        (
+            {"QSIFT_CLIENT_KEY": "{key}", "QSIFT_ORIG_QUEUE": "/var/qmail/bin/qmail-queue.orig"},
+            "QSIFT_ORIG_QUEUE is no longer used: qsift itself passes mail it marked unscanned",
+        ),
+    ],
+)
+def test_the_settings_of_the_old_bypass_say_what_became_of_them(
+    tmp_path: Path, server: FakeQmqpServer, env: dict[str, str], note: str
 ) -> None:
-    # The key is read once and serves both: the bypass (checked first) and the field.
-    key = mark_key(tmp_path)
-    digest = mark.BodyDigest()
-    digest.update(MESSAGE)
-    value = mark.make_value(key.read_bytes(), digest.hexdigest(), int(time.time()))
-    marked = f"{mark.FIELD}: {value}\n".encode() + MESSAGE
-    program = tmp_path / "qmail-queue.orig"
-    program.write_text(f"#!/bin/sh\nexec {sys.executable} {FAKE_QQ}\n")
-    program.chmod(0o755)
-    queue_dir = tmp_path / "queue"
-    queue_dir.mkdir()
-    env = servers_env(
-        server.address,
-        QSIFT_MARK_KEY=str(key),
-        QSIFT_ORIG_QUEUE=str(program),
-        FAKE_QQ_DIR=str(queue_dir),
-        **CLIENT_ENV,
-    )
-    run = run_queue(tmp_path, env, marked)
-    assert (run.code, run.stderr) == (0, "")
-    [queued] = queue_dir.glob("*.msg")
-    assert queued.read_bytes() == marked
-    assert server.settle() == 0
+    key = client_key(tmp_path)
+    filled = {name: value.format(key=key) for name, value in env.items()}
+    run = run_queue(tmp_path, servers_env(server.address, **filled, **CLIENT_ENV))
+    assert (run.code, run.stderr) == (0, f"qsift-queue: {note.format(key=key)}\n")
+    context, rest = split_client_field(key.read_bytes(), server.requests[0].fields()[0])
+    assert (context, rest) == (ALICE, MESSAGE)
 
 
 # --- the stock qmail-qmqpc model itself ---------------------------------------------------------------------

@@ -8,6 +8,7 @@ from __future__ import annotations
 import email
 import email.policy
 import logging
+import os
 import re
 import time
 from pathlib import Path
@@ -176,10 +177,19 @@ async def test_a_listener_bank(tmp_path: Path) -> None:
     assert answer[0][0] == 250 and len(mail) == 1, answer
 
 
+def client_key(tmp_path: Path) -> dict[str, Any]:
+    """The `[client_context]` table naming a client key made for the test (0440, as for qmaild:qsift)."""
+    path = tmp_path / "client.key"
+    if not path.exists():
+        path.write_bytes(os.urandom(32))
+        path.chmod(0o440)
+    return {"client_context": {"key_file": str(path)}}
+
+
 def client_field(
     tmp_path: Path, recipients: list[bytes], *, key: bytes | None = None, relay: bool = True
 ) -> bytes:
-    key = key if key is not None else (tmp_path / "state" / "mark.key").read_bytes()
+    key = key if key is not None else (tmp_path / "client.key").read_bytes()
     context = client_context.ClientContext(ip="192.0.2.7", host="mua.example.org", relay_client=relay)
     return client_context.make_field(key, context, SENDER, recipients, int(time.time()))
 
@@ -188,7 +198,11 @@ async def test_qsift_queues_client_context_selects_the_outbound_bank(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="qsift")
-    top = {"policy_bank": {"ORIGINATING": {"destiny": {"banned": "discard"}}}, "mark": {"enabled": False}}
+    top = {
+        "policy_bank": {"ORIGINATING": {"destiny": {"banned": "discard"}}},
+        "mark": {"enabled": False},
+        **client_key(tmp_path),
+    }
     async with (
         fake_mta() as mta,
         running_daemon(tmp_path, f"smtp:[127.0.0.1]:{mta.port}", protocols=("qmqp",), top=top) as daemon,

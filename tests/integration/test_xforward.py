@@ -275,13 +275,12 @@ async def test_a_server_refusing_xforward_still_gets_the_message(
 
 async def test_the_client_qsift_queue_vouched_for_goes_on(tmp_path: Path) -> None:
     from tests.integration.test_destinies import SENDER as QMQP_SENDER
-    from tests.integration.test_recipient_policy import BOB, client_field
+    from tests.integration.test_recipient_policy import BOB, client_field, client_key
 
+    top = {"mark": {"enabled": False}, **client_key(tmp_path)}
     async with (
         fake_mta(Script(xforward=POSTFIX)) as mta,
-        running_daemon(
-            tmp_path, f"smtp:[127.0.0.1]:{mta.port}", protocols=("qmqp",), top={"mark": {"enabled": False}}
-        ) as daemon,
+        running_daemon(tmp_path, f"smtp:[127.0.0.1]:{mta.port}", protocols=("qmqp",), top=top) as daemon,
     ):
         answer = await qmqp_send(daemon.qmqp, client_field(tmp_path, [BOB]) + CLEAN, QMQP_SENDER, [BOB])
     assert answer.startswith("K250"), answer

@@ -166,11 +166,11 @@ def test_default_rules_route_every_client_to_qsift_queue_and_let_localhost_relay
     ]
 
 
-def test_rules_carry_failover_servers_the_bypass_and_the_custom_error(tmp_path: Path) -> None:
+def test_rules_carry_failover_servers_the_client_key_and_the_custom_error(tmp_path: Path) -> None:
     options = qmail_options(
         tmp_path,
         servers=("10.0.0.2:10628 3", "[::1]:10629,10.0.0.9 0"),
-        mark_key="/etc/qsift/site.key",
+        client_key="/etc/qsift/client.key",
         custom_error="notqmail",
         relay=("127.", "192.168.0."),
     )
@@ -183,8 +183,7 @@ def test_rules_carry_failover_servers_the_bypass_and_the_custom_error(tmp_path: 
     everyone = {
         "QMAILQUEUE": QSIFT_QUEUE,
         "QMQPSERVERS": "127.0.0.1:10628, 10.0.0.2:10628 3, [::1]:10629, 10.0.0.9:10628 0",
-        "QSIFT_ORIG_QUEUE": f"{tmp_path}/qmail/bin/qmail-queue",
-        "QSIFT_MARK_KEY": "/etc/qsift/site.key",
+        "QSIFT_CLIENT_KEY": "/etc/qsift/client.key",
         "QSIFT_CUSTOM_ERROR": "notqmail",
     }
     assert parsed[0][2] == parsed[1][2] == {"RELAYCLIENT": "", **everyone}
@@ -199,10 +198,14 @@ def test_rules_carry_failover_servers_the_bypass_and_the_custom_error(tmp_path: 
     ]
 
 
-def test_orig_queue_names_the_real_qmail_queue_when_a_site_renamed_it(tmp_path: Path) -> None:
-    options = qmail_options(tmp_path, mark_key="/k", orig_queue="/var/qmail/bin/qmail-queue.orig")
-    variables = parse_rule(rule_lines(qmail.rules_fragment(options))[-1])[2]
-    assert variables["QSIFT_ORIG_QUEUE"] == "/var/qmail/bin/qmail-queue.orig"
+def test_the_client_key_is_made_for_qsift_and_qmaild_alone(tmp_path: Path) -> None:
+    options = qmail_options(tmp_path, client_key="/etc/qsift/client.key")
+    [step] = [s for s in qmail.next_steps(options) if "client key" in s]
+    assert "[client_context] key_file" in step
+    assert "chown qmaild:qsift /etc/qsift/client.key; chmod 0440 /etc/qsift/client.key" in step
+    # Nothing of the client-side bypass is left: the key mark mail with is qsift's alone.
+    fragment = qmail.rules_fragment(options)
+    assert "QSIFT_MARK_KEY" not in fragment and "QSIFT_ORIG_QUEUE" not in fragment
 
 
 def test_qmqpservers_file_lists_the_same_servers_for_qsift_queue(tmp_path: Path) -> None:
@@ -226,8 +229,7 @@ def test_qmqpservers_file_lists_the_same_servers_for_qsift_queue(tmp_path: Path)
         {"listen": "10.0.0.1, 10.0.0.2"},
         {"servers": ("10.0.0.2:port",)},
         {"servers": ("3",)},
-        {"orig_queue": "/var/qmail/bin/qmail-queue.orig"},
-        {"mark_key": "site.key"},
+        {"client_key": "client.key"},
         {"custom_error": "netqmail"},
         {"relay": ("10.0.0. 1",)},
     ],
@@ -287,7 +289,7 @@ def test_real_tcprules_reads_the_lines_as_meant(tmp_path: Path) -> None:
     options = qmail_options(
         tmp_path,
         servers=("10.0.0.2:10628 3",),
-        mark_key="/etc/qsift/site.key",
+        client_key="/etc/qsift/client.key",
         custom_error="indimail",
         qsift_queue='/opt/"odd"/qsift-queue',
     )
@@ -522,16 +524,16 @@ def test_notes_for_a_missing_configuration_and_accounts(tmp_path: Path) -> None:
 
 
 def test_notes_where_the_configuration_and_qmail_disagree() -> None:
-    settings = config.loads('[mark]\nkey_file = "/etc/qsift/other.key"\n')
+    settings = config.loads('[client_context]\nkey_file = "/etc/qsift/other.key"\n')
     notes = site.qmail_notes(
-        settings, listen="127.0.0.1:20628", mark_key="/etc/qsift/site.key", qmail_home="/var/qmail"
+        settings, listen="127.0.0.1:20628", client_key="/etc/qsift/client.key", qmail_home="/var/qmail"
     )
     assert "no QMQP listener on 127.0.0.1:20628" in notes[0]
     assert 'address = "127.0.0.1:20628"' in notes[0]
     assert "qmail-queue:/var/qmail/bin/qmail-queue" in notes[1]
     assert "/etc/qsift/other.key" in notes[2]
     agreeing = config.loads('[forward]\nmethod = "qmail-queue:/var/qmail/bin/qmail-queue"\n')
-    assert site.qmail_notes(agreeing, listen="127.0.0.1:10628", mark_key="", qmail_home="/var/qmail") == []
+    assert site.qmail_notes(agreeing, listen="127.0.0.1:10628", client_key="", qmail_home="/var/qmail") == []
 
 
 def test_a_note_gives_myhostname_from_qmails_control_me(tmp_path: Path) -> None:

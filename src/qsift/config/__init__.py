@@ -124,9 +124,21 @@ class QuarantineSettings:
 class MarkSettings:
     """`[mark]`: the X-Qsift-Scanned mark on passed mail (wire/mark.py), so forwards are not rescanned."""
 
-    #: Add the mark to passed mail (and trust a valid one from this site).
+    #: Add the mark to passed mail (and pass mail with a valid one without scanning it again).
     enabled: bool = True
-    #: The key; "" means `<state_dir>/mark.key`, made (0600, random) at start-up if missing.
+    #: The key, qsift's alone (mode 0600); "" means `<state_dir>/mark.key`, made at start-up if missing.
+    key_file: str = ""
+
+    def key_path(self, state_dir: str) -> str:
+        return self.key_file or os.path.join(state_dir, "mark.key")
+
+
+@dataclass(frozen=True)
+class ClientContextSettings:
+    """`[client_context]`: the key that vouches for qsift-queue's X-Qsift-Client field (relay, AUTH user)."""
+
+    #: The key file qsift-queue reads as $QSIFT_CLIENT_KEY, readable by qsift and qmail-smtpd's user
+    #: (qmaild) only; "" means none: every X-Qsift-Client field is removed and ignored.
     key_file: str = ""
 
 
@@ -155,6 +167,7 @@ class Config:
     viruses_that_fake_sender: str = ".*"
     quarantine: QuarantineSettings = field(default_factory=QuarantineSettings)
     mark: MarkSettings = field(default_factory=MarkSettings)
+    client_context: ClientContextSettings = field(default_factory=ClientContextSettings)
 
     @property
     def quarantine_dir(self) -> str:
@@ -281,6 +294,9 @@ def from_mapping(raw: Mapping[str, Any], source: str = "<config>") -> Config:
     listener_banks = {listener.name: listener.policy_bank for listener in listeners if listener.policy_bank}
     policies = Policies(base_policy, banks, listener_banks, source)
     mark = _section(MarkSettings, raw.pop("mark", {}), f"{source}: [mark]")
+    client_context = _section(
+        ClientContextSettings, raw.pop("client_context", {}), f"{source}: [client_context]"
+    )
     try:
         re.compile(dsn.viruses_that_fake_sender)
     except re.error as exc:
@@ -315,6 +331,7 @@ def from_mapping(raw: Mapping[str, Any], source: str = "<config>") -> Config:
         viruses_that_fake_sender=dsn.viruses_that_fake_sender,
         quarantine=quarantine,
         mark=mark,
+        client_context=client_context,
         metrics_address=metrics.address,
         **values,
     )

@@ -23,6 +23,7 @@ from qsift.checks.spam_levels import SpamLevels
 from qsift.config import (
     DEFAULT_ACL,
     PROTOCOLS,
+    ClientContextSettings,
     Config,
     DsnSettings,
     Forward,
@@ -587,6 +588,11 @@ ROOT = Table(
             "mark",
             "The X-Qsift-Scanned mark that keeps forwarded mail from a second scan.",
             _from_dataclass(MarkSettings),
+        ),
+        Table(
+            "client_context",
+            "The key that vouches for the SMTP client qsift-queue saw (X-Qsift-Client).",
+            _from_dataclass(ClientContextSettings),
         ),
         Table(
             "metrics",

@@ -13,7 +13,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from qsift.checks.headers import header_section
 from qsift.model import Client, Envelope, address_bytes
 from qsift.observe.log import logger
 from qsift.wire import client_context
@@ -28,9 +27,10 @@ class ClientFields:
     ranges: tuple[tuple[int, int], ...]
 
 
-def client_fields(envelope: Envelope, head: bytes, key: bytes | None, now: int) -> ClientFields:
+def client_fields(envelope: Envelope, header: bytes, key: bytes | None, now: int) -> ClientFields:
+    """What the first X-Qsift-Client field in the header section vouches for, if `key` signed it."""
     peer = Client(ip=envelope.client_address or "")
-    found = client_context.find_fields(header_section(head))
+    found = client_context.find_fields(header)
     if not found:
         return ClientFields(peer, False, ())
     ranges = tuple((start, end) for start, end, _ in found)
@@ -40,9 +40,12 @@ def client_fields(envelope: Envelope, head: bytes, key: bytes | None, now: int) 
         context = client_context.verify(key, found[0][2], address_bytes(envelope.sender), recipients, now)
     if context is None:
         logger.warning(
-            "%s field from [%s] ignored and removed: not signed by this site's key for this envelope",
+            "%s field from [%s] ignored and removed: %s",
             client_context.FIELD,
             envelope.client_address or "-",
+            "not signed by this site's client key for this envelope"
+            if key is not None
+            else "no client key to check it with ([client_context] key_file)",
         )
         return ClientFields(peer, False, ranges)
     client = Client(context.ip, context.host, context.relay_client, context.auth_user)

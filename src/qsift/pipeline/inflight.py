@@ -28,3 +28,7 @@ class InFlight:
     fingerprint: str = ""
     #: Whether a virus scanner looked at it (X-Virus-Scanned); set once the checks ran.
     virus_scanned: bool = False
+    #: The mark's digest of the fields that say how the body is read (wire/mark.py).
+    reading_digest: str = ""
+    #: It carries this daemon's own valid mark: it is passed on unscanned and unchanged.
+    scanned_before: bool = False

@@ -25,6 +25,7 @@ from qsift.act.forward import Forwarder
 from qsift.act.headers import EditedMessage, edit_message, header_fields, subject_tag
 from qsift.act.notices import Notices
 from qsift.checks.content import CheckSettings, Verdict, inspect
+from qsift.checks.headers import header_section
 from qsift.checks.scanner_set import ScannerSet
 from qsift.errors import QsiftError, ScannerFailure, SpoolError
 from qsift.model import (
@@ -42,7 +43,7 @@ from qsift.observe import metrics
 from qsift.observe.log import logger
 from qsift.pipeline.answer import combine, decide
 from qsift.pipeline.blocked import Bouncer, quarantine_once, reject_bounce_or_discard, send_notices
-from qsift.pipeline.client import client_fields
+from qsift.pipeline.client import ClientFields, client_fields
 from qsift.pipeline.inflight import InFlight
 from qsift.policy.bank import Policies
 from qsift.policy.destiny import Destiny
@@ -96,9 +97,11 @@ class Pipeline:
     hostname: str = "localhost"
     #: Where blocked messages of the kept categories go; None: nowhere.
     quarantine: Quarantine | None = None
-    #: The site's secret: verifies qsift-queue's X-Qsift-Client field and keys the mark.
-    site_key: bytes | None = None
-    #: Whether passed mail gets the X-Qsift-Scanned mark (needs `site_key`).
+    #: Verifies qsift-queue's X-Qsift-Client field; None: no field is believed.
+    client_key: bytes | None = None
+    #: Makes and checks the X-Qsift-Scanned mark; None: no mark.
+    mark_key: bytes | None = None
+    #: Whether passed mail gets the mark, and marked mail passes unscanned (needs `mark_key`).
     marking: bool = True
     #: Messages in progress at once in this process (its share of max_servers); past it, a message
     #: waits up to `busy_wait` seconds, then hears "too busy, try later".
@@ -135,10 +138,12 @@ class Pipeline:
         self, envelope: Envelope, spool: MessageSpool, client_gone: asyncio.Event | None
     ) -> Outcome:
         mail_id = new_mail_id()
-        fields = client_fields(envelope, spool.head(_HEAD), self.site_key, int(self.clock()))
+        head = header_section(spool.head(_HEAD))
+        now = int(self.clock())
+        fields = client_fields(envelope, head, self.client_key, now)
         body: MessageBody = edit_message(spool, [], "", fields.ranges) if fields.ranges else spool
         # The mark's body digest rides on the same read as the dedupe fingerprint.
-        marking = mark.BodyDigest() if self.site_key is not None and self.marking else None
+        marking = mark.BodyDigest() if self.mark_key is not None and self.marking else None
         chunks = body.chunks() if marking is None else _feeding(body.chunks(), marking)
         if body.size <= _HASH_INLINE:
             digest = body_fingerprint(chunks)
@@ -150,6 +155,7 @@ class Pipeline:
         if not owed:
             return _duplicate(mail_id, next(iter(already.values())))
         banks = self.policies.select(envelope.listener, fields.client)
+        body_digest = marking.hexdigest() if marking is not None else None
         message = InFlight(
             mail_id,
             envelope,
@@ -157,9 +163,11 @@ class Pipeline:
             body,
             fields,
             self.policies.policy(banks),
-            marking.hexdigest() if marking is not None else None,
+            body_digest,
             client_gone,
             digest,
+            reading_digest=mark.reading_digest(head),
+            scanned_before=self._scanned_here_before(envelope, head, fields, body_digest, now),
         )
         outcome = await self._judge(message, owed, len(envelope.recipients) - len(owed))
         outcome = replace(outcome, client=fields.client if fields.vouched else None, banks=banks)
@@ -169,6 +177,21 @@ class Pipeline:
         if settled and outcome.reply.answer is not Answer.REJECT:
             await self._record(settled, mail_id, outcome.reply.smtp_line())
         return outcome
+
+    def _scanned_here_before(
+        self, envelope: Envelope, head: bytes, fields: ClientFields, body_digest: str | None, now: int
+    ) -> bool:
+        """Whether the message carries this daemon's own valid mark and came from no SMTP client we
+        know of: qmail-local's forward (qsift-queue run as the recipient's user, who reads no key) does
+        not; mail that qsift-queue vouches came from an SMTP client, or an MTA's XFORWARD named a client
+        for, is a copy coming back from outside (or replayed) and is scanned again."""
+        if body_digest is None or self.mark_key is None:
+            return False
+        if (fields.vouched and fields.client.ip) or envelope.peer_address is not None:
+            return False
+        value = mark.find_value(head)
+        reading = mark.reading_digest(head)
+        return value is not None and mark.verify(self.mark_key, value, body_digest, reading, now)
 
     async def _judge(self, message: InFlight, owed: tuple[Recipient, ...], already: int) -> Outcome:
         mail_id = message.mail_id
@@ -187,6 +210,8 @@ class Pipeline:
             outcome = await self._after_forward(
                 message, decide(mail_id, message.envelope, result, already), "CLEAN"
             )
+            if message.scanned_before:
+                outcome = replace(outcome, notes=(*outcome.notes, f"scanned here before ({mark.FIELD})"))
             _count_fates(outcome, ((r, Category.CLEAN, Destiny.PASS) for r in owed))
             return outcome
         message = replace(message, virus_scanned=virus_scanned)
@@ -221,8 +246,9 @@ class Pipeline:
         )
 
     async def _check(self, message: InFlight, owed: tuple[Recipient, ...]) -> tuple[Verdict | None, bool]:
-        """The verdict (None without content checks), and whether a virus scanner took part."""
-        if self.checks is None:
+        """The verdict (None without content checks, or for mail this site scanned before), and whether a
+        virus scanner took part."""
+        if self.checks is None or message.scanned_before:
             return None, False
         addresses = tuple(r.address for r in owed)
         scanners = self.scanners
@@ -252,8 +278,10 @@ class Pipeline:
         # One mark for the message, made once: a clock ticking over between recipients must not split
         # them into transactions.
         marked: tuple[str, ...] = ()
-        if message.body_digest is not None and self.site_key is not None:
-            value = mark.make_value(self.site_key, message.body_digest, int(self.clock()))
+        if message.body_digest is not None and self.mark_key is not None:
+            value = mark.make_value(
+                self.mark_key, message.body_digest, message.reading_digest, int(self.clock())
+            )
             marked = (f"{mark.FIELD}: {value}",)
         groups: dict[tuple[tuple[str, ...], str], list[Decision]] = {}
         for decision in passing:

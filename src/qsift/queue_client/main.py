@@ -16,15 +16,17 @@ Environment (read here and nowhere else):
   QSIFT_CUSTOM_ERROR     off | notqmail | simscan | indimail (custom_error.py), default off
   ERROR_FD               indimail's custom-error descriptor, default 2
   TMPDIR                 where a message over 1 MiB from a pipe is spooled (an unnamed file), default /tmp
-  QSIFT_MARK_KEY         the daemon's mark key file, read once; unset: none of what follows happens.
-                         With it, every message sent to a filter starts with an X-Qsift-Client field
-                         signed with the key (wire/client_context.py), from which the daemon learns the
-                         client qmail-smtpd saw: TCPREMOTEIP (else TCP6REMOTEIP), TCPREMOTEHOST (else
-                         TCP6REMOTEHOST), whether RELAYCLIENT is set, and the SMTP AUTH user in
-                         SMTPAUTHUSER (else SMTP_AUTH_USER); TCPREMOTEINFO is not taken, as clients can set
-                         it. An unreadable or empty key file is noted on stderr and the message goes as usual
-  QSIFT_ORIG_QUEUE       with QSIFT_MARK_KEY: the real qmail-queue, run in our place for mail this site
-                         already scanned (bypass.py)
+  QSIFT_CLIENT_KEY       the client key file ([client_context] key_file), read once; unset: none of
+                         what follows happens. With it, every message sent to a filter starts with an
+                         X-Qsift-Client field signed with the key (wire/client_context.py), from which
+                         the daemon learns the client qmail-smtpd saw: TCPREMOTEIP (else TCP6REMOTEIP),
+                         TCPREMOTEHOST (else TCP6REMOTEHOST), whether RELAYCLIENT is set, and the SMTP
+                         AUTH user in SMTPAUTHUSER (else SMTP_AUTH_USER); TCPREMOTEINFO is not taken, as
+                         clients can set it. An unreadable or empty key file is noted on stderr and the
+                         message goes as usual. Only qmail-smtpd's user (and qsift) can read the key:
+                         run by anyone else (qmail-local, as the recipient), qsift-queue sends no field.
+  QSIFT_MARK_KEY         the old name of QSIFT_CLIENT_KEY (when that is unset), with a note on stderr
+  QSIFT_ORIG_QUEUE       no longer used (a note on stderr): the daemon itself passes mail it marked
 
 Servers are tried in weighted random order. The next one is tried after a refused or timed-out
 connect, a connection that broke before the final request byte was written, or a Z answer. A K or D
@@ -62,7 +64,6 @@ import time  # already loaded by exchange.py: free here
 
 from qsift.errors import ProtocolError
 from qsift.queue_client import custom_error
-from qsift.queue_client.bypass import bypass_if_marked
 from qsift.queue_client.exchange import exchange
 from qsift.queue_client.message import read_message
 from qsift.queue_client.outcome import Attempt, Fatal
@@ -124,8 +125,7 @@ def _run(env: Mapping[str, str], notes: list[str]) -> tuple[int, bool]:
         settings = Settings(env, notes)
         message = read_message(MESSAGE_FD, settings.tmpdir)
         sender, recipients = _read_envelope(ENVELOPE_FD)
-        key = _mark_key(env, notes)
-        bypass_if_marked(env, key, message, sender, recipients, settings.tmpdir)
+        key = _client_key(env, notes)
         if key is not None:
             message = message.with_prefix(_client_field(env, key, sender, recipients))
         head, tail = request_frame(message.size, sender, recipients)
@@ -178,20 +178,25 @@ def _servers(env: Mapping[str, str], notes: list[str]) -> list[Server]:
     return servers
 
 
-def _mark_key(env: Mapping[str, str], notes: list[str]) -> bytes | None:
-    """The mark key named by $QSIFT_MARK_KEY, read once for the bypass and the client field; None: neither."""
-    path = env.get("QSIFT_MARK_KEY", "")
+def _client_key(env: Mapping[str, str], notes: list[str]) -> bytes | None:
+    """The client key named by $QSIFT_CLIENT_KEY (or its old name); None: no X-Qsift-Client field."""
+    if env.get("QSIFT_ORIG_QUEUE"):
+        notes.append("QSIFT_ORIG_QUEUE is no longer used: qsift itself passes mail it marked unscanned")
+    path = env.get("QSIFT_CLIENT_KEY", "")
+    if not path and env.get("QSIFT_MARK_KEY"):
+        path = env["QSIFT_MARK_KEY"]
+        notes.append(f"QSIFT_MARK_KEY is read as QSIFT_CLIENT_KEY, its new name ({path}): rename it")
     if not path:
         return None
     try:
         with open(path, "rb") as stream:
             key = stream.read()
     except OSError as exc:
-        notes.append(f"cannot read the mark key {path}: {exc.strerror}; sent without the client context")
+        notes.append(f"cannot read the client key {path}: {exc.strerror}; sent without the client context")
         return None
     if not key:
-        # An HMAC under an empty key is one anybody can make: a forged mark would skip the scan.
-        notes.append(f"the mark key {path} is empty; sent without the client context")
+        # An HMAC under an empty key is one anybody can make: a forged field would pass for ours.
+        notes.append(f"the client key {path} is empty; sent without the client context")
         return None
     return key
 

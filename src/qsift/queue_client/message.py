@@ -51,20 +51,6 @@ class Message:
         """The same message with `prefix` before its first byte; nothing is copied, big or small."""
         return Message(self._length, data=self._data, fd=self._fd, offset=self._offset, prefix=prefix)
 
-    def readable_fd(self, tmpdir: str) -> int:
-        """A descriptor positioned at the message's first byte, for a program exec'd in our place.
-
-        The message as read, without the prefix: the one program run in our place (bypass.py) runs before
-        a prefix is added, and the real qmail-queue must get the message as qmail-smtpd wrote it.
-        """
-        if self._data is None:
-            os.lseek(self._fd, self._offset, os.SEEK_SET)
-            return self._fd
-        fd = _open_spool(tmpdir)
-        _write(fd, self._data)
-        os.lseek(fd, 0, os.SEEK_SET)
-        return fd
-
     def request_pieces(self, head: bytes, tail: bytes) -> Iterator[bytes]:
         """The whole request in pieces of bounded size: `head`, the prefix, the message, `tail`."""
         if self._data is not None:

@@ -33,6 +33,7 @@ from qsift.listen.qmqp import QmqpListener
 from qsift.listen.smtp import SmtpListener
 from qsift.observe.log import logger
 from qsift.pipeline import Pipeline
+from qsift.serve.keys import SiteKeys, load_keys
 from qsift.serve.status import SessionInfo, status_dir, write_status
 from qsift.spool import make_private_dir
 from qsift.store.outcomes import OutcomeStore
@@ -61,8 +62,8 @@ class Daemon:
     index: int = -1
     #: How many workers share max_servers (this one gets its share).
     workers: int = 1
-    #: The site key, made by the parent; None: read (or make) it here.
-    site_key: bytes | None = None
+    #: The keys, read by the parent; None: read (or make) them here.
+    keys: SiteKeys | None = None
     #: What each session is doing, for SIGUSR1 / `qsift status`.
     activity: dict[asyncio.Task[None], SessionInfo] = field(default_factory=dict)
     #: Whether the worker stopped because it reached max_requests (its parent replaces it).
@@ -77,6 +78,7 @@ class Daemon:
         outcomes = OutcomeStore(os.path.join(self.config.state_dir, "outcomes.sqlite"))
         scanners = ScannerSet.build(self.config.virus, self.config.spam, self.config.tmp_dir or None)
         config = self.config
+        keys = self.keys if self.keys is not None else load_keys(config)
         quarantine = Quarantine(config.quarantine_dir)
         bouncer = DsnBouncer(
             make_forwarder(config.notify, config.myhostname),
@@ -97,7 +99,8 @@ class Daemon:
             ),
             hostname=config.myhostname,
             quarantine=quarantine,
-            site_key=self.site_key if self.site_key is not None else site_key(config),
+            client_key=keys.client,
+            mark_key=keys.mark,
             marking=config.mark.enabled,
             max_in_progress=-(-config.max_servers // max(1, self.workers)),
             busy_wait=config.limits.busy_wait,
@@ -310,18 +313,3 @@ def _remove_stale_socket(path: str) -> None:
 def _peer(writer: asyncio.StreamWriter) -> str:
     peer = writer.get_extra_info("peername")
     return str(peer[0]) if isinstance(peer, tuple) and peer else "unix"
-
-
-def site_key(config: Config) -> bytes:
-    """The site's secret, made at the first start: 32 random bytes in a 0600 file. It keys the
-    X-Qsift-Scanned mark and checks qsift-queue's X-Qsift-Client field, so it is read even when marking
-    is off (`[mark] key_file` names it; qsift-queue reads it through $QSIFT_MARK_KEY)."""
-    path = config.mark.key_file or os.path.join(config.state_dir, "mark.key")
-    if not os.path.exists(path):
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as stream:
-            stream.write(os.urandom(32))
-            stream.flush()
-            os.fsync(stream.fileno())
-    with open(path, "rb") as stream:
-        return stream.read()

@@ -38,7 +38,8 @@ from qsift.errors import ConfigError
 from qsift.observe import log, metrics
 from qsift.observe.log import logger
 from qsift.serve import privileges
-from qsift.serve.daemon import Daemon, site_key
+from qsift.serve.daemon import Daemon
+from qsift.serve.keys import SiteKeys, load_keys
 from qsift.serve.status import status_dir
 
 _SIGNALS = {signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1}
@@ -68,7 +69,7 @@ class Supervisor:
     stopping: bool = False
     #: Consecutive early deaths, for the restart backoff.
     early_deaths: int = 0
-    key: bytes = b""
+    keys: SiteKeys | None = None
     #: Listener sockets of an older configuration, closed once no worker of it is left.
     retired: list[tuple[int, socket.socket]] = field(default_factory=list)
     on_ready: Callable[[], None] | None = None
@@ -79,13 +80,7 @@ class Supervisor:
         os.umask(0o077)
         user = privileges.run_as(self.config)
         privileges.prepare_private_dirs(self.config, user)
-        self.key = site_key(self.config)
-        if user is not None and os.geteuid() == 0:
-            os.chown(
-                self.config.mark.key_file or os.path.join(self.config.state_dir, "mark.key"),
-                user.uid,
-                user.gid,
-            )
+        self.keys = load_keys(self.config, (user.uid, user.gid) if user is not None else None)
         self.sockets = {listener.name: bind(listener) for listener in self.config.listeners}
         _write_pid_file(self.config)
         if user is not None:
@@ -149,7 +144,7 @@ class Supervisor:
                 if ready_r >= 0:
                     os.close(ready_r)
                 signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
-                code = _serve_as_worker(self.config, self.sockets, index, self.key, ready_w)
+                code = _serve_as_worker(self.config, self.sockets, index, self.keys, ready_w)
             except BaseException as exc:
                 with contextlib.suppress(Exception):
                     logger.exception("worker %d: %s", index, exc)
@@ -307,14 +302,14 @@ class Supervisor:
 
 
 def _serve_as_worker(
-    config: Config, sockets: dict[str, socket.socket], index: int, key: bytes, ready_w: int
+    config: Config, sockets: dict[str, socket.socket], index: int, keys: SiteKeys | None, ready_w: int
 ) -> int:
     for signum in _SIGNALS:
         signal.signal(signum, signal.SIG_DFL)
     log.setup(config.log_level, config.syslog)  # the worker's own writer thread
 
     async def main() -> bool:
-        daemon = Daemon(config, sockets=sockets, index=index, workers=config.worker_count, site_key=key)
+        daemon = Daemon(config, sockets=sockets, index=index, workers=config.worker_count, keys=keys)
         task = asyncio.create_task(daemon.run())
         await asyncio.wait(
             {task, asyncio.create_task(daemon.ready.wait())}, return_when=asyncio.FIRST_COMPLETED

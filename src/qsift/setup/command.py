@@ -57,17 +57,11 @@ def _qmail_parser(parser: argparse.ArgumentParser) -> None:
     _qsift_option(parser)
     parser.add_argument("--qsift-queue", metavar="PATH", help="(default: the one next to qsift)")
     parser.add_argument(
-        "--mark-key",
+        "--client-key",
         default="",
         metavar="FILE",
-        help="qsift's site key ([mark] key_file), readable by qmaild: qsift-queue signs the client's "
-        "address with it, and mail qsift already passed skips the filter",
-    )
-    parser.add_argument(
-        "--orig-queue",
-        default="",
-        metavar="PATH",
-        help="the real qmail-queue marked mail goes to (default: QMAIL_HOME/bin/qmail-queue)",
+        help="the client key ([client_context] key_file), readable by qsift and qmaild only: qsift-queue "
+        "signs the SMTP client's address, RELAYCLIENT and AUTH user with it (QSIFT_CLIENT_KEY)",
     )
     parser.add_argument(
         "--custom-error",
@@ -178,8 +172,7 @@ def _qmail(args: argparse.Namespace, out: TextIO) -> int:
         listen=args.listen,
         servers=tuple(args.servers),
         config=os.path.abspath(args.config),
-        orig_queue=args.orig_queue,
-        mark_key=args.mark_key,
+        client_key=args.client_key,
         custom_error=args.custom_error,
         relay=tuple(args.relay or qmail.QmailOptions.relay),
         write_control=args.write_control,
@@ -198,7 +191,7 @@ def _qmail(args: argparse.Namespace, out: TextIO) -> int:
         notes += site.qmail_notes(
             settings,
             listen=str(qmail.server_list(options)[0]),
-            mark_key=options.mark_key,
+            client_key=options.client_key,
             qmail_home=options.qmail_home,
         )
     return _finish(kept, notes, qmail.next_steps(options), dry_run=args.dry_run, out=out)

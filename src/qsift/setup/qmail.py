@@ -39,10 +39,8 @@ class QmailOptions:
     #: More QMQP servers for qsift-queue (`host[:port] [weight]`), for failover and load balancing.
     servers: tuple[str, ...] = ()
     config: str = "/etc/qsift/qsift.toml"
-    #: The real qmail-queue that marked mail bypasses to; "" means `<qmail_home>/bin/qmail-queue`.
-    orig_queue: str = ""
-    #: The mark key file qsift-queue checks X-Qsift-Scanned with; "" leaves the bypass off.
-    mark_key: str = ""
+    #: The client key qsift-queue signs X-Qsift-Client with ($QSIFT_CLIENT_KEY); "" sends no field.
+    client_key: str = ""
     #: `QSIFT_CUSTOM_ERROR` for the rules ("" leaves it unset: qmail-smtpd's fixed texts).
     custom_error: str = ""
     #: tcprules addresses allowed to relay (RELAYCLIENT=""), besides the default rule for everyone.
@@ -52,10 +50,6 @@ class QmailOptions:
     @property
     def service(self) -> str:
         return os.path.join(self.service_dir, "qsift")
-
-    @property
-    def real_queue(self) -> str:
-        return self.orig_queue or os.path.join(self.qmail_home, "bin", "qmail-queue")
 
 
 def check(options: QmailOptions) -> None:
@@ -71,11 +65,8 @@ def check(options: QmailOptions) -> None:
         absolute_path(flag, path)
     account_name("--user", options.user)
     account_name("--log-user", options.log_user)
-    if options.orig_queue and not options.mark_key:
-        raise ConfigError("--orig-queue is used only with --mark-key (qsift-queue bypasses only with both)")
-    if options.mark_key:
-        absolute_path("--mark-key", options.mark_key)
-        absolute_path("--orig-queue", options.real_queue)
+    if options.client_key:
+        absolute_path("--client-key", options.client_key)
     if options.custom_error and options.custom_error not in CUSTOM_ERROR_CONVENTIONS:
         raise ConfigError(f"--custom-error must be one of {', '.join(CUSTOM_ERROR_CONVENTIONS)}")
     server_list(options)
@@ -138,8 +129,8 @@ def rule_variables(options: QmailOptions) -> list[tuple[str, str]]:
         ("QMAILQUEUE", options.qsift_queue),
         ("QMQPSERVERS", ", ".join(server_text(server) for server in server_list(options))),
     ]
-    if options.mark_key:
-        variables += [("QSIFT_ORIG_QUEUE", options.real_queue), ("QSIFT_MARK_KEY", options.mark_key)]
+    if options.client_key:
+        variables.append(("QSIFT_CLIENT_KEY", options.client_key))
     if options.custom_error:
         variables.append(("QSIFT_CUSTOM_ERROR", options.custom_error))
     return variables
@@ -214,12 +205,13 @@ def next_steps(options: QmailOptions) -> list[str]:
         f"tai64nlocal < {os.path.join(options.log_dir, 'current')}.",
         "Send a test message through qmail-smtpd: the log shows one `Passed CLEAN` line per message.",
     ]
-    if options.mark_key:
-        key = shell_words(options.mark_key)
+    if options.client_key:
+        key = shell_words(options.client_key)
         steps.insert(
             0,
-            f"Make the site key that both qsift ({options.user}) and qsift-queue (qmail-smtpd's user, "
-            f'qmaild) read, and name it in qsift.toml as [mark] key_file = "{options.mark_key}":'
+            f"Make the client key that qsift ({options.user}) and qsift-queue (qmail-smtpd's user, qmaild) "
+            "read, and nobody else: whoever reads it can claim to be a relay client. Name it in qsift.toml "
+            f'as [client_context] key_file = "{options.client_key}":'
             f"\n  head -c 32 /dev/urandom > {key}; chown qmaild:{options.user} {key}; chmod 0440 {key}",
         )
     return steps

@@ -154,7 +154,7 @@ def myhostname_note(settings: Config, *, qmail_home: str, config_path: str) -> s
     )
 
 
-def qmail_notes(settings: Config, *, listen: str, mark_key: str, qmail_home: str) -> list[str]:
+def qmail_notes(settings: Config, *, listen: str, client_key: str, qmail_home: str) -> list[str]:
     """Where the configuration and the qmail side disagree."""
     notes = []
     qmqp = [str(item.address) for item in settings.listeners if item.protocol == "qmqp"]
@@ -170,12 +170,11 @@ def qmail_notes(settings: Config, *, listen: str, mark_key: str, qmail_home: str
             f'(docs/qmail.md), or queue it directly with [forward] method = "qmail-queue:'
             f'{os.path.join(qmail_home, "bin", "qmail-queue")}" and no second qmail-smtpd.'
         )
-    key_file = settings.mark.key_file or os.path.join(settings.state_dir, "mark.key")
-    if mark_key and (not settings.mark.enabled or key_file != mark_key):
+    key_file = settings.client_context.key_file
+    if client_key and key_file != client_key:
         notes.append(
-            f"qsift-queue checks marks with {mark_key}, but qsift signs with "
-            f"{key_file if settings.mark.enabled else 'nothing ([mark] enabled = false)'}: set "
-            f'[mark] key_file = "{mark_key}", readable by the user qmail-smtpd runs as (e.g. qmaild).'
+            f"qsift-queue signs the client context with {client_key}, but qsift checks it with "
+            f'{key_file or "nothing"}: set [client_context] key_file = "{client_key}".'
         )
     return notes
 

@@ -1,4 +1,4 @@
-"""The X-Qsift-Client field: what qmail-smtpd knew of the SMTP client, passed on under the site key.
+"""The X-Qsift-Client field: what qmail-smtpd knew of the SMTP client, passed on under the client key.
 
 QMQP carries the message and the envelope only, so the filter cannot tell mail from a relaying or an
 authenticated client (amavisd-new's "originating" mail) from any other. qsift-queue runs in qmail-smtpd's
@@ -6,7 +6,8 @@ environment, so it puts what that environment says in one field before the messa
 
     X-Qsift-Client: v1 t=1764000000 ip=192.0.2.7 host=mx.example.net relay=1 auth=alice h=<HMAC-SHA256 hex>
 
-keyed by the mark key (wire/mark.py's secret, which only this site's qsift-queue and daemon can read). The
+keyed by the client key, which only qsift and qmail-smtpd's user (qmaild) can read: a local user who runs
+qsift-queue (qmail-local does, for a forward) cannot sign, and gets no relay or AUTH claim through. The
 HMAC covers the version, the time, every value and a SHA-256 of the envelope (the sender and then each
 recipient as netstrings, in order), so a field an SMTP client wrote itself fails, and so does one copied
 from another message onto a different envelope. The daemon cuts every such field out of the header
@@ -35,7 +36,7 @@ tcpserver -r (its default) fills TCPREMOTEINFO with whatever the client host's i
 Trusting them would let any client name itself; with qmail-smtpd builds that export only those, the auth
 value stays empty and the relay flag is what the daemon has.
 
-Standard library only: qsift-queue imports this, lazily, when the mark key is set up.
+Standard library only: qsift-queue imports this, lazily, when the client key is set up.
 """
 
 from __future__ import annotations
@@ -264,7 +265,7 @@ def _signature(key: bytes, text: str, sender: bytes, recipients: Sequence[bytes]
     envelope = hashlib.sha256(netstring.encode(sender))
     for recipient in recipients:
         envelope.update(netstring.encode(recipient))
-    # The field name first: the same key signs X-Qsift-Scanned, whose HMAC must never pass for this one.
+    # The field name first: an HMAC made for anything else under a key given to both must never pass.
     signed = b"%s\n%s\n%s" % (_NAME, text.encode("ascii"), envelope.hexdigest().encode("ascii"))
     return hmac.new(key, signed, hashlib.sha256).hexdigest()
 

@@ -1,17 +1,19 @@
 """The mark qsift puts on mail it passed, so the same site never scans it twice.
 
-When qmail-local forwards a delivered message (a .qmail file, an alias), qmail-queue runs again and the
-HOWTO's setup scans it a second time; its fix is a qmail-local patch. Here the daemon adds
+When qmail-local forwards a delivered message (a .qmail file, an alias) through qsift-queue (a site that
+replaced bin/qmail-queue or exports QMAILQUEUE in rc), the HOWTO's setup scans it a second time; its fix is
+a qmail-local patch. Here the daemon adds
 
-    X-Qsift-Scanned: v1 t=<unix time> h=<HMAC-SHA256 hex>
+    X-Qsift-Scanned: v2 t=<unix time> h=<HMAC-SHA256 hex>
 
-to passed mail, keyed by a secret only this site has, over the message body as qsift passed it (line ends
-normalised to LF, so qmail's LF and SMTP's CRLF forms agree). What a forward prepends (Delivered-To,
-Received) and the new recipients do not touch the body, so the mark stays valid; any change to the body
-breaks it. `qsift-queue` that finds a valid mark younger than a week hands the message straight to the
-real qmail-queue. A forged or stale mark is ignored: the message is scanned like any other.
-
-Standard library only: qsift-queue imports this, lazily, when it is set up to bypass.
+to passed mail, keyed by a secret only the daemon reads (the mark key), over the message body as qsift
+passed it (line ends normalised to LF, so qmail's LF and SMTP's CRLF forms agree) and over the header
+fields that say how the body is read (MIME-Version, Content-Type, Content-Transfer-Encoding,
+Content-Disposition): the same body under another Content-Type could unfold into an attachment that was
+never looked at. What a forward prepends (Delivered-To, Received) and the new recipients touch neither,
+so the mark stays valid; any change to them breaks it. The daemon that finds a valid mark younger than a
+week passes the message without scanning it again (pipeline/stages.py). A forged or stale mark is ignored:
+the message is scanned like any other. v1 marks (body only) are not taken.
 """
 
 from __future__ import annotations
@@ -24,8 +26,10 @@ FIELD = "X-Qsift-Scanned"
 MAX_AGE = 7 * 24 * 3600
 #: Marks from a clock this far ahead are still taken (hosts of one site are not perfectly in step).
 _CLOCK_SKEW = 300
-_VALUE = re.compile(r"^v1 t=(\d{1,12}) h=([0-9a-f]{64})$")
+_VALUE = re.compile(r"^v2 t=(\d{1,12}) h=([0-9a-f]{64})$")
 _FIELD_LINE = re.compile(rb"^x-qsift-scanned:[ \t]*([^\r\n]*)\r?$", re.IGNORECASE | re.MULTILINE)
+#: The fields that decide how the body is taken apart (RFC 2045 section 3, RFC 2183).
+_READING = (b"mime-version", b"content-type", b"content-transfer-encoding", b"content-disposition")
 
 
 class BodyDigest:
@@ -64,13 +68,29 @@ class BodyDigest:
         return final.hexdigest()
 
 
-def _signature(key: bytes, when: int, body_digest: str) -> str:
-    return hmac.new(key, f"v1 {when} {body_digest}".encode(), hashlib.sha256).hexdigest()
+def reading_digest(header_section: bytes) -> str:
+    """SHA-256 of the fields that say how the body is read, unfolded, white space squeezed, in order."""
+    found = hashlib.sha256()
+    name = b""
+    value = bytearray()
+    for line in [*header_section.splitlines(), b""]:
+        if line[:1] in (b" ", b"\t"):
+            value += b" " + line
+            continue
+        if name in _READING:
+            found.update(b"%s:%s\n" % (name, b" ".join(bytes(value).split())))
+        head, colon, rest = line.partition(b":")
+        name, value = (head.strip().lower(), bytearray(rest)) if colon else (b"", bytearray())
+    return found.hexdigest()
 
 
-def make_value(key: bytes, body_digest: str, when: int) -> str:
-    """The field's value for a message whose body digest is `body_digest`, passed at `when`."""
-    return f"v1 t={when} h={_signature(key, when, body_digest)}"
+def _signature(key: bytes, when: int, body_digest: str, reading: str) -> str:
+    return hmac.new(key, f"v2 {when} {body_digest} {reading}".encode(), hashlib.sha256).hexdigest()
+
+
+def make_value(key: bytes, body_digest: str, reading: str, when: int) -> str:
+    """The field's value for a message with this body digest and reading digest, passed at `when`."""
+    return f"v2 t={when} h={_signature(key, when, body_digest, reading)}"
 
 
 def find_value(header_section: bytes) -> str | None:
@@ -79,12 +99,12 @@ def find_value(header_section: bytes) -> str | None:
     return match.group(1).decode("ascii", "replace").strip() if match else None
 
 
-def verify(key: bytes, value: str, body_digest: str, now: int, max_age: int = MAX_AGE) -> bool:
-    """Whether `value` is this site's mark for this body, made within `max_age` seconds of `now`."""
+def verify(key: bytes, value: str, body_digest: str, reading: str, now: int, max_age: int = MAX_AGE) -> bool:
+    """Whether `value` is this site's mark for this body read this way, made within `max_age` of `now`."""
     match = _VALUE.match(value)
     if match is None:
         return False
     when = int(match.group(1))
     if not now - max_age <= when <= now + _CLOCK_SKEW:
         return False
-    return hmac.compare_digest(match.group(2), _signature(key, when, body_digest))
+    return hmac.compare_digest(match.group(2), _signature(key, when, body_digest, reading))

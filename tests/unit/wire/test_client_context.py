@@ -116,7 +116,7 @@ def test_an_x_qsift_scanned_mark_under_the_same_key_is_no_client_field() -> None
     from qsift.wire import mark
 
     digest = "0" * 64
-    forged = f"v1 t={NOW} ip= host= relay=1 auth= h={mark.make_value(KEY, digest, NOW)[-64:]}"
+    forged = f"v1 t={NOW} ip= host= relay=1 auth= h={mark.make_value(KEY, digest, digest, NOW)[-64:]}"
     assert verify(KEY, forged, SENDER, RECIPIENTS, NOW) is None
 
 
