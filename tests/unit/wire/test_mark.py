@@ -1,31 +1,34 @@
-"""The X-Qsift-Scanned mark's body digest on edge cases (the integration test covers the round trip)."""
+"""The X-Qsift-Scanned mark: what it covers, how long it holds, and what breaks it."""
 
 from __future__ import annotations
-
-from hypothesis import given
-from hypothesis import strategies as st
 
 from qsift.wire import mark
 
 
-def digest_of(*pieces: bytes) -> str:
-    body = mark.BodyDigest()
-    for piece in pieces:
-        body.update(piece)
-    return body.hexdigest()
-
-
-def test_a_body_ending_in_a_lone_cr_keeps_it() -> None:
-    assert digest_of(b"H: x\n\nend\r") != digest_of(b"H: x\n\nend")
-    assert digest_of(b"H: x\n\nend\r") == digest_of(b"H: x\n\n", b"end\r")
-
-
-def test_no_blank_line_means_an_empty_body() -> None:
-    assert digest_of(b"H: x\n", b"G: y\n") == digest_of(b"H: x\n\n")
-
-
-@given(st.binary(max_size=300), st.integers(1, 20))
-def test_any_chunking_gives_the_same_digest(body: bytes, step: int) -> None:
-    message = b"Subject: s\r\n\r\n" + body
-    pieces = [message[i : i + step] for i in range(0, len(message), step)]
-    assert digest_of(*pieces) == digest_of(message)
+def test_the_mark_survives_line_ends_and_breaks_on_any_change_to_what_it_covers() -> None:
+    key = b"s" * 32
+    header = b"Subject: x\nContent-Type: text/plain;\n charset=us-ascii\n"
+    lf = mark.BodyDigest()
+    lf.update(header + b"\nbody\nline\n")
+    crlf = mark.BodyDigest()
+    for piece in (b"Subject: x\r\nContent-Type: text/plain;\r\n charset=us-ascii\r", b"\n\r\nbody\r"):
+        crlf.update(piece)
+    crlf.update(b"\nline\r\n")
+    assert lf.hexdigest() == crlf.hexdigest()
+    reading = mark.reading_digest(header)
+    # A forward prepends fields, and line ends and folding may change: the reading stays the same.
+    assert mark.reading_digest(b"Delivered-To: b@x\r\n" + header.replace(b"\n ", b"\r\n\t")) == reading
+    assert mark.reading_digest(b"Subject: y\nX-Other: 1\n" + header[11:]) == reading
+    value = mark.make_value(key, lf.hexdigest(), reading, 1_000_000)
+    assert mark.verify(key, value, crlf.hexdigest(), reading, 1_000_100)
+    assert not mark.verify(key, value, crlf.hexdigest(), reading, 1_000_000 + mark.MAX_AGE + 1)  # stale
+    assert not mark.verify(key, value, crlf.hexdigest(), reading, 1_000_000 - 301)  # from the future
+    assert not mark.verify(b"t" * 32, value, lf.hexdigest(), reading, 1_000_100)  # another site's
+    assert not mark.verify(key, value.replace("v2", "v1"), lf.hexdigest(), reading, 1_000_100)
+    changed = mark.BodyDigest()
+    changed.update(b"Subject: x\n\nbody\nLine\n")
+    assert not mark.verify(key, value, changed.hexdigest(), reading, 1_000_100)
+    for other in (b"Content-Type: text/html\n", header + b"Content-Transfer-Encoding: base64\n", b""):
+        assert not mark.verify(key, value, lf.hexdigest(), mark.reading_digest(other), 1_000_100)
+    assert mark.find_value(b"Delivered-To: b@x\nx-qsift-scanned:  v2 t=1 h=ab\n") == "v2 t=1 h=ab"
+    assert mark.find_value(b"Subject: x\n") is None
