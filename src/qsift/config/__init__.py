@@ -185,7 +185,7 @@ class Config:
     myhostname: str = field(default_factory=socket.getfqdn)
     #: Parent of the private 0700 spool directory; empty for the system temp dir.
     tmp_dir: str = ""
-    #: Where durable state lives: the outcome record, the site key, status files, the quarantine.
+    #: Where durable state lives: the outcome record, the mark key, status files, the quarantine.
     state_dir: str = "/var/lib/qsift"
     #: How long an identical retry of a delivered message is answered from the record, in seconds.
     dedupe_window: float = 3600.0
