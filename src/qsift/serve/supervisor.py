@@ -208,6 +208,7 @@ class Supervisor:
         try:
             new = config_module.load(self.config_path)
             _check_reloadable(self.config, new)
+            keys = load_keys(new)
         except ConfigError as exc:
             logger.error("SIGHUP: %s; keeping the running configuration", exc)
             return
@@ -226,7 +227,7 @@ class Supervisor:
         for name in old_names - wanted:
             self.retired.append((self.generation, self.sockets.pop(name)))
         old = [pid for pid, worker in self.workers.items() if worker.generation == self.generation]
-        self.config = new
+        self.config, self.keys = new, keys
         logger.warning("SIGHUP: configuration %s read; replacing %d worker(s)", self.config_path, len(old))
         self._start_generation()
         for pid in old:
