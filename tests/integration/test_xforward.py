@@ -15,6 +15,7 @@ import pytest
 
 from qsift import config
 from qsift.errors import ConfigError
+from qsift.listen.admission import xforward_allowed
 from tests.fakes.mta import Script, fake_mta
 from tests.harness import qmqp_send, running_daemon
 from tests.integration.test_destinies import banned_message
@@ -186,6 +187,24 @@ async def test_a_client_the_acl_admits_but_not_named_in_xforward_hosts_gets_noth
     assert "[127.0.0.1]" in line and "PARTNERS" not in line and "192.0.2.7" not in line, line
     assert not [r for r in caplog.records if "XFORWARD from" in r.getMessage()]
     assert len(mta.deliveries) == 1 and mta.deliveries[0].sender == b""  # the DSN
+
+
+@pytest.mark.parametrize(
+    ("peer", "hosts", "allowed"),
+    [
+        ("127.0.0.1", ["127.0.0.0/8"], True),
+        ("::ffff:127.0.0.1", ["127.0.0.0/8"], True),  # a v4 client on a dual-stack socket
+        ("::1", ["127.0.0.0/8"], False),
+        ("192.0.2.7", ["127.0.0.0/8", "192.0.2.7"], True),
+        ("192.0.2.8", ["192.0.2.7"], False),
+        ("127.0.0.1", [], False),  # nobody by default
+        (None, ["127.0.0.1"], True),  # a Unix-socket peer counts as 127.0.0.1, as in Postfix
+        (None, [], False),
+    ],
+)
+def test_who_may_send_xforward(peer: str | None, hosts: list[str], allowed: bool) -> None:
+    networks = [ipaddress.ip_network(host) for host in hosts]
+    assert xforward_allowed(peer, networks) is allowed
 
 
 # --- configuration ------------------------------------------------------------------------------------
