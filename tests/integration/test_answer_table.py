@@ -61,7 +61,7 @@ async def scene(
 
 def without_mark(raw: bytes) -> bytes:
     first, _, rest = raw.partition(b"\r\n")
-    assert re.fullmatch(rb"X-Qsift-Scanned: v1 t=\d+ h=[0-9a-f]{64}", first), first
+    assert re.fullmatch(rb"X-Qsift-Scanned: v2 t=\d+ h=[0-9a-f]{64}", first), first
     return rest
 
 
