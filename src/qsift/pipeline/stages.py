@@ -43,7 +43,7 @@ from qsift.observe import metrics
 from qsift.observe.log import logger
 from qsift.pipeline.answer import combine, decide
 from qsift.pipeline.blocked import Bouncer, quarantine_once, reject_bounce_or_discard, send_notices
-from qsift.pipeline.client import ClientFields, client_fields
+from qsift.pipeline.client import client_fields
 from qsift.pipeline.inflight import InFlight
 from qsift.policy.bank import Policies
 from qsift.policy.destiny import Destiny
@@ -166,9 +166,9 @@ class Pipeline:
             body_digest,
             client_gone,
             digest,
-            reading_digest=mark.reading_digest(head),
-            scanned_before=self._scanned_here_before(envelope, head, fields, body_digest, now),
+            reading_digest=mark.reading_digest(head) if marking is not None else "",
         )
+        message = replace(message, scanned_before=self._scanned_here_before(message, head, now))
         outcome = await self._judge(message, owed, len(envelope.recipients) - len(owed))
         outcome = replace(outcome, client=fields.client if fields.vouched else None, banks=banks)
         settled = [
@@ -178,20 +178,20 @@ class Pipeline:
             await self._record(settled, mail_id, outcome.reply.smtp_line())
         return outcome
 
-    def _scanned_here_before(
-        self, envelope: Envelope, head: bytes, fields: ClientFields, body_digest: str | None, now: int
-    ) -> bool:
+    def _scanned_here_before(self, message: InFlight, head: bytes, now: int) -> bool:
         """Whether the message carries this daemon's own valid mark and came from no SMTP client we
-        know of: qmail-local's forward (qsift-queue run as the recipient's user, who reads no key) does
-        not; mail that qsift-queue vouches came from an SMTP client, or an MTA's XFORWARD named a client
-        for, is a copy coming back from outside (or replayed) and is scanned again."""
-        if body_digest is None or self.mark_key is None:
+        know of. qmail-local's forward (qsift-queue run as the recipient's user, who reads no key) does
+        not; mail that qsift-queue vouches an SMTP client sent, or that came with an MTA's XFORWARD, is
+        a copy coming back from outside (or replayed), and is scanned again."""
+        if message.body_digest is None or self.mark_key is None:
             return False
-        if (fields.vouched and fields.client.ip) or envelope.peer_address is not None:
+        client = message.client
+        if (client.vouched and client.client.ip) or message.envelope.peer_address is not None:
             return False
         value = mark.find_value(head)
-        reading = mark.reading_digest(head)
-        return value is not None and mark.verify(self.mark_key, value, body_digest, reading, now)
+        return value is not None and mark.verify(
+            self.mark_key, value, message.body_digest, message.reading_digest, now
+        )
 
     async def _judge(self, message: InFlight, owed: tuple[Recipient, ...], already: int) -> Outcome:
         mail_id = message.mail_id
