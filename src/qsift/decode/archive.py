@@ -16,6 +16,7 @@ import gzip
 import io
 import lzma
 import os
+import stat
 import subprocess
 import tempfile
 from collections.abc import Callable, Iterator
@@ -97,7 +98,8 @@ def open_container(
     if short_type == "tnef":
         return _tnef(data if data is not None else _read(path))
     if short_type in _SEVEN_ZIP or seven_zip:
-        return _seven_zip(name, data, path, work_dir(), time_left(), size_left())
+        members = _seven_zip(name, data, path, work_dir(), time_left(), size_left())
+        return _szdd_named(name, data, path, members) if short_type == "szdd" else members
     if short_type in _STDLIB_COMPRESSED:
         return _decompressed(short_type, data, path, _uncompressed_name(name))
     if short_type in _COMPRESSED:
@@ -131,10 +133,17 @@ def _libarchive(data: bytes | None, path: str | None, format_name: str, single_n
             for entry in archive:
                 if not entry.isreg:
                     continue  # directories, links, devices: nothing to scan
-                name = single_name or str(entry.pathname or "")
-                yield name, _entry_blocks(entry)
+                yield single_name or _member_name(entry.pathname), _entry_blocks(entry)
     except libarchive.ArchiveError as exc:
         raise _container_error(exc) from None
+
+
+def _member_name(pathname: str | bytes | None) -> str:
+    """A member's name as text; bytes libarchive could not decode (not UTF-8, no charset said) are read
+    as UTF-8 with U+FFFD for what is not, so "r\\xe9sum\\xe9.exe" still ends in ".exe"."""
+    if isinstance(pathname, bytes):
+        return pathname.decode("utf-8", "replace")
+    return pathname or ""
 
 
 def _entry_blocks(entry: libarchive.ArchiveEntry) -> Blocks:
@@ -188,11 +197,14 @@ def _tnef(data: bytes) -> Members:
 def _seven_zip(
     name: str, data: bytes | None, path: str | None, directory: str, seconds: float, max_bytes: int
 ) -> Members:
-    """Extract with 7-Zip into a private directory, with a time limit and a file-size limit."""
+    """Extract with 7-Zip into a private directory, with a time limit and a file-size limit.
+
+    The container is written under a name qsift makes: the name the message gave it may hold a NUL, a
+    "/", ".." or control characters, and is only data (`_szdd_named` gives SZDD's member its name).
+    """
     out = tempfile.mkdtemp(prefix="7z-", dir=directory)
     if path is None:
-        # Under its own name: formats such as SZDD name the member after the container.
-        path = os.path.join(out, os.path.basename(name).lstrip(".-") or "container")
+        path = os.path.join(out, "container")
         with open(path, "wb") as stream:
             stream.write(data or b"")
         out = tempfile.mkdtemp(prefix="out-", dir=directory)
@@ -217,16 +229,40 @@ def _seven_zip(
         encrypted = "Wrong password" in text or "encrypted" in text.lower()
         reason = next((line.strip() for line in text.splitlines() if "ERROR" in line), "7-Zip failed")
         # The temp path means nothing to a postmaster and must not reach a DSN.
-        reason = reason.replace(path, os.path.basename(name) or "container")
+        reason = reason.replace(path, "the container")
         raise ContainerError(reason[:200], encrypted=encrypted)
     for root, _, files in sorted(os.walk(out)):
         for file in sorted(files):
             member = os.path.join(root, file)
-            yield os.path.relpath(member, out), _file_blocks(member)
+            # Links 7-Zip made (it keeps them inside `out`) are not members: only regular files are read.
+            if stat.S_ISREG(os.lstat(member).st_mode):
+                yield os.path.relpath(member, out), _file_blocks(member)
+
+
+#: MS COMPRESS.EXE's SZDD header: the magic, the method ("A"), then the character the name lost.
+_SZDD_MAGIC = b"SZDD\x88\xf0\x27\x33A"
+
+
+def _szdd_named(name: str, data: bytes | None, path: str | None, members: Members) -> Members:
+    """SZDD holds one file and no name: COMPRESS.EXE named the container after the file with its last
+    character replaced by "_" and kept that character in the header (EXPAND.EXE -r puts it back). So the
+    member's name is made here from the container's, whatever 7-Zip called its output."""
+    head = data[: len(_SZDD_MAGIC) + 1] if data is not None else _head(path, len(_SZDD_MAGIC) + 1)
+    restored = head[-1:] if head.startswith(_SZDD_MAGIC) and len(head) > len(_SZDD_MAGIC) else b""
+    if name.endswith("_") and restored.isalnum():
+        name = name[:-1] + restored.decode("ascii")
+    for _, blocks in members:
+        yield name or "data", blocks
+
+
+def _head(path: str | None, size: int) -> bytes:
+    assert path is not None
+    with open(path, "rb") as stream:
+        return stream.read(size)
 
 
 def _file_blocks(path: str) -> Blocks:
-    with open(path, "rb") as stream:
+    with open(os.open(path, os.O_RDONLY | os.O_NOFOLLOW), "rb") as stream:
         while block := stream.read(MAGIC_BYTES):
             yield block
     with contextlib.suppress(OSError):
