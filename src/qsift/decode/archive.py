@@ -6,6 +6,10 @@ claims. Which opener runs is chosen by the container's detected type, never by i
 
 A member that cannot be read ends the container with `ContainerError`: `encrypted` when a password
 is needed, so the walker can say which kind of unchecked it is (amavisd-new's UNCHECKED-ENCRYPTED).
+
+Names from the message (the part's, the members') are data, never file names: what goes to disk for 7-Zip
+is named here. 7-Zip names what it extracts itself, inside a fresh private directory, after its own
+sanitizing (no absolute paths, no "..", links kept inside); only the regular files it wrote are read.
 """
 
 from __future__ import annotations

@@ -7,6 +7,10 @@ depth 14, 1,500 parts, an expansion quota of max(100 KiB, 500 x the message size
 over limits); the MIME structure is still listed by name, so a banned name after a bomb is still seen.
 An encrypted archive is UNCHECKED minor 1, one nothing can open minor 0. Nothing unread is ever clean.
 
+A failure stays in its part: any exception while reading a part or a container's members makes that part
+UNCHECKED minor 0 and the walk goes on, so what was found elsewhere (a banned name, a program) still counts.
+A member whose content could not be read is listed by its name all the same.
+
 Members larger than `memory_threshold` go to a private temporary directory that is removed when the
 walk ends, whatever happens.
 """
