@@ -213,6 +213,23 @@ def test_an_exception_not_of_qsift_stays_in_its_part() -> None:
     assert {"2", "4/run.exe"} <= set(banned_findings(verdict))
 
 
+def test_a_part_that_cannot_be_written_to_disk_is_unchecked_and_listed_by_name(tmp_path: Path) -> None:
+    """A large part goes to the decoder's temp directory; when that fails (here the directory is gone,
+    as on a full disk the write fails), the part is unchecked and named, and the program after it banned."""
+    message = mime_message(
+        [(b'filename="report.pdf.scr"', b"%PDF-1.4\n" * 1000), (b'filename="invoice.pdf.exe"', EXE)]
+    )
+    limits = DecodeLimits(memory_threshold=4096)
+    verdict = check_message(message, CheckSettings(decode=limits, tmp_dir=str(tmp_path / "gone")))
+    report = next(p for p in verdict.parts if p.path == "2")
+    assert report.filename == "report.pdf.scr" and report.unchecked.startswith(
+        "not decoded: FileNotFoundError"
+    )
+    unchecked_parts = [f.part for f in verdict.findings if f.category is Category.UNCHECKED]
+    assert unchecked_parts == ["2"]
+    assert verdict.category is Category.BANNED and banned_findings(verdict) == ["2", "3"]
+
+
 def test_a_member_that_cannot_be_read_is_still_listed_by_name(tmp_path: Path) -> None:
     """An encrypted zip: the content is unchecked, but its member's name is in the clear and banned."""
     import subprocess
