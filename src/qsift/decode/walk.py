@@ -18,6 +18,7 @@ walk ends, whatever happens.
 from __future__ import annotations
 
 import binascii
+import contextlib
 import email.errors
 import email.header
 import email.message
@@ -414,18 +415,19 @@ class _Walker:
         """Every member, by libarchive (or the like), then by 7-Zip if need be; the failure if both fail."""
         keep = short in RESCAN_CONTAINERS or (short in ("zip", "jar") and _zip_methods_hidden(blob))
         read: set[str] = set()
+        # Closed as soon as they are left, whatever the reason: an opener may hold a 7-Zip process.
         try:
-            members = self._container(short, name, blob, seven_zip=False)
-            self._members(members, path, depth, inner, read, unread, keep=keep)
+            with contextlib.closing(self._container(short, name, blob, seven_zip=False)) as members:
+                self._members(members, path, depth, inner, read, unread, keep=keep)
             return None
         except archive.ContainerError as exc:
             failure = exc
         if failure.encrypted or not self.limits.seven_zip or not archive.seven_zip_fallback(short):
             return failure
         try:
-            members = self._container(short, name, blob, seven_zip=True)
-            # What the first opener read is not listed twice.
-            self._members(members, path, depth, inner, read, unread, skip=frozenset(read))
+            with contextlib.closing(self._container(short, name, blob, seven_zip=True)) as members:
+                # What the first opener read is not listed twice.
+                self._members(members, path, depth, inner, read, unread, skip=frozenset(read))
             return None
         except archive.ContainerError as exc:
             return exc if exc.encrypted else failure
@@ -447,7 +449,6 @@ class _Walker:
             blob.path,
             work_dir=self.work_dir,
             time_left=self.time_left,
-            size_left=lambda: min(self.quota_left, self.limits.max_member_bytes),
             seven_zip=seven_zip,
         )
 

@@ -267,9 +267,10 @@ def test_members_of_the_same_name_are_each_read() -> None:
 
 
 @needs_clamav_testfiles
-def test_links_7zip_makes_are_not_read_as_members(tmp_path: Path) -> None:
-    """A deflate64 zip (7-Zip reads it) that holds symbolic links: 7-Zip keeps them inside its directory,
-    qsift reads only regular files, so a link to /dev/zero or to nothing is no member and no failure."""
+def test_links_7zip_lists_are_not_members(tmp_path: Path) -> None:
+    """A deflate64 zip (7-Zip reads it) that holds symbolic links: 7-Zip gives a link's target as its
+    content, which is skipped, as libarchive's links are; a link to /dev/zero or to nothing is no member
+    and no failure (7-Zip used to make the links on disk and qsift to open them)."""
     import subprocess
 
     assert CLAMAV_TESTFILES is not None
@@ -286,6 +287,60 @@ def test_links_7zip_makes_are_not_read_as_members(tmp_path: Path) -> None:
     decoded = decode_message(mime_message([(b'filename="l.zip"', (tmp_path / "l.zip").read_bytes())]))
     assert [p.path for p in decoded.parts if p.path.startswith("2/")] == ["2/run.exe"]
     assert unchecked(decoded) == []
+
+
+@needs_clamav_testfiles
+@pytest.mark.parametrize(
+    ("short", "container"),
+    [
+        ("arj", lambda: arj_named(b"../\x01evil\r.exe")),
+        ("zip", lambda: deflate64_zip_named(b"../a.exe")),
+        ("szdd", lambda: szdd(EXE)),
+    ],
+)
+def test_7zip_writes_no_member_to_disk(tmp_path: Path, short: str, container: Callable[[], bytes]) -> None:
+    """While 7-Zip's members are read, the only file in the decoder's directory is the one qsift wrote."""
+    from qsift.decode import archive
+
+    members = archive.open_container(
+        short, "x/../\x00y.arj", container(), None, work_dir=lambda: str(tmp_path), time_left=lambda: 30.0,
+        seven_zip=True,
+    )  # fmt: skip
+    assert CLAMAV_TESTFILES is not None
+    expected = EXE if short == "szdd" else (CLAMAV_TESTFILES / "clam.exe").read_bytes()
+    names = []
+    for name, blocks in members:
+        assert [p.name for p in tmp_path.rglob("*") if p.is_file()] == ["container"]
+        assert b"".join(blocks) == expected
+        names.append(name)
+    assert names == [{"arj": "../\x01evil\r.exe", "zip": "../a.exe", "szdd": "x/../\x00y.arj"}[short]]
+
+
+def child_processes() -> list[str]:
+    """The commands of this process's children (7-Zip among them while it runs)."""
+    children = []
+    for task in Path(f"/proc/{os.getpid()}/task").iterdir():
+        for pid in (task / "children").read_text().split():
+            with contextlib.suppress(OSError):
+                children.append((Path("/proc") / pid / "comm").read_text().strip())
+    return children
+
+
+def test_a_bomb_7zip_reads_is_stopped_at_the_bound_and_7zip_with_it(tmp_path: Path) -> None:
+    """Deflate64 (libarchive refuses it, 7-Zip reads it) of 20 MB of zeros, a member bound of 1 MB: the
+    walker stops at the bound and 7-Zip, still writing, is stopped with it."""
+    import subprocess
+
+    subprocess.run(
+        ["7z", "a", "-tzip", "-mm=Deflate64", "-sizeros.bin", str(tmp_path / "b.zip")],
+        input=bytes(20_000_000),
+        capture_output=True,
+        check=True,
+    )
+    limits = DecodeLimits(max_member_bytes=1 << 20)
+    decoded = decode_message(mime_message([(b'filename="b.zip"', (tmp_path / "b.zip").read_bytes())]), limits)
+    assert [m for m, _ in unchecked(decoded)] == [2] and "larger than 1048576" in unchecked(decoded)[0][1]
+    assert "7z" not in child_processes()
 
 
 # --- the property: hostile names and layouts next to a banned program ----------------------------------
