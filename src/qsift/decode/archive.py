@@ -15,6 +15,7 @@ standard output, never to disk.
 from __future__ import annotations
 
 import bz2
+import contextlib
 import gzip
 import io
 import itertools
@@ -375,8 +376,9 @@ def _szdd_named(name: str, data: bytes | None, path: str | None, members: Member
     restored = head[-1:] if head.startswith(_SZDD_MAGIC) and len(head) > len(_SZDD_MAGIC) else b""
     if name.endswith("_") and restored.isalnum():
         name = name[:-1] + restored.decode("ascii")
-    for _, blocks in members:
-        yield name or "data", blocks
+    with contextlib.closing(members):  # closing this closes 7-Zip's too
+        for _, blocks in members:
+            yield name or "data", blocks
 
 
 def _head(path: str | None, size: int) -> bytes:
