@@ -7,6 +7,10 @@ depth 14, 1,500 parts, an expansion quota of max(100 KiB, 500 x the message size
 over limits); the MIME structure is still listed by name, so a banned name after a bomb is still seen.
 An encrypted archive is UNCHECKED minor 1, one nothing can open minor 0. Nothing unread is ever clean.
 
+A failure stays in its part: any exception while reading a part or a container's members makes that part
+UNCHECKED minor 0 and the walk goes on, so what was found elsewhere (a banned name, a program) still counts.
+A member whose content could not be read is listed by its name all the same.
+
 Members larger than `memory_threshold` go to a private temporary directory that is removed when the
 walk ends, whatever happens.
 """
@@ -14,6 +18,7 @@ walk ends, whatever happens.
 from __future__ import annotations
 
 import binascii
+import contextlib
 import email.errors
 import email.header
 import email.message
@@ -100,6 +105,11 @@ def decode_message(
         walker.walk_message(message, prefix="", depth=0, containers=())
     except _OverLimit as exc:  # the part count, reached while listing names after a stop
         walker.stop_everything(str(exc))
+    except Exception as exc:  # a decoder bug: what was found so far still counts, the rest is unchecked
+        where = walker.parts[-1].path if walker.parts else "the start"
+        walker.findings.append(
+            Finding(Category.UNCHECKED, 0, f"decoder failure after {where}: {_failure(exc)}", "")
+        )
     finally:
         walker.cleanup()
     return Decoded(tuple(walker.parts), tuple(walker.findings), tuple(walker.rescan))
@@ -110,6 +120,10 @@ def decode_message(
 
 class _OverLimit(Exception):
     """A bound of the whole message was reached: stop decoding."""
+
+
+def _failure(exc: Exception) -> str:
+    return f"{type(exc).__name__}: {exc}"[:200]
 
 
 @dataclass
@@ -241,6 +255,7 @@ class _Walker:
         self, source: bytes | str | IO[bytes], *, prefix: str, depth: int, containers: tuple[str, ...]
     ) -> None:
         """A message (bytes, a file path, or an open file): its parts are numbered below `prefix`."""
+        outer = len(self._context)
         self._context.append((depth, containers))
         try:
             if isinstance(source, bytes | str):
@@ -249,13 +264,15 @@ class _Walker:
             else:
                 mime.walk(source, self, prefix=prefix)
         finally:
-            self._context.pop()
+            # Also the attached messages a failure left without their message_end.
+            del self._context[outer:]
 
     def leaf(self, entity: mime.Entity, body: Iterator[bytes]) -> None:
         depth, containers = self._context[-1]
         self._note_defects(entity)
         declared = entity.content_type
         name = _filename(entity.header)
+        listed = len(self.parts)
         try:
             if self.stopped:
                 self._add(_named_only(entity.path, declared, name, depth, containers, self.stopped))
@@ -268,6 +285,10 @@ class _Walker:
             # Stop decoding, but go on listing the message's own parts by name: a banned name after a
             # bomb must still be seen.
             self._stop(str(exc), entity.path)
+        except Exception as exc:  # whatever broke, it broke this part only
+            self._part_failed(entity.path, exc)
+            if len(self.parts) == listed:
+                self._add(_named_only(entity.path, declared, name, depth, containers, _failure(exc)))
         for _ in body:
             pass  # the reader needs the rest of the body read to find the next boundary
 
@@ -332,13 +353,22 @@ class _Walker:
         if depth + 1 > self.limits.max_depth:
             raise _OverLimit(f"nested deeper than {self.limits.max_depth}")
         inner = (*containers, name or path.rsplit("/", 1)[-1])
-        if kind == "mail":
-            source = blob.path if blob.path is not None else (blob.data or b"")
-            self.walk_message(source, prefix=path, depth=depth + 1, containers=inner)
-        elif kind == "uue":
-            self._members(_uudecoded(blob.read()), path, depth + 1, inner)
-        else:
-            self._open(short, name or path, blob, path, depth + 1, inner)
+        try:
+            if kind == "mail":
+                source = blob.path if blob.path is not None else (blob.data or b"")
+                self.walk_message(source, prefix=path, depth=depth + 1, containers=inner)
+            elif kind == "uue":
+                self._members(_uudecoded(blob.read()), path, depth + 1, inner, set(), [])
+            else:
+                self._open(short, name or path, blob, path, depth + 1, inner)
+        except _OverLimit:
+            raise
+        except Exception as exc:  # one container's failure leaves the rest of the message
+            self._part_failed(path, exc)
+
+    def _part_failed(self, path: str, exc: Exception) -> None:
+        """A part (or a container's content) that broke the decoder is unchecked; the walk goes on."""
+        self._unchecked(0, f"{path}: cannot be decoded: {_failure(exc)}", path)
 
     def _container_kind(self, short: str, declared: str, blob: _Blob) -> str:
         """ "archive", "mail" (a message to walk), "uue" (text carrying uuencoded files) or "" (a leaf)."""
@@ -356,23 +386,60 @@ class _Walker:
     def _open(
         self, short: str, name: str, blob: _Blob, path: str, depth: int, inner: tuple[str, ...]
     ) -> None:
-        seen: set[str] = set()
-        keep = short in RESCAN_CONTAINERS or (short in ("zip", "jar") and _zip_methods_hidden(blob))
+        #: Members whose name was read and whose content was not.
+        unread: list[str] = []
         try:
-            members = self._container(short, name, blob, seven_zip=False)
-            self._members(members, path, depth, inner, seen, keep=keep)
+            failure = self._read_container(short, name, blob, path, depth, inner, unread)
+        except _OverLimit:
+            raise
+        except Exception:
+            self._list_unread(unread, path, depth, inner)
+            raise
+        if failure is None:
             return
-        except archive.ContainerError as exc:
-            failure = exc
-        if not failure.encrypted and self.limits.seven_zip and archive.seven_zip_fallback(short):
-            try:
-                self._members(self._container(short, name, blob, seven_zip=True), path, depth, inner, seen)
-                return
-            except archive.ContainerError as exc:
-                failure = exc if exc.encrypted else failure
+        self._list_unread(unread, path, depth, inner)
         minor = 1 if failure.encrypted else 0
         what = "encrypted" if failure.encrypted else "cannot be decoded"
         self._unchecked(minor, f"{path}: {what}: {failure}", path)
+
+    def _read_container(
+        self,
+        short: str,
+        name: str,
+        blob: _Blob,
+        path: str,
+        depth: int,
+        inner: tuple[str, ...],
+        unread: list[str],
+    ) -> archive.ContainerError | None:
+        """Every member, by libarchive (or the like), then by 7-Zip if need be; the failure if both fail."""
+        keep = short in RESCAN_CONTAINERS or (short in ("zip", "jar") and _zip_methods_hidden(blob))
+        read: set[str] = set()
+        # Closed as soon as they are left, whatever the reason: an opener may hold a 7-Zip process.
+        try:
+            with contextlib.closing(self._container(short, name, blob, seven_zip=False)) as members:
+                self._members(members, path, depth, inner, read, unread, keep=keep)
+            return None
+        except archive.ContainerError as exc:
+            failure = exc
+        if failure.encrypted or not self.limits.seven_zip or not archive.seven_zip_fallback(short):
+            return failure
+        try:
+            with contextlib.closing(self._container(short, name, blob, seven_zip=True)) as members:
+                # What the first opener read is not listed twice.
+                self._members(members, path, depth, inner, read, unread, skip=frozenset(read))
+            return None
+        except archive.ContainerError as exc:
+            return exc if exc.encrypted else failure
+
+    def _list_unread(self, unread: list[str], path: str, depth: int, inner: tuple[str, ...]) -> None:
+        """Members no opener could read are still listed by name: a banned name needs no content."""
+        listed = {part.path for part in self.parts}
+        for member_name in dict.fromkeys(unread):
+            member_path = f"{path}/{member_name}"
+            if member_path not in listed:
+                basename = member_name.rsplit("/", 1)[-1]
+                self._add(_named_only(member_path, "", basename, depth, inner, "content unreadable"))
 
     def _container(self, short: str, name: str, blob: _Blob, *, seven_zip: bool) -> archive.Members:
         return archive.open_container(
@@ -382,7 +449,6 @@ class _Walker:
             blob.path,
             work_dir=self.work_dir,
             time_left=self.time_left,
-            size_left=lambda: min(self.quota_left, self.limits.max_member_bytes),
             seven_zip=seven_zip,
         )
 
@@ -399,16 +465,24 @@ class _Walker:
         path: str,
         depth: int,
         inner: tuple[str, ...],
-        seen: set[str] | None = None,
+        read: set[str],
+        unread: list[str],
         *,
+        skip: frozenset[str] = frozenset(),
         keep: bool = False,
     ) -> None:
+        """Each member as a part, its name added to `read` once read, or to `unread` if reading it failed."""
         for member_name, blocks in members:
             self._check_time()
-            # A second opener (7-Zip after libarchive) must not list what the first already did.
-            if seen is not None and member_name in seen:
+            if member_name in skip:
                 continue
-            blob = self._store(blocks)
+            try:
+                blob = self._store(blocks)
+            except _OverLimit:
+                raise
+            except Exception:
+                unread.append(member_name)
+                raise
             if keep:
                 self._keep_for_rescan(f"{path}/{member_name}", blob)
             self._blob_part(
@@ -419,8 +493,7 @@ class _Walker:
                 depth=depth,
                 containers=inner,
             )
-            if seen is not None:
-                seen.add(member_name)
+            read.add(member_name)
 
 
 def _zip_methods_hidden(blob: _Blob) -> bool:
