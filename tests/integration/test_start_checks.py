@@ -18,8 +18,12 @@ import pytest
 
 from qsift import config
 from qsift.serve.daemon import Daemon
-from tests.harness import free_port
+from tests.fakes.mta import fake_mta
+from tests.harness import free_port, qmqp_send, running_daemon
+from tests.integration.test_destinies import SENDER
 from tests.integration.test_workers import QSIFT, config_text, readable_by_others
+
+CLEAN = b"From: a@example.org\nDate: Wed, 25 Nov 2026 12:00:00 +0000\nSubject: hi\n\nhello %d\n"
 
 
 def start_until_ready_or_exit(config_file: Path, log: Path, timeout: float = 60) -> tuple[int | None, str]:
@@ -99,3 +103,21 @@ async def test_a_worker_says_ready_only_after_a_round_trip_through_its_threads(t
     assert not daemon.ready.is_set()
     with pytest.raises(RuntimeError, match="cannot schedule new futures after shutdown"):
         await asyncio.wait_for(running, 10)
+
+
+async def test_an_error_after_the_downstream_accepted_is_answered_k_not_dropped(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The record of the delivery fails with an error no one expected (here: the threads it is written
+    from are gone). The downstream has the message: the answer is K, and the log says what happened."""
+    async with (
+        fake_mta() as mta,
+        running_daemon(tmp_path, f"smtp:[127.0.0.1]:{mta.port}", protocols=("qmqp",)) as daemon,
+    ):
+        broken = ThreadPoolExecutor(1)
+        broken.shutdown()
+        asyncio.get_running_loop().set_default_executor(broken)
+        answer = await qmqp_send(daemon.qmqp, CLEAN % 1, SENDER, [b"b@example.net"])
+    assert answer.startswith("K250"), answer
+    assert len(mta.accepted) == 1
+    assert any("delivered but not recorded" in r.getMessage() for r in caplog.records)

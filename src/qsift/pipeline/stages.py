@@ -26,7 +26,7 @@ from qsift.act.headers import EditedMessage, edit_message, header_fields, subjec
 from qsift.act.notices import Notices
 from qsift.checks.content import CheckSettings, Verdict, inspect
 from qsift.checks.scanner_set import ScannerSet
-from qsift.errors import QsiftError, ScannerFailure, SpoolError
+from qsift.errors import ScannerFailure, SpoolError
 from qsift.model import (
     Answer,
     Category,
@@ -307,9 +307,10 @@ class Pipeline:
             return
         try:
             await asyncio.to_thread(self.outcomes.record, keys, mail_id, answer, self.clock())
-        except QsiftError as exc:
-            # The downstream has the message: answering Z now would make the retry a duplicate for sure,
-            # while a missing record only makes a duplicate possible if the client also loses our K.
+        except Exception as exc:  # whatever it is (a full disk, a thread that cannot start)
+            # The downstream has the message: answering Z (or dropping the connection) now would make the
+            # retry a duplicate for sure, while a missing record only makes a duplicate possible if the
+            # client also loses our K.
             logger.error("id=%s delivered but not recorded for dedupe: %s", mail_id, exc)
 
 
