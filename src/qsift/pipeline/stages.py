@@ -43,6 +43,7 @@ from qsift.observe.log import logger
 from qsift.pipeline.answer import combine, decide
 from qsift.pipeline.blocked import Bouncer, quarantine_once, reject_bounce_or_discard, send_notices
 from qsift.pipeline.client import client_fields
+from qsift.pipeline.deliveries import Deliveries
 from qsift.pipeline.inflight import InFlight
 from qsift.policy.bank import Policies
 from qsift.policy.destiny import Destiny
@@ -161,16 +162,20 @@ class Pipeline:
             client_gone,
             digest,
         )
-        outcome = await self._judge(message, owed, len(envelope.recipients) - len(owed))
+        deliveries = Deliveries(keys, lambda settled, answer: self._record(settled, mail_id, answer))
+        outcome = await self._judge(message, owed, len(envelope.recipients) - len(owed), deliveries)
         outcome = replace(outcome, client=fields.client if fields.vouched else None, banks=banks)
-        settled = [
-            keys[r.recipient.address] for r in outcome.per_recipient if r.reply.answer is Answer.ACCEPT
-        ]
+        # Delivered recipients are recorded already; what is left is the bounced and the discarded.
+        settled = deliveries.not_recorded(
+            [keys[r.recipient.address] for r in outcome.per_recipient if r.reply.answer is Answer.ACCEPT]
+        )
         if settled and outcome.reply.answer is not Answer.REJECT:
             await self._record(settled, mail_id, outcome.reply.smtp_line())
         return outcome
 
-    async def _judge(self, message: InFlight, owed: tuple[Recipient, ...], already: int) -> Outcome:
+    async def _judge(
+        self, message: InFlight, owed: tuple[Recipient, ...], already: int, deliveries: Deliveries
+    ) -> Outcome:
         mail_id = message.mail_id
         try:
             verdict, virus_scanned = await self._check(message, owed)
@@ -182,7 +187,7 @@ class Pipeline:
         if verdict is None:
             envelope = _outgoing(message, owed)
             started = time.monotonic()
-            result = await self.forwarder.forward(envelope, message.body, message.client_gone)
+            result = await self.forwarder.forward(envelope, message.body, message.client_gone, deliveries)
             metrics.stage_done("forward", started)
             outcome = await self._after_forward(
                 message, decide(mail_id, message.envelope, result, already), "CLEAN"
@@ -204,7 +209,8 @@ class Pipeline:
             held = Outcome(mail_id, reply, Disposition.TEMPFAILED, category=category)
             _count_fates(held, _fates(decisions))
             return held
-        forwarded = await self._forward(message, [d for d in decisions if not d.blocked], already)
+        passing = [d for d in decisions if not d.blocked]
+        forwarded = await self._forward(message, passing, already, deliveries)
         if forwarded is not None:
             forwarded = await self._after_forward(message, forwarded, category)
         delivered = already > 0 or (forwarded is not None and forwarded.disposition is Disposition.PASSED)
@@ -245,7 +251,9 @@ class Pipeline:
             logger.info("id=%s %s: %s", message.mail_id, finding.category.log_word, finding.detail)
         return verdict, bool(scanners and (scanners.primary or scanners.backup))
 
-    async def _forward(self, message: InFlight, passing: list[Decision], already: int) -> Outcome | None:
+    async def _forward(
+        self, message: InFlight, passing: list[Decision], already: int, deliveries: Deliveries
+    ) -> Outcome | None:
         """Forward to the passing recipients, one transaction per set of headers."""
         if not passing:
             return None
@@ -264,7 +272,7 @@ class Pipeline:
             body = edit_message(message.spool, list(fields), tag, message.client.ranges)
             envelope = _outgoing(message, tuple(d.recipient for d in members))
             started = time.monotonic()
-            results.append(await self.forwarder.forward(envelope, body, message.client_gone))
+            results.append(await self.forwarder.forward(envelope, body, message.client_gone, deliveries))
             metrics.stage_done("forward", started)
         merged = ForwardResult(
             results[0].method,

@@ -1,0 +1,37 @@
+"""The recipients of one message the downstream has accepted so far, recorded the moment it accepts them.
+
+A forward tells `Deliveries` of each accepted transaction right after the downstream's final reply and
+before it goes on (`model.Delivered`); the keys go into the outcome record then, before any DSN,
+notice or metric, so a worker killed after that point leaves a record that answers the client's retry.
+What is left between the downstream's reply and the record's commit is DESIGN.md's invariant 2.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from qsift.model import RecipientResult
+
+#: Writes delivery keys to the outcome record with the reply they got; never raises.
+Record = Callable[[Sequence[str], str], Awaitable[None]]
+
+
+@dataclass
+class Deliveries:
+    #: The delivery key of each recipient address (outcomes.delivery_key).
+    keys: Mapping[str, str]
+    record: Record
+    #: Accepted by the downstream so far, by address.
+    accepted: dict[str, RecipientResult] = field(default_factory=dict)
+
+    async def __call__(self, results: tuple[RecipientResult, ...]) -> None:
+        """The forward's `delivered`: remember and record these recipients now."""
+        for result in results:
+            self.accepted[result.recipient.address] = result
+        await self.record([self.keys[r.recipient.address] for r in results], results[0].reply.smtp_line())
+
+    def not_recorded(self, keys: Sequence[str]) -> list[str]:
+        """Those of `keys` not recorded yet (by this message's forwards)."""
+        done = {self.keys[address] for address in self.accepted}
+        return [key for key in keys if key not in done]
