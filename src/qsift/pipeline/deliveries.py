@@ -4,6 +4,9 @@ A forward tells `Deliveries` of each accepted transaction right after the downst
 before it goes on (`model.Delivered`); the keys go into the outcome record then, before any DSN,
 notice or metric, so a worker killed after that point leaves a record that answers the client's retry.
 What is left between the downstream's reply and the record's commit is DESIGN.md's invariant 2.
+
+Once anything was delivered, an unexpected error must not drop the connection (the client would retry:
+a duplicate). `answer_after_error` gives the answer that is still certain instead.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from qsift.model import RecipientResult
+from qsift.model import Answer, Disposition, Outcome, Recipient, RecipientResult, Reply
 
 #: Writes delivery keys to the outcome record with the reply they got; never raises.
 Record = Callable[[Sequence[str], str], Awaitable[None]]
@@ -35,3 +38,21 @@ class Deliveries:
         """Those of `keys` not recorded yet (by this message's forwards)."""
         done = {self.keys[address] for address in self.accepted}
         return [key for key in keys if key not in done]
+
+    def answer_after_error(self, mail_id: str, owed: Sequence[Recipient], error: Exception) -> Outcome:
+        """The answer after `error` broke off a message some of whose recipients were delivered: K when
+        every recipient due was, else Z for the others (the delivered ones are recorded, so the retry
+        goes only to the rest; were the record lost too, a duplicate is still better than a loss)."""
+        rest = [r for r in owed if r.address not in self.accepted]
+        delivered = tuple(self.accepted.values())
+        if not rest:
+            text = f"Ok, id={mail_id}, delivered (an internal error followed: {error})"
+            reply = Reply(Answer.ACCEPT, 250, "2.0.0", text)
+            return Outcome(mail_id, reply, Disposition.PASSED, per_recipient=delivered)
+        text = (
+            f"id={mail_id} - internal error after {len(delivered)} of {len(owed)} recipients were "
+            f"delivered, the others are kept for the retry: {error}"
+        )
+        reply = Reply.tempfail("4.3.0", text)
+        held = tuple(RecipientResult(r, reply) for r in rest)
+        return Outcome(mail_id, reply, Disposition.TEMPFAILED, per_recipient=delivered + held)

@@ -163,7 +163,13 @@ class Pipeline:
             digest,
         )
         deliveries = Deliveries(keys, lambda settled, answer: self._record(settled, mail_id, answer))
-        outcome = await self._judge(message, owed, len(envelope.recipients) - len(owed), deliveries)
+        try:
+            outcome = await self._judge(message, owed, len(envelope.recipients) - len(owed), deliveries)
+        except Exception as exc:
+            if not deliveries.accepted:
+                raise  # nothing delivered: the dropped connection makes the client retry, as it should
+            outcome = deliveries.answer_after_error(mail_id, owed, exc)
+            logger.exception("id=%s internal error after the downstream accepted: %s", mail_id, exc)
         outcome = replace(outcome, client=fields.client if fields.vouched else None, banks=banks)
         # Delivered recipients are recorded already; what is left is the bounced and the discarded.
         settled = deliveries.not_recorded(
