@@ -30,6 +30,8 @@ class Deliveries:
 
     async def __call__(self, results: tuple[RecipientResult, ...]) -> None:
         """The forward's `delivered`: remember and record these recipients now."""
+        if not results:
+            return
         for result in results:
             self.accepted[result.recipient.address] = result
         await self.record([self.keys[r.recipient.address] for r in results], results[0].reply.smtp_line())

@@ -3,8 +3,9 @@
 Every listener (QMQP, SMTP, LMTP) hands its Envelope and spooled body to `Pipeline.handle` and gets an
 Outcome back; the listener only renders it (K/Z/D or an SMTP code). The answer is decided only once every
 recipient's fate is certain (delivered, refused, bounced, discarded, quarantined, or held back with a
-temporary failure), and every settled recipient is recorded durably before the answer leaves
-(DESIGN.md §2), so a retry after a lost answer deals only with what was not settled.
+temporary failure), and every settled recipient is recorded durably before the answer leaves (a
+delivered one the moment the downstream accepts it: deliveries.py, DESIGN.md §2), so a retry after a
+lost answer or a dead worker deals only with what was not settled.
 
 Order matters for "nothing is lost": blocked mail is quarantined first, then clean recipients are
 forwarded group by group (each group with its own headers), then blocked recipients are rejected, bounced
