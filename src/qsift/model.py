@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import enum
 import re
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 #: ESMTP parameters as (KEYWORD, value or None), keywords upper-cased, order kept.
@@ -181,6 +182,12 @@ class ForwardResult:
     @property
     def all_accepted(self) -> bool:
         return all(r.reply.answer is Answer.ACCEPT for r in self.per_recipient)
+
+
+#: Told by a forward which recipients the downstream has just accepted, before the forward goes on (to
+#: QUIT, to the next transaction), so they are recorded as delivered at once: a worker killed after the
+#: downstream's 250 and before the record makes the client's retry a duplicate. It must not raise.
+Delivered = Callable[[tuple["RecipientResult", ...]], Awaitable[None]]
 
 
 class Category(enum.Enum):

@@ -78,6 +78,8 @@ class FakeMta:
         self.connections = 0
         #: Set as soon as a whole message (up to the dot) has arrived, before any reply to it.
         self.data_received = asyncio.Event()
+        #: Set when a client says QUIT, before the reply to it.
+        self.quit_received = asyncio.Event()
         self._ids = itertools.count(1)
         self._server: asyncio.Server | None = None
         self._sessions: set[asyncio.Task[None]] = set()
@@ -173,6 +175,7 @@ class FakeMta:
                 sender, recipients = None, []
                 await say("250 2.0.0 Ok")
             elif verb == b"QUIT":
+                self.quit_received.set()
                 if script.quit_reply is None:
                     await reader.read()
                 else:

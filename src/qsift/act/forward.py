@@ -9,17 +9,22 @@ from qsift.act.maildir import MaildirForwarder
 from qsift.act.qmail_queue import QmailQueueForwarder
 from qsift.act.smtp_forward import SmtpTimeouts, forward_via_smtp, parse_forward_method
 from qsift.config import Forward
-from qsift.model import Envelope, ForwardResult
+from qsift.model import Delivered, Envelope, ForwardResult
 from qsift.spool import MessageBody
 
 
 class Forwarder(Protocol):
-    """Delivers one message to every envelope recipient and says, per recipient, what happened."""
+    """Delivers one message to every envelope recipient and says, per recipient, what happened; tells
+    `delivered` about the accepted ones as soon as the downstream has accepted them."""
 
     method: str
 
     async def forward(
-        self, envelope: Envelope, spool: MessageBody, client_gone: asyncio.Event | None = None
+        self,
+        envelope: Envelope,
+        spool: MessageBody,
+        client_gone: asyncio.Event | None = None,
+        delivered: Delivered | None = None,
     ) -> ForwardResult: ...
 
 
@@ -39,7 +44,11 @@ class SmtpForwarder:
         self.method = self._target.describe()
 
     async def forward(
-        self, envelope: Envelope, spool: MessageBody, client_gone: asyncio.Event | None = None
+        self,
+        envelope: Envelope,
+        spool: MessageBody,
+        client_gone: asyncio.Event | None = None,
+        delivered: Delivered | None = None,
     ) -> ForwardResult:
         return await forward_via_smtp(
             self._target,
@@ -49,6 +58,7 @@ class SmtpForwarder:
             timeouts=self._timeouts,
             max_recipients_per_transaction=self._settings.max_recipients_per_transaction,
             client_gone=client_gone,
+            delivered=delivered,
         )
 
 

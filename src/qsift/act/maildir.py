@@ -14,7 +14,7 @@ import os
 import socket
 import time
 
-from qsift.model import Answer, Envelope, ForwardResult, RecipientResult, Reply
+from qsift.model import Answer, Delivered, Envelope, ForwardResult, RecipientResult, Reply
 from qsift.spool import MessageBody
 from qsift.wire.smtp_data import to_lf
 
@@ -27,7 +27,11 @@ class MaildirForwarder:
         self.method = f"maildir:{path}"
 
     async def forward(
-        self, envelope: Envelope, spool: MessageBody, client_gone: asyncio.Event | None = None
+        self,
+        envelope: Envelope,
+        spool: MessageBody,
+        client_gone: asyncio.Event | None = None,
+        delivered: Delivered | None = None,
     ) -> ForwardResult:
         try:
             name = await asyncio.to_thread(self._deliver, envelope, spool)
@@ -35,11 +39,10 @@ class MaildirForwarder:
             reply = Reply(Answer.TEMPFAIL, 451, "4.3.0", f"maildir delivery failed: {exc.strerror or exc}")
             return ForwardResult(self.method, tuple(RecipientResult(r, reply) for r in envelope.recipients))
         reply = Reply(Answer.ACCEPT, 250, "2.0.0", f"Ok: delivered as {name}")
-        return ForwardResult(
-            self.method,
-            tuple(RecipientResult(r, reply) for r in envelope.recipients),
-            queued_as=f"delivered as {name}",
-        )
+        results = tuple(RecipientResult(r, reply) for r in envelope.recipients)
+        if delivered is not None:
+            await delivered(results)
+        return ForwardResult(self.method, results, queued_as=f"delivered as {name}")
 
     def _deliver(self, envelope: Envelope, spool: MessageBody) -> str:
         for sub in ("tmp", "new", "cur"):

@@ -18,7 +18,7 @@ import signal
 from collections.abc import Iterator
 from typing import IO
 
-from qsift.model import Answer, Envelope, ForwardResult, RecipientResult, Reply, address_bytes
+from qsift.model import Answer, Delivered, Envelope, ForwardResult, RecipientResult, Reply, address_bytes
 from qsift.spool import MessageBody
 from qsift.wire.qmail_queue import answer_for_exit, encode_envelope
 from qsift.wire.smtp_data import to_lf
@@ -34,7 +34,11 @@ class QmailQueueForwarder:
         self.method = f"qmail-queue:{program}"
 
     async def forward(
-        self, envelope: Envelope, spool: MessageBody, client_gone: asyncio.Event | None = None
+        self,
+        envelope: Envelope,
+        spool: MessageBody,
+        client_gone: asyncio.Event | None = None,
+        delivered: Delivered | None = None,
     ) -> ForwardResult:
         try:
             status, custom = await asyncio.wait_for(self._run(envelope, spool), self.timeout)
@@ -45,7 +49,10 @@ class QmailQueueForwarder:
         letter, text = answer_for_exit(status, custom)
         if letter == "K":
             reply = Reply(Answer.ACCEPT, 250, "2.0.0", f"Ok: queued by {self.program}")
-            return self._result(envelope, reply, queued_as=reply.text)
+            result = self._result(envelope, reply, queued_as=reply.text)
+            if delivered is not None:
+                await delivered(result.per_recipient)
+            return result
         answer = Answer.REJECT if letter == "D" else Answer.TEMPFAIL
         code, status_code = (554, "5.3.0") if answer is Answer.REJECT else (451, "4.3.0")
         return self._result(envelope, Reply(answer, code, status_code, f"{self.method}: {text}"))

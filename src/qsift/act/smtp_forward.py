@@ -26,6 +26,8 @@ from dataclasses import dataclass, replace
 
 from qsift.errors import ConfigError, ProtocolError
 from qsift.model import (
+    Answer,
+    Delivered,
     Envelope,
     ForwardResult,
     RecipientResult,
@@ -113,9 +115,11 @@ async def forward_via_smtp(
     timeouts: SmtpTimeouts,
     max_recipients_per_transaction: int = 1000,
     client_gone: asyncio.Event | None = None,
+    delivered: Delivered | None = None,
 ) -> ForwardResult:
-    """Deliver to every envelope recipient; never raises for anything the downstream does."""
-    session = _Session(target, envelope, spool, helo_name, timeouts, client_gone)
+    """Deliver to every envelope recipient; never raises for anything the downstream does. `delivered`
+    hears of each transaction's accepted recipients right after the final reply, before QUIT."""
+    session = _Session(target, envelope, spool, helo_name, timeouts, client_gone, delivered)
     recipients = envelope.recipients
     try:
         await session.connect()
@@ -143,6 +147,7 @@ class _Session:
         helo_name: str,
         timeouts: SmtpTimeouts,
         client_gone: asyncio.Event | None,
+        delivered: Delivered | None = None,
     ) -> None:
         self.target = target
         self.envelope = envelope
@@ -150,6 +155,7 @@ class _Session:
         self.helo_name = helo_name
         self.timeouts = timeouts
         self.client_gone = client_gone
+        self.delivered = delivered
         self.results: dict[int, Reply] = {}
         self.queued_as: str | None = None
         self.where = target.describe()
@@ -331,7 +337,17 @@ class _Session:
             return deferred
         await self._send_body()
         await self._final_replies(accepted)
+        await self._tell_delivered(accepted)
         return deferred
+
+    async def _tell_delivered(self, accepted: list[int]) -> None:
+        taken = tuple(
+            RecipientResult(self.envelope.recipients[index], self.results[index])
+            for index in accepted
+            if self.results[index].answer is Answer.ACCEPT
+        )
+        if taken and self.delivered is not None:
+            await self.delivered(taken)
 
     async def _xforward(self) -> None:
         """Name the client to a server that takes XFORWARD; it forgets at the end of each transaction

@@ -3,8 +3,9 @@
 Every listener (QMQP, SMTP, LMTP) hands its Envelope and spooled body to `Pipeline.handle` and gets an
 Outcome back; the listener only renders it (K/Z/D or an SMTP code). The answer is decided only once every
 recipient's fate is certain (delivered, refused, bounced, discarded, quarantined, or held back with a
-temporary failure), and every settled recipient is recorded durably before the answer leaves
-(DESIGN.md §2), so a retry after a lost answer deals only with what was not settled.
+temporary failure), and every settled recipient is recorded durably before the answer leaves (a
+delivered one the moment the downstream accepts it: deliveries.py, DESIGN.md §2), so a retry after a
+lost answer or a dead worker deals only with what was not settled.
 
 Order matters for "nothing is lost": blocked mail is quarantined first, then clean recipients are
 forwarded group by group (each group with its own headers), then blocked recipients are rejected, bounced
@@ -27,7 +28,7 @@ from qsift.act.notices import Notices
 from qsift.checks.content import CheckSettings, Verdict, inspect
 from qsift.checks.headers import header_section
 from qsift.checks.scanner_set import ScannerSet
-from qsift.errors import QsiftError, ScannerFailure, SpoolError
+from qsift.errors import ScannerFailure, SpoolError
 from qsift.model import (
     Answer,
     Category,
@@ -44,6 +45,7 @@ from qsift.observe.log import logger
 from qsift.pipeline.answer import combine, decide
 from qsift.pipeline.blocked import Bouncer, quarantine_once, reject_bounce_or_discard, send_notices
 from qsift.pipeline.client import client_fields
+from qsift.pipeline.deliveries import Deliveries
 from qsift.pipeline.inflight import InFlight
 from qsift.policy.bank import Policies
 from qsift.policy.destiny import Destiny
@@ -169,11 +171,19 @@ class Pipeline:
             reading_digest=mark.reading_digest(head) if marking is not None else "",
         )
         message = replace(message, scanned_before=self._scanned_here_before(message, head, now))
-        outcome = await self._judge(message, owed, len(envelope.recipients) - len(owed))
+        deliveries = Deliveries(keys, lambda settled, answer: self._record(settled, mail_id, answer))
+        try:
+            outcome = await self._judge(message, owed, len(envelope.recipients) - len(owed), deliveries)
+        except Exception as exc:
+            if not deliveries.accepted:
+                raise  # nothing delivered: the dropped connection makes the client retry, as it should
+            outcome = deliveries.answer_after_error(mail_id, owed, exc)
+            logger.exception("id=%s internal error after the downstream accepted: %s", mail_id, exc)
         outcome = replace(outcome, client=fields.client if fields.vouched else None, banks=banks)
-        settled = [
-            keys[r.recipient.address] for r in outcome.per_recipient if r.reply.answer is Answer.ACCEPT
-        ]
+        # Delivered recipients are recorded already; what is left is the bounced and the discarded.
+        settled = deliveries.not_recorded(
+            [keys[r.recipient.address] for r in outcome.per_recipient if r.reply.answer is Answer.ACCEPT]
+        )
         if settled and outcome.reply.answer is not Answer.REJECT:
             await self._record(settled, mail_id, outcome.reply.smtp_line())
         return outcome
@@ -193,7 +203,9 @@ class Pipeline:
             self.mark_key, value, message.body_digest, message.reading_digest, now
         )
 
-    async def _judge(self, message: InFlight, owed: tuple[Recipient, ...], already: int) -> Outcome:
+    async def _judge(
+        self, message: InFlight, owed: tuple[Recipient, ...], already: int, deliveries: Deliveries
+    ) -> Outcome:
         mail_id = message.mail_id
         try:
             verdict, virus_scanned = await self._check(message, owed)
@@ -205,7 +217,7 @@ class Pipeline:
         if verdict is None:
             envelope = _outgoing(message, owed)
             started = time.monotonic()
-            result = await self.forwarder.forward(envelope, message.body, message.client_gone)
+            result = await self.forwarder.forward(envelope, message.body, message.client_gone, deliveries)
             metrics.stage_done("forward", started)
             outcome = await self._after_forward(
                 message, decide(mail_id, message.envelope, result, already), "CLEAN"
@@ -229,7 +241,8 @@ class Pipeline:
             held = Outcome(mail_id, reply, Disposition.TEMPFAILED, category=category)
             _count_fates(held, _fates(decisions))
             return held
-        forwarded = await self._forward(message, [d for d in decisions if not d.blocked], already)
+        passing = [d for d in decisions if not d.blocked]
+        forwarded = await self._forward(message, passing, already, deliveries)
         if forwarded is not None:
             forwarded = await self._after_forward(message, forwarded, category)
         delivered = already > 0 or (forwarded is not None and forwarded.disposition is Disposition.PASSED)
@@ -271,7 +284,9 @@ class Pipeline:
             logger.info("id=%s %s: %s", message.mail_id, finding.category.log_word, finding.detail)
         return verdict, bool(scanners and (scanners.primary or scanners.backup))
 
-    async def _forward(self, message: InFlight, passing: list[Decision], already: int) -> Outcome | None:
+    async def _forward(
+        self, message: InFlight, passing: list[Decision], already: int, deliveries: Deliveries
+    ) -> Outcome | None:
         """Forward to the passing recipients, one transaction per set of headers."""
         if not passing:
             return None
@@ -292,7 +307,7 @@ class Pipeline:
             body = edit_message(message.spool, list(fields), tag, message.client.ranges)
             envelope = _outgoing(message, tuple(d.recipient for d in members))
             started = time.monotonic()
-            results.append(await self.forwarder.forward(envelope, body, message.client_gone))
+            results.append(await self.forwarder.forward(envelope, body, message.client_gone, deliveries))
             metrics.stage_done("forward", started)
         merged = ForwardResult(
             results[0].method,
@@ -335,9 +350,10 @@ class Pipeline:
             return
         try:
             await asyncio.to_thread(self.outcomes.record, keys, mail_id, answer, self.clock())
-        except QsiftError as exc:
-            # The downstream has the message: answering Z now would make the retry a duplicate for sure,
-            # while a missing record only makes a duplicate possible if the client also loses our K.
+        except Exception as exc:  # whatever it is (a full disk, a thread that cannot start)
+            # The downstream has the message: answering Z (or dropping the connection) now would make the
+            # retry a duplicate for sure, while a missing record only makes a duplicate possible if the
+            # client also loses our K.
             logger.error("id=%s delivered but not recorded for dedupe: %s", mail_id, exc)
 
 

@@ -108,6 +108,10 @@ class Daemon:
         self.pipeline = pipeline
         housekeeping: asyncio.Task[None] | None = None
         try:
+            # The outcome record, the quarantine and the maildir forward work in threads: a worker whose
+            # threads cannot start (or cannot read the record) cannot serve, and must fail here rather
+            # than say ready and drop every connection after its forward.
+            await asyncio.to_thread(outcomes.lookup, ("",), 0.0)
             for listener in self.config.listeners:
                 await self._bind(listener, self._handler_for(listener, pipeline, spool_dir))
             if self.handle_signals:

@@ -6,14 +6,23 @@ says it is meant: a content filter takes apart hostile archives, and a bug there
 The state directory (outcome record, site key, status) and the quarantine hold mail and secrets: they
 are made 0700 and owned by the run user, and an existing one that others can read is refused with the
 command that fixes it, rather than silently changed.
+
+Python imports some modules only when first used, so a process keeps reading its installation long after
+it started. A run user who cannot read it (qsift in a venv under /root) would start, say ready, and fail
+at the first message: concurrent.futures imports its thread pool on the first `asyncio.to_thread`, which
+a worker makes after the forward, to record it. So the parent imports what the workers load late before
+it drops, and first checks that the run user can start this Python and import qsift at all.
 """
 
 from __future__ import annotations
 
 import grp
+import importlib
 import os
 import pwd
 import stat
+import subprocess
+import sys
 from dataclasses import dataclass
 
 from qsift.config import Config
@@ -52,6 +61,49 @@ def run_as(config: Config) -> RunAs | None:
     if os.geteuid() != 0 and entry.pw_uid != os.geteuid():
         raise ConfigError(f"only root can become user {config.user!r}; started as uid {os.geteuid()}")
     return RunAs(entry.pw_uid, gid, config.user)
+
+
+#: Modules the workers load on first use, not at start: imported by the parent before it drops.
+IMPORTED_BEFORE_DROP = ("concurrent.futures.thread",)
+#: What the run user's own Python must import for the check: the serving code and what IMPORTED_BEFORE_DROP
+#: and the metrics load late.
+_CAN_RUN_IMPORTS = ("qsift.serve.supervisor", "prometheus_client.multiprocess", *IMPORTED_BEFORE_DROP)
+_CAN_RUN_TIMEOUT = 60.0
+
+
+def import_before_drop() -> None:
+    """Load now, as root, what the workers would otherwise import after the drop."""
+    for name in IMPORTED_BEFORE_DROP:
+        importlib.import_module(name)
+
+
+def check_can_run(user: RunAs) -> None:
+    """ConfigError unless `user` can start this Python and import qsift (a fresh process as that user:
+    anything less would pass on modules the parent already holds in memory)."""
+    if os.geteuid() != 0 or user.uid == os.geteuid():
+        return
+    fix = f"install qsift where {user.name} can read it"
+    try:
+        result = subprocess.run(
+            [sys.executable, "-c", f"import {', '.join(_CAN_RUN_IMPORTS)}"],
+            user=user.uid,
+            group=user.gid,
+            extra_groups=[user.gid],
+            cwd="/",
+            capture_output=True,
+            text=True,
+            timeout=_CAN_RUN_TIMEOUT,
+            check=False,
+        )
+    except OSError as exc:
+        reason = f"{exc.filename or sys.executable}: {exc.strerror}"
+        raise ConfigError(f"user {user.name!r} cannot run qsift ({reason}): {fix}") from None
+    except subprocess.TimeoutExpired:
+        raise ConfigError(f"user {user.name!r} cannot import qsift in {_CAN_RUN_TIMEOUT:.0f} s") from None
+    if result.returncode != 0:
+        lines = result.stderr.strip().splitlines()
+        reason = lines[-1] if lines else f"{sys.executable} exit {result.returncode}"
+        raise ConfigError(f"user {user.name!r} cannot run qsift ({reason}): {fix}")
 
 
 def prepare_private_dirs(config: Config, user: RunAs | None) -> None:

@@ -50,6 +50,10 @@ _MAX_BACKOFF = 10.0
 _READY_TIMEOUT = 60.0
 
 
+class NotServing(Exception):
+    """Not every worker of the first generation could serve: the daemon does not start."""
+
+
 @dataclass
 class _Worker:
     index: int
@@ -79,18 +83,27 @@ class Supervisor:
     def run(self) -> int:
         os.umask(0o077)
         user = privileges.run_as(self.config)
+        if user is not None:
+            privileges.check_can_run(user)
         privileges.prepare_private_dirs(self.config, user)
         self.keys = load_keys(self.config, (user.uid, user.gid) if user is not None else None)
         self.sockets = {listener.name: bind(listener) for listener in self.config.listeners}
         _write_pid_file(self.config)
         if user is not None:
+            privileges.import_before_drop()
             privileges.drop(user)
         signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
         if self.config.metrics_address:
             # After the drop (the files must be the workers'), before the first fork.
             metrics.setup(os.path.join(self.config.state_dir, "metrics"))
             self._spawn_metrics()
-        self._start_generation()
+        ready = self._start_generation()
+        if ready < self.config.worker_count:
+            self.stopping = True
+            self._shut_down()
+            raise NotServing(
+                f"{ready} of {self.config.worker_count} workers could serve (their errors are above)"
+            )
         return self._loop()
 
     def _spawn_metrics(self) -> None:
@@ -115,7 +128,8 @@ class Supervisor:
                 os._exit(code)
         self.metrics_pid = pid
 
-    def _start_generation(self) -> None:
+    def _start_generation(self) -> int:
+        """Start a set of workers; how many of them proved they can serve. "Ready" only if all did."""
         self.generation += 1
         count = self.config.worker_count
         ready_r, ready_w = os.pipe()
@@ -124,17 +138,20 @@ class Supervisor:
         os.close(ready_w)
         ready = _wait_ready(ready_r, count, _READY_TIMEOUT)
         os.close(ready_r)
+        if ready < count:
+            logger.error("only %d of %d worker(s) could serve", ready, count)
+            return ready
         config = self.config
         logger.warning(
-            "qsift ready: %s; forward %s; %d/%d worker(s), max_servers %d",
+            "qsift ready: %s; forward %s; %d worker(s), max_servers %d",
             ", ".join(listener.name for listener in config.listeners),
             config.forward.method,
-            ready,
             count,
             config.max_servers,
         )
         if self.on_ready is not None:
             self.on_ready()
+        return ready
 
     def _spawn(self, index: int, ready_w: int = -1, ready_r: int = -1) -> None:
         pid = os.fork()
@@ -181,6 +198,11 @@ class Supervisor:
             len(self.workers),
             self.config.drain_timeout,
         )
+        self._shut_down()
+
+    def _shut_down(self) -> None:
+        """Stop every worker (`drain_timeout` to finish, then killed) and the metrics endpoint; close
+        the listeners."""
         self._broadcast(signal.SIGTERM)
         deadline = time.monotonic() + self.config.drain_timeout + 5
         while self.workers and time.monotonic() < deadline:
@@ -409,6 +431,9 @@ def main(config: Config, config_path: str | None) -> int:
     except ConfigError as exc:
         print(f"qsift: cannot start: {exc}", file=sys.stderr)
         return 2
+    except NotServing as exc:
+        print(f"qsift: cannot start: {exc}", file=sys.stderr)
+        return 1
     except OSError as exc:
         print(f"qsift: cannot start: {exc}", file=sys.stderr)
         return 1

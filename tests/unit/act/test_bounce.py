@@ -16,7 +16,9 @@ class Notifier:
     def __init__(self) -> None:
         self.sent = 0
 
-    async def forward(self, envelope: Envelope, spool: object, client_gone: object = None) -> ForwardResult:
+    async def forward(
+        self, envelope: Envelope, spool: object, client_gone: object = None, delivered: object = None
+    ) -> ForwardResult:
         self.sent += 1
         return ForwardResult(self.method, ())
 
