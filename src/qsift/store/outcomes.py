@@ -8,9 +8,13 @@ if none is left, it is answered from the record. Keying by recipient also covers
 the downstream took some recipients and tempfailed others, the answer must be Z, and the retry then goes
 only to the ones still owed.
 
-SQLite in WAL mode with synchronous=FULL, so a record survives a crash the moment `record()` returns,
-and several worker processes can share one file. Calls block on fsync, so the daemon runs them in a
-thread (`asyncio.to_thread`).
+SQLite in WAL mode, so several worker processes can share one file. synchronous=NORMAL: a record is
+in the write-ahead log the moment `record()` returns and survives the process being killed; only a
+power cut or a kernel crash can lose the last records before the next checkpoint's fsync. A lost record
+costs a duplicate on the retry, never a lost message, while each commit's fsync was most of the window
+in which a killed worker makes a duplicate (docs/reliability.md). The quarantine, which disposes of
+mail, keeps synchronous=FULL. Calls block on the disk, so the daemon runs them in a thread
+(`asyncio.to_thread`).
 """
 
 from __future__ import annotations
@@ -97,7 +101,7 @@ class OutcomeStore:
         self._lock = threading.Lock()
         self._db = sqlite3.connect(path, timeout=30.0, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
 
     def lookup(self, keys: Sequence[str], not_before: float) -> dict[str, OutcomeRecord]:
