@@ -196,8 +196,8 @@ class LineFitter:
 
     def _header_piece(self, entity: _Entity, data: bytes, starts: bool, eol: bytes | None) -> None:
         if starts:
-            if data == b"" and eol is not None:
-                self._header_end(entity, eol, complete=True)
+            if eol is not None and not data.strip(b"\r"):
+                self._header_end(entity, data + eol, complete=True)  # "\r\r\n" ends it too, as in the decoder
                 return
             mbox = entity.first_line and data.startswith(b"From ")
             continuation = data[:1] in (b" ", b"\t") and not entity.first_line
@@ -346,7 +346,7 @@ class LineFitter:
 
     def _end_line(self, eol: bytes) -> None:
         line = self._line
-        if self._long and line.startswith(b"-"):
+        if self._long and self._body is not _Body.SPLIT_BASE64 and line.startswith(b"-"):
             line[:1] = b"=2D"
         self._out += line + eol
         line.clear()
@@ -355,4 +355,4 @@ class LineFitter:
 
 def _field_value(field: bytes) -> str:
     """A field's value, unfolded, from its raw lines (name and colon included)."""
-    return field.split(b":", 1)[-1].decode("ascii", "replace")
+    return field.split(b":", 1)[-1].decode("ascii", "surrogateescape")

@@ -301,3 +301,22 @@ def test_header_only_looks_at_the_message_header_alone() -> None:
     assert out.endswith(b"\r\n\r\n" + LONG + b"\r\n")
     headerless = b"not a header " + LONG
     assert fit(headerless, [5], header_only=True)[0] == headerless
+
+
+def test_a_header_ended_by_a_bare_cr_line_and_a_boundary_with_8bit_octets() -> None:
+    message = b"Subject: s\n\r\r\n" + LONG + b"\n"
+    assert fit(message)[1] == {0}
+    assert two_passes(message).startswith(b"Subject: s\nMIME-Version: 1.0\n")
+    assert two_passes(message).count(b"\n\r\r\n") == 1
+    # The email package reads 8-bit octets in a boundary as U+FFFD, so the decoder finds no delimiter
+    # either: the whole body is a preamble, and passes as it came.
+    eight_bit = mixed(b"\n" + LONG, boundary=b"\xe9t\xe9")
+    assert fit(eight_bit) == (eight_bit, set())
+
+
+def test_a_long_base64_line_is_cut_without_touching_its_characters() -> None:
+    line = b"Q" * 76 * 14 + b"-QUJD"  # its last piece starts with the "-"
+    out = two_passes(b"Content-Transfer-Encoding: base64\n\n" + line + b"\n")
+    encoded = out.partition(b"\n\n")[2]
+    assert encoded.replace(b"\n", b"") == line
+    assert longest(encoded) <= 76
