@@ -19,6 +19,8 @@ from aiosmtpd.controller import Controller
 
 from qsift.wire import mark
 from tests.harness import free_port, qmqp_send, running_daemon, smtp_send
+from tests.integration.test_destinies import banned_message
+from tests.integration.test_quarantine import qsift
 
 LONG_HEADER = b"References: " + b" ".join(b"<%04d.part@example.org>" % i for i in range(87))
 LONG_BODY_LINE = b"".join(b"%05d%s" % (i, b"=x\xc3\xa9 \t"[i % 6 : i % 6 + 1]) for i in range(3334))[:20_000]
@@ -117,3 +119,25 @@ async def test_each_part_is_fitted_its_own_way(tmp_path: Path) -> None:
     assert binary.get_payload(decode=True) == b"ABC" * 500
     assert html["Content-Transfer-Encoding"] is None
     assert html.get_payload() == "<p>short</p>"
+
+
+async def test_a_quarantined_message_is_kept_as_it_came_and_fitted_on_release(tmp_path: Path) -> None:
+    message = banned_message().replace(b"Subject: Invoice\n", b"Subject: Invoice\n" + LONG_HEADER + b"\n")
+    async with strict_downstream() as (port, sink):
+        async with running_daemon(tmp_path, f"smtp:[127.0.0.1]:{port}", protocols=("qmqp",)) as daemon:
+            answer = await qmqp_send(daemon.qmqp, message, b"alice@example.org", [b"bob@example.net"])
+        assert "BOUNCE" in answer, answer
+        mail_id = answer.split("id=")[1].split(",")[0]
+        config = tmp_path / "qsift.toml"
+        config.write_text(
+            f'state_dir = "{tmp_path / "state"}"\nmyhostname = "qsift.test"\n'
+            f'[forward]\nmethod = "smtp:[127.0.0.1]:{port}"\n'
+        )
+        shown = qsift("quarantine", "show", "--config", str(config), mail_id)
+        assert LONG_HEADER.decode() in shown.stdout  # the quarantine keeps the message as it came
+        released = await asyncio.to_thread(qsift, "release", "--config", str(config), mail_id)
+        assert released.returncode == 0, released.stdout + released.stderr
+    delivered = sink.messages[-1]
+    assert b"invoice.zip" in delivered
+    assert max(len(line) for line in delivered.split(b"\r\n")) <= 998
+    assert LONG_HEADER in unfolded(delivered.partition(b"\r\n\r\n")[0]).split(b"\r\n")

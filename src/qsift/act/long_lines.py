@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from qsift.spool import DEFAULT_CHUNK, MessageBody
-from qsift.wire.long_lines import LineFitter
+from qsift.wire.long_lines import LineFitter, LongLineFinder
 from qsift.wire.mark import BodyDigest
 
 
@@ -78,3 +78,12 @@ def plan_fit(body: MessageBody, digest: BodyDigest | None) -> FitPlan:
         if digest is not None:
             digest.update(chunk)
     return FitPlan(True, plan.refit, size - body.size)
+
+
+def fitted(body: MessageBody) -> FittedMessage:
+    """`body` as it may leave, planned by reads of its own: for a message sent outside the pipeline (a
+    quarantine release)."""
+    finder = LongLineFinder()
+    for chunk in body.chunks():
+        finder.update(chunk)
+    return FittedMessage(body, plan_fit(body, None) if finder.found else NO_LONG_LINES)
