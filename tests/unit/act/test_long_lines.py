@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from qsift.act.headers import edit_message
-from qsift.act.long_lines import NO_LONG_LINES, FittedMessage, plan_fit
+from qsift.act.long_lines import NO_LONG_LINES, FittedMessage, fitted, plan_fit
 from qsift.spool import MessageSpool
 from qsift.wire.mark import BodyDigest
 
@@ -37,3 +37,10 @@ def test_the_plan_knows_the_size_and_the_digest_of_what_is_sent() -> None:
     expected.update(sent)
     assert digest.hexdigest() == expected.hexdigest()
     assert b"Content-Transfer-Encoding: quoted-printable\n" in sent
+
+
+def test_a_message_outside_the_pipeline_is_planned_by_its_own_reads() -> None:
+    with MessageSpool.from_bytes(LONG_BODY) as spool:
+        assert fitted(spool).plan == plan_fit(spool, None)
+    with MessageSpool.from_bytes(b"Subject: s\n\nshort\n") as spool:
+        assert fitted(spool).plan == NO_LONG_LINES
