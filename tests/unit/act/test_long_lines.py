@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import tracemalloc
+from pathlib import Path
+
 from qsift.act.headers import edit_message
 from qsift.act.long_lines import NO_LONG_LINES, FittedMessage, fitted, plan_fit
 from qsift.spool import MessageSpool
@@ -44,3 +47,20 @@ def test_a_message_outside_the_pipeline_is_planned_by_its_own_reads() -> None:
         assert fitted(spool).plan == plan_fit(spool, None)
     with MessageSpool.from_bytes(b"Subject: s\n\nshort\n") as spool:
         assert fitted(spool).plan == NO_LONG_LINES
+
+
+def test_memory_stays_bounded_for_a_line_of_many_megabytes(tmp_path: Path) -> None:
+    spool = MessageSpool(str(tmp_path), memory_limit=64 * 1024)
+    with spool:
+        spool.write(b"Subject: one line\r\n\r\n")
+        for _ in range(64):
+            spool.write(b"\xe9 x=" * 16384)  # 4 MiB, one line
+        tracemalloc.start()
+        try:
+            plan = plan_fit(spool, None)
+            sent = sum(len(chunk) for chunk in FittedMessage(spool, plan).chunks())
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+    assert plan.refit == frozenset({0}) and sent == spool.size + plan.growth
+    assert peak < 1536 * 1024, peak  # the same for any length
