@@ -27,7 +27,7 @@ class FitPlan:
     #: The parts to re-encode quoted-printable, numbered as `LineFitter.long_parts` numbers them.
     refit: frozenset[int] = frozenset()
     #: Octets the fitting adds to the message, for the SIZE parameter (qsift's own added fields, folded,
-    #: may add a few more: SIZE is an estimate, RFC 1870 §4).
+    #: may add a few more: SIZE is an estimate, RFC 1870).
     growth: int = 0
 
 
