@@ -46,7 +46,7 @@ class FittedMessage:
         return self.inner.size + self.plan.growth
 
     def chunks(self, chunk_size: int = DEFAULT_CHUNK) -> Iterator[bytes]:
-        fitter = LineFitter(self.plan.refit, header_only=not self.plan.long_lines)
+        fitter = LineFitter(self.plan.refit, header_only=not self.plan.long_lines, find_long_parts=False)
         for chunk in self.inner.chunks(chunk_size):
             fitted = fitter.feed(chunk)
             if fitted:

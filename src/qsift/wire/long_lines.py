@@ -22,7 +22,8 @@ What this module changes, and only where a line is too long:
 Which parts to re-encode must be known before their header goes out, so a message with a long line is
 read twice: `LineFitter()` over it finds them (`long_parts`), `LineFitter(refit=...)` writes it. A message
 without one (`LongLineFinder`) is written with `header_only=True`: only its header section is looked at,
-for the fields qsift itself added. Memory is bounded: a line is held up to `PIECE` octets at a time.
+for the fields qsift itself added. Past its last boundary and header, what is sent as it is passes without
+being read line by line. Memory is bounded: a line is held up to `PIECE` octets at a time.
 """
 
 from __future__ import annotations
@@ -112,9 +113,12 @@ class LineFitter:
     """A message in, chunk by chunk; the same message out, with every line it may change at most 998
     octets long. `refit`: the parts to re-encode quoted-printable (a first pass's `long_parts`)."""
 
-    def __init__(self, refit: frozenset[int] = frozenset(), *, header_only: bool = False) -> None:
+    def __init__(
+        self, refit: frozenset[int] = frozenset(), *, header_only: bool = False, find_long_parts: bool = True
+    ) -> None:
         self._refit = refit
         self._header_only = header_only
+        self._finding = find_long_parts
         self._input = bytearray()
         self._out = bytearray()
         self._newline = b""
@@ -275,6 +279,14 @@ class LineFitter:
             self._body = _Body.SPLIT_QP
         if self._header_only and self._entity is None:
             self._passing_rest = True
+        self._pass_the_rest_if_nothing_can_change()
+
+    def _pass_the_rest_if_nothing_can_change(self) -> None:
+        """Past the last boundary and header, in a body sent as it is (and, when finding long parts, one
+        found long or not a candidate), the rest of the message passes without being read line by line."""
+        settled = not self._finding or self._candidate < 0 or self._candidate in self.long_parts
+        if self._entity is None and not self._multiparts and self._body is _Body.AS_IS and settled:
+            self._passing_rest = True
 
     # --- bodies ---------------------------------------------------------------------------------------
 
@@ -299,6 +311,7 @@ class LineFitter:
             self._body, self._candidate = _Body.AS_IS, -1
             if closing:
                 del self._multiparts[0]  # what follows is its epilogue
+                self._pass_the_rest_if_nothing_can_change()
             else:
                 digest = self._multiparts[0].digest
                 self._entity = self._new_entity("message/rfc822" if digest else "text/plain")
@@ -321,6 +334,7 @@ class LineFitter:
         self._run = len(data) if starts else self._run + len(data)
         if self._run > MAX_LINE and self._candidate >= 0:
             self.long_parts.add(self._candidate)
+            self._pass_the_rest_if_nothing_can_change()
         self._out += data
         if eol is not None:
             self._out += eol
