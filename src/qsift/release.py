@@ -1,8 +1,9 @@
 """`qsift quarantine list|show` and `qsift release`: look into the quarantine, and let a message out.
 
-A release sends the message as it was quarantined (the X-Qsift-Envelope block is not part of it) through
-the configured forward method, to all its recipients or to those given, bypassing every check: the
-postmaster has decided. The release is recorded in the index, with the recipients it went to.
+A release sends the message as it was quarantined (the X-Qsift-Envelope block is not part of it; lines
+over 998 octets fitted as on any forward, act/long_lines.py) through the configured forward method, to all
+its recipients or to those given, bypassing every check: the postmaster has decided. The release is
+recorded in the index, with the recipients it went to.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from collections.abc import Sequence
 from typing import TextIO
 
 from qsift.act.forward import make_forwarder
+from qsift.act.long_lines import fitted
 from qsift.config import Config
 from qsift.model import Answer, Envelope, Recipient
 from qsift.spool import MessageSpool
@@ -71,7 +73,7 @@ def release(config: Config, mail_id: str, recipients: Sequence[str], out: TextIO
         envelope = Envelope(sender, tuple(Recipient(r) for r in targets), protocol="ESMTP")
         forwarder = make_forwarder(config.forward, config.myhostname)
         with MessageSpool.from_bytes(message) as spool:
-            result = asyncio.run(forwarder.forward(envelope, spool))
+            result = asyncio.run(forwarder.forward(envelope, fitted(spool)))
         delivered = [r.recipient.address for r in result.per_recipient if r.reply.answer is Answer.ACCEPT]
         for item in result.per_recipient:
             reply = item.reply

@@ -7,7 +7,8 @@ X-Spam-Flag, X-Spam-Score, X-Spam-Level, X-Spam-Status from `tag_level` on (X-Sp
 banned file or a bad header that a recipient loves (accepts). New fields go on top of the header section;
 the only existing line ever changed is the Subject, by inserting the tag, and the only ones removed are
 the pipeline's own (the X-Qsift-Client field qsift-queue adds). Every other byte of the message is passed
-on as it came: `EditedMessage` streams the original spool behind the new head.
+on as it came: `EditedMessage` streams the original spool behind the new head (and the forward then reads
+it through act/long_lines.py, which changes only lines over 998 octets).
 """
 
 from __future__ import annotations

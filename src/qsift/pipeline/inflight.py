@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
+from qsift.act.long_lines import NO_LONG_LINES, FitPlan
 from qsift.model import Envelope
 from qsift.pipeline.client import ClientFields
 from qsift.policy.settings import Policy
@@ -32,3 +33,6 @@ class InFlight:
     reading_digest: str = ""
     #: It carries this daemon's own valid mark: it is passed on unscanned and unchanged.
     scanned_before: bool = False
+    #: How its lines over 998 octets are fitted on every forward (act/long_lines.py); `body` and the
+    #: quarantine keep them as they came.
+    fit: FitPlan = NO_LONG_LINES

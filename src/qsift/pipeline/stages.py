@@ -20,10 +20,11 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Protocol
+from typing import ParamSpec, Protocol, TypeVar
 
 from qsift.act.forward import Forwarder
 from qsift.act.headers import EditedMessage, edit_message, header_fields, subject_tag
+from qsift.act.long_lines import FittedMessage, plan_fit
 from qsift.act.notices import Notices
 from qsift.checks.content import CheckSettings, Verdict, inspect
 from qsift.checks.headers import header_section
@@ -54,7 +55,10 @@ from qsift.spool import MessageBody, MessageSpool
 from qsift.store.outcomes import OutcomeRecord, OutcomeStore, body_fingerprint, delivery_key
 from qsift.store.quarantine import Quarantine
 from qsift.wire import mark
+from qsift.wire.long_lines import LongLineFinder
 
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
 #: Bodies up to this size are hashed on the event loop (about 0.15 ms at most); a thread hop costs more.
 _HASH_INLINE = 256 * 1024
 #: How much of the message is searched for the header fields the pipeline reads (X-Qsift-Client).
@@ -144,13 +148,12 @@ class Pipeline:
         now = int(self.clock())
         fields = client_fields(envelope, head, self.client_key, now)
         body: MessageBody = edit_message(spool, [], "", fields.ranges) if fields.ranges else spool
-        # The mark's body digest rides on the same read as the dedupe fingerprint.
+        # The mark's body digest and the search for long lines ride on the same read as the dedupe
+        # fingerprint; a long line costs more reads (act/long_lines.py).
         marking = mark.BodyDigest() if self.mark_key is not None and self.marking else None
-        chunks = body.chunks() if marking is None else _feeding(body.chunks(), marking)
-        if body.size <= _HASH_INLINE:
-            digest = body_fingerprint(chunks)
-        else:
-            digest = await asyncio.to_thread(body_fingerprint, chunks)
+        long_lines = LongLineFinder()
+        chunks = _feeding(body.chunks(), long_lines, marking)
+        digest = await _off_the_loop_if_large(body.size, body_fingerprint, chunks)
         keys = {r.address: delivery_key(digest, envelope.sender, r.address) for r in envelope.recipients}
         already = await self._delivered_before(list(keys.values()))
         owed = tuple(r for r in envelope.recipients if keys[r.address] not in already)
@@ -171,6 +174,8 @@ class Pipeline:
             reading_digest=mark.reading_digest(head) if marking is not None else "",
         )
         message = replace(message, scanned_before=self._scanned_here_before(message, head, now))
+        if long_lines.found:
+            message = await self._fitted(message)
         deliveries = Deliveries(keys, lambda settled, answer: self._record(settled, mail_id, answer))
         try:
             outcome = await self._judge(message, owed, len(envelope.recipients) - len(owed), deliveries)
@@ -187,6 +192,16 @@ class Pipeline:
         if settled and outcome.reply.answer is not Answer.REJECT:
             await self._record(settled, mail_id, outcome.reply.smtp_line())
         return outcome
+
+    async def _fitted(self, message: InFlight) -> InFlight:
+        """The plan for a message with a line over 998 octets. The mark goes on the message as it leaves, so
+        its digests are made again over that (a re-encoded part has another Content-Transfer-Encoding)."""
+        leaving = mark.BodyDigest() if message.body_digest is not None else None
+        fit = await _off_the_loop_if_large(message.body.size, plan_fit, message.body, leaving)
+        if leaving is None:
+            return replace(message, fit=fit)
+        reading = mark.reading_digest(header_section(FittedMessage(message.body, fit).head(_HEAD)))
+        return replace(message, fit=fit, body_digest=leaving.hexdigest(), reading_digest=reading)
 
     def _scanned_here_before(self, message: InFlight, head: bytes, now: int) -> bool:
         """Whether the message carries this daemon's own valid mark and came from no SMTP client we
@@ -217,7 +232,8 @@ class Pipeline:
         if verdict is None:
             envelope = _outgoing(message, owed)
             started = time.monotonic()
-            result = await self.forwarder.forward(envelope, message.body, message.client_gone, deliveries)
+            fitted = FittedMessage(message.body, message.fit)
+            result = await self.forwarder.forward(envelope, fitted, message.client_gone, deliveries)
             metrics.stage_done("forward", started)
             outcome = await self._after_forward(
                 message, decide(mail_id, message.envelope, result, already), "CLEAN"
@@ -304,7 +320,9 @@ class Pipeline:
             groups.setdefault((marked + fields, tag), []).append(decision)
         results = []
         for (fields, tag), members in groups.items():
-            body = edit_message(message.spool, list(fields), tag, message.client.ranges)
+            body = FittedMessage(
+                edit_message(message.spool, list(fields), tag, message.client.ranges), message.fit
+            )
             envelope = _outgoing(message, tuple(d.recipient for d in members))
             started = time.monotonic()
             results.append(await self.forwarder.forward(envelope, body, message.client_gone, deliveries))
@@ -402,10 +420,25 @@ def _log_category(decisions: list[Decision]) -> str:
     return worst.view.log_text()
 
 
-def _feeding(chunks: Iterator[bytes], body: mark.BodyDigest) -> Iterator[bytes]:
+class _Reader(Protocol):
+    def update(self, chunk: bytes) -> None: ...
+
+
+def _feeding(chunks: Iterator[bytes], *readers: _Reader | None) -> Iterator[bytes]:
+    present = [reader for reader in readers if reader is not None]
     for chunk in chunks:
-        body.update(chunk)
+        for reader in present:
+            reader.update(chunk)
         yield chunk
+
+
+async def _off_the_loop_if_large(
+    size: int, work: Callable[_P, _T], *args: _P.args, **kwargs: _P.kwargs
+) -> _T:
+    """Run a pass over a message: on the event loop up to _HASH_INLINE bytes, in a thread above."""
+    if size <= _HASH_INLINE:
+        return work(*args, **kwargs)
+    return await asyncio.to_thread(work, *args, **kwargs)
 
 
 def _duplicate(mail_id: str, record: OutcomeRecord) -> Outcome:

@@ -7,7 +7,8 @@ a qmail-local patch. Here the daemon adds
     X-Qsift-Scanned: v2 t=<unix time> h=<HMAC-SHA256 hex>
 
 to passed mail, keyed by a secret only the daemon reads (the mark key), over the message body as qsift
-passed it (line ends normalised to LF, so qmail's LF and SMTP's CRLF forms agree) and over the header
+passed it (line ends normalised to LF, so qmail's LF and SMTP's CRLF forms agree; a bare CR counts as a
+line end, since the SMTP forward sends it as CRLF and qmail then stores an LF) and over the header
 fields that say how the body is read (MIME-Version, Content-Type, Content-Transfer-Encoding,
 Content-Disposition): the same body under another Content-Type could unfold into an attachment that was
 never looked at. What a forward prepends (Delivered-To, Received) and the new recipients touch neither,
@@ -33,7 +34,8 @@ _READING = (b"mime-version", b"content-type", b"content-transfer-encoding", b"co
 
 
 class BodyDigest:
-    """SHA-256 of a message's body (what follows the first empty line), LF line ends, fed in chunks."""
+    """SHA-256 of a message's body (what follows the first empty line), fed in chunks, with every line end
+    (CRLF, LF or a bare CR) as LF."""
 
     def __init__(self) -> None:
         self._hash = hashlib.sha256()
@@ -59,12 +61,12 @@ class BodyDigest:
         if chunk.endswith(b"\r"):
             self._pending_cr = True
             chunk = chunk[:-1]
-        self._hash.update(chunk.replace(b"\r\n", b"\n"))
+        self._hash.update(chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n"))
 
     def hexdigest(self) -> str:
         final = self._hash.copy()
         if self._pending_cr:
-            final.update(b"\r")
+            final.update(b"\n")
         return final.hexdigest()
 
 

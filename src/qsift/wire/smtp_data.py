@@ -5,8 +5,14 @@ On the wire every line must end in CRLF: one bare LF and a qmail-smtpd drops the
 `451 See https://cr.yp.to/docs/smtplf.html`. The encoder therefore turns bare LF into CRLF, keeps CRLF
 as it is (never CRCRLF), and holds back a chunk's trailing CR until the next chunk shows whether an LF
 follows: amavisd-new's Net::SMTP path split CR and LF across writes, which is the "qmail bare-LF bug"
-the HOWTO patches around. A CR that no LF follows is passed through unchanged, as Postfix and
-qmail-smtpd both store it.
+the HOWTO patches around.
+
+A CR that no LF follows becomes CRLF too, as notqmail's qmail-remote does. Passed on as it came, a bare
+CR next to a dot (`x<CR>.<CR><LF>MAIL FROM:...`, `<CR><LF>.<CR>`) ends the message for a receiver that
+takes a bare CR for a line end, and what follows is a second message (SMTP smuggling); made a line end,
+it is dot-stuffed like any other line start. qmail-smtpd and Postfix accept and store bare CRs, so qsift
+does not refuse them on input (a QMQP client's message holds the bytes qmail-smtpd took); it repairs
+them here, on the one way out that SMTP and LMTP share.
 """
 
 from __future__ import annotations
@@ -38,7 +44,7 @@ class DataEncoder:
             chunk = chunk[:-1]
         if not chunk:
             return b""
-        chunk = chunk.replace(_CRLF, _LF).replace(_LF, _CRLF)
+        chunk = chunk.replace(_CRLF, _LF).replace(_CR, _LF).replace(_LF, _CRLF)
         chunk = chunk.replace(b"\r\n.", b"\r\n..")
         if self._at_line_start and chunk.startswith(b"."):
             chunk = b"." + chunk
@@ -46,17 +52,13 @@ class DataEncoder:
         return chunk
 
     def finish(self) -> bytes:
-        """The tail: a held-back CR, a missing final line end, and the terminating dot line."""
+        """The tail: a missing final line end (a held-back CR is one) and the terminating dot line."""
         if self._finished:
             raise RuntimeError("DataEncoder.finish called twice")
         self._finished = True
-        tail = b""
-        if self._pending_cr:
-            tail = _CR
-            self._at_line_start = False
-        if not self._at_line_start:
-            tail += _CRLF
-        return tail + b".\r\n"
+        if self._pending_cr or not self._at_line_start:
+            return _CRLF + b".\r\n"
+        return b".\r\n"
 
 
 def encode_data(chunks: Iterable[bytes]) -> Iterator[bytes]:

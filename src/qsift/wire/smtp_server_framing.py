@@ -2,9 +2,11 @@
 written as lines (RFC 5321 §2.3.8, §4.2, §4.5.2). What a line means is `smtp_server`'s business.
 
 Defences that belong at this level, each one a known attack or a known breakage:
-- Only CR LF . CR LF ends DATA. A bare LF before or after the dot does not (SMTP smuggling,
-  CVE-2023-51764/51765/51766): whatever the client meant, the forward re-encodes every line end, so
-  nothing it hides can end a message downstream.
+- Only CR LF . CR LF ends DATA. A bare LF or a bare CR before or after the dot does not (SMTP smuggling,
+  CVE-2023-51764/51765/51766), and the body keeps them as they came: whatever the client meant, the SMTP
+  and LMTP forward makes every line end CRLF, bare LF and bare CR included, and stuffs the dot after it
+  (wire/smtp_data.py), so nothing it hides can end a message downstream (qmail-queue and maildir have no
+  end-of-data line to fake).
 - A command line longer than `max_line_length` is discarded as it arrives, not buffered, then refused.
 - Reply text may come from a downstream MTA or a virus name: it goes out as one line, no control characters.
 """

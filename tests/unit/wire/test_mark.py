@@ -32,3 +32,16 @@ def test_the_mark_survives_line_ends_and_breaks_on_any_change_to_what_it_covers(
         assert not mark.verify(key, value, lf.hexdigest(), mark.reading_digest(other), 1_000_100)
     assert mark.find_value(b"Delivered-To: b@x\nx-qsift-scanned:  v2 t=1 h=ab\n") == "v2 t=1 h=ab"
     assert mark.find_value(b"Subject: x\n") is None
+
+
+def test_a_bare_cr_counts_as_the_line_end_the_smtp_forward_makes_of_it() -> None:
+    # The forward sends "a<CR>b" as "a<CR><LF>b", which qmail stores as "a<LF>b": the mark made before
+    # must verify after.
+    def digest_of(*pieces: bytes) -> str:
+        body = mark.BodyDigest()
+        for piece in pieces:
+            body.update(piece)
+        return body.hexdigest()
+
+    assert digest_of(b"H: x\n\na\rb\r") == digest_of(b"H: x\n\na\nb\n")
+    assert digest_of(b"H: x\n\na\r", b"\rb") == digest_of(b"H: x\r\n\r\na\r\n\r\nb")

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import re
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -24,8 +26,17 @@ def _decode_data(wire: bytes) -> bytes:
         (b"a", b"a\r\n.\r\n"),
         (b".\n", b"..\r\n.\r\n"),
         (b"a\n.b\n..c\n", b"a\r\n..b\r\n...c\r\n.\r\n"),
-        (b"lone\rcr\n", b"lone\rcr\r\n.\r\n"),
-        (b"ends in cr\r", b"ends in cr\r\r\n.\r\n"),
+        (b"lone\rcr\n", b"lone\r\ncr\r\n.\r\n"),
+        (b"ends in cr\r", b"ends in cr\r\n.\r\n"),
+        (b"two\r\r\n", b"two\r\n\r\n.\r\n"),
+        # A bare CR next to a dot: one line end for receivers that take a bare CR as one, so the dot is
+        # stuffed and nothing after it reads as the next command.
+        (
+            b"first part\r.\r\nMAIL FROM:<evil@example>\r\n",
+            b"first part\r\n..\r\nMAIL FROM:<evil@example>\r\n.\r\n",
+        ),
+        (b"a\r\n.\rb\n", b"a\r\n..\r\nb\r\n.\r\n"),
+        (b"a\r.\r", b"a\r\n..\r\n.\r\n"),
         (b"a\r\n\n.\r\n", b"a\r\n\r\n..\r\n.\r\n"),
     ],
 )
@@ -68,6 +79,29 @@ def test_lf_form_is_chunking_independent(data: bytes, cuts: list[int]) -> None:
     points = sorted({min(c, len(data)) for c in cuts})
     chunks = [data[a:b] for a, b in zip([0, *points], [*points, len(data)], strict=True)]
     assert b"".join(to_lf(chunks)) == data.replace(b"\r\n", b"\n")
+
+
+def _lines_as_a_lenient_receiver_reads_them(wire: bytes) -> list[bytes]:
+    """Lines as a receiver sees them that takes a bare CR or a bare LF for a line end, too."""
+    return re.split(rb"\r\n|\r|\n", wire)
+
+
+@given(
+    data=st.binary(max_size=300).map(lambda b: b.translate(bytes.maketrans(b"xyz", b"\r\n."))),
+    cuts=st.lists(st.integers(0, 300), max_size=8),
+)
+def test_no_receiver_finds_the_end_of_data_early(data: bytes, cuts: list[int]) -> None:
+    points = sorted({min(c, len(data)) for c in cuts})
+    chunks = [data[a:b] for a, b in zip([0, *points], [*points, len(data)], strict=True)]
+    wire = b"".join(encode_data(chunks))
+    assert b"\r" not in wire.replace(b"\r\n", b""), "a bare CR went out"
+    assert b"\n" not in wire.replace(b"\r\n", b""), "a bare LF went out"
+    lines = _lines_as_a_lenient_receiver_reads_them(wire)
+    assert lines[-2:] == [b".", b""]
+    assert b"." not in lines[:-2]
+    # What a receiver stores is the message with every line end (CRLF, LF, bare CR) made CRLF.
+    expected = re.sub(rb"\r\n|\r|\n", b"\r\n", data)
+    assert _decode_data(wire) == expected + (b"\r\n" if expected and not expected.endswith(b"\r\n") else b"")
 
 
 def test_lf_encoder_keeps_a_final_lone_cr() -> None:

@@ -1,0 +1,54 @@
+"""A bare CR in a message, by SMTP or QMQP, reaches the downstream MTA as a line end: no receiver finds
+the end of the message at a dot next to it (SMTP smuggling), and the mark still verifies."""
+
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+
+import pytest
+
+from qsift.wire import mark
+from tests.fakes.mta import fake_mta
+from tests.harness import qmqp_send, running_daemon, smtp_send
+
+SMUGGLER = (
+    b"From: mallory@example.org\r\nSubject: two for one\r\n\r\n"
+    b"first part\r.\r\nMAIL FROM:<evil@example>\r\nRCPT TO:<victim@example>\r\nDATA\r\n"
+    b"Subject: smuggled\r\n\r\nsecond\r\n.\rQUIT\r\nlast\r\n"
+)
+
+
+def verifies(delivered_lf: bytes, key: bytes) -> bool:
+    head, _, _ = delivered_lf.partition(b"\n\n")
+    value = mark.find_value(head)
+    digest = mark.BodyDigest()
+    digest.update(delivered_lf)
+    reading = mark.reading_digest(head)
+    return value is not None and mark.verify(key, value, digest.hexdigest(), reading, int(time.time()))
+
+
+@pytest.mark.parametrize("listener", ["smtp", "qmqp"])
+async def test_a_bare_cr_next_to_a_dot_leaves_as_a_line_end(tmp_path: Path, listener: str) -> None:
+    async with (
+        fake_mta() as mta,
+        running_daemon(tmp_path, f"smtp:[127.0.0.1]:{mta.port}", protocols=(listener,)) as daemon,
+    ):
+        if listener == "smtp":
+            sent = await smtp_send(daemon.smtp, SMUGGLER, b"mallory@example.org", [b"bob@example.net"])
+            assert sent.final[0][0] == 250
+        else:
+            lf_form = SMUGGLER.replace(b"\r\n", b"\n")  # what qmail-smtpd hands qmail-queue
+            answer = await qmqp_send(daemon.qmqp, lf_form, b"mallory@example.org", [b"bob@example.net"])
+            assert answer.startswith("K"), answer
+        key = (daemon.state_dir / "mark.key").read_bytes()
+    [delivery] = mta.deliveries
+    raw = delivery.raw + b".\r\n"
+    assert b"\r" not in raw.replace(b"\r\n", b""), "a bare CR reached the downstream"
+    # A receiver that takes a bare CR (or LF) for a line end finds one end of data: the last line.
+    lines = re.split(rb"\r\n|\r|\n", raw)
+    assert lines.index(b".") == len(lines) - 2
+    assert b"first part\r\n.\r\nMAIL FROM:<evil@example>\r\n" in delivery.body
+    # qmail stores the delivered copy with LF line ends; the mark must be valid on it.
+    assert verifies(delivery.body.replace(b"\r\n", b"\n"), key)
