@@ -12,12 +12,21 @@ import asyncio
 import contextlib
 import resource
 import time
+import urllib.request
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 from tests.fakes.mta import fake_mta
-from tests.harness import RunningDaemon, netstring, qmqp_request, qmqp_send, running_daemon, smtp_send
+from tests.harness import (
+    RunningDaemon,
+    free_port,
+    netstring,
+    qmqp_request,
+    qmqp_send,
+    running_daemon,
+    smtp_send,
+)
 
 MESSAGE = b"From: alice@example.org\nTo: bob@example.net\nSubject: crowded\n\nhello\n"
 SENDER = b"alice@example.org"
@@ -240,3 +249,48 @@ async def trickle_fast(writer: asyncio.StreamWriter, data: bytes, stop: asyncio.
             writer.write(data[index : index + 1])
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), 0.1)
+
+
+async def test_a_full_worker_leaves_new_clients_to_a_worker_with_room(tmp_path: Path) -> None:
+    """`qsift serve` with two workers of one slot each, one slot held by a request in progress: ten
+    clients in a row are served by the other worker at once; none lands on the full one to wait
+    busy_wait and hear "too busy"."""
+    from tests.integration.test_workers import serving, sink
+
+    metrics_port = free_port()
+    extra = f'[limits]\nmax_sessions = 1\nbusy_wait = 3\n[metrics]\naddress = "127.0.0.1:{metrics_port}"\n'
+    async with sink() as mta:
+        with serving(tmp_path, f"smtp:[127.0.0.1]:{mta.port}", extra) as served:
+            _, holder = await asyncio.open_connection("127.0.0.1", served.port)
+            holder.write(b"1000:")  # a request begun: it holds the slot of the worker that took it
+            await holder.drain()
+            listener = f'listener="qmqp:127.0.0.1:{served.port}"'
+            await until_metric(metrics_port, f"qsift_sessions_in_progress{{{listener}}} 1.0")
+            measured = []
+            try:
+                for n in range(10):
+                    measured.append(await timed_qmqp(served.port, MESSAGE + b"client %d\n" % n))
+            finally:
+                holder.close()
+                await holder.wait_closed()  # before serving() blocks this loop in its wait for the stop
+    for answer, seconds in measured:
+        assert answer.startswith("K"), measured
+        assert seconds < 1.0, measured
+
+
+async def until_metric(port: int, line: str, timeout: float = 15) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            body = await asyncio.to_thread(scrape, port)
+        except OSError:
+            body = ""
+        if line in body.splitlines():
+            return
+        assert time.monotonic() < deadline, body
+        await asyncio.sleep(0.05)
+
+
+def scrape(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        return str(response.read().decode())
