@@ -52,6 +52,8 @@ class Daemon:
     servers: list[asyncio.Server] = field(default_factory=list)
     #: Who accepts on the sockets the parent bound (those are shared with the other workers).
     acceptors: list[Acceptor] = field(default_factory=list)
+    #: Each listener's slots, whose releases wake the acceptors.
+    slots: list[SessionSlots] = field(default_factory=list)
     sessions: set[asyncio.Task[None]] = field(default_factory=set)
     #: Connections accepted and not yet finished, counted when asyncio makes their protocol: that is
     #: a few loop turns before the session task exists, and the drain must not miss them.
@@ -117,6 +119,11 @@ class Daemon:
             for listener in self.config.listeners:
                 handler, slots = self._handler_for(listener, pipeline, spool_dir)
                 await self._bind(listener, handler, slots)
+                self.slots.append(slots)
+            # A slot coming free on one listener also frees its message's share of max_servers, which
+            # every listener's acceptor may be waiting for.
+            for slots in self.slots:
+                slots.on_release += [acceptor.room_changed for acceptor in self.acceptors]
             if self.handle_signals:
                 self._install_signals()
             self.ready.set()
@@ -253,7 +260,6 @@ class Daemon:
             acceptor = Acceptor(
                 self.sockets[listener.name], protocols, lambda: not slots.full and not pipeline.full
             )
-            slots.on_release.append(acceptor.room_changed)
             acceptor.start()
             self.acceptors.append(acceptor)
             return
