@@ -112,7 +112,8 @@ class SessionSlots:
 
     @property
     def full(self) -> bool:
-        return self.in_use >= self.limit
+        """No slot free, or messages already waiting for one (a slot just released is theirs)."""
+        return self._semaphore.locked()
 
     @contextlib.asynccontextmanager
     async def slot(self) -> AsyncIterator[None]:
