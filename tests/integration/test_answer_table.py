@@ -231,7 +231,10 @@ async def test_too_busy_past_the_bounded_wait(tmp_path: Path) -> None:
             _, writer = await asyncio.open_connection("127.0.0.1", port)
             writer.write(begun)
             holders.append(writer)
-        await asyncio.sleep(0.1)  # both hold their listener's only slot
+        deadline = asyncio.get_running_loop().time() + 10
+        while not all(slots.full for slots in daemon.daemon.slots):  # each holds its listener's only slot
+            assert asyncio.get_running_loop().time() < deadline
+            await asyncio.sleep(0.01)
         qmqp = await qmqp_send(daemon.qmqp, MESSAGE, SENDER, [b"bob@example.net"])
         transcript = await smtp_send(daemon.smtp, MESSAGE, SENDER, [b"bob@example.net"])
         for writer in holders:

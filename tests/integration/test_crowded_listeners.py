@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+from qsift.config import Limits
 from tests.fakes.mta import fake_mta
 from tests.harness import (
     RunningDaemon,
@@ -126,17 +127,25 @@ async def test_a_crowd_from_one_address_does_not_delay_a_client_from_another(tmp
                     held.append(writer)
                 held += await crowd(port, 500)
             ticker = asyncio.create_task(trickle(slow, stop))
-            await asyncio.sleep(2)  # the slow ones have started their requests and messages
+            # The slow ones the cap let in have begun their requests and messages: each holds a slot.
+            share = Limits().max_connections_per_client
+            deadline = time.monotonic() + 30
+            while [slots.in_use for slots in daemon.daemon.slots] != [share, share]:
+                assert time.monotonic() < deadline, [slots.in_use for slots in daemon.daemon.slots]
+                await asyncio.sleep(0.05)
             measured: list[tuple[str, str | int, float]] = []
             for round_ in range(3):
+                await asyncio.sleep(1)  # spread over seconds of trickling, not one instant
                 message = MESSAGE + b"round %d\n" % round_  # each one a new message, not a retry
                 measured.append(("qmqp", *await timed_qmqp(daemon.qmqp, message)))
                 measured.append(("smtp", *await timed_smtp(daemon.smtp, message)))
+            still_held = [slots.in_use for slots in daemon.daemon.slots]
         finally:
             stop.set()
             close_all(held)
         await ticker
     print("crowd of 1400 from", CROWD, "; served from 127.0.0.1:", measured)
+    assert still_held == [share, share]
     for protocol, answer, seconds in measured:
         assert answer == 250 if protocol == "smtp" else str(answer).startswith("K"), (protocol, answer)
         assert seconds < 1.0, (protocol, seconds)
