@@ -84,6 +84,13 @@ class TooBusy(QsiftError):
     smtp_code = 421
 
 
+class TooManyConnections(QsiftError):
+    """The client's address already holds its share of connections (Postfix's anvil limit)."""
+
+    enhanced_status = "4.7.0"
+    smtp_code = 421
+
+
 # --- the downstream MTA (forward or notify target) ------------------------------------------------------
 
 

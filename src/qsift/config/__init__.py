@@ -35,6 +35,9 @@ PROTOCOLS = ("qmqp", "smtp", "lmtp")
 DEFAULT_QMQP_PORT = 10628
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+#: Postfix exempts $mynetworks from its per-client limits; here only the address the host's own MTA
+#: connects from (Linux gives a connection to any 127.x address the source 127.0.0.1).
+DEFAULT_LIMIT_EXCEPTIONS = ("127.0.0.1/32", "::1/128")
 
 
 @dataclass(frozen=True)
@@ -66,10 +69,24 @@ class Limits:
     memory_spool: int = 1 * MIB
     #: Longest silence while reading a request before the connection is dropped, in seconds.
     client_timeout: float = 300.0
+    #: Longest an SMTP/LMTP command line may take to arrive, from the previous reply to its CRLF, in
+    #: seconds: a deadline, which a byte a second does not reset (RFC 5321 4.5.3.2.7: 5 minutes; Postfix's
+    #: smtpd_timeout with smtpd_per_record_deadline).
+    command_timeout: float = 300.0
+    #: Longest a message may take to arrive, in seconds: a whole QMQP request from the connection on, or
+    #: SMTP/LMTP message content from 354 to the final dot. Past it the connection is dropped, nothing
+    #: answered, nothing forwarded.
+    request_timeout: float = 600.0
     #: Longest a whole session may last, in seconds (QMQP says one hour at most).
     session_timeout: float = 3600.0
-    #: Sessions served at once per listener; past it, a bounded wait, then "too busy".
+    #: Messages in progress at once per listener in each worker: a QMQP request from its first byte, an
+    #: SMTP/LMTP message from DATA, to the answer. Idle connections hold none. Past it, a bounded wait,
+    #: then "too busy".
     max_sessions: int = 64
+    #: Connections open at once from one client address, per listener in each worker (Postfix's
+    #: smtpd_client_connection_count_limit); past it the connection hears "too many connections" and is
+    #: closed. 0: no cap. The listener's `client_limit_exceptions` are not counted.
+    max_connections_per_client: int = 10
     #: How long a new session waits for a free slot before it is told to try later, in seconds.
     busy_wait: float = 10.0
 
@@ -85,6 +102,11 @@ class Listener:
     #: SMTP/LMTP: the hosts that may send XFORWARD (the MTA, Postfix, naming the client it had the message
     #: from); the others are not offered it and are refused (Postfix's smtpd_authorized_xforward_hosts).
     xforward_hosts: tuple[Network, ...] = ()
+    #: Client networks `max_connections_per_client` does not count: the host's own MTA, whose every
+    #: qmail-smtpd (through qsift-queue) or Postfix smtp process connects from one loopback address.
+    client_limit_exceptions: tuple[Network, ...] = tuple(
+        ipaddress.ip_network(network) for network in DEFAULT_LIMIT_EXCEPTIONS
+    )
 
     @property
     def name(self) -> str:
@@ -439,9 +461,18 @@ def _listener(table: object, limits: Limits, where: str) -> Listener:
     if not isinstance(xforward_raw, list):
         raise ConfigError(f"{where} xforward_hosts must be a list of addresses or networks")
     xforward_hosts = _acl(xforward_raw, where, "xforward_hosts")
+    exceptions_raw = table.pop("client_limit_exceptions", list(DEFAULT_LIMIT_EXCEPTIONS))
+    if not isinstance(exceptions_raw, list):
+        raise ConfigError(f"{where} client_limit_exceptions must be a list of addresses or networks")
     listener_limits = _section(Limits, {**_as_dict(limits), **table}, where)
     return Listener(
-        protocol, parse_address(address, where), _acl(acl_raw, where), listener_limits, bank, xforward_hosts
+        protocol,
+        parse_address(address, where),
+        _acl(acl_raw, where),
+        listener_limits,
+        bank,
+        xforward_hosts,
+        _acl(exceptions_raw, where, "client_limit_exceptions"),
     )
 
 

@@ -22,12 +22,14 @@ from qsift.checks.scanners import parse_scanner_address
 from qsift.checks.spam_levels import SpamLevels
 from qsift.config import (
     DEFAULT_ACL,
+    DEFAULT_LIMIT_EXCEPTIONS,
     PROTOCOLS,
     ClientContextSettings,
     Config,
     DsnSettings,
     Forward,
     Limits,
+    Listener,
     MarkSettings,
     NotifySettings,
     QuarantineSettings,
@@ -457,6 +459,13 @@ def _listener_keys() -> tuple[Key, ...]:
             "SMTP/LMTP: the MTA hosts (addresses or networks) allowed to send XFORWARD; others are refused.",
             check=_NETWORKS,
             unset="[] (smtp, lmtp)",
+        ),
+        Key(
+            "client_limit_exceptions",
+            "strings",
+            list(DEFAULT_LIMIT_EXCEPTIONS),
+            _docs(Listener).get("client_limit_exceptions", ""),
+            check=_NETWORKS,
         ),
         *limits,
     )

@@ -1,9 +1,14 @@
-"""Who may talk to a listener, and how many at once.
+"""Who may talk to a listener, how many connections one client may hold, and how many messages at once.
 
 QMQP has no authentication and relays anything (qmail-qmqpd(8)), so every TCP listener checks the
 client against its ACL. A refused client hears a temporary answer: a wrong ACL must make mail wait,
-never bounce. Sessions past `max_sessions` wait a bounded time for a slot and are then told to try
-later, so overload never turns into an unbounded queue or a deadlock (DESIGN.md invariant 5).
+never bounce.
+
+An idle connection costs a file descriptor and a little memory, not a slot: slots count messages in
+progress (received, scanned, forwarded), so 500 idle clients cannot make a real one wait. What bounds
+idle and slow connections is the per-client cap here (Postfix's anvil) and the listeners' deadlines.
+Messages past `max_sessions` wait a bounded time for a slot and are then told to try later, so overload
+never turns into an unbounded queue or a deadlock (DESIGN.md invariant 5).
 """
 
 from __future__ import annotations
@@ -11,11 +16,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
-from collections.abc import AsyncIterator, Sequence
+from collections import Counter
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 
 from qsift.config import Network
-from qsift.errors import TooBusy
+from qsift.errors import TooBusy, TooManyConnections
 from qsift.observe import metrics
+
+
+def _address(peer_ip: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        address = ipaddress.ip_address(peer_ip.split("%", 1)[0])
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
 
 
 def client_allowed(peer_ip: str | None, acl: Sequence[Network]) -> bool:
@@ -25,13 +41,49 @@ def client_allowed(peer_ip: str | None, acl: Sequence[Network]) -> bool:
     """
     if peer_ip is None:
         return True
-    try:
-        address = ipaddress.ip_address(peer_ip.split("%", 1)[0])
-    except ValueError:
-        return False
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    return any(address in network for network in acl)
+    address = _address(peer_ip)
+    return address is not None and any(address in network for network in acl)
+
+
+class ConnectionsPerClient:
+    """At most `limit` connections open at once from one client address (0: no cap).
+
+    Addresses in `exceptions` are not counted: on one host every qmail-smtpd's qsift-queue and every
+    Postfix smtp process connects from 127.0.0.1, and capping them would throttle the site's own mail.
+    Unix-socket peers are not counted either (the socket file's mode says who they are).
+    """
+
+    def __init__(self, limit: int, exceptions: Sequence[Network]) -> None:
+        self.limit = limit
+        self._exceptions = tuple(exceptions)
+        self._open: Counter[str] = Counter()
+
+    def _counted(self, peer_ip: str | None) -> str | None:
+        if not self.limit or peer_ip is None:
+            return None
+        address = _address(peer_ip)
+        if address is None:
+            return peer_ip
+        if any(address in network for network in self._exceptions):
+            return None
+        return str(address)
+
+    @contextlib.contextmanager
+    def connection(self, peer_ip: str | None) -> Iterator[None]:
+        """Count one connection for its address while it lasts; TooManyConnections past the cap."""
+        key = self._counted(peer_ip)
+        if key is None:
+            yield
+            return
+        if self._open[key] >= self.limit:
+            raise TooManyConnections(f"too many connections from [{key}]")
+        self._open[key] += 1
+        try:
+            yield
+        finally:
+            self._open[key] -= 1
+            if not self._open[key]:
+                del self._open[key]
 
 
 def xforward_allowed(peer_ip: str | None, hosts: Sequence[Network]) -> bool:
@@ -44,9 +96,11 @@ def xforward_allowed(peer_ip: str | None, hosts: Sequence[Network]) -> bool:
 
 
 class SessionSlots:
-    """At most `limit` sessions in progress; a newcomer waits up to `wait` seconds for a slot.
+    """At most `limit` messages in progress; a newcomer waits up to `wait` seconds for a slot.
 
-    `listener` names them in the metrics."""
+    `listener` names them in the metrics. `on_release` callbacks run whenever a slot comes free, so the
+    worker can take new connections again (serve/daemon.py stops accepting while the slots are full).
+    """
 
     def __init__(self, limit: int, wait: float, listener: str = "") -> None:
         self._semaphore = asyncio.Semaphore(limit)
@@ -54,6 +108,12 @@ class SessionSlots:
         self.limit = limit
         self.listener = listener
         self.in_use = 0
+        self.on_release: list[Callable[[], None]] = []
+
+    @property
+    def full(self) -> bool:
+        """No slot free, or messages already waiting for one (a slot just released is theirs)."""
+        return self._semaphore.locked()
 
     @contextlib.asynccontextmanager
     async def slot(self) -> AsyncIterator[None]:
@@ -70,3 +130,5 @@ class SessionSlots:
             self.in_use -= 1
             metrics.sessions_in_progress(self.listener, self.in_use)
             self._semaphore.release()
+            for callback in self.on_release:
+                callback()

@@ -14,14 +14,15 @@ import time
 from dataclasses import dataclass
 
 from qsift.config import Listener
-from qsift.errors import ClientTimeout, QsiftError, SpoolError
-from qsift.listen.admission import SessionSlots, client_allowed
+from qsift.errors import ClientTimeout, QsiftError, SpoolError, TooManyConnections
+from qsift.listen.admission import ConnectionsPerClient, SessionSlots, client_allowed
 from qsift.listen.session import (
     ClientGoneWatch,
+    Deadline,
     Received,
     log_outcome,
     peer_ip,
-    read_with_limits,
+    read_within,
     reply_for_error,
 )
 from qsift.model import Envelope, Recipient, Reply, address_from_bytes
@@ -43,6 +44,9 @@ class QmqpListener:
     def __post_init__(self) -> None:
         limits = self.listener.limits
         self.slots = SessionSlots(limits.max_sessions, limits.busy_wait, self.listener.name)
+        self.clients = ConnectionsPerClient(
+            limits.max_connections_per_client, self.listener.client_limit_exceptions
+        )
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """Serve one QMQP connection to its end; never raises."""
@@ -52,8 +56,11 @@ class QmqpListener:
                 logger.warning("QMQP: access denied to [%s] on %s", client, self.listener.name)
                 await _answer_before_the_request(reader, writer, Reply.tempfail("4.7.1", "access denied"))
                 return
-            async with self.slots.slot():
+            with self.clients.connection(client):
                 await self._serve(reader, writer, client)
+        except TooManyConnections as exc:
+            logger.info("QMQP: [%s] refused on %s: %s", client, self.listener.name, exc)
+            await _answer_before_the_request(reader, writer, reply_for_error(exc))
         except QsiftError as exc:  # too busy, or an error found before the end of the request
             await _answer_before_the_request(reader, writer, reply_for_error(exc))
         except (ConnectionError, OSError) as exc:
@@ -68,14 +75,37 @@ class QmqpListener:
     async def _serve(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, client: str | None
     ) -> None:
+        limits = self.listener.limits
+        # From the connection on: an idle client and one sending a byte a second both run into it.
+        deadline = Deadline.after(min(limits.request_timeout, limits.session_timeout), "QMQP request")
+        try:
+            first = await read_within(
+                reader.read(READ_SIZE), limits.client_timeout, deadline, what="QMQP client"
+            )
+        except ClientTimeout as exc:
+            logger.info("QMQP: [%s] %s; nothing answered, nothing forwarded", client, exc)
+            return
+        if not first:
+            logger.info("QMQP: [%s] closed the connection without sending a request", client)
+            return
+        # A slot is taken by a request that has begun, not by a connection: idle ones hold none.
+        async with self.slots.slot():
+            await self._receive_and_answer(reader, writer, client, first, deadline)
+
+    async def _receive_and_answer(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        client: str | None,
+        first: bytes,
+        deadline: Deadline,
+    ) -> None:
         started = time.monotonic()
         limits = self.listener.limits
         spool = MessageSpool(self.spool_dir, limits.memory_spool)
         with spool:
             try:
-                received = await read_with_limits(
-                    self._read_request(reader, spool), limits.session_timeout, what="QMQP request"
-                )
+                received = await self._read_request(reader, spool, first, deadline)
             except ClientTimeout as exc:
                 logger.info("QMQP: [%s] %s; nothing answered, nothing forwarded", client, exc)
                 return
@@ -103,7 +133,7 @@ class QmqpListener:
             await _answer(writer, outcome.reply)
 
     async def _read_request(
-        self, reader: asyncio.StreamReader, spool: MessageSpool
+        self, reader: asyncio.StreamReader, spool: MessageSpool, first: bytes, deadline: Deadline
     ) -> Received | Reply | None:
         limits = self.listener.limits
         parser = qmqp.RequestParser(
@@ -114,11 +144,12 @@ class QmqpListener:
         sender = ""
         recipients: list[Recipient] = []
         spool_failure: SpoolError | None = None
+        parser.receive_data(first)
         while True:
             event = parser.next_event()
             if isinstance(event, qmqp.NeedData):
-                data = await read_with_limits(
-                    reader.read(READ_SIZE), limits.client_timeout, what="QMQP client"
+                data = await read_within(
+                    reader.read(READ_SIZE), limits.client_timeout, deadline, what="QMQP client"
                 )
                 if not data:
                     return None

@@ -46,6 +46,35 @@ async def read_with_limits(step: Awaitable[T], seconds: float, *, what: str) -> 
         raise ClientTimeout(f"{what} silent for {seconds:.0f} s") from None
 
 
+@dataclass(frozen=True)
+class Deadline:
+    """When what the client is sending (a command line, a request) must be complete, in loop time.
+
+    Unlike a silence limit, which every byte restarts, a client sending a byte a second does not push a
+    deadline back (the slowloris attack; Postfix's smtpd_per_record_deadline for the same reason).
+    """
+
+    at: float
+    seconds: float
+    what: str
+
+    @classmethod
+    def after(cls, seconds: float, what: str) -> Deadline:
+        return cls(asyncio.get_running_loop().time() + seconds, seconds, what)
+
+
+async def read_within(step: Awaitable[T], silence: float, deadline: Deadline, *, what: str) -> T:
+    """Await one read of the client under its silence limit and the deadline of what it is sending."""
+    loop = asyncio.get_running_loop()
+    try:
+        async with asyncio.timeout_at(min(loop.time() + silence, deadline.at)):
+            return await step
+    except TimeoutError:
+        if loop.time() >= deadline.at:
+            raise ClientTimeout(f"{deadline.what} not complete within {deadline.seconds:.0f} s") from None
+        raise ClientTimeout(f"{what} silent for {silence:.0f} s") from None
+
+
 def reply_for_error(error: QsiftError) -> Reply:
     """The answer an error class declares for itself (errors.py)."""
     answer = Answer(error.qmqp_reply)

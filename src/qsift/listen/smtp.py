@@ -20,9 +20,17 @@ import time
 from dataclasses import dataclass, replace
 
 from qsift.config import Listener
-from qsift.errors import ClientTimeout, SpoolError, TooBusy
-from qsift.listen.admission import SessionSlots, client_allowed, xforward_allowed
-from qsift.listen.session import ClientGoneWatch, log_outcome, peer_ip, read_with_limits, reply_for_error
+from qsift.errors import ClientTimeout, SpoolError, TooBusy, TooManyConnections
+from qsift.listen.admission import ConnectionsPerClient, SessionSlots, client_allowed, xforward_allowed
+from qsift.listen.session import (
+    ClientGoneWatch,
+    Deadline,
+    log_outcome,
+    peer_ip,
+    read_with_limits,
+    read_within,
+    reply_for_error,
+)
 from qsift.model import Answer, Envelope, Outcome, Recipient, Reply, address_from_bytes
 from qsift.observe import metrics
 from qsift.observe.log import logger
@@ -44,6 +52,9 @@ class SmtpListener:
     def __post_init__(self) -> None:
         limits = self.listener.limits
         self.slots = SessionSlots(limits.max_sessions, limits.busy_wait, self.listener.name)
+        self.clients = ConnectionsPerClient(
+            limits.max_connections_per_client, self.listener.client_limit_exceptions
+        )
         self.lmtp = self.listener.protocol == "lmtp"
         self.settings = wire.ServerSettings(
             hostname=self.hostname,
@@ -65,13 +76,14 @@ class SmtpListener:
                 await _flush(writer, conn)
                 return
             try:
-                async with self.slots.slot():
+                with self.clients.connection(client):
                     await read_with_limits(
                         _Session(self, conn, reader, writer, client).run(),
                         self.listener.limits.session_timeout,
                         what=f"{proto} session",
                     )
-            except TooBusy as exc:
+            except TooManyConnections as exc:
+                logger.info("%s: [%s] refused on %s: %s", proto, client, self.listener.name, exc)
                 conn.reject_connection(reply_for_error(exc))
                 await _flush(writer, conn)
         except ClientTimeout as exc:
@@ -106,7 +118,14 @@ class _Session:
         self.extended = False
         self.spool: MessageSpool | None = None
         self.spool_failure: SpoolError | None = None
+        self.busy: Reply | None = None
+        #: The message's slot, held from DATA to its answer: a connection between messages holds none.
+        self.slot = contextlib.AsyncExitStack()
         self.started = time.monotonic()
+        self.deadline = self._next_command()
+
+    def _next_command(self) -> Deadline:
+        return Deadline.after(self.owner.listener.limits.command_timeout, "command line")
 
     async def run(self) -> None:
         limits = self.owner.listener.limits
@@ -114,10 +133,12 @@ class _Session:
             while not self.conn.closed:
                 event = self.conn.next_event()
                 # Replies the codec queued on its own (refusals make no event) leave before we wait.
-                await _flush(self.writer, self.conn)
+                if await _flush(self.writer, self.conn) and self.spool is None:
+                    # A reply ended the command line: the next one has its own deadline.
+                    self.deadline = self._next_command()
                 if isinstance(event, wire.NeedData):
-                    data = await read_with_limits(
-                        self.reader.read(READ_SIZE), limits.client_timeout, what="SMTP client"
+                    data = await read_within(
+                        self.reader.read(READ_SIZE), limits.client_timeout, self.deadline, what="SMTP client"
                     )
                     self.conn.receive_data(data)
                 elif isinstance(event, wire.ConnectionClosed | wire.Quit):
@@ -126,15 +147,20 @@ class _Session:
                     await self._on_event(event)
             await _flush(self.writer, self.conn)
         finally:
-            if self.spool is not None:
-                self.spool.close()
+            await self._end_message()
+
+    async def _end_message(self) -> None:
+        if self.spool is not None:
+            self.spool.close()
+            self.spool = None
+        await self.slot.aclose()
 
     async def _on_event(self, event: object) -> None:
         if isinstance(event, wire.Hello):
             self.helo = event.name
             self.extended = event.extended
         elif isinstance(event, wire.DataStart):
-            self._new_spool()
+            await self._start_message()
         elif isinstance(event, wire.DataChunk):
             self._spool_chunk(event.data)
         elif isinstance(event, wire.DataEnd):
@@ -142,16 +168,25 @@ class _Session:
             replies = await self._answer_message(event)
             metrics.answered(self.owner.listener.protocol, *replies)
             self.conn.answer_data(replies)
+            await _flush(self.writer, self.conn)
+            await self._end_message()
+            self.deadline = self._next_command()
 
-    def _new_spool(self) -> None:
-        if self.spool is not None:
-            self.spool.close()
-        self.spool = MessageSpool(self.owner.spool_dir, self.owner.listener.limits.memory_spool)
-        self.spool_failure = None
+    async def _start_message(self) -> None:
+        limits = self.owner.listener.limits
+        self.deadline = Deadline.after(limits.request_timeout, "message content")
         self.started = time.monotonic()
+        self.spool_failure = None
+        self.busy = None
+        try:
+            await self.slot.enter_async_context(self.owner.slots.slot())
+        except TooBusy as exc:
+            # 354 is out already: read the content to its end, then answer 451 as the pipeline does.
+            self.busy = Reply.tempfail(exc.enhanced_status, str(exc))
+        self.spool = MessageSpool(self.owner.spool_dir, limits.memory_spool)
 
     def _spool_chunk(self, data: bytes) -> None:
-        if self.spool is None or self.spool_failure is not None:
+        if self.spool is None or self.spool_failure is not None or self.busy is not None:
             return
         try:
             self.spool.write(data)
@@ -191,6 +226,8 @@ class _Session:
         return [outcome.reply]
 
     def _refusal(self, end: wire.DataEnd) -> Reply | None:
+        if self.busy is not None:
+            return self.busy
         if end.too_big:
             return Reply.reject("5.3.4", "message too big", smtp_code=552)
         if self.spool_failure is not None:
@@ -228,8 +265,10 @@ def _per_recipient(outcome: Outcome, recipients: tuple[Recipient, ...]) -> list[
     return replies
 
 
-async def _flush(writer: asyncio.StreamWriter, conn: wire.SmtpServerConnection) -> None:
+async def _flush(writer: asyncio.StreamWriter, conn: wire.SmtpServerConnection) -> bool:
+    """Send what the codec queued; True if there was something."""
     data = conn.data_to_send()
     if data:
         writer.write(data)
         await writer.drain()
+    return bool(data)

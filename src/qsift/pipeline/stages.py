@@ -117,6 +117,11 @@ class Pipeline:
     handled: int = field(default=0, init=False)
     _slots: asyncio.Semaphore | None = field(default=None, init=False, repr=False)
 
+    @property
+    def full(self) -> bool:
+        """Every one of this process's `max_in_progress` slots is taken."""
+        return self._slots is not None and self._slots.locked()
+
     async def handle(
         self, envelope: Envelope, spool: MessageSpool, client_gone: asyncio.Event | None = None
     ) -> Outcome:

@@ -17,11 +17,9 @@ import shutil
 import signal
 import socket
 import stat
-import sys
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
 from qsift.act.bounce import DsnBouncer
 from qsift.act.forward import make_forwarder
@@ -29,10 +27,12 @@ from qsift.act.notices import Notices
 from qsift.checks.scanner_config import describe
 from qsift.checks.scanner_set import ScannerSet
 from qsift.config import Config, Listener
+from qsift.listen.admission import SessionSlots
 from qsift.listen.qmqp import QmqpListener
 from qsift.listen.smtp import SmtpListener
 from qsift.observe.log import logger
 from qsift.pipeline import Pipeline
+from qsift.serve.accept import Acceptor
 from qsift.serve.keys import SiteKeys, load_keys
 from qsift.serve.status import SessionInfo, status_dir, write_status
 from qsift.spool import make_private_dir
@@ -50,6 +50,10 @@ class Daemon:
     handle_signals: bool = True
     ready: asyncio.Event = field(default_factory=asyncio.Event)
     servers: list[asyncio.Server] = field(default_factory=list)
+    #: Who accepts on the sockets the parent bound (those are shared with the other workers).
+    acceptors: list[Acceptor] = field(default_factory=list)
+    #: Each listener's slots, whose releases wake the acceptors.
+    slots: list[SessionSlots] = field(default_factory=list)
     sessions: set[asyncio.Task[None]] = field(default_factory=set)
     #: Connections accepted and not yet finished, counted when asyncio makes their protocol: that is
     #: a few loop turns before the session task exists, and the drain must not miss them.
@@ -113,7 +117,13 @@ class Daemon:
             # than say ready and drop every connection after its forward.
             await asyncio.to_thread(outcomes.lookup, ("",), 0.0)
             for listener in self.config.listeners:
-                await self._bind(listener, self._handler_for(listener, pipeline, spool_dir))
+                handler, slots = self._handler_for(listener, pipeline, spool_dir)
+                await self._bind(listener, handler, slots)
+                self.slots.append(slots)
+            # A slot coming free on one listener also frees its message's share of max_servers, which
+            # every listener's acceptor may be waiting for.
+            for slots in self.slots:
+                slots.on_release += [acceptor.room_changed for acceptor in self.acceptors]
             if self.handle_signals:
                 self._install_signals()
             self.ready.set()
@@ -133,6 +143,8 @@ class Daemon:
                 housekeeping.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await housekeeping
+            for acceptor in self.acceptors:
+                acceptor.stop()
             for server in self.servers:
                 server.close()
             outcomes.close()
@@ -182,12 +194,15 @@ class Daemon:
     def stop(self) -> None:
         self.stopping.set()
 
-    def _handler_for(self, listener: Listener, pipeline: Pipeline, spool_dir: str) -> Handler:
-        serve: Handler
+    def _handler_for(
+        self, listener: Listener, pipeline: Pipeline, spool_dir: str
+    ) -> tuple[Handler, SessionSlots]:
+        serving: QmqpListener | SmtpListener
         if listener.protocol == "qmqp":
-            serve = QmqpListener(listener, pipeline, spool_dir).handle
+            serving = QmqpListener(listener, pipeline, spool_dir)
         else:
-            serve = SmtpListener(listener, pipeline, spool_dir, self.config.myhostname).handle
+            serving = SmtpListener(listener, pipeline, spool_dir, self.config.myhostname)
+        serve = serving.handle
 
         async def track(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             task = asyncio.current_task()
@@ -202,7 +217,7 @@ class Daemon:
                 self._finished()
                 self._recycle_if_due()
 
-        return track
+        return track, serving.slots
 
     def _protocols(self, handler: Handler) -> Callable[[], asyncio.Protocol]:
         """What asyncio.start_server would make per connection, counted when the connection is accepted."""
@@ -236,18 +251,17 @@ class Daemon:
         """Say what this worker is doing, for `qsift status` (amavisd-nanny's view)."""
         write_status(directory, self.index, self.pipeline.handled, list(self.activity.values()))
 
-    async def _bind(self, listener: Listener, handler: Handler) -> None:
+    async def _bind(self, listener: Listener, handler: Handler, slots: SessionSlots) -> None:
         loop = asyncio.get_running_loop()
         protocols = self._protocols(handler)
         if self.sockets is not None:
-            sock = self.sockets[listener.name]
-            if sock.family == socket.AF_UNIX:
-                # The socket file is the parent's: a worker that stops must not unlink it (3.13+ would).
-                keep: dict[str, Any] = {"cleanup_socket": False} if sys.version_info >= (3, 13) else {}
-                server = await loop.create_unix_server(protocols, sock=sock, **keep)
-            else:
-                server = await loop.create_server(protocols, sock=sock)
-            self.servers.append(server)
+            # Shared with the other workers: accept only while this one has room (serve/accept.py).
+            pipeline = self.pipeline
+            acceptor = Acceptor(
+                self.sockets[listener.name], protocols, lambda: not slots.full and not pipeline.full
+            )
+            acceptor.start()
+            self.acceptors.append(acceptor)
             return
         address = listener.address
         if address.path is not None:
@@ -289,6 +303,8 @@ class Daemon:
         # accepting, give those tasks one turn, and only then close. With shared sockets this is the
         # common case: the other workers keep accepting while this one makes way.
         loop = asyncio.get_running_loop()
+        for acceptor in self.acceptors:
+            acceptor.stop()
         for server in self.servers:
             for sock in server.sockets:
                 loop.remove_reader(sock.fileno())

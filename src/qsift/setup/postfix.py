@@ -68,8 +68,8 @@ def master_cf(options: PostfixOptions) -> str:
 # forwards clean mail to the smtpd on {reinject}, which queues it without filtering it again.
 #
 # maxproc {options.maxproc}: messages handed to qsift at once. It must not exceed qsift's max_sessions for
-# that listener ([limits] max_sessions, {_sessions_said(options)}): past it a session waits
-# busy_wait seconds for a slot, then hears 421 4.3.2 and Postfix tries again later.
+# that listener ([limits] max_sessions, {_sessions_said(options)}): past it a message waits
+# busy_wait seconds for a slot, then hears 451 4.3.2 and Postfix tries again later.
 {TRANSPORT}     unix  -       -       n       -       {options.maxproc}      {client}
   -o syslog_name=postfix/{TRANSPORT}
   -o {client}_data_done_timeout=1200
