@@ -45,6 +45,8 @@ def drive(data: bytes, step: int, *, lmtp: bool, xforward: bool = False) -> None
                 for name, value in event.xforward.items():
                     assert name in XFORWARD_ATTRIBUTES, name
                     assert value is None or (value.isascii() and value.isprintable() and " " not in value)
+            elif isinstance(event, s.DataStart):
+                conn.start_data()
             elif isinstance(event, s.Paused):
                 conn.answer_data([_OK] * (recipients if lmtp else 1))
                 recipients = 0

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import re
 import socket
+import time
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -236,13 +237,40 @@ async def test_too_busy_past_the_bounded_wait(tmp_path: Path) -> None:
             assert asyncio.get_running_loop().time() < deadline
             await asyncio.sleep(0.01)
         qmqp = await qmqp_send(daemon.qmqp, MESSAGE, SENDER, [b"bob@example.net"])
-        transcript = await smtp_send(daemon.smtp, MESSAGE, SENDER, [b"bob@example.net"])
+        data_reply, waited, after = await asyncio.wait_for(data_refused(daemon.smtp), 0.3 + 10)
         for writer in holders:
             writer.close()
     assert qmqp.startswith("Z421 4.3.2"), qmqp
-    # 354 was out before the wait for a slot: the answer comes after the final dot, as the pipeline's.
-    assert transcript.greeting[0] == 220
-    assert transcript.final == [(451, "4.3.2 too busy, try later")], transcript
+    # The reply to DATA itself, before any content is sent: no 354 first, no content read for nothing.
+    assert data_reply == b"451 4.3.2 too busy, try later\r\n", data_reply
+    assert 0.25 < waited < 0.3 + 5, waited
+    # The session goes on: the client may give up the envelope and say goodbye (RFC 5321 §4.1.1.4).
+    assert after == [b"250 2.0.0 Ok\r\n", b"221 2.0.0 Bye\r\n"], after
+
+
+async def data_refused(port: int) -> tuple[bytes, float, list[bytes]]:
+    """EHLO, MAIL, RCPT, DATA, one at a time: the reply to DATA, how long it took, then RSET's and QUIT's."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+
+        async def ask(command: bytes) -> bytes:
+            writer.write(command)
+            lines = [await reader.readline()]
+            while lines[-1][3:4] == b"-":
+                lines.append(await reader.readline())
+            return lines[-1]
+
+        assert (await reader.readline()).startswith(b"220 ")
+        for command in (b"EHLO c\r\n", b"MAIL FROM:<a@x>\r\n", b"RCPT TO:<b@y>\r\n"):
+            assert (await ask(command)).startswith(b"250 "), command
+        started = time.monotonic()
+        data_reply = await ask(b"DATA\r\n")
+        waited = time.monotonic() - started
+        if not data_reply.startswith(b"4"):
+            return data_reply, waited, []  # a 354: what follows would be read as content
+        return data_reply, waited, [await ask(b"RSET\r\n"), await ask(b"QUIT\r\n")]
+    finally:
+        writer.close()
 
 
 # --- the same message again ----------------------------------------------------------------------------

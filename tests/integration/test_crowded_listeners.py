@@ -97,7 +97,8 @@ async def timed_qmqp(port: int, message: bytes = MESSAGE) -> tuple[str, float]:
 async def timed_smtp(port: int, message: bytes = MESSAGE) -> tuple[int, float]:
     started = time.monotonic()
     transcript = await asyncio.wait_for(smtp_send(port, message, SENDER, RECIPIENTS, timeout=15), 20)
-    code = transcript.final[0][0] if transcript.final else transcript.greeting[0]
+    # The reply to the final dot, else the one that ended the session before it (DATA when too busy).
+    code = transcript.final[0][0] if transcript.final else (transcript.data or transcript.greeting)[0]
     return code, time.monotonic() - started
 
 

@@ -118,7 +118,6 @@ class _Session:
         self.extended = False
         self.spool: MessageSpool | None = None
         self.spool_failure: SpoolError | None = None
-        self.busy: Reply | None = None
         #: The message's slot, held from DATA to its answer: a connection between messages holds none.
         self.slot = contextlib.AsyncExitStack()
         self.started = time.monotonic()
@@ -174,19 +173,20 @@ class _Session:
 
     async def _start_message(self) -> None:
         limits = self.owner.listener.limits
-        self.deadline = Deadline.after(limits.request_timeout, "message content")
         self.started = time.monotonic()
         self.spool_failure = None
-        self.busy = None
         try:
             await self.slot.enter_async_context(self.owner.slots.slot())
         except TooBusy as exc:
-            # 354 is out already: read the content to its end, then answer 451 as the pipeline does.
-            self.busy = Reply.tempfail(exc.enhanced_status, str(exc))
+            # Said to DATA itself, before the client sends content we would not use.
+            self.conn.refuse_data(Reply.tempfail(exc.enhanced_status, str(exc)))
+            return
+        self.deadline = Deadline.after(limits.request_timeout, "message content")
         self.spool = MessageSpool(self.owner.spool_dir, limits.memory_spool)
+        self.conn.start_data()
 
     def _spool_chunk(self, data: bytes) -> None:
-        if self.spool is None or self.spool_failure is not None or self.busy is not None:
+        if self.spool is None or self.spool_failure is not None:
             return
         try:
             self.spool.write(data)
@@ -226,8 +226,6 @@ class _Session:
         return [outcome.reply]
 
     def _refusal(self, end: wire.DataEnd) -> Reply | None:
-        if self.busy is not None:
-            return self.busy
         if end.too_big:
             return Reply.reject("5.3.4", "message too big", smtp_code=552)
         if self.spool_failure is not None:

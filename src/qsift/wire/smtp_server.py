@@ -1,17 +1,26 @@
 """The server side of SMTP (RFC 5321) and LMTP (RFC 2033), sans-IO, in the manner of h11.
 
 Feed bytes with `receive_data`, take events with `next_event`, send what `data_to_send` returns. The
-connection answers every command itself except the end of DATA: there it pauses with a `DataEnd` event
-until the application calls `answer_data` with one reply (SMTP) or one per accepted recipient (LMTP,
-RFC 2033 §4.2). That is what lets qsift answer only once the forward's outcome is known.
+connection answers every command itself except two, where it pauses for the application:
+- DATA, once the connection's own checks pass (a sender, a recipient): a `DataStart` event, nothing sent,
+  until the application calls `start_data` (354, the content follows) or `refuse_data` with its reply
+  (too busy). That is what lets a busy listener say 451 before the client sends any content.
+- The end of DATA: a `DataEnd` event until the application calls `answer_data` with one reply (SMTP) or
+  one per accepted recipient (LMTP, RFC 2033 §4.2). That is what lets qsift answer only once the
+  forward's outcome is known.
 
 Why not aiosmtpd: it holds the whole body in memory and gives LMTP a single reply after DATA
 (aio-libs/aiosmtpd#517). Here the body leaves as `DataChunk` events as it arrives, so memory is bounded
 by the read size whatever the message size.
 
 Defences, each one a known attack or a known breakage (those on bytes are in smtp_server_framing):
-- Bytes that arrive while the connection waits for `answer_data` (a pipelined QUIT, or a flood) are
+- Bytes that arrive while the connection waits for the application (a pipelined QUIT, or a flood) are
   buffered up to a bound; past it the connection is closed after the answer.
+- A client must wait for the reply to DATA before it sends content (RFC 5321 §4.1.1.4; RFC 2920 §3.1
+  makes DATA the last command of a group). Bytes it sent ahead are content once the application starts
+  the message (they could as well have come just after the 354), but after a refusal they are neither
+  content nor commands: read as commands, a message's own lines would run as SMTP (smuggling), so the
+  refusal is followed by 421 and the close.
 - Too many refused commands, and the connection is closed with 421.
 - No input makes `receive_data` or `next_event` raise.
 
@@ -94,6 +103,8 @@ class ServerSettings:
 
 class _State(enum.Enum):
     COMMAND = enum.auto()
+    #: DATA passed the connection's checks; the application decides between 354 and a refusal.
+    DATA_PENDING = enum.auto()
     DATA = enum.auto()
     PAUSED = enum.auto()
     CLOSED = enum.auto()
@@ -151,7 +162,7 @@ class SmtpServerConnection:
             self._eof = True
         elif self._state is _State.CLOSED:
             return
-        elif self._state is _State.PAUSED and len(self._input) + len(data) > _PAUSED_INPUT_LIMIT:
+        elif self._state in _WAITING and len(self._input) + len(data) > _PAUSED_INPUT_LIMIT:
             self._paused_overflow = True
         else:
             self._input.append(data)
@@ -163,7 +174,7 @@ class SmtpServerConnection:
                 return self._events.popleft()
             if self._state is _State.CLOSED:
                 return ConnectionClosed()
-            if self._state is _State.PAUSED:
+            if self._state in _WAITING:
                 return Paused()
             progressed = self._data_step() if self._state is _State.DATA else self._command_step()
             if not progressed and not self._events:
@@ -171,6 +182,32 @@ class SmtpServerConnection:
                     self._close()
                     return ConnectionClosed()
                 return NeedData()
+
+    def start_data(self) -> None:
+        """Take the message DataStart announced: 354 goes out, and its content follows as DataChunk events."""
+        self._check_data_pending("start_data")
+        if self._paused_overflow:
+            # Content sent ahead of the 354 was dropped past the bound: what would follow is not the message.
+            self._close_for_pipelining()
+            return
+        self._output += bare_reply(354, [b"End data with <CR><LF>.<CR><LF>"])
+        self._state = _State.DATA
+        self._input.start_body()
+
+    def refuse_data(self, reply: Reply) -> None:
+        """Answer DATA with `reply` (4xx or 5xx) instead of 354; no content is read.
+
+        The envelope stays, as after any refused command (RFC 5321 §4.1.4 keeps the state): the client may
+        send DATA again, RSET or QUIT; a new MAIL hears 503 until it does RSET.
+        """
+        self._check_data_pending("refuse_data")
+        if reply.smtp_code < 400:
+            raise ValueError(f"refuse_data needs a 4xx or 5xx reply, got {reply.smtp_code}")
+        # The application's call (too busy), not a client mistake: it does not count towards max_errors.
+        self._output += reply_line(reply.smtp_code, reply.enhanced_status, reply.text)
+        self._state = _State.COMMAND
+        if len(self._input) or self._paused_overflow:
+            self._close_for_pipelining()
 
     def answer_data(self, replies: list[Reply]) -> None:
         """The answer to the message just received: one reply, or one per recipient for LMTP."""
@@ -204,6 +241,15 @@ class SmtpServerConnection:
         self._output += reply_line(code, status, text)
         if code >= 400:
             self._errors += 1
+
+    def _check_data_pending(self, method: str) -> None:
+        if self._state is not _State.DATA_PENDING:
+            raise RuntimeError(f"{method} called while no DATA waits for a decision")
+
+    def _close_for_pipelining(self) -> None:
+        """The client sent content without waiting for the reply to DATA; none of it can be trusted."""
+        self._send(421, "4.5.0", "Improper use of SMTP command pipelining, closing connection")
+        self._close()
 
     def _close(self) -> None:
         self._state = _State.CLOSED
@@ -317,9 +363,8 @@ class SmtpServerConnection:
         elif not self._txn.recipients:
             self._send(554, "5.5.1", "No valid recipients")
         else:
-            self._output += bare_reply(354, [b"End data with <CR><LF>.<CR><LF>"])
-            self._state = _State.DATA
-            self._input.start_body()
+            # Input after this line waits in the buffer, neither content nor command, until the decision.
+            self._state = _State.DATA_PENDING
             self._events.append(DataStart())
 
     def _do_xforward(self, arg: bytes) -> None:
@@ -387,6 +432,9 @@ class SmtpServerConnection:
         if not txn.too_big:
             self._events.append(DataChunk(body))
 
+
+#: States where the connection waits for the application and reads no input.
+_WAITING = frozenset({_State.DATA_PENDING, _State.PAUSED})
 
 _HANDLERS: dict[bytes, Callable[[SmtpServerConnection, bytes], None]] = {
     b"HELO": SmtpServerConnection._do_helo,

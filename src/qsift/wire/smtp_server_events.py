@@ -18,7 +18,7 @@ class NeedData:
 
 @dataclass(frozen=True)
 class Paused:
-    """The connection waits for `answer_data`."""
+    """The connection waits for the application: `start_data` or `refuse_data`, or `answer_data`."""
 
 
 @dataclass(frozen=True)
@@ -41,7 +41,7 @@ class RcptTo:
 
 @dataclass(frozen=True)
 class DataStart:
-    """354 was sent; body bytes follow as DataChunk events."""
+    """DATA passed the connection's checks; nothing goes out until `start_data` (354) or `refuse_data`."""
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -19,14 +21,20 @@ def connect(**overrides: object) -> s.SmtpServerConnection:
     return conn
 
 
-def feed(conn: s.SmtpServerConnection, data: bytes) -> tuple[list[s.Event], bytes]:
-    """Feed bytes, collect events up to NeedData/Paused/ConnectionClosed, return them and the output."""
+def feed(conn: s.SmtpServerConnection, data: bytes, *, start: bool = True) -> tuple[list[s.Event], bytes]:
+    """Feed bytes, collect events up to NeedData/Paused/ConnectionClosed, return them and the output.
+
+    Every DATA is taken (`start_data`) as it comes, as an application with room does, unless `start` is
+    False: then the events stop at the Paused that follows DataStart.
+    """
     conn.receive_data(data)
     events: list[s.Event] = []
     while True:
         event = conn.next_event()
         events.append(event)
-        if isinstance(event, s.NeedData | s.Paused | s.ConnectionClosed):
+        if isinstance(event, s.DataStart) and start:
+            conn.start_data()
+        elif isinstance(event, s.NeedData | s.Paused | s.ConnectionClosed):
             return events, conn.data_to_send()
 
 
@@ -371,6 +379,147 @@ def test_second_message_on_the_same_connection() -> None:
     assert isinstance(end, s.DataEnd) and end.sender == b"c@x" and end.recipients == [(b"d@x", ())]
     assert body(events) == b"two\r\n"
     assert replies(out) == [b"250", b"250", b"250", b"354"]
+
+
+# --- the application's decision on DATA ---------------------------------------------------------------
+
+BUSY = Reply.tempfail("4.3.2", "too busy, try later")
+PIPELINING_CLOSE = b"421 4.5.0 Improper use of SMTP command pipelining, closing connection\r\n"
+
+
+def ask_data(**overrides: object) -> s.SmtpServerConnection:
+    """A connection whose DATA waits for start_data or refuse_data, its replies so far read."""
+    conn = connect(**overrides)
+    events, out = feed(conn, b"EHLO c\r\nMAIL FROM:<a@x>\r\nRCPT TO:<b@x>\r\nDATA\r\n", start=False)
+    assert events[-2:] == [s.DataStart(), s.Paused()] and replies(out)[-2:] == [b"250", b"250"]
+    return conn
+
+
+def test_data_waits_for_the_application_with_nothing_sent() -> None:
+    conn = ask_data()
+    conn.receive_data(b"early")  # neither content nor a command yet
+    assert isinstance(conn.next_event(), s.Paused) and conn.data_to_send() == b""
+    conn.start_data()
+    assert conn.data_to_send() == b"354 End data with <CR><LF>.<CR><LF>\r\n"
+    events, _ = feed(conn, b" content\r\n.\r\n")
+    assert body(events) == b"early content\r\n" and isinstance(events[-2], s.DataEnd)
+
+
+@pytest.mark.parametrize(
+    ("after", "expected"),
+    [
+        # RFC 5321 §4.1.4: a refused command leaves the state as it was, so the envelope stays.
+        (b"MAIL FROM:<c@x>\r\n", [b"503"]),
+        (b"RCPT TO:<c@x>\r\n", [b"250"]),
+        (b"RSET\r\nMAIL FROM:<c@x>\r\n", [b"250", b"250"]),
+        (b"QUIT\r\n", [b"221"]),
+        (b"NOOP\r\n", [b"250"]),
+    ],
+)
+def test_refused_data_keeps_the_envelope(after: bytes, expected: list[bytes]) -> None:
+    conn = ask_data()
+    conn.refuse_data(BUSY)
+    assert conn.data_to_send() == b"451 4.3.2 too busy, try later\r\n"
+    _, out = feed(conn, after)
+    assert replies(out) == expected
+
+
+def test_data_again_after_a_refusal_asks_again_with_the_same_envelope() -> None:
+    conn = ask_data()
+    conn.refuse_data(BUSY)
+    events, out = feed(conn, b"DATA\r\n", start=False)
+    assert events[-2:] == [s.DataStart(), s.Paused()] and out == b"451 4.3.2 too busy, try later\r\n"
+    conn.start_data()
+    events, _ = feed(conn, b"x\r\n.\r\n")
+    end = events[-2]
+    assert isinstance(end, s.DataEnd) and end.sender == b"a@x" and end.recipients == [(b"b@x", ())]
+
+
+def test_a_refusal_is_not_a_client_error() -> None:
+    conn = ask_data(max_errors=0)
+    conn.refuse_data(BUSY)
+    _, out = feed(conn, b"RSET\r\n")
+    assert out == b"451 4.3.2 too busy, try later\r\n250 2.0.0 Ok\r\n" and not conn.closed
+
+
+@pytest.mark.parametrize(
+    "early",
+    [
+        b"Subject: sent without waiting\r\n",
+        # A message whose own lines are a transaction: read as commands they would be one (smuggling).
+        b"x\r\n.\r\nMAIL FROM:<evil@x>\r\nRCPT TO:<victim@x>\r\nDATA\r\nevil\r\n.\r\n",
+        b"QUIT\r\n",
+    ],
+)
+def test_content_sent_ahead_of_a_refusal_is_never_read(early: bytes) -> None:
+    conn = ask_data()
+    events, out = feed(conn, early, start=False)
+    assert events == [s.Paused()] and out == b""
+    conn.refuse_data(BUSY)
+    assert conn.data_to_send() == b"451 4.3.2 too busy, try later\r\n" + PIPELINING_CLOSE
+    assert conn.closed and isinstance(conn.next_event(), s.ConnectionClosed)
+
+
+def test_content_sent_ahead_of_a_start_is_the_content() -> None:
+    conn = ask_data()
+    feed(conn, b"a\r\n.\nMAIL FROM:<x@y>\r\n", start=False)
+    conn.start_data()
+    events, out = feed(conn, b".\r\nRSET\r\n")
+    assert out.startswith(b"354 ") and body(events) == b"a\r\n\nMAIL FROM:<x@y>\r\n"
+    assert isinstance(events[-2], s.DataEnd) and isinstance(events[-1], s.Paused)
+
+
+@pytest.mark.parametrize("start", [True, False])
+def test_a_flood_ahead_of_the_decision_closes(start: bool) -> None:
+    conn = ask_data()
+    for _ in range(100):
+        conn.receive_data(b"N" * 4096)
+    if start:
+        conn.start_data()
+        assert conn.data_to_send() == PIPELINING_CLOSE
+    else:
+        conn.refuse_data(BUSY)
+        assert conn.data_to_send() == b"451 4.3.2 too busy, try later\r\n" + PIPELINING_CLOSE
+    assert conn.closed
+
+
+def test_client_gone_while_data_waits() -> None:
+    conn = ask_data()
+    conn.receive_data(b"")
+    assert isinstance(conn.next_event(), s.Paused)
+    conn.refuse_data(BUSY)
+    assert isinstance(conn.next_event(), s.ConnectionClosed)
+    assert conn.data_to_send() == b"451 4.3.2 too busy, try later\r\n"
+
+
+def test_lmtp_refuses_data_with_one_reply() -> None:
+    conn = s.SmtpServerConnection(s.ServerSettings(hostname="h", lmtp=True))
+    conn.data_to_send()
+    events, _ = feed(
+        conn, b"LHLO c\r\nMAIL FROM:<>\r\nRCPT TO:<a@x>\r\nRCPT TO:<b@x>\r\nDATA\r\n", start=False
+    )
+    assert events[-2:] == [s.DataStart(), s.Paused()]
+    conn.refuse_data(BUSY)
+    assert conn.data_to_send() == b"451 4.3.2 too busy, try later\r\n"
+
+
+@pytest.mark.parametrize(
+    ("call", "error", "match"),
+    [
+        (lambda c: c.start_data(), RuntimeError, "start_data called while no DATA waits"),
+        (lambda c: c.refuse_data(BUSY), RuntimeError, "refuse_data called while no DATA waits"),
+    ],
+)
+def test_data_decision_out_of_turn(
+    call: Callable[[s.SmtpServerConnection], None], error: type[Exception], match: str
+) -> None:
+    with pytest.raises(error, match=match):
+        call(connect())
+
+
+def test_refuse_data_needs_a_refusal() -> None:
+    with pytest.raises(ValueError, match="needs a 4xx or 5xx reply, got 250"):
+        ask_data().refuse_data(OK)
 
 
 # --- properties ---------------------------------------------------------------------------------------
