@@ -248,7 +248,46 @@ async def test_too_busy_past_the_bounded_wait(tmp_path: Path) -> None:
     assert after == [b"250 2.0.0 Ok\r\n", b"221 2.0.0 Bye\r\n"], after
 
 
-async def data_refused(port: int) -> tuple[bytes, float, list[bytes]]:
+async def test_lmtp_too_busy_is_the_reply_to_data_and_content_sent_ahead_is_never_read(
+    tmp_path: Path,
+) -> None:
+    async with (
+        fake_mta() as mta,
+        running_daemon(
+            tmp_path,
+            f"smtp:[127.0.0.1]:{mta.port}",
+            protocols=("lmtp",),
+            forward_extra=QUICK,
+            limits={"max_sessions": 1, "busy_wait": 0.3},
+        ) as daemon,
+    ):
+        _, holder = await asyncio.open_connection("127.0.0.1", daemon.lmtp)
+        holder.write(b"LHLO c\r\nMAIL FROM:<a@x>\r\nRCPT TO:<b@y>\r\nDATA\r\nSubject: slow\r\n")
+        deadline = asyncio.get_running_loop().time() + 10
+        while not daemon.daemon.slots[0].full:
+            assert asyncio.get_running_loop().time() < deadline
+            await asyncio.sleep(0.01)
+        data_reply, waited, after = await asyncio.wait_for(data_refused(daemon.lmtp, b"LHLO c\r\n"), 10.3)
+        # A client that does not wait for the reply to DATA, its content a transaction of its own.
+        reader, writer = await asyncio.open_connection("127.0.0.1", daemon.lmtp)
+        writer.write(
+            b"LHLO c\r\nMAIL FROM:<a@x>\r\nRCPT TO:<b@y>\r\nDATA\r\n"
+            b"MAIL FROM:<evil@x>\r\nRCPT TO:<victim@y>\r\nDATA\r\nsmuggled\r\n.\r\n"
+        )
+        heard = await asyncio.wait_for(reader.read(), 10.3)  # to the close
+        writer.close()
+        holder.close()
+    assert data_reply == b"451 4.3.2 too busy, try later\r\n", data_reply
+    assert 0.25 < waited < 0.3 + 5, waited
+    assert after == [b"250 2.0.0 Ok\r\n", b"221 2.0.0 Bye\r\n"], after
+    assert heard.endswith(
+        b"250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n451 4.3.2 too busy, try later\r\n"
+        b"421 4.5.0 Improper use of SMTP command pipelining, closing connection\r\n"
+    ), heard
+    assert mta.deliveries == []
+
+
+async def data_refused(port: int, hello: bytes = b"EHLO c\r\n") -> tuple[bytes, float, list[bytes]]:
     """EHLO, MAIL, RCPT, DATA, one at a time: the reply to DATA, how long it took, then RSET's and QUIT's."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
@@ -261,7 +300,7 @@ async def data_refused(port: int) -> tuple[bytes, float, list[bytes]]:
             return lines[-1]
 
         assert (await reader.readline()).startswith(b"220 ")
-        for command in (b"EHLO c\r\n", b"MAIL FROM:<a@x>\r\n", b"RCPT TO:<b@y>\r\n"):
+        for command in (hello, b"MAIL FROM:<a@x>\r\n", b"RCPT TO:<b@y>\r\n"):
             assert (await ask(command)).startswith(b"250 "), command
         started = time.monotonic()
         data_reply = await ask(b"DATA\r\n")
