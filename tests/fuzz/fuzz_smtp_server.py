@@ -3,9 +3,10 @@
     pip install atheris && python tests/fuzz/fuzz_smtp_server.py [corpus_dir]
 
 The first input byte chooses the chunk size, SMTP or LMTP, and whether XFORWARD is offered; the rest is fed
-to a connection as a client would, answering every message. Nothing may raise, every reply is a whole
-CRLF-ended line, the input the connection holds stays bounded, and what XFORWARD hands out is only ever
-a known attribute with a value safe in a log line. Importable without atheris, so tests can run it.
+to a connection as a client would, refusing every second DATA (too busy) and answering every message.
+Nothing may raise, every reply is a whole CRLF-ended line, the input the connection holds stays bounded,
+and what XFORWARD hands out is only ever a known attribute with a value safe in a log line. Importable
+without atheris, so tests can run it.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from qsift.wire import smtp_server as s
 from qsift.wire.smtp_args import XFORWARD_ATTRIBUTES
 
 _OK = Reply.tempfail("2.0.0", "Ok", smtp_code=250)
+_BUSY = Reply.tempfail("4.3.2", "too busy, try later")
 _MAX_LINE = 128
 
 
@@ -30,6 +32,7 @@ def drive(data: bytes, step: int, *, lmtp: bool, xforward: bool = False) -> None
     conn = s.SmtpServerConnection(settings)
     output = conn.data_to_send()
     recipients = 0
+    data_commands = 0
     chunks = [data[i : i + step] for i in range(0, len(data), step)] + [b""]
     for chunk in chunks:
         conn.receive_data(chunk)
@@ -46,7 +49,11 @@ def drive(data: bytes, step: int, *, lmtp: bool, xforward: bool = False) -> None
                     assert name in XFORWARD_ATTRIBUTES, name
                     assert value is None or (value.isascii() and value.isprintable() and " " not in value)
             elif isinstance(event, s.DataStart):
-                conn.start_data()
+                data_commands += 1
+                if data_commands % 2:
+                    conn.start_data()
+                else:
+                    conn.refuse_data(_BUSY)
             elif isinstance(event, s.Paused):
                 conn.answer_data([_OK] * (recipients if lmtp else 1))
                 recipients = 0
