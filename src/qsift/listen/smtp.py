@@ -1,8 +1,10 @@
 """The SMTP and LMTP listeners: a thin asyncio shell around the sans-IO server in wire.smtp_server.
 
-Postfix (content_filter on port 10024) or any MTA hands mail in here. The body is spooled as it arrives
-(bounded memory); after the final dot the pipeline decides, and the answer is sent only once the
-forward's outcome is known: one reply for SMTP, one per recipient for LMTP (RFC 2033 §4.2).
+Postfix (content_filter on port 10024) or any MTA hands mail in here. A message takes its slot at DATA:
+354 once it has one, 451 4.3.2 to DATA itself after `busy_wait` without, so a busy site reads no content
+it would refuse. The body is spooled as it arrives (bounded memory); after the final dot the pipeline
+decides, and the answer is sent only once the forward's outcome is known: one reply for SMTP, one per
+recipient for LMTP (RFC 2033 §4.2).
 
 With XFORWARD, Postfix names the client it had the message from; that client, not the connection's peer,
 is then the envelope's client for the policy banks and the log. Postfix's XFORWARD_README says not to mix
