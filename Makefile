@@ -45,6 +45,7 @@ test: $(STAMP) lint typecheck
 
 # Every fuzz entry (tests/fuzz/) for FUZZ_SECONDS each under atheris, seeded, then a table of what each
 # reached; not part of `make test`. The corpora grow in .fuzz/ from run to run; findings are left there too.
+# FUZZ_ENTRIES="qmqp spamd" runs only those; python -m tests.fuzz.replay ENTRY FILE replays a finding.
 FUZZ_SECONDS  ?= 60
 FUZZ_MESSAGES ?= ../shared/corpus
 

@@ -30,6 +30,6 @@ def test_figures_from_a_libfuzzer_log() -> None:
         b"stat::number_of_executed_units: 200001\n"
     )
     figures = campaign._figures("qmqp", 8, 20, log, b"")
-    assert figures.row() == "| qmqp | 8 | 20 | 200,001 | 10,000 | 158 | 612 | 137 (3638b) | nothing |"
+    assert figures.row() == "| qmqp | 8 | 20 | 200,001 | 10,000 | 158 | 612 | 137 (3638b) | - | nothing |"
     crashed = campaign._figures("qmqp", 8, 20, log + b"Test unit written to /w/crash-0a1b\n", b"")
     assert crashed.found == "/w/crash-0a1b"
