@@ -24,13 +24,15 @@ from pathlib import Path
 from tests.fuzz import seeds
 
 ROOT = Path(__file__).resolve().parents[2]
-# The longest input each entry is given: the decoder reads whole messages, the codecs sessions.
-MAX_LEN = dict.fromkeys(seeds.COMMITTED, 4096) | {"decode": 64 * 1024}
+# The longest input each entry is given: the decoder reads whole messages, the line fitter lines over
+# 998 octets, the codecs sessions.
+MAX_LEN = dict.fromkeys(seeds.COMMITTED, 4096) | {"decode": 64 * 1024, "long_lines": 16 * 1024}
 # The modules each entry is there to exercise: the coverage column is theirs (lines and branches).
 TARGETS = {
     "clamd": ["wire/clamd.py"],
     "client_context": ["wire/client_context.py"],
     "decode": ["decode/*.py"],
+    "long_lines": ["wire/long_lines.py"],
     "qmqp": ["wire/qmqp.py", "wire/netstring.py"],
     "smtp_client": ["wire/smtp_client.py"],
     "smtp_server": ["wire/smtp_server*.py", "wire/smtp_args.py"],

@@ -173,10 +173,27 @@ def _decode() -> list[bytes]:
     return [MESSAGE, _zip_message(), UUENCODED]
 
 
+def _long_lines() -> list[bytes]:
+    long_header = b"Subject: s\nX-Long: " + b"w " * 600 + b"\n\nbody\n"
+    long_body = MESSAGE + b"L" * 1200 + b"\n"
+    multipart = (
+        b'MIME-Version: 1.0\nContent-Type: multipart/mixed; boundary="b"\n\n--b\n'
+        b"Content-Transfer-Encoding: 8bit\n\n" + b"x" * 1100 + b"\n--b\n"
+        b"Content-Transfer-Encoding: base64\n\n" + b"QUJD" * 300 + b"\n--b--\n"
+    )
+    return [
+        b"\x3f" + MESSAGE,
+        b"\x3f" + long_header,
+        b"\x00" + long_body.replace(b"\n", b"\r\n"),
+        b"\x3f" + multipart,
+    ]
+
+
 COMMITTED = {
     "clamd": _clamd,
     "client_context": _client_context,
     "decode": _decode,
+    "long_lines": _long_lines,
     "qmqp": _qmqp,
     "smtp_client": _smtp_client,
     "smtp_server": _smtp_server,
