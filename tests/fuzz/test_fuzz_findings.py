@@ -1,21 +1,34 @@
-"""What the fuzzers found, each input kept as a test of the entry that found it (docs/reliability.md)."""
+"""What the fuzzers found, each input kept as a test (docs/reliability.md, section Fuzzing).
+
+All three were found by fuzz_decode, from the message corpus, and each raised out of decode_message.
+The decoder's containment (merged since) keeps the first two in their part; the third still ended the
+whole walk until decode/walk.py's _filename caught it.
+"""
 
 from __future__ import annotations
 
 import base64
-import email.errors
 import gzip
 import struct
-import zlib
 
-import pytest
-
+from qsift.decode.walk import Decoded, DecodeLimits, decode_message
+from qsift.model import Category
 from tests.fuzz import fuzz_decode
 
+
+def decoded(message: bytes) -> Decoded:
+    fuzz_decode.TestOneInput(message)
+    result = decode_message(message, DecodeLimits())
+    assert not any(f.detail.startswith("decoder failure") for f in result.findings), result.findings
+    return result
+
+
+def _unchecked_parts(result: Decoded) -> list[str]:
+    return [f.part for f in result.findings if f.category is Category.UNCHECKED]
+
+
 # A gzip member whose deflate data is damaged (a stored block with a bad length): gzip.GzipFile raises
-# zlib.error, which is neither OSError nor EOFError, so it escaped decode.archive._stream_blocks and
-# decode_message (found by fuzz_decode in 60 s from the message corpus). It is the decoder's containment,
-# another item of the hardening issue: fixed there, this test passes and its mark goes.
+# zlib.error, which is neither OSError nor EOFError.
 _DAMAGED_GZIP = gzip.compress(b"hello hello hello hello hello\n" * 4, mtime=0)
 _DAMAGED_GZIP = _DAMAGED_GZIP[:10] + b"\0" + _DAMAGED_GZIP[11:]
 DAMAGED_GZIP_MESSAGE = (
@@ -24,31 +37,8 @@ DAMAGED_GZIP_MESSAGE = (
 )
 
 
-@pytest.mark.xfail(
-    raises=zlib.error,
-    strict=True,
-    reason="zlib.error escapes the decoder: decoder containment (item 1 of the hardening issue)",
-)
-def test_a_damaged_gzip_member_does_not_escape_the_decoder() -> None:
-    fuzz_decode.TestOneInput(DAMAGED_GZIP_MESSAGE)
-
-
-# An RFC 2047 encoded word whose charset name is not ASCII, in a part's file name: email.header raises
-# CharsetError (an email.errors.MessageError, not a HeaderParseError), which escaped decode.walk._filename
-# and ended the walk, so parts after it went unlisted (found by fuzz_decode, from the message corpus).
-# Decoder containment again (item 1): the pipeline only sees "decoder failure" and calls it UNCHECKED.
-BAD_CHARSET_NAME_MESSAGE = (
-    b'Subject: x\nContent-Type: text/plain; name="=?utf-\xc3\xa98?q?a.exe?="\n\nhello\n'
-)
-
-
-@pytest.mark.xfail(
-    raises=email.errors.CharsetError,
-    strict=True,
-    reason="CharsetError escapes the decoder: decoder containment (item 1 of the hardening issue)",
-)
-def test_an_encoded_file_name_with_a_bad_charset_does_not_escape_the_decoder() -> None:
-    fuzz_decode.TestOneInput(BAD_CHARSET_NAME_MESSAGE)
+def test_a_damaged_gzip_member_is_unchecked_in_its_part() -> None:
+    assert _unchecked_parts(decoded(DAMAGED_GZIP_MESSAGE)) == ["1"]
 
 
 def _tnef_attribute(kind_id: int, data: bytes) -> bytes:
@@ -57,9 +47,8 @@ def _tnef_attribute(kind_id: int, data: bytes) -> bytes:
 
 
 # A winmail.dat whose attachment title (attAttachTitle) is not UTF-8 and which has no MAPI long file
-# name: tnefparse's attachment.name decodes it as UTF-8 and raises UnicodeDecodeError while
-# decode.archive._tnef lists the members, outside its try (found by fuzz_decode from mimekit's
-# one-file.tnef). Decoder containment (item 1).
+# name: tnefparse's attachment.name decodes it as UTF-8 and raises UnicodeDecodeError (found from
+# mimekit's one-file.tnef).
 WINMAIL_DAT = (
     struct.pack("<IH", 0x223E9F78, 0)
     + _tnef_attribute(0x00069002, b"\0" * 14)  # attAttachRenddata: an attachment starts
@@ -72,10 +61,23 @@ TNEF_MESSAGE = (
 )
 
 
-@pytest.mark.xfail(
-    raises=UnicodeDecodeError,
-    strict=True,
-    reason="UnicodeDecodeError escapes the decoder: decoder containment (item 1 of the hardening issue)",
+def test_a_tnef_attachment_title_not_in_utf8_is_unchecked_in_its_part() -> None:
+    assert _unchecked_parts(decoded(TNEF_MESSAGE)) == ["1"]
+
+
+# An RFC 2047 encoded word whose charset name is not ASCII, in a part's file name: email.header raises
+# CharsetError, an email.errors.MessageError but not a HeaderParseError, which _filename let through,
+# and the walk ended there: the parts after it went unlisted, a banned name among them unseen.
+BAD_CHARSET_NAME_MESSAGE = (
+    b'MIME-Version: 1.0\nContent-Type: multipart/mixed; boundary="b"\n\n'
+    b'--b\nContent-Type: text/plain; name="=?utf-\xc3\xa98?q?a.txt?="\n\nhello\n'
+    b"--b\nContent-Type: application/octet-stream; name=second.exe\n\nMZ\n--b--\n"
 )
-def test_a_tnef_attachment_title_not_in_utf8_does_not_escape_the_decoder() -> None:
-    fuzz_decode.TestOneInput(TNEF_MESSAGE)
+
+
+def test_an_encoded_file_name_with_a_bad_charset_is_kept_as_it_came_and_the_walk_goes_on() -> None:
+    result = decoded(BAD_CHARSET_NAME_MESSAGE)
+    assert [(p.path, p.filename) for p in result.parts] == [
+        ("1", "=?utf-\ufffd\ufffd8?q?a.txt?="),
+        ("2", "second.exe"),
+    ]
