@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck unit integration venv clean
+.PHONY: demo test lint typecheck unit integration venv fuzz clean
 
 # Debian packages the decoder needs (libarchive, libmagic, 7-Zip for ARJ/CHM/SZDD) and the tests use
 # (clamav-testfiles: ClamAV's test file in many containers; clamd, clamscan and spamd, which the tests
@@ -43,5 +43,15 @@ test: $(STAMP) lint typecheck
 	HYPOTHESIS_PROFILE=repeatable $(BIN)/coverage run -m pytest -q
 	$(BIN)/coverage report --include='src/qsift/wire/*,src/qsift/decode/mime.py,src/qsift/decode/filetype.py,src/qsift/checks/banned.py,src/qsift/checks/headers.py,src/qsift/config/check.py,src/qsift/config/effective.py,src/qsift/config/lines.py,src/qsift/config/reference.py,src/qsift/config/schema.py,src/qsift/config/tables.py' --fail-under=100
 
+# Every fuzz entry (tests/fuzz/) for FUZZ_SECONDS each under atheris, seeded, then a table of what each
+# reached; not part of `make test`. The corpora grow in .fuzz/ from run to run; findings are left there too.
+# FUZZ_ENTRIES="qmqp spamd" runs only those; python -m tests.fuzz.replay ENTRY FILE replays a finding.
+FUZZ_SECONDS  ?= 60
+FUZZ_MESSAGES ?= ../shared/corpus
+
+fuzz: $(STAMP)
+	$(BIN)/python -c 'import atheris' 2>/dev/null || $(BIN)/pip install -q -e '.[fuzz]'
+	$(BIN)/python -m tests.fuzz.campaign --seconds $(FUZZ_SECONDS) --messages $(FUZZ_MESSAGES) $(FUZZ_ENTRIES)
+
 clean:
-	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache .coverage
+	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache .coverage .fuzz

@@ -3,46 +3,96 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from collections.abc import Sequence
+from typing import NoReturn, TypeVar
 
 from qsift import config as config_module
-from qsift.errors import ConfigError
+from qsift.errors import ConfigError, QsiftError
 from qsift.setup import command as setup_command
+from qsift.store.quarantine import check_mail_id
+
+_N = TypeVar("_N", int, float)
+
+
+class _Parser(argparse.ArgumentParser):
+    """Bad arguments get one line and exit 2, as every other bad input: the usage is behind --help."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     try:
-        if args.command == "serve":
-            return _serve(args.config)
-        if args.command == "config":
-            return _config(args)
-        if args.command == "scan":
-            return _scan(args.config, args.messages, as_json=args.json)
-        if args.command == "quarantine":
-            return _quarantine(args)
-        if args.command == "release":
-            from qsift.release import release
-
-            return release(_load(args.config), args.mail_id, args.to or [], sys.stdout)
-        if args.command == "status":
-            return _status(args.config, args.wait)
-        if args.command == "setup":
-            return setup_command.run(args, sys.stdout)
+        return _run(args)
     except ConfigError as exc:
         print(f"qsift: configuration error: {exc}", file=sys.stderr)
         return 2
-    parser.print_help(sys.stderr)
-    return 2
+    except QsiftError as exc:
+        # The quarantine or state directory unusable, a scanner unreachable: the one line says which.
+        print(f"qsift: {exc}", file=sys.stderr)
+        return 1
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.command == "serve":
+        return _serve(args.config)
+    if args.command == "config":
+        return _config(args)
+    if args.command == "scan":
+        return _scan(args.config, args.messages, as_json=args.json)
+    if args.command == "quarantine":
+        return _quarantine(args)
+    if args.command == "release":
+        from qsift.release import release
+
+        return release(_load(args.config), args.mail_id, args.to or [], sys.stdout)
+    if args.command == "status":
+        return _status(args.config, args.wait)
+    return setup_command.run(args, sys.stdout)
+
+
+def _count(text: str) -> int:
+    value = _number(text, int)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, not {text}")
+    return value
+
+
+def _days(text: str) -> float:
+    value = _number(text, float)
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"must be a number of days, 0 or more, not {text}")
+    return value
+
+
+def _seconds(text: str) -> float:
+    value = _number(text, float)
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds above 0, not {text}")
+    return value
+
+
+def _number(text: str, kind: type[_N]) -> _N:
+    try:
+        return kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+
+
+def _mail_id(text: str) -> str:
+    try:
+        return check_mail_id(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a mail_id: {text!r}") from None
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="qsift", description="Mail content filter for qmail, Postfix and any MTA."
-    )
-    commands = parser.add_subparsers(dest="command")
+    parser = _Parser(prog="qsift", description="Mail content filter for qmail, Postfix and any MTA.")
+    commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="run the daemon in the foreground")
     serve.add_argument("--config", metavar="FILE", help="TOML configuration (default: embedded defaults)")
     scan = commands.add_parser("scan", help="run the content checks on message files, deliver nothing")
@@ -54,22 +104,22 @@ def _parser() -> argparse.ArgumentParser:
     listing = quarantine_commands.add_parser("list", help="quarantined messages, newest first")
     listing.add_argument("--config", metavar="FILE")
     listing.add_argument("--category", help="only this category (virus, banned, spam, ...)")
-    listing.add_argument("--limit", type=int, default=100)
+    listing.add_argument("--limit", type=_count, default=100)
     listing.add_argument("--json", action="store_true")
     purging = quarantine_commands.add_parser("purge", help="delete quarantined messages older than DAYS")
     purging.add_argument("--config", metavar="FILE")
-    purging.add_argument("--older-than", type=float, required=True, metavar="DAYS", dest="days")
+    purging.add_argument("--older-than", type=_days, required=True, metavar="DAYS", dest="days")
     showing = quarantine_commands.add_parser("show", help="one quarantined message, whole")
     showing.add_argument("--config", metavar="FILE")
-    showing.add_argument("mail_id", metavar="MAIL_ID")
+    showing.add_argument("mail_id", metavar="MAIL_ID", type=_mail_id)
     release = commands.add_parser("release", help="send a quarantined message on, bypassing the checks")
     release.add_argument("--config", metavar="FILE")
     release.add_argument("--to", action="append", metavar="RCPT", help="only to this recipient (repeatable)")
-    release.add_argument("mail_id", metavar="MAIL_ID")
+    release.add_argument("mail_id", metavar="MAIL_ID", type=_mail_id)
     status = commands.add_parser("status", help="what each worker of the running daemon is doing")
     status.add_argument("--config", metavar="FILE")
     status.add_argument(
-        "--wait", type=float, default=2.0, metavar="SECONDS", help="how long to wait for answers"
+        "--wait", type=_seconds, default=2.0, metavar="SECONDS", help="how long to wait for answers"
     )
     config = commands.add_parser("config", help="configuration tools")
     config_commands = config.add_subparsers(dest="config_command", required=True)
@@ -144,9 +194,6 @@ def _quarantine(args: argparse.Namespace) -> int:
             settings, category=args.category, as_json=args.json, limit=args.limit, out=sys.stdout
         )
     if args.quarantine_command == "purge":
-        if args.days < 0:
-            print("qsift: --older-than must be 0 days or more", file=sys.stderr)
-            return 2
         return purge(settings, args.days, sys.stdout)
     return show(settings, args.mail_id, sys.stdout)
 

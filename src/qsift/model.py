@@ -148,6 +148,9 @@ class RecipientResult:
 
     recipient: Recipient
     reply: Reply
+    #: False when qsift refused the recipient itself on the way (an address it cannot put in an SMTP
+    #: command), so the downstream never saw it and the answer must not read as the downstream's.
+    from_downstream: bool = True
 
 
 @dataclass(frozen=True)

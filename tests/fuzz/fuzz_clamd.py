@@ -1,6 +1,6 @@
 """Fuzz entry point for the clamd codec.
 
-    pip install atheris && python tests/fuzz/fuzz_clamd.py [corpus_dir]
+    pip install -e '.[fuzz]' && python -m tests.fuzz clamd [corpus_dir]
 
 The first input byte chooses the chunk size, the second the parser's length limit; the rest is fed to
 ReplyParser in chunks, and every reply, and the whole input as text, to parse_scan_reply. Only qsift's
@@ -50,9 +50,3 @@ def _check_scan_reply(text: str) -> None:
         assert reply.names and all(any(line.endswith(f" {n} FOUND") for line in lines) for n in reply.names)
     else:
         assert reply.message and not reply.names
-
-
-if __name__ == "__main__":
-    from tests.fuzz.atheris_runner import fuzz
-
-    fuzz(TestOneInput)

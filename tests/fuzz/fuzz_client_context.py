@@ -1,6 +1,6 @@
 """Fuzz entry point for the X-Qsift-Client field codec.
 
-    pip install atheris && python tests/fuzz/fuzz_client_context.py [corpus_dir]
+    pip install -e '.[fuzz]' && python -m tests.fuzz client_context [corpus_dir]
 
 The input is read three ways: as a header section for find_fields, whose offsets must hold; as field
 values for verify, which must never raise; and, split at NUL bytes, as a client context (ip, host, auth
@@ -64,9 +64,3 @@ def _check_round_trip(data: bytes) -> None:
     assert back.relay_client == relay
     assert client_context.make_field(KEY, back, sender, recipients, NOW) == field
     assert client_context.verify(KEY, found[0][2], sender, [*recipients, b"x"], NOW) is None
-
-
-if __name__ == "__main__":
-    from tests.fuzz.atheris_runner import fuzz
-
-    fuzz(TestOneInput)

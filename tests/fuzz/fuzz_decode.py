@@ -1,6 +1,6 @@
 """Fuzz entry point for the decoder: the streaming MIME reader, the containers, the bounds.
 
-    pip install atheris && python tests/fuzz/fuzz_decode.py [corpus_dir]
+    pip install -e '.[fuzz]' && python -m tests.fuzz decode [corpus_dir]
 
 Any bytes are a message. Nothing may raise, every part has a path, and the bounds hold: no more parts
 than allowed, no deeper than allowed. Importable without atheris, so tests can run it.
@@ -18,9 +18,3 @@ def TestOneInput(data: bytes) -> None:
     decoded = decode_message(data, _LIMITS)
     assert len(decoded.parts) <= _LIMITS.max_parts
     assert all(part.path and part.depth <= _LIMITS.max_depth for part in decoded.parts)
-
-
-if __name__ == "__main__":
-    from tests.fuzz.atheris_runner import fuzz
-
-    fuzz(TestOneInput)

@@ -1,6 +1,6 @@
 """Fuzz entry point for the line fitter (wire/long_lines.py).
 
-    pip install atheris && python tests/fuzz/fuzz_long_lines.py [corpus_dir]
+    pip install -e '.[fuzz]' && python -m tests.fuzz long_lines [corpus_dir]
 
 The first input byte chooses the chunk size; the rest is a message, fitted in two passes as the forward
 fits it. Nothing may come out but bytes; the result may not depend on the chunking; a message with no line
@@ -39,9 +39,3 @@ def TestOneInput(data: bytes) -> None:
     assert fitted == _fit(message, len(message) or 1, frozenset(parts))[0]
     if parts == {0} and b"content-type" not in message.lower():
         assert all(len(line.removesuffix(b"\r")) <= MAX_LINE for line in fitted.split(b"\n"))
-
-
-if __name__ == "__main__":
-    from tests.fuzz.atheris_runner import fuzz
-
-    fuzz(TestOneInput)

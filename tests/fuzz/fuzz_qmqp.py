@@ -1,6 +1,6 @@
 """Fuzz entry point for the QMQP and netstring codecs.
 
-    pip install atheris && python tests/fuzz/fuzz_qmqp.py [corpus_dir]
+    pip install -e '.[fuzz]' && python -m tests.fuzz qmqp [corpus_dir]
 
 The first two input bytes choose the chunk size and the limits; the rest is fed to RequestParser in
 chunks, to ResponseParser and to netstring.decode. Only qsift's ProtocolError may come out, and the
@@ -75,9 +75,3 @@ def _fuzz_response(body: bytes, step: int) -> None:
                 assert result[0] in "KZD"
     except ProtocolError:
         pass
-
-
-if __name__ == "__main__":
-    from tests.fuzz.atheris_runner import fuzz
-
-    fuzz(TestOneInput)

@@ -1,6 +1,6 @@
 """Fuzz entry point for the SMTP/LMTP client codec.
 
-    pip install atheris && python tests/fuzz/fuzz_smtp_client.py [corpus_dir]
+    pip install -e '.[fuzz]' && python -m tests.fuzz smtp_client [corpus_dir]
 
 The first two input bytes choose the chunk size and the limits; the rest is fed to ReplyParser in
 chunks, and every reply that comes out is read as an EHLO reply. The same bytes, cut into an address and
@@ -88,9 +88,3 @@ def _check_line(line: bytes) -> None:
     assert not any(c in command for c in b"\r\n\0")
     assert command.count(b"<") <= 1
     assert command.count(b">") <= 1
-
-
-if __name__ == "__main__":
-    from tests.fuzz.atheris_runner import fuzz
-
-    fuzz(TestOneInput)

@@ -1,6 +1,6 @@
 """Fuzz entry point for the sans-IO SMTP/LMTP server.
 
-    pip install atheris && python tests/fuzz/fuzz_smtp_server.py [corpus_dir]
+    pip install -e '.[fuzz]' && python -m tests.fuzz smtp_server [corpus_dir]
 
 The first input byte chooses the chunk size, SMTP or LMTP, and whether XFORWARD is offered; the rest is fed
 to a connection as a client would, refusing every second DATA (too busy) and answering every message.
@@ -75,9 +75,3 @@ def TestOneInput(data: bytes) -> None:
     if not data:
         return
     drive(data[1:], data[0] % 64 + 1, lmtp=data[0] >= 128, xforward=bool(data[0] & 64))
-
-
-if __name__ == "__main__":
-    from tests.fuzz.atheris_runner import fuzz
-
-    fuzz(TestOneInput)

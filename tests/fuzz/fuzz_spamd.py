@@ -1,6 +1,6 @@
 """Fuzz entry point for the spamd reply codec.
 
-    pip install atheris && python tests/fuzz/fuzz_spamd.py [corpus_dir]
+    pip install -e '.[fuzz]' && python -m tests.fuzz spamd [corpus_dir]
 
 The first two input bytes choose the chunk size and the limits; the rest is fed to ResponseParser in
 chunks, then finish() is called as at EOF, and a returned body goes through parse_symbols. Only qsift's
@@ -47,9 +47,3 @@ def _check(data: bytes, reply: spamd.SpamdResponse, max_head: int, max_body: int
     for number in (reply.score, reply.threshold):
         assert number is None or abs(number) < 1e13
     assert not any(c in reply.message for c in "\r\n\0")
-
-
-if __name__ == "__main__":
-    from tests.fuzz.atheris_runner import fuzz
-
-    fuzz(TestOneInput)

@@ -285,7 +285,7 @@ def test_the_command_prints_errors_or_the_configuration(tmp_path: Path) -> None:
         f"{bad}:3: [limits] busy_wait: must be a number of seconds > 0, not 0",
         f"{bad}: 2 error(s)",
     ]
-    assert check_file(str(tmp_path / "missing.toml"), out, err := io.StringIO()) == 1
+    assert check_file(str(tmp_path / "missing.toml"), out, err := io.StringIO()) == 2
     assert "cannot read" in err.getvalue()
     assert cli.main(["config", "check", str(good)]) == 0
     assert cli.main(["config", "check", str(bad)]) == 1

@@ -132,7 +132,10 @@ async def forward_via_smtp(
             session.results.setdefault(index, exc.reply)
     finally:
         await session.close()
-    per_recipient = tuple(RecipientResult(r, session.results[i]) for i, r in enumerate(recipients))
+    per_recipient = tuple(
+        RecipientResult(r, session.results[i], from_downstream=i not in session.refused_here)
+        for i, r in enumerate(recipients)
+    )
     return ForwardResult(target.describe(), per_recipient, session.queued_as)
 
 
@@ -157,6 +160,8 @@ class _Session:
         self.client_gone = client_gone
         self.delivered = delivered
         self.results: dict[int, Reply] = {}
+        #: The recipients qsift refused without asking the downstream (addresses it cannot send).
+        self.refused_here: set[int] = set()
         self.queued_as: str | None = None
         self.where = target.describe()
         self.parser = wire.ReplyParser()
@@ -286,11 +291,13 @@ class _Session:
                 rcpts.append((index, wire.rcpt_to(address, envelope.recipients[index].params, self.caps)))
             except ValueError as exc:
                 self.results[index] = Reply.reject("5.1.3", f"recipient cannot be forwarded: {exc}", 553)
+                self.refused_here.add(index)
         return (mail, rcpts) if rcpts else (b"", [])
 
     def _refuse_all(self, batch: list[int], reply: Reply) -> tuple[bytes, list[tuple[int, bytes]]]:
         for index in batch:
             self.results[index] = reply
+        self.refused_here.update(batch)
         return b"", []
 
     async def _transaction(self, batch: list[int]) -> list[int]:

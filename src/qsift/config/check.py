@@ -61,13 +61,13 @@ def check_text(text: str, file: str) -> tuple[list[Report], dict[str, Any] | Non
 
 
 def check_file(path: str, out: TextIO, err: TextIO) -> int:
-    """The command: 0 and the effective configuration on `out`, or 1 and every error on `err`."""
+    """The command: 0 and the effective configuration on `out`, 1 and every error on `err`; 2 unreadable."""
     try:
         with open(path, encoding="utf-8") as handle:
             text = handle.read()
     except (OSError, UnicodeDecodeError) as exc:
         err.write(f"{path}: cannot read: {getattr(exc, 'strerror', None) or exc}\n")
-        return 1
+        return 2
     reports, values = check_text(text, path)
     if values is None:
         err.writelines(f"{report}\n" for report in reports)

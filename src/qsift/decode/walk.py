@@ -545,7 +545,8 @@ def _filename(header: email.message.Message) -> str:
     if "=?" in raw:
         try:
             return str(email.header.make_header(email.header.decode_header(raw)))
-        except (ValueError, LookupError, UnicodeError, email.errors.HeaderParseError):
+        # MessageError: HeaderParseError, and CharsetError for a charset name that is not ASCII.
+        except (ValueError, LookupError, UnicodeError, email.errors.MessageError):
             return raw
     return raw
 

@@ -36,12 +36,14 @@ def decide(mail_id: str, envelope: Envelope, result: ForwardResult, already_deli
         return Outcome(mail_id, reply, Disposition.TEMPFAILED, per_recipient=results, notes=kept)
     if rejected and not accepted:
         first = rejected[0].reply
+        by = f"rejected by next-hop MTA, {via}"
+        if not rejected[0].from_downstream:
+            by = f"refused by qsift, not sent to MTA({result.method})"
         reply = Reply(
             Answer.REJECT,
             first.smtp_code,
             first.enhanced_status,
-            f"id={mail_id} - rejected by next-hop MTA, {via}: "
-            f"{first.smtp_code} {first.enhanced_status} {first.text}",
+            f"id={mail_id} - {by}: {first.smtp_code} {first.enhanced_status} {first.text}",
         )
         return Outcome(mail_id, reply, Disposition.BLOCKED, per_recipient=results)
     text = f"Ok, id={mail_id}, {via}: {result.queued_as or 'accepted'}"

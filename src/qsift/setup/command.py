@@ -7,16 +7,18 @@ import os
 import shutil
 import sys
 import textwrap
-from typing import TextIO
+from typing import TextIO, TypeVar
 
 from qsift.errors import ConfigError
 from qsift.setup import postfix, qmail, site, systemd
 from qsift.setup.plan import carry_out, show
 
 _WIDTH = 100
+# Whatever parser class the command line uses (qsift's own answers a bad option in one line).
+_Parser = TypeVar("_Parser", bound=argparse.ArgumentParser)
 
 
-def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def add_parser(commands: argparse._SubParsersAction[_Parser]) -> None:
     setup = commands.add_parser(
         "setup", help="write the files that run qsift under daemontools or systemd and wire it to the MTA"
     )

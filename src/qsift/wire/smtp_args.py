@@ -145,7 +145,8 @@ def parse_mail(
         else:
             # SIZE is not carried: the forward states the size of what it sends.
             kept.append((name, value.upper() if name in ("BODY", "RET") and value else value))
-    return MailArguments(sender, tuple(kept), declared_size)
+    error = _check_8bit(sender, smtputf8=("SMTPUTF8", None) in params, sender=True)
+    return error or MailArguments(sender, tuple(kept), declared_size)
 
 
 def _check_mail_param(name: str, value: str | None) -> ArgumentError | None:
@@ -166,18 +167,40 @@ def _check_mail_param(name: str, value: str | None) -> ArgumentError | None:
     return None if ok else _bad_value(name)
 
 
+def _check_8bit(address: bytes, *, smtputf8: bool, sender: bool) -> ArgumentError | None:
+    """A non-ASCII address only in a transaction that declared SMTPUTF8, and then in UTF-8 (RFC 6531 §3.3).
+
+    Without SMTPUTF8 the client promised ASCII: an 8-bit address then is refused with Postfix's reply.
+    """
+    if address.isascii():
+        return None
+    if not smtputf8:
+        return ArgumentError(553, "5.6.7", "Must declare SMTPUTF8 to send unicode address")
+    try:
+        address.decode("utf-8")
+    except UnicodeDecodeError:
+        what = "sender" if sender else "recipient"
+        return ArgumentError(553, "5.1.7" if sender else "5.1.3", f"Bad {what} address syntax: not UTF-8")
+    return None
+
+
 @dataclass(frozen=True)
 class RcptArguments:
     recipient: bytes
     params: Params
 
 
-def parse_rcpt(arg: bytes, *, extended: bool, max_length: int) -> RcptArguments | ArgumentError:
-    """`TO:<recipient> [params]` after the RCPT verb."""
+def parse_rcpt(
+    arg: bytes, *, extended: bool, max_length: int, smtputf8: bool
+) -> RcptArguments | ArgumentError:
+    """`TO:<recipient> [params]` after the RCPT verb; `smtputf8` if the MAIL command declared SMTPUTF8."""
     parsed = _path_and_params(arg, "RCPT", b"TO:", extended=extended, max_length=max_length)
     if isinstance(parsed, ArgumentError):
         return parsed
     recipient, params = parsed
+    error = _check_8bit(recipient, smtputf8=smtputf8, sender=False)
+    if error is not None:
+        return error
     kept: list[tuple[str, str | None]] = []
     for name, value in params:
         if name == "NOTIFY":

@@ -347,7 +347,12 @@ class SmtpServerConnection:
         if len(self._txn.recipients) >= self.settings.max_recipients:
             self._send(452, "4.5.3", "Too many recipients")
             return
-        parsed = parse_rcpt(arg, extended=self._extended, max_length=self.settings.max_address_length)
+        parsed = parse_rcpt(
+            arg,
+            extended=self._extended,
+            max_length=self.settings.max_address_length,
+            smtputf8=("SMTPUTF8", None) in self._txn.mail_params,
+        )
         if isinstance(parsed, ArgumentError):
             self._send(parsed.code, parsed.status, parsed.text)
             return
