@@ -11,7 +11,7 @@ import hashlib
 import io
 import os
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from types import TracebackType
 from typing import IO, Protocol
 
@@ -36,6 +36,16 @@ class MessageBody(Protocol):
     def chunks(self, chunk_size: int = DEFAULT_CHUNK) -> Iterator[bytes]: ...
 
     def head(self, limit: int) -> bytes: ...
+
+
+def head_of_chunks(chunks: Iterable[bytes], limit: int) -> bytes:
+    """The first `limit` bytes of a body read as chunks: `head` for a body that has no file to seek in."""
+    taken = bytearray()
+    for chunk in chunks:
+        taken += chunk[: limit - len(taken)]
+        if len(taken) >= limit:
+            break
+    return bytes(taken)
 
 
 class MessageSpool:

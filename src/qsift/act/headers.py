@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from qsift.checks.content import Verdict
 from qsift.checks.spam_levels import SpamLevels
 from qsift.model import Category
-from qsift.spool import DEFAULT_CHUNK, MessageSpool
+from qsift.spool import DEFAULT_CHUNK, MessageSpool, head_of_chunks
 
 SPAM_TAG = "***Spam*** "
 UNCHECKED_TAG = "***UNCHECKED*** "
@@ -109,12 +109,7 @@ class EditedMessage:
 
     def head(self, limit: int) -> bytes:
         """The first `limit` bytes of the edited message."""
-        taken = bytearray()
-        for chunk in self.chunks():
-            taken += chunk[: limit - len(taken)]
-            if len(taken) >= limit:
-                break
-        return bytes(taken)
+        return head_of_chunks(self.chunks(), limit)
 
 
 def edit_message(

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from qsift.spool import DEFAULT_CHUNK, MessageBody
+from qsift.spool import DEFAULT_CHUNK, MessageBody, head_of_chunks
 from qsift.wire.long_lines import LineFitter, LongLineFinder
 from qsift.wire.mark import BodyDigest
 
@@ -57,12 +57,7 @@ class FittedMessage:
 
     def head(self, limit: int) -> bytes:
         """The first `limit` bytes of the fitted message."""
-        taken = bytearray()
-        for chunk in self.chunks():
-            taken += chunk[: limit - len(taken)]
-            if len(taken) >= limit:
-                break
-        return bytes(taken)
+        return head_of_chunks(self.chunks(), limit)
 
 
 def plan_fit(body: MessageBody, digest: BodyDigest | None) -> FitPlan:

@@ -72,3 +72,11 @@ def test_a_large_message_streams_unchanged_behind_the_new_head() -> None:
     big = b"Subject: s\n\n" + b"x" * 3_000_000
     data = edited(big, ["X-A: 1"], SPAM_TAG)
     assert data == b"X-A: 1\nSubject: ***Spam*** s\n\n" + b"x" * 3_000_000
+
+
+def test_head_is_the_start_of_the_edited_message_across_the_new_fields() -> None:
+    with MessageSpool.from_bytes(MESSAGE) as spool:
+        body = edit_message(spool, ["X-Spam-Flag: YES"], SPAM_TAG)
+        whole = b"".join(body.chunks())
+        for limit in (0, 5, len("X-Spam-Flag: YES\r\n") + 3, len(whole), len(whole) + 10):
+            assert body.head(limit) == whole[:limit]
