@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from qsift.spool import DEFAULT_CHUNK, MessageBody, head_of_chunks
+from qsift.wire.coded_chunks import coded_chunks
 from qsift.wire.long_lines import LineFitter, LongLineFinder
 from qsift.wire.mark import BodyDigest
 
@@ -47,13 +48,7 @@ class FittedMessage:
 
     def chunks(self, chunk_size: int = DEFAULT_CHUNK) -> Iterator[bytes]:
         fitter = LineFitter(self.plan.refit, header_only=not self.plan.long_lines, find_long_parts=False)
-        for chunk in self.inner.chunks(chunk_size):
-            fitted = fitter.feed(chunk)
-            if fitted:
-                yield fitted
-        tail = fitter.finish()
-        if tail:
-            yield tail
+        return coded_chunks(self.inner.chunks(chunk_size), fitter.feed, fitter.finish)
 
     def head(self, limit: int) -> bytes:
         """The first `limit` bytes of the fitted message."""

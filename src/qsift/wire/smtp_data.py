@@ -19,6 +19,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 
+from qsift.wire.coded_chunks import coded_chunks
+
 _CRLF = b"\r\n"
 _LF = b"\n"
 _CR = b"\r"
@@ -64,11 +66,7 @@ class DataEncoder:
 def encode_data(chunks: Iterable[bytes]) -> Iterator[bytes]:
     """Encode a whole message for DATA, chunk by chunk, ending with the dot line."""
     encoder = DataEncoder()
-    for chunk in chunks:
-        encoded = encoder.encode(chunk)
-        if encoded:
-            yield encoded
-    yield encoder.finish()
+    return coded_chunks(chunks, encoder.encode, encoder.finish)
 
 
 class LfEncoder:
@@ -98,10 +96,4 @@ class LfEncoder:
 def to_lf(chunks: Iterable[bytes]) -> Iterator[bytes]:
     """Convert a whole message to LF line ends, chunk by chunk."""
     encoder = LfEncoder()
-    for chunk in chunks:
-        converted = encoder.encode(chunk)
-        if converted:
-            yield converted
-    tail = encoder.finish()
-    if tail:
-        yield tail
+    return coded_chunks(chunks, encoder.encode, encoder.finish)
