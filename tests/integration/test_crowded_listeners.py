@@ -205,14 +205,7 @@ async def test_an_smtp_command_line_has_a_deadline_a_trickle_does_not_push_back(
     async with daemon_and_mta(tmp_path, limits=limits) as daemon:
         reader, writer = await asyncio.open_connection("127.0.0.1", daemon.smtp)
         await reader.readline()
-        stop = asyncio.Event()
-        ticker = asyncio.create_task(trickle_fast(writer, b"EHLO a-very-slow-client.example\r\n", stop))
-        started = time.monotonic()
-        rest = await asyncio.wait_for(reader.read(), 10)  # EOF once qsift gives up
-        waited = time.monotonic() - started
-        stop.set()
-        await ticker
-        writer.close()
+        rest, waited = await trickled_until_hung_up(reader, writer, b"EHLO a-very-slow-client.example\r\n")
     assert rest == b""
     assert 0.8 < waited < 5, waited
 
@@ -221,14 +214,7 @@ async def test_a_qmqp_request_has_a_deadline_a_trickle_does_not_push_back(tmp_pa
     limits = {"request_timeout": 1, "client_timeout": 30}
     async with daemon_and_mta(tmp_path, limits=limits) as daemon:
         reader, writer = await asyncio.open_connection("127.0.0.1", daemon.qmqp)
-        stop = asyncio.Event()
-        ticker = asyncio.create_task(trickle_fast(writer, qmqp_request(MESSAGE, SENDER, RECIPIENTS), stop))
-        started = time.monotonic()
-        rest = await asyncio.wait_for(reader.read(), 10)
-        waited = time.monotonic() - started
-        stop.set()
-        await ticker
-        writer.close()
+        rest, waited = await trickled_until_hung_up(reader, writer, qmqp_request(MESSAGE, SENDER, RECIPIENTS))
     assert rest == b""  # nothing answered, nothing forwarded
     assert 0.8 < waited < 5, waited
 
@@ -238,16 +224,25 @@ async def test_smtp_message_content_has_a_deadline_a_trickle_does_not_push_back(
     async with daemon_and_mta(tmp_path, limits=limits) as daemon:
         reader, writer = await asyncio.open_connection("127.0.0.1", daemon.smtp)
         writer.write(SMTP_OPENING)
-        stop = asyncio.Event()
-        ticker = asyncio.create_task(trickle_fast(writer, MESSAGE * 20 + b".\r\n", stop))
-        started = time.monotonic()
-        rest = await asyncio.wait_for(reader.read(), 10)
-        waited = time.monotonic() - started
-        stop.set()
-        await ticker
-        writer.close()
+        rest, waited = await trickled_until_hung_up(reader, writer, MESSAGE * 20 + b".\r\n")
     assert rest.endswith(b"354 End data with <CR><LF>.<CR><LF>\r\n"), rest
     assert 0.8 < waited < 5, waited
+
+
+async def trickled_until_hung_up(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, data: bytes
+) -> tuple[bytes, float]:
+    """Trickle `data` (`trickle_fast`) until qsift closes the connection: what it sent meanwhile and
+    how many seconds it took."""
+    stop = asyncio.Event()
+    ticker = asyncio.create_task(trickle_fast(writer, data, stop))
+    started = time.monotonic()
+    rest = await asyncio.wait_for(reader.read(), 10)  # EOF once qsift gives up
+    waited = time.monotonic() - started
+    stop.set()
+    await ticker
+    writer.close()
+    return rest, waited
 
 
 async def trickle_fast(writer: asyncio.StreamWriter, data: bytes, stop: asyncio.Event) -> None:
