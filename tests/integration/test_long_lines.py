@@ -8,7 +8,6 @@ import contextlib
 import email
 import email.message
 import email.policy
-import re
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -21,6 +20,7 @@ from qsift.wire import mark
 from tests.harness import free_port, qmqp_send, running_daemon, smtp_send
 from tests.integration.test_destinies import banned_message
 from tests.integration.test_quarantine import qsift
+from tests.unit.wire.test_long_lines import parts_of, unfold
 
 LONG_HEADER = b"References: " + b" ".join(b"<%04d.part@example.org>" % i for i in range(87))
 LONG_BODY_LINE = b"".join(b"%05d%s" % (i, b"=x\xc3\xa9 \t"[i % 6 : i % 6 + 1]) for i in range(3334))[:20_000]
@@ -52,16 +52,6 @@ async def strict_downstream() -> AsyncIterator[tuple[int, _Sink]]:
         await asyncio.to_thread(controller.stop)
 
 
-def parts_of(message: email.message.Message) -> list[email.message.Message]:
-    payload = message.get_payload()
-    assert isinstance(payload, list)
-    return [part for part in payload if isinstance(part, email.message.Message)]
-
-
-def unfolded(header: bytes) -> bytes:
-    return re.sub(rb"\r?\n(?=[ \t])", b"", header)
-
-
 @pytest.mark.parametrize("listener", ["qmqp", "smtp"])
 async def test_long_lines_are_delivered_intact_to_a_strict_downstream(tmp_path: Path, listener: str) -> None:
     async with (
@@ -78,7 +68,7 @@ async def test_long_lines_are_delivered_intact_to_a_strict_downstream(tmp_path: 
     [delivered] = sink.messages
     assert max(len(line) for line in delivered.split(b"\r\n")) <= 998
     head, _, _ = delivered.partition(b"\r\n\r\n")
-    assert LONG_HEADER in unfolded(head).split(b"\r\n")
+    assert LONG_HEADER in unfold(head).split(b"\r\n")
     parsed = email.message_from_bytes(delivered, policy=email.policy.compat32)
     assert parsed["Content-Transfer-Encoding"] == "quoted-printable"
     assert parsed["MIME-Version"] == "1.0"
@@ -140,4 +130,4 @@ async def test_a_quarantined_message_is_kept_as_it_came_and_fitted_on_release(tm
     delivered = sink.messages[-1]
     assert b"invoice.zip" in delivered
     assert max(len(line) for line in delivered.split(b"\r\n")) <= 998
-    assert LONG_HEADER in unfolded(delivered.partition(b"\r\n\r\n")[0]).split(b"\r\n")
+    assert LONG_HEADER in unfold(delivered.partition(b"\r\n\r\n")[0]).split(b"\r\n")
