@@ -12,10 +12,8 @@ import asyncio
 import logging
 import os
 import pwd
-import shutil
 import smtplib
 import sys
-import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
@@ -30,7 +28,7 @@ from tests.fakes.mta import FakeMta, fake_mta
 from tests.harness import RunningDaemon, qmqp_send, running_daemon
 from tests.integration.test_destinies import banned_message
 from tests.integration.test_qsift_queue import Run, run_queue
-from tests.integration.test_workers import qsift_for_others
+from tests.integration.test_workers import dir_with_qsift_for_others
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="running qsift-queue as another user needs root")
 
@@ -67,12 +65,7 @@ class Site:
 
 @contextmanager
 def world_for_nobody() -> Iterator[tuple[Path, list[str]]]:
-    base = Path(tempfile.mkdtemp(dir="/tmp"))  # tmp_path's parents are closed to nobody
-    try:
-        base.chmod(0o711)
-        command = qsift_for_others(base)
-        if command is None:
-            pytest.skip(f"no Python that other users can read ({sys.base_prefix} is closed to them)")
+    with dir_with_qsift_for_others() as (base, command):
         nobody = pwd.getpwnam("nobody")
         python = command[0]
         yield (
@@ -88,8 +81,6 @@ def world_for_nobody() -> Iterator[tuple[Path, list[str]]]:
                 "qsift.queue_client.main",
             ],
         )
-    finally:
-        shutil.rmtree(base, ignore_errors=True)
 
 
 @asynccontextmanager

@@ -234,15 +234,25 @@ def qsift_for_others(base: Path) -> tuple[str, ...] | None:
     return (str(venv / "bin" / "python"), "-m", "qsift.cli")
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="dropping privileges needs root")
-async def test_workers_drop_to_the_user_after_binding(tmp_path: Path) -> None:
-    nobody = pwd.getpwnam("nobody")
-    base = Path(tempfile.mkdtemp(dir="/tmp"))  # tmp_path's parents are closed to nobody
+@contextmanager
+def dir_with_qsift_for_others() -> Iterator[tuple[Path, tuple[str, ...]]]:
+    """A fresh directory under /tmp that other users can pass through (tmp_path's parents are closed to
+    them) and the `qsift_for_others` command made in it; the test is skipped without one. Removed on exit."""
+    base = Path(tempfile.mkdtemp(dir="/tmp"))
     try:
         base.chmod(0o711)
         command = qsift_for_others(base)
         if command is None:
             pytest.skip(f"no Python that other users can read ({sys.base_prefix} is closed to them)")
+        yield base, command
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="dropping privileges needs root")
+async def test_workers_drop_to_the_user_after_binding(tmp_path: Path) -> None:
+    nobody = pwd.getpwnam("nobody")
+    with dir_with_qsift_for_others() as (base, command):
         async with sink() as mta:
             with serving(base, f"smtp:[127.0.0.1]:{mta.port}", 'user = "nobody"', command) as served:
                 answer = await qmqp_send(served.port, CLEAN % 1, SENDER, [b"b@example.net"])
@@ -261,8 +271,6 @@ async def test_workers_drop_to_the_user_after_binding(tmp_path: Path) -> None:
             timeout=30,
         )
         assert result.returncode == 2 and f"chmod 700 {state}" in result.stderr, result.stderr
-    finally:
-        subprocess.run(["rm", "-rf", str(base)], check=False)
 
 
 async def test_no_deadlock_when_the_reinjection_listener_takes_fewer_than_max_servers(tmp_path: Path) -> None:
