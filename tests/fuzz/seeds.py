@@ -150,7 +150,8 @@ def _client_context() -> list[bytes]:
     ]
 
 
-def _zip_message() -> bytes:
+def zip_message() -> bytes:
+    """A message with a zip (a nested name, a program named as a PDF) and a message attached."""
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
         archive.writestr("a/b.txt", b"hello " * 50)
@@ -170,7 +171,7 @@ UUENCODED = b"Subject: uu\n\nbegin 644 a.txt\n" + binascii.b2a_uu(b"hello, world
 
 
 def _decode() -> list[bytes]:
-    return [MESSAGE, _zip_message(), UUENCODED]
+    return [MESSAGE, zip_message(), UUENCODED]
 
 
 def _long_lines() -> list[bytes]:

@@ -2,31 +2,13 @@
 
 from __future__ import annotations
 
-import io
-import zipfile
-from email.message import EmailMessage
-
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.fuzz.fuzz_decode import TestOneInput
+from tests.fuzz.seeds import zip_message
 
-
-def _seed() -> bytes:
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w") as archive:
-        archive.writestr("a/b.txt", b"hello " * 50)
-    mail = EmailMessage()
-    mail["From"] = "a@example.org"
-    mail.set_content("text")
-    mail.add_attachment(buffer.getvalue(), maintype="application", subtype="zip", filename="a.zip")
-    inner = EmailMessage()
-    inner.set_content("inner")
-    mail.add_attachment(inner)
-    return mail.as_bytes()
-
-
-SEED = _seed()
+SEED = zip_message()
 
 
 @settings(max_examples=300, deadline=None)
