@@ -26,6 +26,12 @@ from qsift.wire.client_context import ClientContext
 WHOLE = b"\x3f\xff"
 BYTEWISE = b"\x00\x10"
 
+
+def whole_and_bytewise(data: bytes) -> list[bytes]:
+    """`data` behind each of the two knob settings."""
+    return [WHOLE + data, BYTEWISE + data]
+
+
 MESSAGE = (
     b"Received: from client.example.org (client.example.org [192.0.2.1])\n"
     b"\tby mx.example.net (Postfix) with ESMTP id 4QxYz1\n"
@@ -69,8 +75,7 @@ def _clamd() -> list[bytes]:
     return [
         *(WHOLE + r + b"\0" for r in _CLAMD_REPLIES),
         WHOLE + b"\n".join(_CLAMD_REPLIES) + b"\n",
-        WHOLE + numbered,
-        BYTEWISE + numbered,
+        *whole_and_bytewise(numbered),
     ]
 
 
@@ -83,8 +88,7 @@ GTUBE_REPLY = (
 
 def _spamd() -> list[bytes]:
     return [
-        WHOLE + GTUBE_REPLY,
-        BYTEWISE + GTUBE_REPLY,
+        *whole_and_bytewise(GTUBE_REPLY),
         WHOLE + b"SPAMD/1.1 0 EX_OK\r\nContent-length: 0\r\nSpam: False ; -0.1 / 5.0\r\n\r\n",
         WHOLE + b"SPAMD/1.5 0 PONG\r\n",
         WHOLE + b"SPAMD/1.0 76 Bad header line: (Content-Length mismatch: Expected 5 bytes, got 4 bytes)\r\n",
@@ -104,8 +108,7 @@ POSTFIX_SESSION = (
 
 def _smtp_client() -> list[bytes]:
     return [
-        WHOLE + POSTFIX_SESSION,
-        BYTEWISE + POSTFIX_SESSION,
+        *whole_and_bytewise(POSTFIX_SESSION),
         WHOLE + b"250-example.net\r\n250-PIPELINING\r\n250 8BITMIME\r\n550 5.1.1 <b@x>: unknown\r\n",
         WHOLE + b"a@example.net BODY=8BITMIME SMTPUTF8 RET=HDRS ENVID=x NOTIFY=NEVER ORCPT=rfc822;a",
         WHOLE + b"j\xc3\xb6rg@example.net SIZE=1 NOTIFY=SUCCESS,DELAY",
