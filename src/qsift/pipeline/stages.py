@@ -3,7 +3,7 @@
 Every listener (QMQP, SMTP, LMTP) hands its Envelope and spooled body to `Pipeline.handle` and gets an
 Outcome back; the listener only renders it (K/Z/D or an SMTP code). The answer is decided only once every
 recipient's fate is certain (delivered, refused, bounced, discarded, quarantined, or held back with a
-temporary failure), and every settled recipient is recorded durably before the answer leaves (a
+temporary failure), and every settled recipient is recorded before the answer leaves (a
 delivered one the moment the downstream accepts it: deliveries.py, DESIGN.md §2), so a retry after a
 lost answer or a dead worker deals only with what was not settled.
 

@@ -2,7 +2,7 @@
 
 qmail-qmqpc gives up after 60 s of silence and the remote client retries later; if qsift finished the
 forward meanwhile, the retry would be delivered twice (reference: qmail-protocols.md §4.4). Every
-recipient a message was delivered to is recorded here, durably, before the answer is sent. A request with
+recipient a message was delivered to is recorded here (surviving a killed process) before the answer is sent. A request with
 the same body digest and sender within the window is forwarded only to the recipients not yet recorded;
 if none is left, it is answered from the record. Keying by recipient also covers the partial case: when
 the downstream took some recipients and tempfailed others, the answer must be Z, and the retry then goes
@@ -121,7 +121,7 @@ class OutcomeStore:
         return found
 
     def record(self, keys: Sequence[str], mail_id: str, answer: str, now: float) -> None:
-        """Store delivered recipients in one durable transaction; SpoolError if it cannot be made durable."""
+        """Store delivered recipients in one transaction; SpoolError if it cannot be committed."""
         try:
             with self._lock, immediate(self._db):
                 self._db.executemany(
