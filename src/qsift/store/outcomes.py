@@ -2,11 +2,11 @@
 
 qmail-qmqpc gives up after 60 s of silence and the remote client retries later; if qsift finished the
 forward meanwhile, the retry would be delivered twice (reference: qmail-protocols.md §4.4). Every
-recipient a message was delivered to is recorded here (surviving a killed process) before the answer is sent. A request with
-the same body digest and sender within the window is forwarded only to the recipients not yet recorded;
-if none is left, it is answered from the record. Keying by recipient also covers the partial case: when
-the downstream took some recipients and tempfailed others, the answer must be Z, and the retry then goes
-only to the ones still owed.
+recipient a message was delivered to is recorded here (surviving a killed process) before the answer is
+sent. A request with the same body digest and sender within the window is forwarded only to the
+recipients not yet recorded; if none is left, it is answered from the record. Keying by recipient also
+covers the partial case: when the downstream took some recipients and tempfailed others, the answer must
+be Z, and the retry then goes only to the ones still owed.
 
 SQLite in WAL mode, so several worker processes can share one file. synchronous=NORMAL: a record is
 in the write-ahead log the moment `record()` returns and survives the process being killed; only a
