@@ -3,7 +3,7 @@
 The parent binds the listeners (a port under 1024 needs root), then drops to `user` (and `group`) for
 good before any message is read. Running as root without `user` is refused unless `allow_root = true`
 says it is meant: a content filter takes apart hostile archives, and a bug there must not be root's.
-The state directory (outcome record, site key, status) and the quarantine hold mail and secrets: they
+The state directory (outcome record, mark key, status) and the quarantine hold mail and secrets: they
 are made 0700 and owned by the run user, and an existing one that others can read is refused with the
 command that fixes it, rather than silently changed.
 
