@@ -41,16 +41,15 @@ def decide(mail_id: str, envelope: Envelope, result: ForwardResult, already_deli
         row = Row.REJECTED_DOWNSTREAM if rejected[0].from_downstream else Row.REFUSED_BY_QSIFT
         reply = row.relay(first.smtp_code, first.enhanced_status, **_relayed(mail_id, result, first))
         return Outcome(mail_id, reply, Disposition.BLOCKED, per_recipient=results)
-    passed = Outcome(
+    return Outcome(
         mail_id,
-        Row.DELIVERED.reply(mail_id=mail_id, method=result.method, queued_as="", others=""),
+        _delivered(mail_id, result.method, result.queued_as, results, Counter()),
         Disposition.PASSED,
         per_recipient=results,
         queued_as=result.queued_as,
         method=result.method,
         notes=tuple(_rejection_note(r) for r in rejected),
     )
-    return replace(passed, reply=_delivered(passed, Counter()))
 
 
 def _relayed(mail_id: str, result: ForwardResult, reply: Reply) -> dict[str, object]:
@@ -64,20 +63,26 @@ def _relayed(mail_id: str, result: ForwardResult, reply: Reply) -> dict[str, obj
     }
 
 
-def _delivered(forwarded: Outcome, blocked: Counter[Destiny]) -> Reply:
+def _delivered(
+    mail_id: str,
+    method: str,
+    queued_as: str | None,
+    forwarded: Sequence[RecipientResult],
+    blocked: Counter[Destiny],
+) -> Reply:
     """K for a message delivered to some recipients, naming what became of the others: those the
     downstream refused and those the policy rejected, bounced or discarded."""
-    refused = sum(1 for r in forwarded.per_recipient if r.reply.answer is Answer.REJECT)
-    others = summary(blocked + Counter({Destiny.REJECT: refused}))
+    refused = sum(1 for r in forwarded if r.reply.answer is Answer.REJECT)
+    others = _summary(blocked + Counter({Destiny.REJECT: refused}))
     return Row.DELIVERED.reply(
-        mail_id=forwarded.mail_id,
-        method=forwarded.method,
-        queued_as=forwarded.queued_as or "accepted",
+        mail_id=mail_id,
+        method=method,
+        queued_as=queued_as or "accepted",
         others=f", but {others}" if others else "",
     )
 
 
-def summary(counts: Counter[Destiny]) -> str:
+def _summary(counts: Counter[Destiny]) -> str:
     """What the policy did to recipients, for a reply: "1 REJECT, 2 DISCARD"."""
     return ", ".join(f"{counts[d]} {d.name}" for d in _REPORTED if counts[d])
 
@@ -110,9 +115,9 @@ def combine(
             return replace(first, per_recipient=per_recipient, notes=notes)
     if forwarded is not None:
         # Delivered to some: K, with what became of the others in the text.
-        reply = _delivered(forwarded, counts)
+        reply = _delivered(mail_id, forwarded.method, forwarded.queued_as, forwarded.per_recipient, counts)
         return replace(forwarded, reply=reply, per_recipient=per_recipient, notes=notes)
     if len(blocked) == 1:
         return replace(blocked[0], per_recipient=per_recipient, notes=notes)
-    reply = Row.NONE_DELIVERED.reply(mail_id=mail_id, others=summary(counts))
+    reply = Row.NONE_DELIVERED.reply(mail_id=mail_id, others=_summary(counts))
     return replace(blocked[0], reply=reply, per_recipient=per_recipient, notes=notes)
