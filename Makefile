@@ -42,6 +42,11 @@ typecheck: $(STAMP)
 test: $(STAMP) lint typecheck
 	HYPOTHESIS_PROFILE=repeatable $(BIN)/coverage run -m pytest -q
 	$(BIN)/coverage report --include='src/qsift/wire/*,src/qsift/decode/mime.py,src/qsift/decode/filetype.py,src/qsift/checks/banned.py,src/qsift/checks/headers.py,src/qsift/config/check.py,src/qsift/config/effective.py,src/qsift/config/lines.py,src/qsift/config/reference.py,src/qsift/config/schema.py,src/qsift/config/tables.py' --fail-under=100
+	# The answer table and the rules that fold answers are walked whole by their case tables; the rest of
+	# pipeline/ is held at what the suite reaches now (92 % of it by the unit tests and the answer-table,
+	# destiny and quarantine integration tests alone).
+	$(BIN)/coverage report --include='src/qsift/answers.py,src/qsift/pipeline/answer.py' --fail-under=100
+	$(BIN)/coverage report --include='src/qsift/pipeline/*' --fail-under=90
 
 # The fast loop: the unit tests and the fuzz entries' hypothesis wrappers, without the tests marked slow
 # (35 to 45 s here on 2 shared cores); `make test` runs everything, lint and type checks too.

@@ -1,6 +1,7 @@
-"""The qsift error tree: each class knows the answer it maps to on the wire.
+"""The qsift error tree: each class names the row of the answer table (answers.Row) it is answered with.
 
-Errors are split by who is at fault (the client, the downstream MTA, a scanner, the configuration).
+Errors are split by who is at fault (the client, a scanner, the local system, the configuration); what a
+downstream MTA says is a reply, not an error (act/smtp_forward.py).
 Policy outcomes are never exceptions; these are for things that went wrong.
 """
 
@@ -10,11 +11,9 @@ from __future__ import annotations
 class QsiftError(Exception):
     """Root of every error qsift raises on purpose."""
 
-    # Plain class attributes, not typing.ClassVar: qsift-queue imports this module once per message and
-    # importing typing would cost it several milliseconds.
-    enhanced_status: str = "4.3.0"
-    qmqp_reply: str = "Z"
-    smtp_code: int = 451
+    # The row of the answer table (answers.Row) this error is answered with. A name, not the row: this
+    # module stays free of imports, since qsift-queue imports it once per message.
+    answer_row: str = "LOCAL_FAILURE"
 
 
 # --- the client (the MTA side that hands us the message) broke a rule ---------------------------------
@@ -23,9 +22,7 @@ class QsiftError(Exception):
 class ClientError(QsiftError):
     """The sending side broke the protocol or a limit; the answer is permanent."""
 
-    enhanced_status = "5.5.2"
-    qmqp_reply = "D"
-    smtp_code = 554
+    answer_row = "PROTOCOL_ERROR"
 
 
 class ProtocolError(ClientError):
@@ -39,73 +36,41 @@ class NetstringError(ProtocolError):
 class MessageTooBig(ClientError):
     """The message is larger than the configured size limit."""
 
-    enhanced_status = "5.3.4"
-    smtp_code = 552
+    answer_row = "TOO_BIG"
 
 
 class TooManyRecipients(ClientError):
     """More recipients than the configured limit."""
 
-    enhanced_status = "5.5.3"
-    smtp_code = 552
+    answer_row = "TOO_MANY_RECIPIENTS"
 
 
 class BadAddress(ClientError):
     """An envelope address qsift refuses to carry (NUL bytes, control characters, too long)."""
 
-    enhanced_status = "5.1.3"
-    smtp_code = 553
+    answer_row = "BAD_ADDRESS"
 
 
 class NoRecipients(ClientError):
     """A request that names no recipient at all."""
 
-    enhanced_status = "5.5.1"
-    smtp_code = 554
+    answer_row = "NO_RECIPIENTS"
 
 
 class ClientTimeout(QsiftError):
     """The client stalled past its time limit; nothing is answered or forwarded."""
 
 
-class AccessDenied(QsiftError):
-    """The client's address is not in the listener's ACL.
-
-    Temporary on purpose: a misconfigured ACL must make mail wait, never bounce it.
-    """
-
-    enhanced_status = "4.7.1"
-
-
 class TooBusy(QsiftError):
     """Every slot stayed taken past the bounded wait."""
 
-    enhanced_status = "4.3.2"
-    smtp_code = 421
+    answer_row = "TOO_BUSY"
 
 
 class TooManyConnections(QsiftError):
     """The client's address already holds its share of connections (Postfix's anvil limit)."""
 
-    enhanced_status = "4.7.0"
-    smtp_code = 421
-
-
-# --- the downstream MTA (forward or notify target) ------------------------------------------------------
-
-
-class DownstreamError(QsiftError):
-    """The forward could not be completed for now: 4xx, refused, timed out, broken connection."""
-
-    enhanced_status = "4.4.0"
-
-
-class DownstreamRejected(QsiftError):
-    """The downstream MTA refused the message permanently for every recipient."""
-
-    enhanced_status = "5.0.0"
-    qmqp_reply = "D"
-    smtp_code = 554
+    answer_row = "TOO_MANY_CONNECTIONS"
 
 
 # --- the local system ---------------------------------------------------------------------------------
@@ -114,13 +79,11 @@ class DownstreamRejected(QsiftError):
 class SpoolError(QsiftError):
     """A temp file or durable store could not be written (disk full, permissions)."""
 
-    enhanced_status = "4.3.0"
-
 
 class ScannerFailure(QsiftError):
     """Every virus scanner failed: the message must wait (DESIGN.md invariant 4)."""
 
-    enhanced_status = "4.5.0"
+    answer_row = "SCANNERS_FAILED"
 
 
 class ConfigError(QsiftError):

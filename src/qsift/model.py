@@ -83,24 +83,19 @@ class Answer(enum.Enum):
 
 @dataclass(frozen=True)
 class Reply:
-    """One answer to the sending side, protocol-neutral until the listener renders it."""
+    """One answer to the sending side, protocol-neutral until the listener renders it.
+
+    qsift's own answers are made from the rows of the answer table (answers.Row), never by hand; a
+    Reply built here is one another party said (reply_from_smtp)."""
 
     answer: Answer
     smtp_code: int
     enhanced_status: str
     text: str
 
-    @classmethod
-    def tempfail(cls, enhanced_status: str, text: str, smtp_code: int = 451) -> Reply:
-        return cls(Answer.TEMPFAIL, smtp_code, enhanced_status, text)
-
-    @classmethod
-    def reject(cls, enhanced_status: str, text: str, smtp_code: int = 554) -> Reply:
-        return cls(Answer.REJECT, smtp_code, enhanced_status, text)
-
     def qmqp_text(self) -> bytes:
-        """The QMQP response payload: the letter, then the status and the text."""
-        line = f"{self.answer.value}{self.smtp_code} {self.enhanced_status} {self.text}"
+        """The QMQP response's text, after its letter: the code, the status and the text, one line."""
+        line = f"{self.smtp_code} {self.enhanced_status} {self.text}"
         return single_line(line).encode("utf-8", "replace")
 
     def smtp_line(self) -> str:
@@ -164,6 +159,8 @@ class Outcome:
     #: One result per recipient, in envelope order; LMTP answers each recipient with its own.
     per_recipient: tuple[RecipientResult, ...] = ()
     queued_as: str | None = None
+    #: The forward method the delivered recipients went by ("" when none were forwarded).
+    method: str = ""
     notes: tuple[str, ...] = field(default=())
     #: The client as qsift-queue vouched for it, when it did (the log shows its address).
     client: Client | None = None

@@ -11,12 +11,12 @@ without atheris, so tests can run it.
 
 from __future__ import annotations
 
-from qsift.model import Reply
+from qsift.model import Answer, Reply
 from qsift.wire import smtp_server as s
 from qsift.wire.smtp_args import XFORWARD_ATTRIBUTES
 
-_OK = Reply.tempfail("2.0.0", "Ok", smtp_code=250)
-_BUSY = Reply.tempfail("4.3.2", "too busy, try later")
+_OK = Reply(Answer.ACCEPT, 250, "2.0.0", "Ok")
+_BUSY = Reply(Answer.TEMPFAIL, 451, "4.3.2", "too busy, try later")
 _MAX_LINE = 128
 
 

@@ -20,9 +20,10 @@ import re
 from dataclasses import dataclass, replace
 
 from qsift.act.forward import Forwarder
+from qsift.answers import Row
 from qsift.checks.content import Verdict
 from qsift.checks.headers import header_section
-from qsift.model import Answer, Category, Disposition, Envelope, Outcome, Recipient, RecipientResult, Reply
+from qsift.model import Answer, Category, Disposition, Envelope, Outcome, Recipient, RecipientResult
 from qsift.observe import metrics
 from qsift.observe.log import logger
 from qsift.spool import MessageBody, MessageSpool
@@ -50,32 +51,30 @@ class DsnBouncer:
         if suppressed:
             logger.info("id=%s bounce without DSN: %s", mail_id, suppressed)
             metrics.dsn("suppressed")
-            reply = Reply(
-                Answer.ACCEPT, 250, "2.7.0", f"Ok, id={mail_id}, DISCARD(bounce.suppressed: {suppressed})"
-            )
+            reply = Row.BOUNCE_SUPPRESSED.reply(mail_id=mail_id, reason=suppressed)
             return Outcome(mail_id, reply, Disposition.BLOCKED, category=category)
         try:
             dsn = build_dsn(self._request(verdict, mail_id, envelope, head))
         except ValueError as exc:  # a sender no DSN can be addressed to: as suppressed, never a crash
             logger.warning("id=%s no DSN possible: %s", mail_id, exc)
             metrics.dsn("suppressed")
-            reply = Reply(Answer.ACCEPT, 250, "2.7.0", f"Ok, id={mail_id}, DISCARD(bounce.suppressed: {exc})")
+            reply = Row.BOUNCE_SUPPRESSED.reply(mail_id=mail_id, reason=exc)
             return Outcome(mail_id, reply, Disposition.BLOCKED, category=category)
         notice = Envelope("", (Recipient(envelope.sender),), protocol="ESMTP")
         with MessageSpool.from_bytes(dsn) as dsn_spool:
             result = await self.notifier.forward(notice, dsn_spool)
         answers = {r.reply.answer for r in result.per_recipient}
         if Answer.TEMPFAIL in answers:
-            text = f"id={mail_id} - BOUNCE: the DSN could not be sent ({result.per_recipient[0].reply.text})"
+            reply = Row.DSN_FAILED.reply(mail_id=mail_id, text=result.per_recipient[0].reply.text)
             metrics.dsn("failed")
-            return Outcome(mail_id, Reply.tempfail("4.5.0", text), Disposition.TEMPFAILED, category=category)
+            return Outcome(mail_id, reply, Disposition.TEMPFAILED, category=category)
         if Answer.REJECT in answers:
             # The sender's own MTA refuses its notice: nothing more can be done; the message stays blocked.
             logger.error(
                 "id=%s DSN to <%s> refused: %s", mail_id, envelope.sender, result.per_recipient[0].reply.text
             )
         metrics.dsn("sent")
-        reply = Reply(Answer.ACCEPT, 250, "2.5.0", f"Ok, id={mail_id}, BOUNCE")
+        reply = Row.BOUNCED.reply(mail_id=mail_id)
         return Outcome(mail_id, reply, Disposition.BLOCKED, category=category, queued_as=result.queued_as)
 
     async def refused(
@@ -123,11 +122,9 @@ class DsnBouncer:
         with MessageSpool.from_bytes(dsn) as dsn_spool:
             result = await self.notifier.forward(notice, dsn_spool)
         if any(r.reply.answer is Answer.TEMPFAIL for r in result.per_recipient):
-            text = (
-                f"id={mail_id} - the DSN for {len(refused)} refused recipient(s) could not be sent, try later"
-            )
+            reply = Row.REFUSAL_DSN_FAILED.reply(mail_id=mail_id, count=len(refused))
             metrics.dsn("failed")
-            return replace(outcome, reply=Reply.tempfail("4.5.0", text), disposition=Disposition.TEMPFAILED)
+            return replace(outcome, reply=reply, disposition=Disposition.TEMPFAILED)
         metrics.dsn("sent")
         return replace(outcome, notes=(*outcome.notes, f"DSN sent for {len(refused)} refused recipient(s)"))
 

@@ -14,7 +14,8 @@ import os
 import socket
 import time
 
-from qsift.model import Answer, Delivered, Envelope, ForwardResult, RecipientResult, Reply
+from qsift.answers import Row
+from qsift.model import Delivered, Envelope, ForwardResult, RecipientResult
 from qsift.spool import MessageBody
 from qsift.wire.smtp_data import to_lf
 
@@ -36,9 +37,9 @@ class MaildirForwarder:
         try:
             name = await asyncio.to_thread(self._deliver, envelope, spool)
         except OSError as exc:
-            reply = Reply(Answer.TEMPFAIL, 451, "4.3.0", f"maildir delivery failed: {exc.strerror or exc}")
+            reply = Row.MAILDIR_FAILED.reply(error=exc.strerror or exc)
             return ForwardResult(self.method, tuple(RecipientResult(r, reply) for r in envelope.recipients))
-        reply = Reply(Answer.ACCEPT, 250, "2.0.0", f"Ok: delivered as {name}")
+        reply = Row.MAILDIR_DELIVERED.reply(name=name)
         results = tuple(RecipientResult(r, reply) for r in envelope.recipients)
         if delivered is not None:
             await delivered(results)

@@ -18,7 +18,8 @@ import signal
 from collections.abc import Iterator
 from typing import IO
 
-from qsift.model import Answer, Delivered, Envelope, ForwardResult, RecipientResult, Reply, address_bytes
+from qsift.answers import Row
+from qsift.model import Delivered, Envelope, ForwardResult, RecipientResult, Reply, address_bytes
 from qsift.spool import MessageBody
 from qsift.wire.qmail_queue import answer_for_exit, encode_envelope
 from qsift.wire.smtp_data import to_lf
@@ -48,14 +49,13 @@ class QmailQueueForwarder:
             return self._result(envelope, _temp(f"cannot run {self.method}: {exc.strerror or exc}"))
         letter, text = answer_for_exit(status, custom)
         if letter == "K":
-            reply = Reply(Answer.ACCEPT, 250, "2.0.0", f"Ok: queued by {self.program}")
+            reply = Row.QUEUED_BY_PROGRAM.reply(program=self.program)
             result = self._result(envelope, reply, queued_as=reply.text)
             if delivered is not None:
                 await delivered(result.per_recipient)
             return result
-        answer = Answer.REJECT if letter == "D" else Answer.TEMPFAIL
-        code, status_code = (554, "5.3.0") if answer is Answer.REJECT else (451, "4.3.0")
-        return self._result(envelope, Reply(answer, code, status_code, f"{self.method}: {text}"))
+        row = Row.PROGRAM_REFUSED if letter == "D" else Row.PROGRAM_FAILED
+        return self._result(envelope, row.reply(method=self.method, text=text))
 
     def _result(self, envelope: Envelope, reply: Reply, queued_as: str | None = None) -> ForwardResult:
         results = tuple(RecipientResult(r, reply) for r in envelope.recipients)
@@ -204,4 +204,4 @@ def _kill(pid: int) -> None:
 
 
 def _temp(text: str) -> Reply:
-    return Reply(Answer.TEMPFAIL, 451, "4.3.0", text)
+    return Row.LOCAL_FAILURE.reply(detail=text)

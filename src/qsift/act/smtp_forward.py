@@ -24,6 +24,7 @@ import asyncio
 import contextlib
 from dataclasses import dataclass, replace
 
+from qsift.answers import Row
 from qsift.errors import ConfigError, ProtocolError
 from qsift.model import (
     Answer,
@@ -192,7 +193,7 @@ class _Session:
             await asyncio.wait_for(self.writer.wait_closed(), 1.0)
 
     def _tempfail(self, status: str, text: str) -> Reply:
-        return Reply.tempfail(status, f"{text} ({self.where})")
+        return Row.DOWNSTREAM_TROUBLE.relay(451, status, text=text, where=self.where)
 
     async def _send(self, data: bytes, seconds: float) -> None:
         assert self.writer is not None
@@ -281,16 +282,15 @@ class _Session:
                 sender, envelope.mail_params, self.caps, size=self.spool.size, smtputf8=needs_utf8
             )
         except wire.UnsupportedByServer:
-            text = f"non-ASCII address, and the downstream MTA has no SMTPUTF8 ({self.where})"
-            return self._refuse_all(batch, Reply.reject("5.6.7", text, smtp_code=553))
+            return self._refuse_all(batch, Row.NO_SMTPUTF8_DOWNSTREAM.reply(where=self.where))
         except ValueError as exc:
-            return self._refuse_all(batch, Reply.reject("5.1.7", f"sender cannot be forwarded: {exc}", 553))
+            return self._refuse_all(batch, Row.SENDER_NOT_FORWARDABLE.reply(error=exc))
         rcpts: list[tuple[int, bytes]] = []
         for index, address in zip(batch, addresses, strict=True):
             try:
                 rcpts.append((index, wire.rcpt_to(address, envelope.recipients[index].params, self.caps)))
             except ValueError as exc:
-                self.results[index] = Reply.reject("5.1.3", f"recipient cannot be forwarded: {exc}", 553)
+                self.results[index] = Row.RECIPIENT_NOT_FORWARDABLE.reply(error=exc)
                 self.refused_here.add(index)
         return (mail, rcpts) if rcpts else (b"", [])
 
@@ -382,8 +382,8 @@ class _Session:
         if reply.positive or not (reply.transient or reply.permanent):
             # A 2xx/3xx where a refusal was due cannot be trusted either way.
             return self._tempfail("4.5.0", f"unexpected reply {reply.line()}")
-        answer = reply_from_smtp(reply.code, reply.text)
-        return Reply(answer.answer, answer.smtp_code, answer.enhanced_status, f"{answer.text} ({self.where})")
+        said = reply_from_smtp(reply.code, reply.text)
+        return replace(said, text=f"{said.text} ({self.where})")
 
     async def _abandon(self, pipelined: bool) -> None:
         """No recipient was accepted: close the transaction without a message."""
@@ -432,5 +432,4 @@ class _Session:
             return self._not_positive(reply)
         if self.queued_as is None:
             self.queued_as = reply.line()
-        answer = reply_from_smtp(reply.code, reply.text)
-        return Reply(answer.answer, answer.smtp_code, answer.enhanced_status, answer.text)
+        return reply_from_smtp(reply.code, reply.text)

@@ -13,6 +13,7 @@ import contextlib
 import time
 from dataclasses import dataclass
 
+from qsift.answers import Row, reply_for_error
 from qsift.config import Listener
 from qsift.errors import ClientTimeout, QsiftError, SpoolError, TooManyConnections
 from qsift.listen.admission import ConnectionsPerClient, SessionSlots, client_allowed
@@ -23,14 +24,13 @@ from qsift.listen.session import (
     log_outcome,
     peer_ip,
     read_within,
-    reply_for_error,
 )
 from qsift.model import Envelope, Recipient, Reply, address_from_bytes
 from qsift.observe import metrics
 from qsift.observe.log import logger
 from qsift.pipeline import Pipeline
 from qsift.spool import MessageSpool
-from qsift.wire import netstring, qmqp
+from qsift.wire import qmqp
 
 READ_SIZE = 64 * 1024
 
@@ -54,7 +54,7 @@ class QmqpListener:
         try:
             if not client_allowed(client, self.listener.acl):
                 logger.warning("QMQP: access denied to [%s] on %s", client, self.listener.name)
-                await _answer_before_the_request(reader, writer, Reply.tempfail("4.7.1", "access denied"))
+                await _answer_before_the_request(reader, writer, Row.ACCESS_DENIED.reply())
                 return
             with self.clients.connection(client):
                 await self._serve(reader, writer, client)
@@ -175,7 +175,7 @@ class QmqpListener:
 
 async def _answer(writer: asyncio.StreamWriter, reply: Reply) -> None:
     with contextlib.suppress(ConnectionError, OSError):
-        writer.write(netstring.encode(reply.qmqp_text()))
+        writer.write(qmqp.encode_response(reply.answer.value, reply.qmqp_text()))
         await writer.drain()
 
 

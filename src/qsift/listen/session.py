@@ -1,4 +1,4 @@
-"""What every listener's session needs: time limits, the peer, errors as answers, a client-gone watch."""
+"""What every listener's session needs: time limits, the peer, the summary log line, a client-gone watch."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import TypeVar
 
-from qsift.errors import ClientTimeout, QsiftError
-from qsift.model import Answer, Envelope, Outcome, Recipient, Reply
+from qsift.errors import ClientTimeout
+from qsift.model import Envelope, Outcome, Recipient
 from qsift.observe.log import SUMMARY, logger, message_id, summary_line
 from qsift.spool import MessageSpool
 
@@ -73,12 +73,6 @@ async def read_within(step: Awaitable[T], silence: float, deadline: Deadline, *,
         if loop.time() >= deadline.at:
             raise ClientTimeout(f"{deadline.what} not complete within {deadline.seconds:.0f} s") from None
         raise ClientTimeout(f"{what} silent for {silence:.0f} s") from None
-
-
-def reply_for_error(error: QsiftError) -> Reply:
-    """The answer an error class declares for itself (errors.py)."""
-    answer = Answer(error.qmqp_reply)
-    return Reply(answer, error.smtp_code, error.enhanced_status, str(error) or type(error).__name__)
 
 
 def log_outcome(outcome: Outcome, envelope: Envelope, spool: MessageSpool, started: float) -> None:

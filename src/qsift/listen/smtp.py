@@ -21,6 +21,7 @@ import contextlib
 import time
 from dataclasses import dataclass, replace
 
+from qsift.answers import Row, reply_for_error
 from qsift.config import Listener
 from qsift.errors import ClientTimeout, SpoolError, TooBusy, TooManyConnections
 from qsift.listen.admission import ConnectionsPerClient, SessionSlots, client_allowed, xforward_allowed
@@ -31,7 +32,6 @@ from qsift.listen.session import (
     peer_ip,
     read_with_limits,
     read_within,
-    reply_for_error,
 )
 from qsift.model import Answer, Envelope, Outcome, Recipient, Reply, address_from_bytes
 from qsift.observe import metrics
@@ -74,7 +74,7 @@ class SmtpListener:
         try:
             if not client_allowed(client, self.listener.acl):
                 logger.warning("%s: access denied to [%s] on %s", proto, client, self.listener.name)
-                conn.reject_connection(Reply.tempfail("4.7.1", "access denied", smtp_code=421))
+                conn.reject_connection(Row.ACCESS_DENIED.reply())
                 await _flush(writer, conn)
                 return
             try:
@@ -181,7 +181,7 @@ class _Session:
             await self.slot.enter_async_context(self.owner.slots.slot())
         except TooBusy as exc:
             # Said to DATA itself, before the client sends content we would not use.
-            self.conn.refuse_data(Reply.tempfail(exc.enhanced_status, str(exc)))
+            self.conn.refuse_data(reply_for_error(exc))
             return
         self.deadline = Deadline.after(limits.request_timeout, "message content")
         self.spool = MessageSpool(self.owner.spool_dir, limits.memory_spool)
@@ -229,7 +229,7 @@ class _Session:
 
     def _refusal(self, end: wire.DataEnd) -> Reply | None:
         if end.too_big:
-            return Reply.reject("5.3.4", "message too big", smtp_code=552)
+            return Row.TOO_BIG.reply()
         if self.spool_failure is not None:
             return reply_for_error(self.spool_failure)
         return None
@@ -255,12 +255,12 @@ def _per_recipient(outcome: Outcome, recipients: tuple[Recipient, ...]) -> list[
             reply = (
                 outcome.reply
                 if outcome.reply.answer is Answer.ACCEPT
-                else Reply(Answer.ACCEPT, 250, "2.0.0", f"Ok, id={outcome.mail_id}, already delivered")
+                else Row.ALREADY_DELIVERED.reply(mail_id=outcome.mail_id)
             )
         elif reply.answer is Answer.ACCEPT and f"id={outcome.mail_id}" not in reply.text:
             # The downstream's own words ("Ok: queued as X"), said with our mail_id; a reply of ours
             # (discarded, bounced) has it already.
-            reply = Reply(Answer.ACCEPT, 250, "2.0.0", f"Ok, id={outcome.mail_id}, {reply.text}")
+            reply = Row.DELIVERED_TO_RECIPIENT.reply(mail_id=outcome.mail_id, downstream=reply.text)
         replies.append(reply)
     return replies
 

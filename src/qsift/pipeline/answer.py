@@ -11,10 +11,16 @@ LMTP answers each recipient with its own result, so there a rejected recipient i
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import replace
 
+from qsift.answers import Row
 from qsift.model import Answer, Disposition, Envelope, ForwardResult, Outcome, RecipientResult, Reply
+from qsift.policy.destiny import Destiny
+
+#: The destinies a reply names, in the order it names them.
+_REPORTED = (Destiny.REJECT, Destiny.BOUNCE, Destiny.DISCARD)
 
 
 def decide(mail_id: str, envelope: Envelope, result: ForwardResult, already_delivered: int = 0) -> Outcome:
@@ -23,38 +29,62 @@ def decide(mail_id: str, envelope: Envelope, result: ForwardResult, already_deli
     temp = [r for r in results if r.reply.answer is Answer.TEMPFAIL]
     rejected = [r for r in results if r.reply.answer is Answer.REJECT]
     accepted = len(results) - len(temp) - len(rejected) + already_delivered
-    via = f"from MTA({result.method})"
     if temp:
         first = temp[0].reply
-        reply = Reply(
-            Answer.TEMPFAIL,
-            first.smtp_code if 400 <= first.smtp_code < 500 else 451,
-            first.enhanced_status,
-            f"id={mail_id} - forward failed, {via}: {first.smtp_code} {first.enhanced_status} {first.text}",
+        reply = Row.FORWARD_FAILED.relay(
+            first.smtp_code, first.enhanced_status, **_relayed(mail_id, result, first)
         )
         kept: tuple[str, ...] = (f"{accepted} delivered, kept for the retry",) if accepted else ()
         return Outcome(mail_id, reply, Disposition.TEMPFAILED, per_recipient=results, notes=kept)
     if rejected and not accepted:
         first = rejected[0].reply
-        by = f"rejected by next-hop MTA, {via}"
-        if not rejected[0].from_downstream:
-            by = f"refused by qsift, not sent to MTA({result.method})"
-        reply = Reply(
-            Answer.REJECT,
-            first.smtp_code,
-            first.enhanced_status,
-            f"id={mail_id} - {by}: {first.smtp_code} {first.enhanced_status} {first.text}",
-        )
+        row = Row.REJECTED_DOWNSTREAM if rejected[0].from_downstream else Row.REFUSED_BY_QSIFT
+        reply = row.relay(first.smtp_code, first.enhanced_status, **_relayed(mail_id, result, first))
         return Outcome(mail_id, reply, Disposition.BLOCKED, per_recipient=results)
-    text = f"Ok, id={mail_id}, {via}: {result.queued_as or 'accepted'}"
-    notes: tuple[str, ...] = ()
-    if rejected:
-        text += f", but {len(rejected)} REJECT"
-        notes = tuple(_rejection_note(r) for r in rejected)
-    reply = Reply(Answer.ACCEPT, 250, "2.0.0", text)
     return Outcome(
-        mail_id, reply, Disposition.PASSED, per_recipient=results, queued_as=result.queued_as, notes=notes
+        mail_id,
+        _delivered(mail_id, result.method, result.queued_as, results, Counter()),
+        Disposition.PASSED,
+        per_recipient=results,
+        queued_as=result.queued_as,
+        method=result.method,
+        notes=tuple(_rejection_note(r) for r in rejected),
     )
+
+
+def _relayed(mail_id: str, result: ForwardResult, reply: Reply) -> dict[str, object]:
+    """The fields of a row that passes on what the downstream said for the first recipient."""
+    return {
+        "mail_id": mail_id,
+        "method": result.method,
+        "code": reply.smtp_code,
+        "status": reply.enhanced_status,
+        "text": reply.text,
+    }
+
+
+def _delivered(
+    mail_id: str,
+    method: str,
+    queued_as: str | None,
+    forwarded: Sequence[RecipientResult],
+    blocked: Counter[Destiny],
+) -> Reply:
+    """K for a message delivered to some recipients, naming what became of the others: those the
+    downstream refused and those the policy rejected, bounced or discarded."""
+    refused = sum(1 for r in forwarded if r.reply.answer is Answer.REJECT)
+    others = _summary(blocked + Counter({Destiny.REJECT: refused}))
+    return Row.DELIVERED.reply(
+        mail_id=mail_id,
+        method=method,
+        queued_as=queued_as or "accepted",
+        others=f", but {others}" if others else "",
+    )
+
+
+def _summary(counts: Counter[Destiny]) -> str:
+    """What the policy did to recipients, for a reply: "1 REJECT, 2 DISCARD"."""
+    return ", ".join(f"{counts[d]} {d.name}" for d in _REPORTED if counts[d])
 
 
 def _rejection_note(result: RecipientResult) -> str:
@@ -66,11 +96,11 @@ def combine(
     mail_id: str,
     forwarded: Outcome | None,
     blocked: Sequence[Outcome],
-    counts: dict[str, int],
+    counts: Counter[Destiny],
 ) -> Outcome:
     """The answer for a message some of whose recipients were forwarded (`forwarded`, None if none were)
     and the others blocked (`blocked`: one outcome per group, as the policy acted on it). `counts` says
-    how many recipients were rejected, bounced and discarded by policy, for the reply text."""
+    how many recipients the policy rejected, bounced and discarded, for the reply text."""
     per_recipient = tuple(
         r for outcome in (forwarded, *blocked) if outcome is not None for r in outcome.per_recipient
     )
@@ -83,16 +113,11 @@ def combine(
         first = refusals[0] if refusals else forwarded
         if first is not None and first.reply.answer is Answer.REJECT:
             return replace(first, per_recipient=per_recipient, notes=notes)
-    summary = ", ".join(f"{n} {word}" for word, n in counts.items() if n)
     if forwarded is not None:
         # Delivered to some: K, with what became of the others in the text.
-        text = forwarded.reply.text + (f", but {summary}" if summary else "")
-        if ", but " in forwarded.reply.text and summary:
-            text = f"{forwarded.reply.text}, {summary}"
-        reply = replace(forwarded.reply, text=text)
+        reply = _delivered(mail_id, forwarded.method, forwarded.queued_as, forwarded.per_recipient, counts)
         return replace(forwarded, reply=reply, per_recipient=per_recipient, notes=notes)
     if len(blocked) == 1:
         return replace(blocked[0], per_recipient=per_recipient, notes=notes)
-    first = blocked[0]
-    reply = Reply(Answer.ACCEPT, 250, "2.5.0", f"Ok, id={mail_id}, {summary}")
-    return replace(first, reply=reply, per_recipient=per_recipient, notes=notes)
+    reply = Row.NONE_DELIVERED.reply(mail_id=mail_id, others=_summary(counts))
+    return replace(blocked[0], reply=reply, per_recipient=per_recipient, notes=notes)

@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import os
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Protocol
 
 from qsift.act.notices import Notices
+from qsift.answers import Row
 from qsift.checks.content import Verdict
-from qsift.model import Answer, Category, Disposition, Envelope, Outcome, RecipientResult, Reply
+from qsift.model import Answer, Category, Disposition, Envelope, Outcome, RecipientResult
 from qsift.observe import metrics
 from qsift.observe.log import logger
 from qsift.pipeline.inflight import InFlight
@@ -81,7 +83,7 @@ async def reject_bounce_or_discard(
     blocked: list[Decision],
     delivered: bool,
     forwarded: Outcome | None,
-) -> tuple[list[Outcome], dict[str, int]]:
+) -> tuple[list[Outcome], Counter[Destiny]]:
     """Reject, bounce or discard the blocked recipients, by groups of the same category."""
     lmtp = message.envelope.protocol == "LMTP"
     refused_whole = (
@@ -92,10 +94,10 @@ async def reject_bounce_or_discard(
             or (forwarded is not None and forwarded.reply.answer is Answer.REJECT)
         )
     )
-    counts = {"REJECT": 0, "BOUNCE": 0, "DISCARD": 0}
+    counts: Counter[Destiny] = Counter()
     outcomes = []
     for (destiny, _, cutoff), group in _groups(blocked).items():
-        counts[destiny.name] += len(group)
+        counts[destiny] += len(group)
         view = group[0].view
         envelope = replace(message.envelope, recipients=tuple(d.recipient for d in group))
         if (destiny is Destiny.REJECT and (lmtp or refused_whole)) or (
@@ -153,12 +155,12 @@ def _keeps(policy: Policy, decision: Decision) -> bool:
 
 
 def _rejected(mail_id: str, view: Verdict, group: list[Decision]) -> Outcome:
-    reply = Reply.reject("5.7.0", f"Reject, id={mail_id} - {view.reason()}")
+    reply = Row.REJECTED.reply(mail_id=mail_id, reason=view.reason())
     return _for_each(Outcome(mail_id, reply, Disposition.BLOCKED), group)
 
 
 def _discarded(mail_id: str, view: Verdict, group: list[Decision]) -> Outcome:
-    reply = Reply(Answer.ACCEPT, 250, "2.7.0", f"Ok, discarded, id={mail_id} - {view.reason()}")
+    reply = Row.DISCARDED.reply(mail_id=mail_id, reason=view.reason())
     return _for_each(Outcome(mail_id, reply, Disposition.BLOCKED), group)
 
 

@@ -14,7 +14,8 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from qsift.model import Answer, Disposition, Outcome, Recipient, RecipientResult, Reply
+from qsift.answers import Row
+from qsift.model import Disposition, Outcome, Recipient, RecipientResult
 
 #: Writes delivery keys to the outcome record with the reply they got; never raises.
 Record = Callable[[Sequence[str], str], Awaitable[None]]
@@ -48,13 +49,10 @@ class Deliveries:
         rest = [r for r in owed if r.address not in self.accepted]
         delivered = tuple(self.accepted.values())
         if not rest:
-            text = f"Ok, id={mail_id}, delivered (an internal error followed: {error})"
-            reply = Reply(Answer.ACCEPT, 250, "2.0.0", text)
+            reply = Row.DELIVERED_THEN_ERROR.reply(mail_id=mail_id, error=error)
             return Outcome(mail_id, reply, Disposition.PASSED, per_recipient=delivered)
-        text = (
-            f"id={mail_id} - internal error after {len(delivered)} of {len(owed)} recipients were "
-            f"delivered, the others are kept for the retry: {error}"
+        reply = Row.ERROR_AFTER_SOME_DELIVERED.reply(
+            mail_id=mail_id, delivered=len(delivered), owed=len(owed), error=error
         )
-        reply = Reply.tempfail("4.3.0", text)
         held = tuple(RecipientResult(r, reply) for r in rest)
         return Outcome(mail_id, reply, Disposition.TEMPFAILED, per_recipient=delivered + held)

@@ -26,6 +26,7 @@ from qsift.act.forward import Forwarder
 from qsift.act.headers import EditedMessage, edit_message, header_fields, subject_tag
 from qsift.act.long_lines import FittedMessage, plan_fit
 from qsift.act.notices import Notices
+from qsift.answers import Row, reply_for_error
 from qsift.checks.content import CheckSettings, Verdict, inspect
 from qsift.checks.headers import header_section
 from qsift.checks.scanner_set import ScannerSet
@@ -39,7 +40,6 @@ from qsift.model import (
     Outcome,
     Recipient,
     RecipientResult,
-    Reply,
 )
 from qsift.observe import metrics
 from qsift.observe.log import logger
@@ -138,7 +138,7 @@ class Pipeline:
                 "id=%s %d messages in progress (max_servers): try later", mail_id, self.max_in_progress
             )
             metrics.busy(envelope.listener)
-            reply = Reply.tempfail("4.3.2", f"id={mail_id} - too busy, try later", smtp_code=451)
+            reply = Row.TOO_BUSY_IN_WORKER.reply(mail_id=mail_id)
             return Outcome(mail_id, reply, Disposition.TEMPFAILED)
         try:
             return await self._handle(envelope, spool, client_gone)
@@ -231,7 +231,7 @@ class Pipeline:
             verdict, virus_scanned = await self._check(message, owed)
         except ScannerFailure as exc:
             logger.error("id=%s %s; the message is held back (try later)", mail_id, exc)
-            reply = Reply.tempfail(exc.enhanced_status, f"id={mail_id} - {exc}")
+            reply = reply_for_error(exc, mail_id=mail_id)
             metrics.message_fate(Category.UNCHECKED.value, "tempfail", len(owed))
             return Outcome(mail_id, reply, Disposition.TEMPFAILED, category="UNCHECKED")
         if verdict is None:
@@ -258,7 +258,7 @@ class Pipeline:
         except SpoolError as exc:
             # Not delivered and not kept: the client must keep it (DESIGN.md: nothing is lost).
             logger.error("id=%s cannot quarantine: %s", mail_id, exc)
-            reply = Reply.tempfail("4.3.0", f"id={mail_id} - cannot quarantine: {exc}")
+            reply = Row.QUARANTINE_FAILED.reply(mail_id=mail_id, error=exc)
             held = Outcome(mail_id, reply, Disposition.TEMPFAILED, category=category)
             _count_fates(held, _fates(decisions))
             return held
@@ -447,12 +447,7 @@ async def _off_the_loop_if_large(
 
 
 def _duplicate(mail_id: str, record: OutcomeRecord) -> Outcome:
-    reply = Reply(
-        Answer.ACCEPT,
-        250,
-        "2.0.0",
-        f"Ok, id={mail_id}, already delivered as id={record.mail_id} (identical retry, not forwarded again)",
-    )
+    reply = Row.DUPLICATE.reply(mail_id=mail_id, earlier=record.mail_id)
     return Outcome(mail_id, reply, Disposition.DUPLICATE)
 
 

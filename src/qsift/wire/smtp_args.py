@@ -13,6 +13,7 @@ import ipaddress
 import re
 from dataclasses import dataclass
 
+from qsift.answers import Row
 from qsift.model import Params
 
 _KEYWORD = re.compile(rb"[A-Za-z0-9][A-Za-z0-9-]*\Z")
@@ -29,6 +30,12 @@ class ArgumentError:
     code: int
     status: str
     text: str
+
+    @classmethod
+    def of(cls, row: Row) -> ArgumentError:
+        """A refusal that is a row of the answer table (policy, not syntax)."""
+        reply = row.reply()
+        return cls(reply.smtp_code, reply.enhanced_status, reply.text)
 
 
 def _has_control(data: bytes) -> bool:
@@ -175,12 +182,11 @@ def _check_8bit(address: bytes, *, smtputf8: bool, sender: bool) -> ArgumentErro
     if address.isascii():
         return None
     if not smtputf8:
-        return ArgumentError(553, "5.6.7", "Must declare SMTPUTF8 to send unicode address")
+        return ArgumentError.of(Row.UTF8_NOT_DECLARED)
     try:
         address.decode("utf-8")
     except UnicodeDecodeError:
-        what = "sender" if sender else "recipient"
-        return ArgumentError(553, "5.1.7" if sender else "5.1.3", f"Bad {what} address syntax: not UTF-8")
+        return ArgumentError.of(Row.SENDER_NOT_UTF8 if sender else Row.RECIPIENT_NOT_UTF8)
     return None
 
 

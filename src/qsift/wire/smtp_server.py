@@ -39,6 +39,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from qsift.answers import Row
 from qsift.model import Params, Reply
 from qsift.wire.smtp_args import (
     XFORWARD_ATTRIBUTES,
@@ -242,6 +243,10 @@ class SmtpServerConnection:
         if code >= 400:
             self._errors += 1
 
+    def _send_row(self, row: Row) -> None:
+        reply = row.reply()
+        self._send(reply.smtp_code, reply.enhanced_status, reply.text)
+
     def _check_data_pending(self, method: str) -> None:
         if self._state is not _State.DATA_PENDING:
             raise RuntimeError(f"{method} called while no DATA waits for a decision")
@@ -375,7 +380,7 @@ class SmtpServerConnection:
     def _do_xforward(self, arg: bytes) -> None:
         if not self.settings.xforward:
             # Postfix's smtpd to a host not in smtpd_authorized_xforward_hosts, word for word.
-            self._send(550, "5.7.0", "Error: insufficient authorization")
+            self._send_row(Row.XFORWARD_NOT_AUTHORIZED)
         elif not self._extended:
             # The client may send it once the EHLO (LHLO) reply offered it.
             self._send(503, "5.5.1", f"Send {'LHLO' if self.settings.lmtp else 'EHLO'} first")

@@ -6,7 +6,7 @@ import re
 
 from qsift.act.bounce import DsnBouncer
 from qsift.checks.content import Verdict
-from qsift.model import Category, Envelope, Finding, ForwardResult, Outcome, Recipient, Reply
+from qsift.model import Answer, Category, Envelope, Finding, ForwardResult, Outcome, Recipient, Reply
 from qsift.spool import MessageSpool
 
 
@@ -33,6 +33,6 @@ async def test_a_sender_nothing_can_be_sent_to_is_suppressed_not_raised() -> Non
         assert outcome.reply.smtp_code == 250 and "bounce.suppressed" in outcome.reply.text
         assert notifier.sent == 0
         # The same sender, for recipients a downstream refused: the outcome stands, no notice is tried.
-        before = Outcome("abcdefgh", Reply.tempfail("4.0.0", "x", 250), outcome.disposition)
+        before = Outcome("abcdefgh", Reply(Answer.TEMPFAIL, 250, "4.0.0", "x"), outcome.disposition)
         assert await bouncer.refused(before, envelope, [], spool) is before
         assert notifier.sent == 0

@@ -8,10 +8,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from qsift.model import Reply
+from qsift.model import Answer, Reply
 from qsift.wire import smtp_server as s
 
-OK = Reply.tempfail("2.0.0", "Ok, queued", smtp_code=250)
+OK = Reply(Answer.ACCEPT, 250, "2.0.0", "Ok, queued")
 
 
 def connect(**overrides: object) -> s.SmtpServerConnection:
@@ -128,7 +128,7 @@ def test_lmtp_answers_once_per_recipient() -> None:
     assert isinstance(events[-2], s.DataEnd)
     with pytest.raises(RuntimeError, match="needs 2 replies"):
         conn.answer_data([OK])
-    conn.answer_data([OK, Reply.reject("5.7.0", "Rejected: VIRUS Eicar\r\nnext")])
+    conn.answer_data([OK, Reply(Answer.REJECT, 554, "5.7.0", "Rejected: VIRUS Eicar\r\nnext")])
     assert conn.data_to_send() == b"250 2.0.0 Ok, queued\r\n554 5.7.0 Rejected: VIRUS Eicar  next\r\n"
 
 
@@ -271,14 +271,14 @@ def test_too_many_errors_closes_with_421() -> None:
 
 def test_reject_connection_instead_of_greeting() -> None:
     conn = s.SmtpServerConnection(s.ServerSettings(hostname="h"))
-    conn.reject_connection(Reply.tempfail("4.7.1", "access denied", smtp_code=421))
+    conn.reject_connection(Reply(Answer.TEMPFAIL, 421, "4.7.1", "access denied"))
     assert conn.data_to_send() == b"421 4.7.1 access denied\r\n"
     assert conn.closed and isinstance(conn.next_event(), s.ConnectionClosed)
 
 
 def test_reject_connection_after_greeting_only_closes() -> None:
     conn = connect()
-    conn.reject_connection(Reply.tempfail("4.3.2", "too busy", smtp_code=421))
+    conn.reject_connection(Reply(Answer.TEMPFAIL, 421, "4.3.2", "too busy"))
     assert conn.data_to_send() == b"" and conn.closed
 
 
@@ -383,7 +383,7 @@ def test_second_message_on_the_same_connection() -> None:
 
 # --- the application's decision on DATA ---------------------------------------------------------------
 
-BUSY = Reply.tempfail("4.3.2", "too busy, try later")
+BUSY = Reply(Answer.TEMPFAIL, 451, "4.3.2", "too busy, try later")
 PIPELINING_CLOSE = b"421 4.5.0 Improper use of SMTP command pipelining, closing connection\r\n"
 
 
