@@ -1,4 +1,4 @@
-"""Open containers: archives through libarchive, what it cannot read through 7-Zip, TNEF through tnefparse.
+"""Open containers: archives through libarchive, what it cannot read through 7-Zip, TNEF by decode/tnef.py.
 
 Each opener yields the members of one container as (name, blocks), the blocks an iterator of bytes, so
 the walker can count and bound every byte as it comes (bombs) instead of trusting sizes the archive
@@ -8,7 +8,7 @@ A member that cannot be read ends the container with `ContainerError`: `encrypte
 is needed, so the walker can say which kind of unchecked it is (amavisd-new's UNCHECKED-ENCRYPTED).
 
 Names from the message (the part's, the members') are data, never file names: libarchive, the standard
-library and tnefparse read from memory or from a file qsift named, and 7-Zip writes its members to its
+library and the TNEF reader read from memory or from a file qsift named, and 7-Zip writes its members to its
 standard output, never to disk.
 """
 
@@ -31,8 +31,8 @@ from dataclasses import dataclass
 from typing import IO
 
 import libarchive
-import tnefparse
 
+from qsift.decode import tnef
 from qsift.decode.filetype import MAGIC_BYTES
 
 #: Short types libarchive opens, with the format to ask it for ("all" lets it tell rar from rar5).
@@ -192,14 +192,13 @@ def _stream_blocks(kind: str, raw: IO[bytes]) -> Blocks:
 
 def _tnef(data: bytes) -> Members:
     try:
-        tnef = tnefparse.TNEF(data, do_checksum=False)
-    except Exception as exc:  # tnefparse raises plain ValueError/struct.error/IndexError on bad input
+        contents = tnef.read_attachments(data)
+    except tnef.TnefError as exc:
         raise ContainerError(f"TNEF: {exc}") from None
-    for attachment in tnef.attachments:
-        name = attachment.long_filename() or attachment.name
-        if isinstance(name, bytes):
-            name = name.decode("utf-8", "replace")
-        yield str(name or "attachment"), iter([bytes(attachment.data or b"")])
+    for attachment in contents.attachments:
+        yield attachment.name or "attachment", iter([attachment.data])
+    if contents.damage:
+        raise ContainerError(f"TNEF: {contents.damage}")
 
 
 def _seven_zip(name: str, data: bytes | None, path: str | None, directory: str, seconds: float) -> Members:
