@@ -210,7 +210,7 @@ def readable_by_others(path: str) -> bool:
 
 
 #: What `qsift serve` imports beyond the standard library (pyproject.toml's dependencies).
-RUNTIME_PACKAGES = ("qsift", "libarchive", "magic", "tnefparse", "prometheus_client")
+RUNTIME_PACKAGES = ("qsift", "libarchive", "magic", "prometheus_client")
 
 
 def qsift_for_others(base: Path) -> tuple[str, ...] | None:

@@ -26,7 +26,8 @@ from qsift.model import Category
 
 DATA = Path(__file__).parents[2] / "data" / "archives"
 CLAMAV_TESTFILES = Path("/usr/share/clamav-testfiles")
-CORPUS = Path(__file__).parents[4] / "shared" / "corpus"
+#: The shared corpus beside the checkout (/work/main), or where QSIFT_CORPUS says (a worktree elsewhere).
+CORPUS = Path(os.environ.get("QSIFT_CORPUS") or Path(__file__).parents[4] / "shared" / "corpus")
 #: A DOS program header, which libmagic calls "MS-DOS executable" (amavisd-new: exe-ms); harmless.
 EXE = b"MZ" + b"\x00" * 62 + b"\xcd\x20" * 100
 
