@@ -199,12 +199,11 @@ def _quarantine(args: argparse.Namespace) -> int:
 
 
 def _scan(path: str | None, messages: list[str], *, as_json: bool) -> int:
-    from qsift.checks.scanner_set import ScannerSet
+    from qsift.pipeline import build_pipeline
     from qsift.scan import run_scan
 
-    settings = _load(path)
-    scanners = ScannerSet.build(settings.virus, settings.spam, settings.tmp_dir or None)
-    return run_scan(messages, settings.check_settings(), scanners, as_json=as_json, out=sys.stdout)
+    pipeline = build_pipeline(_load(path), durable=False)
+    return run_scan(messages, pipeline.checks, as_json=as_json, out=sys.stdout)
 
 
 if __name__ == "__main__":

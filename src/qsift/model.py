@@ -56,6 +56,9 @@ class Envelope:
     mail_params: Params = ()
     #: The protocol the message came in by: QMQP, SMTP, ESMTP, LMTP.
     protocol: str = "QMQP"
+    #: The client hears each recipient's own reply after the data (LMTP, RFC 2033 §4.2), so a recipient
+    #: can be refused alone, whatever became of the others; else one reply answers for all.
+    replies_per_recipient: bool = False
     client_address: str | None = None
     #: The client's host name where it is known (XFORWARD NAME, qmail's TCPREMOTEHOST).
     client_name: str | None = None

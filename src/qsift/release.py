@@ -16,10 +16,10 @@ import time
 from collections.abc import Sequence
 from typing import TextIO
 
-from qsift.act.forward import make_forwarder
 from qsift.act.long_lines import fitted
 from qsift.config import Config
 from qsift.model import Answer, Envelope, Recipient
+from qsift.pipeline import build_pipeline
 from qsift.spool import MessageSpool
 from qsift.store.quarantine import Quarantine, QuarantineEntry
 
@@ -71,7 +71,7 @@ def release(config: Config, mail_id: str, recipients: Sequence[str], out: TextIO
             return 1
         targets = tuple(recipients) or original
         envelope = Envelope(sender, tuple(Recipient(r) for r in targets), protocol="ESMTP")
-        forwarder = make_forwarder(config.forward, config.myhostname)
+        forwarder = build_pipeline(config, durable=False).forwarder
         with MessageSpool.from_bytes(message) as spool:
             result = asyncio.run(forwarder.forward(envelope, fitted(spool)))
         delivered = [r.recipient.address for r in result.per_recipient if r.reply.answer is Answer.ACCEPT]

@@ -1,36 +1,30 @@
 """`qsift scan`: the daemon's content checks on message files, offline, with nothing delivered.
 
-For a postmaster asking "what would qsift make of this message?" and for tests: the same
-`check_message` the daemon runs, with the same configuration, printed for people or as JSON lines.
+For a postmaster asking "what would qsift make of this message?" and for tests: the checks of the
+pipeline the daemon runs (made by the same `build_pipeline`), with the same configuration, printed for
+people or as JSON lines.
 """
 
 from __future__ import annotations
 
 import asyncio
-import io
 import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from qsift.checks.content import CheckSettings, Verdict, check_message, inspect
-from qsift.checks.scanner_set import ScannerSet
+from qsift.checks.content import Verdict
 from qsift.decode.parts import Part
-from qsift.errors import ScannerFailure
-from qsift.model import Category, Finding
+from qsift.pipeline.checking import Checks
 
 
-def run_scan(
-    paths: Sequence[str], settings: CheckSettings, scanners: ScannerSet, *, as_json: bool, out: TextIO
-) -> int:
+def run_scan(paths: Sequence[str], checks: Checks, *, as_json: bool, out: TextIO) -> int:
     """Check each file and print its verdict; 0 unless a file could not be read (2)."""
-    return asyncio.run(_scan_all(paths, settings, scanners, as_json=as_json, out=out))
+    return asyncio.run(_scan_all(paths, checks, as_json=as_json, out=out))
 
 
-async def _scan_all(
-    paths: Sequence[str], settings: CheckSettings, scanners: ScannerSet, *, as_json: bool, out: TextIO
-) -> int:
+async def _scan_all(paths: Sequence[str], checks: Checks, *, as_json: bool, out: TextIO) -> int:
     status = 0
     try:
         for path in paths:
@@ -40,22 +34,10 @@ async def _scan_all(
                 print(f"qsift scan: {path}: {exc.strerror or exc}", file=sys.stderr)
                 status = 2
                 continue
-            _print(path, await _verdict(message, settings, scanners), as_json=as_json, out=out)
+            _print(path, await checks.offline(message), as_json=as_json, out=out)
     finally:
-        await scanners.close()
+        await checks.close()
     return status
-
-
-async def _verdict(message: bytes, settings: CheckSettings, scanners: ScannerSet) -> Verdict:
-    try:
-        return await inspect(
-            io.BytesIO(message), lambda: io.BytesIO(message), len(message), settings, scanners
-        )
-    except ScannerFailure as exc:
-        # The daemon would answer "try later"; offline, say what the decoder saw and why no more.
-        verdict = check_message(message, settings)
-        failure = Finding(Category.UNCHECKED, 0, str(exc))
-        return Verdict(verdict.parts, (*verdict.findings, failure))
 
 
 def _print(path: str, verdict: Verdict, *, as_json: bool, out: TextIO) -> None:

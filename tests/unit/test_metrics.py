@@ -308,26 +308,21 @@ def _message(attachment: str | None) -> bytes:
 def pipeline_main(directory: str, work: str) -> None:
     """One clean and one banned message through a real Pipeline (maildir forward, DSNs to a maildir,
     a quarantine); prints the summed metrics."""
-    import re as regex
-
-    from qsift.act.bounce import DsnBouncer
-    from qsift.act.maildir import MaildirForwarder
-    from qsift.checks.content import CheckSettings
+    from qsift.config import loads
     from qsift.model import Envelope, Recipient
-    from qsift.pipeline import Pipeline
+    from qsift.pipeline import build_pipeline
     from qsift.spool import MessageSpool
-    from qsift.store.quarantine import Quarantine
 
     metrics.setup(directory)
     from prometheus_client import CollectorRegistry, generate_latest
     from prometheus_client.multiprocess import MultiProcessCollector
 
-    quarantine = Quarantine(os.path.join(work, "quarantine"))
-    pipeline = Pipeline(
-        MaildirForwarder(os.path.join(work, "forward")),
-        checks=CheckSettings(),
-        bounce=DsnBouncer(MaildirForwarder(os.path.join(work, "dsn")), "localhost", regex.compile(".*")),
-        quarantine=quarantine,
+    forward, dsn = os.path.join(work, "forward"), os.path.join(work, "dsn")
+    pipeline = build_pipeline(
+        loads(
+            f'state_dir = "{work}"\nmyhostname = "localhost"\n[notify]\nmethod = "maildir:{dsn}"\n'
+            f'[forward]\nmethod = "maildir:{forward}"\n'
+        )
     )
 
     async def send(message: bytes) -> None:
@@ -337,7 +332,7 @@ def pipeline_main(directory: str, work: str) -> None:
 
     asyncio.run(send(_message(None)))
     asyncio.run(send(_message("invoice.exe")))
-    quarantine.close()
+    asyncio.run(pipeline.close())
     registry = CollectorRegistry()
     MultiProcessCollector(registry, directory)  # type: ignore[no-untyped-call]
     print(generate_latest(registry).decode())
@@ -346,14 +341,12 @@ def pipeline_main(directory: str, work: str) -> None:
 def refusal_main(directory: str, work: str) -> None:
     """A message the downstream takes for one recipient and refuses for the other: the sender's DSN for
     the refused one counts as a DSN sent."""
-    import re as regex
+    from dataclasses import replace
 
-    from qsift.act.bounce import DsnBouncer
-    from qsift.act.forward import SmtpForwarder
-    from qsift.act.maildir import MaildirForwarder
-    from qsift.config import Forward
+    from qsift.config import loads
     from qsift.model import Envelope, Recipient
-    from qsift.pipeline import Pipeline
+    from qsift.pipeline import build_pipeline
+    from qsift.pipeline.checking import NoChecks
     from qsift.spool import MessageSpool
     from tests.fakes.mta import Script, fake_mta
 
@@ -364,14 +357,15 @@ def refusal_main(directory: str, work: str) -> None:
     async def send() -> None:
         script = Script(rcpt_replies={"carol@example.net": "550 5.1.1 no such user"})
         async with fake_mta(script) as mta:
-            forward = SmtpForwarder(Forward(method=f"smtp:[127.0.0.1]:{mta.port}"), "localhost")
-            bouncer = DsnBouncer(
-                MaildirForwarder(os.path.join(work, "dsn")), "localhost", regex.compile(".*")
+            config = loads(
+                f'myhostname = "localhost"\n[notify]\nmethod = "maildir:{os.path.join(work, "dsn")}"\n'
+                f'[forward]\nmethod = "smtp:[127.0.0.1]:{mta.port}"\n'
             )
-            pipeline = Pipeline(forward, refusal_notice=bouncer.refused)
+            pipeline = replace(build_pipeline(config, durable=False), checks=NoChecks())
             recipients = (Recipient("bob@example.net"), Recipient("carol@example.net"))
             with MessageSpool.from_bytes(_message(None)) as spool:
                 outcome = await pipeline.handle(Envelope("alice@example.org", recipients), spool)
+            await pipeline.close()
             assert outcome.reply.answer.name == "ACCEPT", outcome
 
     asyncio.run(send())

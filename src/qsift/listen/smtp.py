@@ -211,6 +211,7 @@ class _Session:
             recipients=recipients,
             mail_params=end.mail_params,
             protocol="LMTP" if self.owner.lmtp else ("ESMTP" if self.extended else "SMTP"),
+            replies_per_recipient=self.owner.lmtp,
             client_address=client,
             client_name=name,
             helo=helo,

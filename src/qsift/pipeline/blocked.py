@@ -11,11 +11,10 @@ from __future__ import annotations
 import asyncio
 import os
 from collections import Counter
-from collections.abc import Callable
-from dataclasses import replace
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from typing import Protocol
 
-from qsift.act.notices import Notices
 from qsift.answers import Row
 from qsift.checks.content import Verdict
 from qsift.model import Answer, Category, Disposition, Envelope, Outcome, RecipientResult
@@ -35,59 +34,121 @@ class Bouncer(Protocol):
     ) -> Outcome: ...
 
 
-async def quarantine_once(
-    quarantine: Quarantine | None,
-    message: InFlight,
-    blocked: list[Decision],
-    *,
-    clock: Callable[[], float],
-    dedupe_window: float,
-) -> str:
-    """Keep a blocked message once if any blocked recipient's category is kept (and spam is under
-    that recipient's cutoff); the file's name, or ""."""
-    if quarantine is None:
+class NoBounces:
+    """No DSNs can be sent: a bounce acts as a discard."""
+
+    async def __call__(
+        self, verdict: Verdict, mail_id: str, envelope: Envelope, spool: MessageBody, dsn_cutoff: float
+    ) -> Outcome:
+        return _discarded(mail_id, verdict)
+
+
+class Notifier(Protocol):
+    async def admin(
+        self, verdict: Verdict, mail_id: str, envelope: Envelope, destiny: str, quarantine: str, admin: str
+    ) -> None: ...
+
+    async def recipients(
+        self, verdict: Verdict, mail_id: str, envelope: Envelope, quarantine: str, warned: Sequence[str]
+    ) -> None: ...
+
+
+class NoNotices:
+    """Nobody is told about blocked mail."""
+
+    async def admin(
+        self, verdict: Verdict, mail_id: str, envelope: Envelope, destiny: str, quarantine: str, admin: str
+    ) -> None:
+        pass
+
+    async def recipients(
+        self, verdict: Verdict, mail_id: str, envelope: Envelope, quarantine: str, warned: Sequence[str]
+    ) -> None:
+        pass
+
+
+class Keeper(Protocol):
+    async def keep_once(self, message: InFlight, blocked: list[Decision]) -> str:
+        """Keep a blocked message once if any blocked recipient's category is kept; the file's name, or ""."""
+        ...
+
+    def purge(self, older_than: float) -> int: ...
+
+    def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class QuarantineKeeper:
+    quarantine: Quarantine
+    #: A retry within this many seconds finds the copy it left and is not kept twice.
+    dedupe_window: float
+    clock: Callable[[], float]
+
+    async def keep_once(self, message: InFlight, blocked: list[Decision]) -> str:
+        """Keep a blocked message once if any blocked recipient's category is kept (and spam is under
+        that recipient's cutoff); the file's name, or ""."""
+        kept = [d for d in blocked if _keeps(message.policy, d)]
+        if not kept:
+            return ""
+        view = kept[0].view
+        addresses = [d.recipient.address for d in kept]
+        sender = message.envelope.sender
+        since = self.clock() - self.dedupe_window
+        earlier = await asyncio.to_thread(self.quarantine.kept_before, message.fingerprint, sender, since)
+        if (
+            earlier is not None
+            and earlier.category == view.category.value
+            and set(addresses) <= set(earlier.recipients)
+        ):
+            logger.info(
+                "id=%s a retry of %s: kept already as %s", message.mail_id, earlier.mail_id, earlier.file
+            )
+            return os.path.basename(earlier.file)
+        entry = await asyncio.to_thread(
+            self.quarantine.store,
+            message.mail_id,
+            view.category.value,
+            view.reason(),
+            sender,
+            addresses,
+            message.body.chunks(),
+            self.clock(),
+            message.fingerprint,
+        )
+        metrics.quarantined(view.category.value)
+        return os.path.basename(entry.file)
+
+    def purge(self, older_than: float) -> int:
+        return self.quarantine.purge(older_than)
+
+    def close(self) -> None:
+        self.quarantine.close()
+
+
+class NoQuarantine:
+    """Blocked mail is kept nowhere."""
+
+    async def keep_once(self, message: InFlight, blocked: list[Decision]) -> str:
         return ""
-    kept = [d for d in blocked if _keeps(message.policy, d)]
-    if not kept:
-        return ""
-    view = kept[0].view
-    addresses = [d.recipient.address for d in kept]
-    sender = message.envelope.sender
-    since = clock() - dedupe_window
-    earlier = await asyncio.to_thread(quarantine.kept_before, message.fingerprint, sender, since)
-    if (
-        earlier is not None
-        and earlier.category == view.category.value
-        and set(addresses) <= set(earlier.recipients)
-    ):
-        logger.info("id=%s a retry of %s: kept already as %s", message.mail_id, earlier.mail_id, earlier.file)
-        return os.path.basename(earlier.file)
-    entry = await asyncio.to_thread(
-        quarantine.store,
-        message.mail_id,
-        view.category.value,
-        view.reason(),
-        sender,
-        addresses,
-        message.body.chunks(),
-        clock(),
-        message.fingerprint,
-    )
-    metrics.quarantined(view.category.value)
-    return os.path.basename(entry.file)
+
+    def purge(self, older_than: float) -> int:
+        return 0
+
+    def close(self) -> None:
+        pass
 
 
 async def reject_bounce_or_discard(
-    bounce: Bouncer | None,
+    bounce: Bouncer,
     message: InFlight,
     blocked: list[Decision],
     delivered: bool,
     forwarded: Outcome | None,
 ) -> tuple[list[Outcome], Counter[Destiny]]:
     """Reject, bounce or discard the blocked recipients, by groups of the same category."""
-    lmtp = message.envelope.protocol == "LMTP"
+    one_by_one = message.envelope.replies_per_recipient
     refused_whole = (
-        not lmtp
+        not one_by_one
         and not delivered
         and (
             any(d.destiny is Destiny.REJECT for d in blocked)
@@ -100,24 +161,24 @@ async def reject_bounce_or_discard(
         counts[destiny] += len(group)
         view = group[0].view
         envelope = replace(message.envelope, recipients=tuple(d.recipient for d in group))
-        if (destiny is Destiny.REJECT and (lmtp or refused_whole)) or (
+        if (destiny is Destiny.REJECT and (one_by_one or refused_whole)) or (
             destiny is Destiny.BOUNCE and refused_whole
         ):
             outcomes.append(_rejected(message.mail_id, view, group))
-        elif destiny in (Destiny.REJECT, Destiny.BOUNCE) and bounce is not None:
+        elif destiny in (Destiny.REJECT, Destiny.BOUNCE):
             # A rejection among delivered recipients can only be told by a DSN (amavisd-new's way).
             bounced = await bounce(view, message.mail_id, envelope, message.body, cutoff)
             outcomes.append(_for_each(bounced, group))
         else:
-            outcomes.append(_discarded(message.mail_id, view, group))
+            outcomes.append(_for_each(_discarded(message.mail_id, view), group))
     return outcomes, counts
 
 
 async def send_notices(
-    notices: Notices | None, message: InFlight, blocked: list[Decision], quarantined: str
+    notices: Notifier, message: InFlight, blocked: list[Decision], quarantined: str
 ) -> None:
     """Tell each category's admin and its warned local recipients about the blocked mail."""
-    if notices is None or not blocked:
+    if not blocked:
         return
     policy = message.policy
     envelope = replace(message.envelope, client_address=message.client.client.ip or None)
@@ -159,9 +220,9 @@ def _rejected(mail_id: str, view: Verdict, group: list[Decision]) -> Outcome:
     return _for_each(Outcome(mail_id, reply, Disposition.BLOCKED), group)
 
 
-def _discarded(mail_id: str, view: Verdict, group: list[Decision]) -> Outcome:
+def _discarded(mail_id: str, view: Verdict) -> Outcome:
     reply = Row.DISCARDED.reply(mail_id=mail_id, reason=view.reason())
-    return _for_each(Outcome(mail_id, reply, Disposition.BLOCKED), group)
+    return Outcome(mail_id, reply, Disposition.BLOCKED)
 
 
 def _for_each(outcome: Outcome, group: list[Decision]) -> Outcome:

@@ -18,18 +18,16 @@ import asyncio
 import secrets
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, replace
 from typing import ParamSpec, Protocol, TypeVar
 
 from qsift.act.forward import Forwarder
 from qsift.act.headers import EditedMessage, edit_message, header_fields, subject_tag
 from qsift.act.long_lines import FittedMessage, plan_fit
-from qsift.act.notices import Notices
 from qsift.answers import Row, reply_for_error
-from qsift.checks.content import CheckSettings, Verdict, inspect
+from qsift.checks.content import Verdict
 from qsift.checks.headers import header_section
-from qsift.checks.scanner_set import ScannerSet
 from qsift.errors import ScannerFailure, SpoolError
 from qsift.model import (
     Answer,
@@ -39,21 +37,22 @@ from qsift.model import (
     ForwardResult,
     Outcome,
     Recipient,
-    RecipientResult,
 )
 from qsift.observe import metrics
 from qsift.observe.log import logger
 from qsift.pipeline.answer import combine, decide
-from qsift.pipeline.blocked import Bouncer, quarantine_once, reject_bounce_or_discard, send_notices
+from qsift.pipeline.blocked import Bouncer, Keeper, Notifier, reject_bounce_or_discard, send_notices
+from qsift.pipeline.checking import Checks
 from qsift.pipeline.client import client_fields
 from qsift.pipeline.deliveries import Deliveries
 from qsift.pipeline.inflight import InFlight
+from qsift.pipeline.parts import OutcomeLedger, RefusalNotice
+from qsift.pipeline.slots import MessageSlots
 from qsift.policy.bank import Policies
 from qsift.policy.destiny import Destiny
 from qsift.policy.recipients import Decision, decide_recipients
 from qsift.spool import MessageBody, MessageSpool
-from qsift.store.outcomes import OutcomeRecord, OutcomeStore, body_fingerprint, delivery_key
-from qsift.store.quarantine import Quarantine
+from qsift.store.outcomes import OutcomeRecord, body_fingerprint, delivery_key
 from qsift.wire import mark
 from qsift.wire.long_lines import LongLineFinder
 
@@ -63,12 +62,6 @@ _T = TypeVar("_T")
 _HASH_INLINE = 256 * 1024
 #: How much of the message is searched for the header fields the pipeline reads (X-Qsift-Client).
 _HEAD = 256 * 1024
-
-
-class RefusalNotice(Protocol):
-    async def __call__(
-        self, outcome: Outcome, envelope: Envelope, refused: list[RecipientResult], spool: MessageBody
-    ) -> Outcome: ...
 
 
 def new_mail_id() -> str:
@@ -81,61 +74,55 @@ def new_mail_id() -> str:
     return mail_id
 
 
-@dataclass
+@dataclass(frozen=True)
 class Pipeline:
+    """Carries each message to a certain outcome. Made by `build_pipeline` (build.py); a part a setup goes
+    without is a null object (no checks, no quarantine, no outcome record), never a branch here."""
+
     forwarder: Forwarder
-    outcomes: OutcomeStore | None = None
-    dedupe_window: float = 3600.0
-    clock: Callable[[], float] = field(default=time.time)
-    #: None: no content checks (every message CLEAN), for forward-only setups and tests.
-    checks: CheckSettings | None = None
-    #: The virus and spam scanners (None or empty: none configured).
-    scanners: ScannerSet | None = None
+    #: The decoder's checks and the scanners, or none (every message CLEAN).
+    checks: Checks
     #: The base policy and the banks (destinies, levels, lovers, quarantine switches, admins).
-    policies: Policies = field(default_factory=lambda: Policies({}))
-    #: Sends the DSN for bounced recipients and says what to answer; None: bounce acts as discard.
-    bounce: Bouncer | None = None
+    policies: Policies
+    #: Delivered recipients, to answer a retry without delivering twice.
+    outcomes: OutcomeLedger
+    #: Where blocked messages of the kept categories go.
+    quarantine: Keeper
+    #: Sends the DSN for bounced recipients and says what to answer.
+    bounce: Bouncer
     #: Tells the postmaster (and warned recipients) about blocked mail.
-    notices: Notices | None = None
+    notices: Notifier
     #: Tells the sender about recipients the downstream refused while others took the message (a DSN).
-    refusal_notice: RefusalNotice | None = None
-    #: Named in X-Virus-Scanned.
-    hostname: str = "localhost"
-    #: Where blocked messages of the kept categories go; None: nowhere.
-    quarantine: Quarantine | None = None
+    refusal_notice: RefusalNotice
+    #: This process's share of max_servers, and the messages it took so far.
+    slots: MessageSlots
     #: Verifies qsift-queue's X-Qsift-Client field; None: no field is believed.
-    client_key: bytes | None = None
-    #: Makes and checks the X-Qsift-Scanned mark; None: no mark.
-    mark_key: bytes | None = None
-    #: Whether passed mail gets the mark, and marked mail passes unscanned (needs `mark_key`).
-    marking: bool = True
-    #: Messages in progress at once in this process (its share of max_servers); past it, a message
-    #: waits up to `busy_wait` seconds, then hears "too busy, try later".
-    max_in_progress: int = 1_000_000
-    busy_wait: float = 10.0
-    #: Messages handed to this pipeline so far (max_requests counts them).
-    handled: int = field(default=0, init=False)
-    _slots: asyncio.Semaphore | None = field(default=None, init=False, repr=False)
+    client_key: bytes | None
+    #: Makes and checks the X-Qsift-Scanned mark; None: no mark ([mark] enabled = false).
+    mark_key: bytes | None
+    #: Named in X-Virus-Scanned.
+    hostname: str
+    dedupe_window: float
+    clock: Callable[[], float]
+
+    @property
+    def handled(self) -> int:
+        """Messages handed to this pipeline so far (max_requests counts them)."""
+        return self.slots.handled
 
     @property
     def full(self) -> bool:
-        """Every one of this process's `max_in_progress` slots is taken."""
-        return self._slots is not None and self._slots.locked()
+        """Every one of this process's message slots is taken."""
+        return self.slots.full
 
     async def handle(
         self, envelope: Envelope, spool: MessageSpool, client_gone: asyncio.Event | None = None
     ) -> Outcome:
         """Carry one message to a certain outcome; never raises for trouble downstream."""
-        self.handled += 1
-        if self._slots is None:
-            self._slots = asyncio.Semaphore(self.max_in_progress)
-        try:
-            async with asyncio.timeout(self.busy_wait):
-                await self._slots.acquire()
-        except TimeoutError:
+        if not await self.slots.take():
             mail_id = new_mail_id()
             logger.warning(
-                "id=%s %d messages in progress (max_servers): try later", mail_id, self.max_in_progress
+                "id=%s %d messages in progress (max_servers): try later", mail_id, self.slots.max_in_progress
             )
             metrics.busy(envelope.listener)
             reply = Row.TOO_BUSY_IN_WORKER.reply(mail_id=mail_id)
@@ -143,7 +130,13 @@ class Pipeline:
         try:
             return await self._handle(envelope, spool, client_gone)
         finally:
-            self._slots.release()
+            self.slots.give_back()
+
+    async def close(self) -> None:
+        """Close what the pipeline holds open: the outcome record, the quarantine, the scanners' sessions."""
+        self.outcomes.close()
+        self.quarantine.close()
+        await self.checks.close()
 
     async def _handle(
         self, envelope: Envelope, spool: MessageSpool, client_gone: asyncio.Event | None
@@ -155,7 +148,7 @@ class Pipeline:
         body: MessageBody = edit_message(spool, [], "", fields.ranges) if fields.ranges else spool
         # The mark's body digest and the search for long lines ride on the same read as the dedupe
         # fingerprint; a long line costs more reads (act/long_lines.py).
-        marking = mark.BodyDigest() if self.mark_key is not None and self.marking else None
+        marking = mark.BodyDigest() if self.mark_key is not None else None
         long_lines = LongLineFinder()
         chunks = _feeding(body.chunks(), long_lines, marking)
         digest = await _off_the_loop_if_large(body.size, body_fingerprint, chunks)
@@ -235,26 +228,13 @@ class Pipeline:
             metrics.message_fate(Category.UNCHECKED.value, "tempfail", len(owed))
             return Outcome(mail_id, reply, Disposition.TEMPFAILED, category="UNCHECKED")
         if verdict is None:
-            envelope = _outgoing(message, owed)
-            started = time.monotonic()
-            fitted = FittedMessage(message.body, message.fit)
-            result = await self.forwarder.forward(envelope, fitted, message.client_gone, deliveries)
-            metrics.stage_done("forward", started)
-            outcome = await self._after_forward(
-                message, decide(mail_id, message.envelope, result, already), "CLEAN"
-            )
-            if message.scanned_before:
-                outcome = replace(outcome, notes=(*outcome.notes, f"scanned here before ({mark.FIELD})"))
-            _count_fates(outcome, ((r, Category.CLEAN, Destiny.PASS) for r in owed))
-            return outcome
+            return await self._pass_unchecked(message, owed, already, deliveries)
         message = replace(message, virus_scanned=virus_scanned)
         decisions = decide_recipients(verdict, message.policy, owed, message.spool.size)
         category = _log_category(decisions)
         blocked = [d for d in decisions if d.blocked]
         try:
-            kept = await quarantine_once(
-                self.quarantine, message, blocked, clock=self.clock, dedupe_window=self.dedupe_window
-            )
+            kept = await self.quarantine.keep_once(message, blocked)
         except SpoolError as exc:
             # Not delivered and not kept: the client must keep it (DESIGN.md: nothing is lost).
             logger.error("id=%s cannot quarantine: %s", mail_id, exc)
@@ -263,7 +243,7 @@ class Pipeline:
             _count_fates(held, _fates(decisions))
             return held
         passing = [d for d in decisions if not d.blocked]
-        forwarded = await self._forward(message, passing, already, deliveries)
+        forwarded = await self._forward(message, self._edited_groups(message, passing), already, deliveries)
         if forwarded is not None:
             forwarded = await self._after_forward(message, forwarded, category)
         delivered = already > 0 or (forwarded is not None and forwarded.disposition is Disposition.PASSED)
@@ -282,35 +262,26 @@ class Pipeline:
     async def _check(self, message: InFlight, owed: tuple[Recipient, ...]) -> tuple[Verdict | None, bool]:
         """The verdict (None without content checks, or for mail this site scanned before), and whether a
         virus scanner took part."""
-        if self.checks is None or message.scanned_before:
+        if message.scanned_before:
             return None, False
-        addresses = tuple(r.address for r in owed)
-        scanners = self.scanners
-        if scanners is not None:
-            # A check every recipient bypasses is not run at all.
-            if message.policy.bypassed_by_all(Category.VIRUS, addresses):
-                scanners = replace(scanners, primary=[], backup=[])
-            if message.policy.bypassed_by_all(Category.SPAM, addresses):
-                scanners = replace(scanners, spam=None)
-        envelope, spool = message.envelope, message.spool
-        smtputf8 = any(key == "SMTPUTF8" for key, _ in envelope.mail_params)
-        # The copies for the scanners are made before the decoder's thread starts reading the spool.
-        copies = spool.independent_readers()
-        started = time.monotonic()
-        verdict = await inspect(spool.reader(), copies, spool.size, self.checks, scanners, smtputf8=smtputf8)
-        metrics.stage_done("checks", started)
-        for result in verdict.scanner_errors:
-            logger.warning("id=%s scanner %s", message.mail_id, result)
-        for finding in verdict.findings:
-            logger.info("id=%s %s: %s", message.mail_id, finding.category.log_word, finding.detail)
-        return verdict, bool(scanners and (scanners.primary or scanners.backup))
+        return await self.checks.verdict(message, owed)
 
-    async def _forward(
-        self, message: InFlight, passing: list[Decision], already: int, deliveries: Deliveries
-    ) -> Outcome | None:
-        """Forward to the passing recipients, one transaction per set of headers."""
-        if not passing:
-            return None
+    async def _pass_unchecked(
+        self, message: InFlight, owed: tuple[Recipient, ...], already: int, deliveries: Deliveries
+    ) -> Outcome:
+        """Mail nothing was checked on goes to every recipient as it came (but for X-Qsift-Client)."""
+        forwarded = await self._forward(message, {((), ""): list(owed)}, already, deliveries)
+        assert forwarded is not None  # a message owed to nobody was answered as a duplicate
+        outcome = await self._after_forward(message, forwarded, "CLEAN")
+        if message.scanned_before:
+            outcome = replace(outcome, notes=(*outcome.notes, f"scanned here before ({mark.FIELD})"))
+        _count_fates(outcome, ((r, Category.CLEAN, Destiny.PASS) for r in owed))
+        return outcome
+
+    def _edited_groups(
+        self, message: InFlight, passing: list[Decision]
+    ) -> dict[tuple[tuple[str, ...], str], list[Recipient]]:
+        """The passing recipients by the header fields and Subject tag their copy gets."""
         # One mark for the message, made once: a clock ticking over between recipients must not split
         # them into transactions.
         marked: tuple[str, ...] = ()
@@ -319,16 +290,29 @@ class Pipeline:
                 self.mark_key, message.body_digest, message.reading_digest, int(self.clock())
             )
             marked = (f"{mark.FIELD}: {value}",)
-        groups: dict[tuple[tuple[str, ...], str], list[Decision]] = {}
+        groups: dict[tuple[tuple[str, ...], str], list[Recipient]] = {}
         for decision in passing:
             fields, tag = self._edits(message, decision)
-            groups.setdefault((marked + fields, tag), []).append(decision)
+            groups.setdefault((marked + fields, tag), []).append(decision.recipient)
+        return groups
+
+    async def _forward(
+        self,
+        message: InFlight,
+        groups: Mapping[tuple[tuple[str, ...], str], Sequence[Recipient]],
+        already: int,
+        deliveries: Deliveries,
+    ) -> Outcome | None:
+        """Forward each group of recipients its own copy (these header fields, this Subject tag), one
+        transaction each; None when no recipient passes."""
+        if not groups:
+            return None
         results = []
-        for (fields, tag), members in groups.items():
+        for (fields, tag), recipients in groups.items():
             body = FittedMessage(
                 edit_message(message.spool, list(fields), tag, message.client.ranges), message.fit
             )
-            envelope = _outgoing(message, tuple(d.recipient for d in members))
+            envelope = _outgoing(message, tuple(recipients))
             started = time.monotonic()
             results.append(await self.forwarder.forward(envelope, body, message.client_gone, deliveries))
             metrics.stage_done("forward", started)
@@ -353,14 +337,12 @@ class Pipeline:
     async def _after_forward(self, message: InFlight, outcome: Outcome, category: str) -> Outcome:
         outcome = replace(outcome, category=category)
         refused = [r for r in outcome.per_recipient if r.reply.answer is Answer.REJECT]
-        if refused and outcome.reply.answer is Answer.ACCEPT and self.refusal_notice is not None:
+        if refused and outcome.reply.answer is Answer.ACCEPT:
             # K was earned by the others; the refused ones would otherwise vanish without a word.
             outcome = await self.refusal_notice(outcome, message.envelope, refused, message.body)
         return outcome
 
     async def _delivered_before(self, keys: Sequence[str]) -> dict[str, OutcomeRecord]:
-        if self.outcomes is None:
-            return {}
         not_before = self.clock() - self.dedupe_window
         try:
             return await asyncio.to_thread(self.outcomes.lookup, keys, not_before)
@@ -369,8 +351,6 @@ class Pipeline:
             return {}
 
     async def _record(self, keys: Sequence[str], mail_id: str, answer: str) -> None:
-        if self.outcomes is None:
-            return
         try:
             await asyncio.to_thread(self.outcomes.record, keys, mail_id, answer, self.clock())
         except Exception as exc:  # whatever it is (a full disk, a thread that cannot start)

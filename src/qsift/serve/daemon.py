@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import re
 import shutil
 import signal
 import socket
@@ -21,23 +20,17 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 
-from qsift.act.bounce import DsnBouncer
-from qsift.act.forward import make_forwarder
-from qsift.act.notices import Notices
 from qsift.checks.scanner_config import describe
-from qsift.checks.scanner_set import ScannerSet
 from qsift.config import Config, Listener
 from qsift.listen.admission import SessionSlots
 from qsift.listen.qmqp import QmqpListener
 from qsift.listen.smtp import SmtpListener
 from qsift.observe.log import logger
-from qsift.pipeline import Pipeline
+from qsift.pipeline import Pipeline, build_pipeline
 from qsift.serve.accept import Acceptor
 from qsift.serve.keys import SiteKeys, load_keys
 from qsift.serve.status import SessionInfo, status_dir, write_status
 from qsift.spool import make_private_dir
-from qsift.store.outcomes import OutcomeStore
-from qsift.store.quarantine import Quarantine
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 DRAIN_TIMEOUT = 60.0
@@ -76,106 +69,86 @@ class Daemon:
     housekeeping_every: float = 3600.0
 
     async def run(self) -> None:
-        """Serve until SIGTERM/SIGINT (or `stop()`), then drain and clean up."""
-        spool_dir = make_private_dir(self.config.tmp_dir or None)
-        os.makedirs(self.config.state_dir, mode=0o700, exist_ok=True)
-        outcomes = OutcomeStore(os.path.join(self.config.state_dir, "outcomes.sqlite"))
-        scanners = ScannerSet.build(self.config.virus, self.config.spam, self.config.tmp_dir or None)
-        config = self.config
-        keys = self.keys if self.keys is not None else load_keys(config)
-        quarantine = Quarantine(config.quarantine_dir)
-        bouncer = DsnBouncer(
-            make_forwarder(config.notify, config.myhostname),
-            config.myhostname,
-            re.compile(config.viruses_that_fake_sender, re.IGNORECASE),
-        )
-        pipeline = Pipeline(
-            make_forwarder(config.forward, config.myhostname),
-            outcomes,
-            config.dedupe_window,
-            checks=config.check_settings(),
-            scanners=scanners,
-            policies=config.policies,
-            bounce=bouncer,
-            refusal_notice=bouncer.refused,
-            notices=Notices(
-                make_forwarder(config.notify, config.myhostname), config.myhostname, config.notify_templates
-            ),
-            hostname=config.myhostname,
-            quarantine=quarantine,
-            client_key=keys.client,
-            mark_key=keys.mark,
-            marking=config.mark.enabled,
-            max_in_progress=-(-config.max_servers // max(1, self.workers)),
-            busy_wait=config.limits.busy_wait,
-        )
-        self.pipeline = pipeline
-        housekeeping: asyncio.Task[None] | None = None
-        try:
-            # The outcome record, the quarantine and the maildir forward work in threads: a worker whose
-            # threads cannot start (or cannot read the record) cannot serve, and must fail here rather
-            # than say ready and drop every connection after its forward.
-            await asyncio.to_thread(outcomes.lookup, ("",), 0.0)
-            for listener in self.config.listeners:
-                handler, slots = self._handler_for(listener, pipeline, spool_dir)
-                await self._bind(listener, handler, slots)
-                self.slots.append(slots)
-            # A slot coming free on one listener also frees its message's share of max_servers, which
-            # every listener's acceptor may be waiting for.
-            for slots in self.slots:
-                slots.on_release += [acceptor.room_changed for acceptor in self.acceptors]
-            if self.handle_signals:
-                self._install_signals()
-            self.ready.set()
-            if self.index < 0:
-                logger.warning(
-                    "qsift ready: %s; forward %s",
-                    ", ".join(listener.name for listener in self.config.listeners),
-                    pipeline.forwarder.method,
-                )
+        """Serve until SIGTERM/SIGINT (or `stop()`): build, bind, say ready, wait, drain; then close."""
+        async with contextlib.AsyncExitStack() as closing:  # undone in reverse, whatever happens
+            closing.callback(self._say_stopped)
+            self.pipeline = pipeline = self._build()
+            closing.push_async_callback(pipeline.close)
+            spool_dir = make_private_dir(self.config.tmp_dir or None)
+            closing.callback(shutil.rmtree, spool_dir, ignore_errors=True)
+            closing.callback(self._stop_listening)
+            await self._bind_all(pipeline, spool_dir)
+            self._ready(pipeline)
             if self.index <= 0:  # one worker says it and clears out for all
-                await self._greet_scanners(scanners)
-                housekeeping = asyncio.create_task(self._housekeeping(outcomes, quarantine))
+                await self._greet_scanners(pipeline)
+                housekeeping = asyncio.create_task(self._housekeeping(pipeline))
+                closing.push_async_callback(_cancel, housekeeping)
             await self.stopping.wait()
             await self._drain()
-        finally:
-            if housekeeping is not None:
-                housekeeping.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await housekeeping
-            for acceptor in self.acceptors:
-                acceptor.stop()
-            for server in self.servers:
-                server.close()
-            outcomes.close()
-            quarantine.close()
-            await scanners.close()
-            shutil.rmtree(spool_dir, ignore_errors=True)
-            if self.index < 0:
-                logger.warning("qsift stopped")
-            else:
-                logger.info("worker %d stopped", self.index)
 
-    async def _housekeeping(self, outcomes: OutcomeStore, quarantine: Quarantine) -> None:
+    def _build(self) -> Pipeline:
+        config = self.config
+        os.makedirs(config.state_dir, mode=0o700, exist_ok=True)
+        keys = self.keys if self.keys is not None else load_keys(config)
+        return build_pipeline(config, client_key=keys.client, mark_key=keys.mark, workers=self.workers)
+
+    async def _bind_all(self, pipeline: Pipeline, spool_dir: str) -> None:
+        # The outcome record, the quarantine and the maildir forward work in threads: a worker whose
+        # threads cannot start (or cannot read the record) cannot serve, and must fail here rather
+        # than say ready and drop every connection after its forward.
+        await asyncio.to_thread(pipeline.outcomes.lookup, ("",), 0.0)
+        for listener in self.config.listeners:
+            handler, slots = self._handler_for(listener, pipeline, spool_dir)
+            await self._bind(listener, handler, slots)
+            self.slots.append(slots)
+        # A slot coming free on one listener also frees its message's share of max_servers, which
+        # every listener's acceptor may be waiting for.
+        for slots in self.slots:
+            slots.on_release += [acceptor.room_changed for acceptor in self.acceptors]
+
+    def _ready(self, pipeline: Pipeline) -> None:
+        if self.handle_signals:
+            self._install_signals()
+        self.ready.set()
+        if self.index < 0:
+            logger.warning(
+                "qsift ready: %s; forward %s",
+                ", ".join(listener.name for listener in self.config.listeners),
+                pipeline.forwarder.method,
+            )
+
+    def _stop_listening(self) -> None:
+        for acceptor in self.acceptors:
+            acceptor.stop()
+        for server in self.servers:
+            server.close()
+
+    def _say_stopped(self) -> None:
+        if self.index < 0:
+            logger.warning("qsift stopped")
+        else:
+            logger.info("worker %d stopped", self.index)
+
+    async def _housekeeping(self, pipeline: Pipeline) -> None:
         """Keep the durable state bounded: outcome records past the dedupe window go (they can no longer
         answer a retry), and quarantined mail past `[quarantine] max_age_days` when that is set."""
         config = self.config
         while True:
             now = time.time()
             try:
-                gone = await asyncio.to_thread(outcomes.purge, now - config.dedupe_window)
+                gone = await asyncio.to_thread(pipeline.outcomes.purge, now - config.dedupe_window)
                 if gone:
                     logger.info("outcome record: %d entries past the dedupe window removed", gone)
                 days = config.quarantine.max_age_days
                 if days:
-                    gone = await asyncio.to_thread(quarantine.purge, now - days * 86400)
+                    gone = await asyncio.to_thread(pipeline.quarantine.purge, now - days * 86400)
                     if gone:
                         logger.info("quarantine: %d messages older than %d days deleted", gone, days)
             except Exception as exc:  # housekeeping must never stop mail
                 logger.error("housekeeping: %s", exc)
             await asyncio.sleep(self.housekeeping_every)
 
-    async def _greet_scanners(self, scanners: ScannerSet) -> None:
+    async def _greet_scanners(self, pipeline: Pipeline) -> None:
         """Say which scanners are configured and whether they answer; a silent one is logged, not fatal
         (it may come up later; until then every message waits, as DESIGN.md invariant 4 wants)."""
         config = self.config
@@ -185,7 +158,7 @@ class Daemon:
             describe(config.virus.backup_scanners),
             f"{config.spam.type} {config.spam.address}" if config.spam.type else "none",
         )
-        for name, version in await scanners.health():
+        for name, version in await pipeline.checks.health():
             if version:
                 logger.info("%s answers: %s", name, version)
             else:
@@ -322,6 +295,12 @@ class Daemon:
             logger.warning("drain timeout: cut %d session(s); their clients will retry", len(pending))
             with contextlib.suppress(asyncio.CancelledError):
                 await asyncio.wait(pending, timeout=5)
+
+
+async def _cancel(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 def _remove_stale_socket(path: str) -> None:

@@ -4,17 +4,17 @@ the delivered recipients are on record before anything else runs."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from qsift.act.forward import SmtpForwarder
-from qsift.config import Forward
+from qsift.config import loads
 from qsift.model import Answer, Envelope, Outcome, Recipient, RecipientResult, Reply
-from qsift.pipeline import Pipeline
+from qsift.pipeline import build_pipeline
 from qsift.pipeline.deliveries import Deliveries
+from qsift.pipeline.parts import NoRefusalNotice
 from qsift.spool import MessageBody, MessageSpool
-from qsift.store.outcomes import OutcomeStore
 from tests.fakes.mta import Script, fake_mta
 
 BOB, CAROL = Recipient("bob@example.net"), Recipient("carol@example.net")
@@ -63,25 +63,26 @@ async def test_an_error_after_a_delivery_is_answered_and_the_retry_goes_only_to_
     """Bob is delivered, Carol refused by the downstream; the DSN about her fails with an error no one
     expected. Before, the error went up to the listener, which dropped the connection (the retry
     delivered Bob twice). Now: Z, Bob on record, and the retry goes to Carol alone."""
-    outcomes = OutcomeStore(str(tmp_path / "outcomes.sqlite"))
     script = Script(rcpt_replies={CAROL.address: "550 5.1.1 no such user"})
     envelope = Envelope("alice@example.org", (BOB, CAROL))
-    try:
-        async with fake_mta(script) as mta:
-            forward = SmtpForwarder(Forward(method=f"smtp:[127.0.0.1]:{mta.port}"), "localhost")
-            broken = Pipeline(forward, outcomes, refusal_notice=BrokenRefusalNotice())
+    async with fake_mta(script) as mta:
+        config = loads(f'state_dir = "{tmp_path}"\n[forward]\nmethod = "smtp:[127.0.0.1]:{mta.port}"\n')
+        pipeline = build_pipeline(config)
+        try:
+            broken = replace(pipeline, refusal_notice=BrokenRefusalNotice())
             with MessageSpool.from_bytes(MESSAGE) as spool:
                 first = await broken.handle(envelope, spool)
             assert first.reply.answer is Answer.TEMPFAIL, first
             assert "after 1 of 2 recipients were delivered" in first.reply.text
             with MessageSpool.from_bytes(MESSAGE) as spool:
-                retry = await Pipeline(forward, outcomes).handle(envelope, spool)
+                # No DSN about Carol this time either: the downstream sees only the retry.
+                retry = await replace(pipeline, refusal_notice=NoRefusalNotice()).handle(envelope, spool)
             assert retry.reply.answer is Answer.ACCEPT, retry
-        assert [d.recipients for d in mta.accepted] == [[BOB.address.encode()]]
-        assert [line for line in mta.transcript if line.startswith(b"RCPT")] == [
-            b"RCPT TO:<bob@example.net>\r\n",
-            b"RCPT TO:<carol@example.net>\r\n",
-            b"RCPT TO:<carol@example.net>\r\n",  # the retry: Carol alone
-        ]
-    finally:
-        outcomes.close()
+        finally:
+            await pipeline.close()
+    assert [d.recipients for d in mta.accepted] == [[BOB.address.encode()]]
+    assert [line for line in mta.transcript if line.startswith(b"RCPT")] == [
+        b"RCPT TO:<bob@example.net>\r\n",
+        b"RCPT TO:<carol@example.net>\r\n",
+        b"RCPT TO:<carol@example.net>\r\n",  # the retry: Carol alone
+    ]

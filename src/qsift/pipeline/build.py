@@ -1,0 +1,79 @@
+"""`build_pipeline`: every part of a pipeline, made once from the configuration.
+
+The one place a pipeline is made: by each daemon worker, by `qsift scan` (its checks) and `qsift release`
+(its forward), and by the tests. A part a use goes without is its null object (`durable=False`: no
+outcome record and no quarantine, for the commands that must not open the daemon's state).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from collections.abc import Callable
+
+from qsift.act.bounce import DsnBouncer
+from qsift.act.forward import make_forwarder
+from qsift.act.notices import Notices
+from qsift.checks.scanner_set import ScannerSet
+from qsift.config import Config
+from qsift.pipeline.blocked import Keeper, NoQuarantine, QuarantineKeeper
+from qsift.pipeline.checking import ContentChecks
+from qsift.pipeline.parts import NoOutcomeRecord, OutcomeLedger
+from qsift.pipeline.slots import MessageSlots
+from qsift.pipeline.stages import Pipeline
+from qsift.store.outcomes import OutcomeStore
+from qsift.store.quarantine import Quarantine
+
+OUTCOMES_FILE = "outcomes.sqlite"
+
+
+def build_pipeline(
+    config: Config,
+    *,
+    client_key: bytes | None = None,
+    mark_key: bytes | None = None,
+    workers: int = 1,
+    durable: bool = True,
+    clock: Callable[[], float] = time.time,
+) -> Pipeline:
+    """The pipeline `config` describes, for one of `workers` processes sharing max_servers.
+
+    `client_key` and `mark_key` are the site's keys (serve/keys.py); without them no X-Qsift-Client field
+    is believed and no mark is made. With `durable` the outcome record (in state_dir, made if missing) and
+    the quarantine are opened: `Pipeline.close` closes them.
+    """
+    notifier = make_forwarder(config.notify, config.myhostname)
+    bouncer = DsnBouncer(
+        notifier, config.myhostname, re.compile(config.viruses_that_fake_sender, re.IGNORECASE)
+    )
+    outcomes: OutcomeLedger = NoOutcomeRecord()
+    quarantine: Keeper = NoQuarantine()
+    if durable:
+        os.makedirs(config.state_dir, mode=0o700, exist_ok=True)
+        outcomes = OutcomeStore(os.path.join(config.state_dir, OUTCOMES_FILE))
+        try:
+            kept = Quarantine(config.quarantine_dir)
+        except BaseException:
+            outcomes.close()
+            raise
+        quarantine = QuarantineKeeper(kept, config.dedupe_window, clock)
+    return Pipeline(
+        forwarder=make_forwarder(config.forward, config.myhostname),
+        checks=ContentChecks(
+            config.check_settings(),
+            ScannerSet.build(config.virus, config.spam, config.tmp_dir or None),
+        ),
+        policies=config.policies,
+        outcomes=outcomes,
+        quarantine=quarantine,
+        bounce=bouncer,
+        notices=Notices(notifier, config.myhostname, config.notify_templates),
+        refusal_notice=bouncer.refused,
+        slots=MessageSlots(-(-config.max_servers // max(1, workers)), config.limits.busy_wait),
+        client_key=client_key,
+        mark_key=mark_key if config.mark.enabled else None,
+        hostname=config.myhostname,
+        dedupe_window=config.dedupe_window,
+        clock=clock,
+    )

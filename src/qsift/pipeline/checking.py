@@ -1,0 +1,96 @@
+"""The content checks a pipeline runs on one message: the decoder's checks and the scanners, or none.
+
+`NoChecks` stands for a setup without content checks (forward only, and tests): every message is
+CLEAN and passes unchanged.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+from dataclasses import dataclass, field, replace
+from typing import Protocol
+
+from qsift.checks.content import CheckSettings, Verdict, check_message, inspect
+from qsift.checks.scanner_set import ScannerSet
+from qsift.errors import ScannerFailure
+from qsift.model import Category, Finding, Recipient
+from qsift.observe import metrics
+from qsift.observe.log import logger
+from qsift.pipeline.inflight import InFlight
+
+
+class Checks(Protocol):
+    async def verdict(self, message: InFlight, owed: tuple[Recipient, ...]) -> tuple[Verdict | None, bool]:
+        """The verdict (None: nothing was checked), and whether a virus scanner took part; raises
+        ScannerFailure when a scanner the verdict needs did not answer."""
+        ...
+
+    async def offline(self, message: bytes) -> Verdict:
+        """The verdict on a whole message in memory, for `qsift scan`: a scanner failure is a finding."""
+        ...
+
+    async def health(self) -> list[tuple[str, str]]: ...
+
+    async def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class ContentChecks:
+    settings: CheckSettings
+    #: The virus and spam scanners (none configured: an empty set).
+    scanners: ScannerSet = field(default_factory=ScannerSet)
+
+    async def verdict(self, message: InFlight, owed: tuple[Recipient, ...]) -> tuple[Verdict | None, bool]:
+        addresses = tuple(r.address for r in owed)
+        scanners = self.scanners
+        # A check every recipient bypasses is not run at all.
+        if message.policy.bypassed_by_all(Category.VIRUS, addresses):
+            scanners = replace(scanners, primary=[], backup=[])
+        if message.policy.bypassed_by_all(Category.SPAM, addresses):
+            scanners = replace(scanners, spam=None)
+        envelope, spool = message.envelope, message.spool
+        smtputf8 = any(key == "SMTPUTF8" for key, _ in envelope.mail_params)
+        # The copies for the scanners are made before the decoder's thread starts reading the spool.
+        copies = spool.independent_readers()
+        started = time.monotonic()
+        verdict = await inspect(
+            spool.reader(), copies, spool.size, self.settings, scanners, smtputf8=smtputf8
+        )
+        metrics.stage_done("checks", started)
+        for result in verdict.scanner_errors:
+            logger.warning("id=%s scanner %s", message.mail_id, result)
+        for finding in verdict.findings:
+            logger.info("id=%s %s: %s", message.mail_id, finding.category.log_word, finding.detail)
+        return verdict, bool(scanners.primary or scanners.backup)
+
+    async def offline(self, message: bytes) -> Verdict:
+        try:
+            return await inspect(
+                io.BytesIO(message), lambda: io.BytesIO(message), len(message), self.settings, self.scanners
+            )
+        except ScannerFailure as exc:
+            # The daemon would answer "try later"; offline, say what the decoder saw and why no more.
+            verdict = check_message(message, self.settings)
+            failure = Finding(Category.UNCHECKED, 0, str(exc))
+            return Verdict(verdict.parts, (*verdict.findings, failure))
+
+    async def health(self) -> list[tuple[str, str]]:
+        return await self.scanners.health()
+
+    async def close(self) -> None:
+        await self.scanners.close()
+
+
+class NoChecks:
+    async def verdict(self, message: InFlight, owed: tuple[Recipient, ...]) -> tuple[Verdict | None, bool]:
+        return None, False
+
+    async def offline(self, message: bytes) -> Verdict:
+        return Verdict((), ())
+
+    async def health(self) -> list[tuple[str, str]]:
+        return []
+
+    async def close(self) -> None:
+        pass

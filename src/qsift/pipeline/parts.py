@@ -1,0 +1,59 @@
+"""The pipeline's record of outcomes and its notice about refused recipients, as protocols, with the null
+object that stands for each where a setup goes without (`qsift scan`, `qsift release`, tests).
+
+The blocked acts (quarantine, bounce, notices) have theirs in blocked.py, the checks in checking.py.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+from qsift.model import Envelope, Outcome, RecipientResult
+from qsift.spool import MessageBody
+from qsift.store.outcomes import OutcomeRecord
+
+
+class OutcomeLedger(Protocol):
+    """What was delivered to whom, to answer a retry without delivering twice (store/outcomes.py)."""
+
+    def lookup(self, keys: Sequence[str], not_before: float) -> dict[str, OutcomeRecord]: ...
+
+    def record(self, keys: Sequence[str], mail_id: str, answer: str, now: float) -> None: ...
+
+    def purge(self, older_than: float) -> int: ...
+
+    def close(self) -> None: ...
+
+
+class NoOutcomeRecord:
+    """Nothing is remembered: every retry is delivered again."""
+
+    def lookup(self, keys: Sequence[str], not_before: float) -> dict[str, OutcomeRecord]:
+        return {}
+
+    def record(self, keys: Sequence[str], mail_id: str, answer: str, now: float) -> None:
+        pass
+
+    def purge(self, older_than: float) -> int:
+        return 0
+
+    def close(self) -> None:
+        pass
+
+
+class RefusalNotice(Protocol):
+    """Tells the sender about recipients the downstream refused while others took the message."""
+
+    async def __call__(
+        self, outcome: Outcome, envelope: Envelope, refused: list[RecipientResult], spool: MessageBody
+    ) -> Outcome: ...
+
+
+class NoRefusalNotice:
+    """The refused recipients go unmentioned (no DSN can be sent)."""
+
+    async def __call__(
+        self, outcome: Outcome, envelope: Envelope, refused: list[RecipientResult], spool: MessageBody
+    ) -> Outcome:
+        return outcome
