@@ -4,11 +4,11 @@ record) by handing the pipeline an envelope and a spool; the downstream is a rea
 
 from __future__ import annotations
 
+import base64
 import gzip
 import os
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
-from email.message import EmailMessage
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
@@ -16,27 +16,35 @@ import pytest
 from qsift.act.bounce import DsnBouncer
 from qsift.act.notices import Notices
 from qsift.config import loads
-from qsift.model import Answer, Disposition, Envelope, Outcome, Recipient
+from qsift.model import Answer, Category, Disposition, Envelope, Outcome, Recipient
 from qsift.pipeline import Pipeline, build_pipeline
-from qsift.pipeline.blocked import NoQuarantine
+from qsift.pipeline.blocked import NoBounces, NoNotices, NoQuarantine
+from qsift.pipeline.checking import NoChecks
 from qsift.pipeline.parts import NoOutcomeRecord
 from qsift.spool import MessageSpool
 from tests.fakes.mta import FakeMta, fake_mta
+from tests.harness import free_port
 
 BOB, CAROL = Recipient("bob@example.net"), Recipient("carol@example.net")
 
 
 def _message(attachment: str | None = None) -> bytes:
-    mail = EmailMessage()
-    mail["From"] = "alice@example.org"
-    mail["To"] = "bob@example.net, carol@example.net"
-    mail["Subject"] = "the build"
-    mail["Message-ID"] = "<build-1@example.org>"
-    mail.set_content("hello")
-    if attachment is not None:
-        program = b"MZ" + b"\x00" * 62 + b"\xcd\x20" * 100
-        mail.add_attachment(program, maintype="application", subtype="octet-stream", filename=attachment)
-    return mail.as_bytes()
+    """A short text, with a Windows program attached under the name `attachment` if given."""
+    head = b"From: alice@example.org\nTo: bob@example.net, carol@example.net\nSubject: the build\n"
+    if attachment is None:
+        return head + b"Message-ID: <build-1@example.org>\n\nhello\n"
+    program = base64.encodebytes(b"MZ" + b"\x00" * 62 + b"\xcd\x20" * 100)
+    return b"".join(
+        [
+            head,
+            b"Message-ID: <build-2@example.org>\nMIME-Version: 1.0\n",
+            b'Content-Type: multipart/mixed; boundary="part"\n\n--part\nContent-Type: text/plain\n\nhello\n',
+            b"--part\nContent-Type: application/octet-stream\nContent-Transfer-Encoding: base64\n",
+            f'Content-Disposition: attachment; filename="{attachment}"\n\n'.encode(),
+            program,
+            b"--part--\n",
+        ]
+    )
 
 
 @dataclass
@@ -149,3 +157,38 @@ async def test_the_listener_says_whether_each_recipient_hears_its_own_reply(
     assert replies[CAROL].answer is answer, outcome
     assert replies[CAROL].enhanced_status.startswith(status)
     assert len(site.dsns()) == dsns
+
+
+async def test_without_checks_every_message_passes_as_it_came(site: Site) -> None:
+    """NoChecks: even a banned attachment goes through, through the same forward as checked mail, with
+    no header field added."""
+    unchecked = replace(site.pipeline, checks=NoChecks())
+    message = _message("invoice.exe")
+    with MessageSpool.from_bytes(message) as spool:
+        outcome = await unchecked.handle(Envelope("alice@example.org", (BOB,)), spool)
+    assert (outcome.disposition, outcome.category) == (Disposition.PASSED, "CLEAN"), outcome
+    assert [d.body for d in site.mta.accepted] == [message.replace(b"\n", b"\r\n")]
+
+
+async def test_without_dsns_or_quarantine_a_blocked_message_is_discarded(site: Site) -> None:
+    """NoBounces, NoQuarantine, NoNotices: a bounce acts as a discard, and nothing is kept or sent."""
+    quiet = replace(site.pipeline, bounce=NoBounces(), quarantine=NoQuarantine(), notices=NoNotices())
+    outcome = await Site(quiet, site.mta, site.dsn).send(_message("invoice.exe"))
+    assert outcome.disposition is Disposition.BLOCKED, outcome
+    assert {r.reply.enhanced_status for r in outcome.per_recipient} == {"2.7.0"}
+    assert "discarded" in outcome.per_recipient[0].reply.text
+    assert not any(n.startswith("quarantine: ") for n in outcome.notes)
+    assert (site.mta.accepted, site.dsns()) == ([], [])
+
+
+async def test_qsift_scan_checks_offline_and_a_silent_scanner_is_a_finding(tmp_path: Path) -> None:
+    """The checks `qsift scan` takes from the pipeline: a virus scanner that does not answer makes the
+    message UNCHECKED, with what the decoder saw (the daemon would answer "try later")."""
+    silent = f'[[virus.scanners]]\ntype = "clamd"\naddress = "127.0.0.1:{free_port()}"\ntimeout = 5.0\n'
+    pipeline = build_pipeline(loads(_config(tmp_path, free_port(), silent)), durable=False)
+    try:
+        verdict = await pipeline.checks.offline(_message("invoice.exe"))
+    finally:
+        await pipeline.close()
+    assert {Category.BANNED, Category.UNCHECKED} <= {f.category for f in verdict.findings}
+    assert (await NoChecks().offline(_message())).findings == ()
