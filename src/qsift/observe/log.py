@@ -30,6 +30,17 @@ def level(log_level: int) -> int:
     return _LEVELS[max(0, min(5, log_level))]
 
 
+#: The writer threads started in this process (one, unless setup ran again).
+_writers: list[logging.handlers.QueueListener] = []
+
+
+def flush() -> None:
+    """Write out every record still queued and stop the writer thread: a worker calls it before
+    os._exit(), which skips atexit, or the error that ended the worker would never reach the log."""
+    while _writers:
+        _writers.pop().stop()
+
+
 def setup(log_level: int, syslog_facility: str = "", *, threaded: bool = True) -> None:
     """Send qsift's log to stderr (daemontools-friendly) or syslog, through a writer thread unless
     `threaded` is false: the parent of the workers has no thread, so that forking it is safe (a thread
@@ -51,7 +62,8 @@ def setup(log_level: int, syslog_facility: str = "", *, threaded: bool = True) -
     records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
     listener = logging.handlers.QueueListener(records, target)
     listener.start()
-    atexit.register(listener.stop)
+    _writers.append(listener)
+    atexit.register(flush)
     logger.addHandler(logging.handlers.QueueHandler(records))
     logger.setLevel(level(log_level))
     logger.propagate = False

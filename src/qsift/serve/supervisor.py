@@ -125,6 +125,8 @@ class Supervisor:
                 with contextlib.suppress(Exception):
                     logger.error("metrics endpoint %s: %s", address, exc)
             finally:
+                with contextlib.suppress(BaseException):
+                    log.flush()
                 os._exit(code)
         self.metrics_pid = pid
 
@@ -166,6 +168,8 @@ class Supervisor:
                 with contextlib.suppress(Exception):
                     logger.exception("worker %d: %s", index, exc)
             finally:
+                with contextlib.suppress(BaseException):
+                    log.flush()
                 os._exit(code)
         self.workers[pid] = _Worker(index, pid, time.monotonic(), self.generation)
 

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 from qsift.errors import SpoolError
 from qsift.model import address_bytes
-from qsift.store.sqlite import immediate
+from qsift.store.sqlite import immediate, open_shared
 
 # SQLite allows 32766 host parameters; stay well below.
 _BATCH = 500
@@ -99,9 +99,7 @@ class OutcomeStore:
         if directory:
             os.makedirs(directory, mode=0o700, exist_ok=True)
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(path, timeout=30.0, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db = open_shared(path, "NORMAL")
         self._db.executescript(_SCHEMA)
 
     def lookup(self, keys: Sequence[str], not_before: float) -> dict[str, OutcomeRecord]:

@@ -33,7 +33,7 @@ from typing import Any
 
 from qsift.errors import SpoolError
 from qsift.model import address_bytes
-from qsift.store.sqlite import immediate
+from qsift.store.sqlite import immediate, open_shared
 
 INDEX_NAME = "index.sqlite"
 
@@ -147,10 +147,8 @@ class Quarantine:
             path = os.path.join(self.directory, INDEX_NAME)
             # Create the index 0600 ourselves; SQLite gives its -wal and -shm files the same mode.
             os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600))
-            db = sqlite3.connect(path, timeout=30.0, isolation_level=None, check_same_thread=False)
+            db = open_shared(path, "FULL")
             try:
-                db.execute("PRAGMA journal_mode=WAL")
-                db.execute("PRAGMA synchronous=FULL")
                 db.executescript(_SCHEMA)
                 _add_fingerprints(db)
             except BaseException:
