@@ -18,6 +18,7 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
+from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,6 @@ import pytest
 from qsift.wire import client_context, mark
 from tests.fakes.mta import FakeMta, fake_mta
 from tests.harness import RunningDaemon, qmqp_send, running_daemon
-from tests.integration.test_destinies import banned_message
 from tests.integration.test_qsift_queue import Run, run_queue
 from tests.integration.test_workers import dir_with_qsift_for_others
 
@@ -38,13 +38,31 @@ ALICE, BOB, CAROL, DAVE = (
     b"carol@example.net",
     b"dave@example.net",
 )
-#: Bob accepts banned files; nobody else does, and for them a banned file bounces. So a forward of what
-#: Bob got, scanned again for Carol, would bounce: arriving at all proves it was not rescanned. Mail from
-#: a relay client (the ORIGINATING bank) passes banned files: the prize of a forged client field.
+#: Mail over 1,000 bytes is OVERSIZED, and bounces, for everyone but Bob, who has no size limit: the
+#: message below passes for Bob with nothing let through (so his copy earns the mark), and a forward of it,
+#: scanned again for Carol, would bounce: arriving at all proves it was not rescanned. Mail from a relay
+#: client (the ORIGINATING bank) passes oversized mail: the prize of a forged client field.
 TOP: dict[str, Any] = {
-    "policy": {"banned_files_lovers": ["bob@example.net"]},
-    "policy_bank": {"ORIGINATING": {"destiny": {"banned": "pass"}}},
+    "policy": {
+        "message_size_limit": 1000,
+        "recipient": [{"match": ["bob@example.net"], "message_size_limit": 0}],
+    },
+    "policy_bank": {"ORIGINATING": {"destiny": {"oversized": "pass"}}},
 }
+
+
+def long_message() -> bytes:
+    """A clean message of about 2 KB, with a MIME-Version field."""
+    mail = EmailMessage()
+    mail["From"] = "alice@example.org"
+    mail["To"] = "bob@example.net"
+    mail["Date"] = "Wed, 25 Nov 2026 12:00:00 +0000"
+    mail["Subject"] = "The minutes"
+    mail["Message-ID"] = "<minutes-1@example.org>"
+    mail.set_content("see attached\n" + "The meeting went on for a long while.\n" * 50)
+    return mail.as_bytes()
+
+
 #: As the local user: qsift-queue with root's uid, gid and groups dropped for nobody's, then exec'd.
 AS_NOBODY = (
     "import os, sys; uid, gid = int(sys.argv[1]), int(sys.argv[2]); os.setgroups([]); os.setgid(gid); "
@@ -115,7 +133,7 @@ async def forward_as_local_user(where: Site, message: bytes, sender: bytes, reci
 
 async def passed_to_bob(where: Site) -> bytes:
     """What Bob's mailbox got, in qmail's LF form, with the Delivered-To qmail-local prepends."""
-    answer = await qmqp_send(where.daemon.qmqp, banned_message(), ALICE, [BOB])
+    answer = await qmqp_send(where.daemon.qmqp, long_message(), ALICE, [BOB])
     assert answer.startswith("K250"), answer
     delivered = where.mta.deliveries[-1].body.replace(b"\r\n", b"\n")
     assert delivered.startswith(f"{mark.FIELD}: v2 t=".encode()), delivered[:200]
@@ -141,7 +159,7 @@ async def test_a_forward_by_qmail_local_arrives_once_unscanned_and_unchanged(
     assert (got.sender, got.recipients) == (BOB, [CAROL])  # delivered, not bounced: not rescanned
     assert got.body.replace(b"\r\n", b"\n") == forwarded  # not a byte added: one set of qsift's fields
     header = forwarded.split(b"\n\n", 1)[0]
-    assert header.count(b"X-Qsift-Scanned:") == 1 and header.count(b"X-Qsift-Alert:") == 1, header
+    assert header.count(b"X-Qsift-Scanned:") == 1, header
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Passed ")]
     assert len(lines) == 2 and "scanned here before (X-Qsift-Scanned)" in lines[1], lines
 
@@ -151,7 +169,7 @@ async def test_a_forward_by_qmail_local_arrives_once_unscanned_and_unchanged(
     "forge",
     [
         # A mark of its own making: a guessed HMAC.
-        lambda copy: f"{mark.FIELD}: v2 t={int(time.time())} h={'0' * 64}\n".encode() + banned_message(),
+        lambda copy: f"{mark.FIELD}: v2 t={int(time.time())} h={'0' * 64}\n".encode() + long_message(),
         # The real mark of the message Bob got, on another body.
         lambda copy: copy.replace(b"see attached", b"see enclosed"),
         # The same body read another way: the message's own MIME field changed, below the mark.
@@ -167,9 +185,9 @@ async def test_a_local_user_who_forges_a_mark_gets_the_message_scanned(tmp_path:
         run = await forward_as_local_user(where, forged, ALICE, CAROL)
         assert run.code == 0 and cannot_read_the_key(run, where), run.stderr
         got = where.mta.deliveries[-1]
-    # Carol is no lover of banned files: scanned, bounced; the DSN goes to the sender.
+    # For Carol the message is oversized: scanned, bounced; the DSN goes to the sender.
     assert (got.sender, got.recipients) == (b"", [ALICE]), got
-    assert b"BANNED" in got.body
+    assert b"OVERSIZED" in got.body
 
 
 @needs_root
@@ -177,7 +195,7 @@ async def test_a_local_user_who_forges_a_client_field_is_no_relay_client(tmp_pat
     async with site(tmp_path) as where:
         context = client_context.ClientContext(ip="127.0.0.1", relay_client=True, auth_user="alice")
         guessed = client_context.make_field(os.urandom(32), context, ALICE, [CAROL], int(time.time()))
-        run = await forward_as_local_user(where, guessed + banned_message(), ALICE, CAROL)
+        run = await forward_as_local_user(where, guessed + long_message(), ALICE, CAROL)
         assert run.code == 0 and cannot_read_the_key(run, where), run.stderr
         got = where.mta.deliveries[-1]
     assert (got.sender, got.recipients) == (b"", [ALICE]), got  # bounced, not ORIGINATING's pass
@@ -191,7 +209,7 @@ async def test_the_relay_client_qsift_queue_vouches_for_still_gets_its_bank(tmp_
         signed = client_context.make_field(
             where.client_key.read_bytes(), context, ALICE, [CAROL], int(time.time())
         )
-        answer = await qmqp_send(where.daemon.qmqp, signed + banned_message(), ALICE, [CAROL])
+        answer = await qmqp_send(where.daemon.qmqp, signed + long_message(), ALICE, [CAROL])
         assert answer.startswith("K250"), answer
         got = where.mta.deliveries[-1]
     assert (got.sender, got.recipients) == (ALICE, [CAROL])
@@ -235,7 +253,7 @@ async def test_a_marked_copy_an_mta_names_a_client_for_is_scanned_again(tmp_path
                     assert client.docmd(verb, arg)[0] == 250
                 client.sendmail(sender.decode(), [recipient.decode()], message)
 
-        await asyncio.to_thread(send, banned_message(), ALICE, BOB)
+        await asyncio.to_thread(send, long_message(), ALICE, BOB)
         copy = mta.deliveries[-1].body
         assert copy.startswith(f"{mark.FIELD}: v2 ".encode())
         await asyncio.to_thread(send, copy, BOB, CAROL, "XFORWARD ADDR=192.0.2.7")

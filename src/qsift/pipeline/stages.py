@@ -293,7 +293,8 @@ class Pipeline:
         groups: dict[tuple[tuple[str, ...], str], list[Recipient]] = {}
         for decision in passing:
             fields, tag = self._edits(message, decision)
-            groups.setdefault((marked + fields, tag), []).append(decision.recipient)
+            mark_field = marked if _earns_mark(decision) else ()
+            groups.setdefault((mark_field + fields, tag), []).append(decision.recipient)
         return groups
 
     async def _forward(
@@ -407,6 +408,20 @@ def _log_category(decisions: list[Decision]) -> str:
 
 class _Reader(Protocol):
     def update(self, chunk: bytes) -> None: ...
+
+
+#: What a copy may hold and still be marked: what passes for everyone under amavisd-new's defaults.
+_MARKABLE = frozenset({Category.CLEAN, Category.SPAMMY, Category.BAD_HEADER})
+
+
+def _earns_mark(decision: Decision) -> bool:
+    """Whether this recipient's copy may carry the mark, so that its forwards pass unscanned: only when
+    nothing in it was let through for this recipient or this bank alone. A lover's pass (a virus to a
+    virus lover), a check the recipient bypasses, or a bank that passes banned files is a choice for this
+    delivery, not for whoever it is forwarded to; such a copy is scanned again when it comes back."""
+    categories = set(decision.view.categories)
+    settings = decision.settings
+    return not settings.bypasses and not categories & settings.loves and categories <= _MARKABLE
 
 
 def _feeding(chunks: Iterator[bytes], *readers: _Reader | None) -> Iterator[bytes]:

@@ -192,3 +192,49 @@ async def test_qsift_scan_checks_offline_and_a_silent_scanner_is_a_finding(tmp_p
         await pipeline.close()
     assert {Category.BANNED, Category.UNCHECKED} <= {f.category for f in verdict.findings}
     assert (await NoChecks().offline(_message())).findings == ()
+
+
+async def test_only_a_copy_nothing_was_let_through_for_carries_the_mark(tmp_path: Path) -> None:
+    """A forward of a marked copy passes unscanned (the daemon trusts its own mark), so a lover's pass
+    or a bypassed check must not earn one: it would carry that recipient's choice to whoever they
+    forward to. Bob loves banned files, Carol bypasses the banned-file check, Dave is neither. (The
+    clean message lacks a Date field: a bad header, which passes for everyone, may be marked.)"""
+    dave = Recipient("dave@example.net")
+    policy = (
+        '[destiny]\nbanned = "discard"\n[policy]\nbanned_files_lovers = ["bob@example.net"]\n'
+        'bypass_banned_checks = ["carol@example.net"]\n'
+    )
+    async with fake_mta() as mta:
+        pipeline = build_pipeline(loads(_config(tmp_path, mta.port, policy)), mark_key=b"k" * 32)
+        site = Site(pipeline, mta, tmp_path / "dsn")
+        try:
+            everyone = Envelope("alice@example.org", (BOB, CAROL, dave), protocol="ESMTP")
+            await site.send(_message("invoice.pdf.exe"), everyone)
+            await site.send(_message(), everyone)
+        finally:
+            await pipeline.close()
+    marked = {
+        (b"invoice" in copy.body, rcpt): b"X-Qsift-Scanned:" in copy.body
+        for copy in mta.accepted
+        for rcpt in copy.recipients
+    }
+    assert marked == {
+        (True, b"bob@example.net"): False,
+        (True, b"carol@example.net"): False,
+        (False, b"bob@example.net"): True,
+        (False, b"carol@example.net"): False,
+        (False, b"dave@example.net"): True,
+    }
+
+
+async def test_a_copy_a_lenient_policy_passed_carries_no_mark(tmp_path: Path) -> None:
+    """banned = "pass" (as a bank for outgoing mail may say) lets the program through for this delivery;
+    a local forward of it arrives in the default bank and must be judged there."""
+    async with fake_mta() as mta:
+        config = loads(_config(tmp_path, mta.port, '[destiny]\nbanned = "pass"\n'))
+        pipeline = build_pipeline(config, mark_key=b"k" * 32)
+        try:
+            await Site(pipeline, mta, tmp_path / "dsn").send(_message("invoice.pdf.exe"))
+        finally:
+            await pipeline.close()
+    assert [b"X-Qsift-Scanned:" in copy.body for copy in mta.accepted] == [False]
