@@ -1,4 +1,4 @@
-"""The SMTP and LMTP listeners: a thin asyncio shell around the sans-IO server in wire.smtp_server.
+"""The SMTP and LMTP sessions: the sans-IO server in wire.smtp_server, driven over one connection.
 
 Postfix (content_filter on port 10024) or any MTA hands mail in here. A message takes its slot at DATA:
 354 once it has one, 451 4.3.2 to DATA itself after `busy_wait` without, so a busy site reads no content
@@ -19,122 +19,86 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 from qsift.answers import Row, reply_for_error
-from qsift.config import Listener
-from qsift.errors import ClientTimeout, SpoolError, TooBusy, TooManyConnections
-from qsift.listen.admission import ConnectionsPerClient, SessionSlots, client_allowed, xforward_allowed
-from qsift.listen.session import (
-    ClientGoneWatch,
-    Deadline,
-    log_outcome,
-    peer_ip,
-    read_with_limits,
-    read_within,
-)
+from qsift.errors import TooBusy
+from qsift.listen.admission import xforward_allowed
+from qsift.listen.session import Deadline, read_with_limits, read_within
+from qsift.listen.shell import Listening, SessionOpener, SpoolLatch
 from qsift.model import Answer, Envelope, Outcome, Recipient, Reply, address_from_bytes
 from qsift.observe import metrics
 from qsift.observe.log import logger
-from qsift.pipeline import Pipeline
-from qsift.spool import MessageSpool
 from qsift.wire import smtp_server as wire
 from qsift.wire.smtp_args import Forwarded
 
 READ_SIZE = 64 * 1024
 
 
-@dataclass
-class SmtpListener:
-    listener: Listener
-    pipeline: Pipeline
-    spool_dir: str | None
-    hostname: str
+def smtp_sessions(listening: Listening, hostname: str) -> SessionOpener:
+    """What opens an SMTP or LMTP session (as the listener's protocol says) for each connection."""
+    limits = listening.listener.limits
+    settings = wire.ServerSettings(
+        hostname=hostname,
+        lmtp=listening.listener.protocol == "lmtp",
+        max_message_size=limits.message_size,
+        max_recipients=limits.recipients,
+    )
 
-    def __post_init__(self) -> None:
-        limits = self.listener.limits
-        self.slots = SessionSlots(limits.max_sessions, limits.busy_wait, self.listener.name)
-        self.clients = ConnectionsPerClient(
-            limits.max_connections_per_client, self.listener.client_limit_exceptions
-        )
-        self.lmtp = self.listener.protocol == "lmtp"
-        self.settings = wire.ServerSettings(
-            hostname=self.hostname,
-            lmtp=self.lmtp,
-            max_message_size=limits.message_size,
-            max_recipients=limits.recipients,
-        )
+    def open_session(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, client: str | None
+    ) -> SmtpSession:
+        may_forward = xforward_allowed(client, listening.listener.xforward_hosts)
+        conn = wire.SmtpServerConnection(replace(settings, xforward=may_forward))
+        return SmtpSession(listening, conn, reader, writer, client)
 
-    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        """Serve one SMTP/LMTP connection to its end; never raises."""
-        client = peer_ip(writer)
-        may_forward = xforward_allowed(client, self.listener.xforward_hosts)
-        conn = wire.SmtpServerConnection(replace(self.settings, xforward=may_forward))
-        proto = "LMTP" if self.lmtp else "SMTP"
-        try:
-            if not client_allowed(client, self.listener.acl):
-                logger.warning("%s: access denied to [%s] on %s", proto, client, self.listener.name)
-                conn.reject_connection(Row.ACCESS_DENIED.reply())
-                await _flush(writer, conn)
-                return
-            try:
-                with self.clients.connection(client):
-                    await read_with_limits(
-                        _Session(self, conn, reader, writer, client).run(),
-                        self.listener.limits.session_timeout,
-                        what=f"{proto} session",
-                    )
-            except TooManyConnections as exc:
-                logger.info("%s: [%s] refused on %s: %s", proto, client, self.listener.name, exc)
-                conn.reject_connection(reply_for_error(exc))
-                await _flush(writer, conn)
-        except ClientTimeout as exc:
-            logger.info("%s: [%s] %s; connection dropped", proto, client, exc)
-        except (ConnectionError, OSError) as exc:
-            logger.info("%s: connection from [%s] lost: %s", proto, client, exc)
-        except Exception:
-            logger.exception("%s: internal error serving [%s]; connection dropped", proto, client)
-        finally:
-            writer.close()
-            with contextlib.suppress(ConnectionError, OSError):
-                await writer.wait_closed()
+    return open_session
 
 
-class _Session:
+class SmtpSession:
     """One connection's loop: feed bytes to the codec, act on its events, send what it queues."""
 
     def __init__(
         self,
-        owner: SmtpListener,
+        listening: Listening,
         conn: wire.SmtpServerConnection,
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
         client: str | None,
     ) -> None:
-        self.owner = owner
+        self.listening = listening
         self.conn = conn
         self.reader = reader
         self.writer = writer
         self.client = client
+        self.lmtp = conn.settings.lmtp
+        self.name = "LMTP" if self.lmtp else "SMTP"
         self.helo: str | None = None
         self.extended = False
-        self.spool: MessageSpool | None = None
-        self.spool_failure: SpoolError | None = None
+        self.content: SpoolLatch | None = None
         #: The message's slot, held from DATA to its answer: a connection between messages holds none.
         self.slot = contextlib.AsyncExitStack()
         self.started = time.monotonic()
         self.deadline = self._next_command()
 
-    def _next_command(self) -> Deadline:
-        return Deadline.after(self.owner.listener.limits.command_timeout, "command line")
+    async def serve(self) -> None:
+        limits = self.listening.listener.limits
+        await read_with_limits(self._run(), limits.session_timeout, what=f"{self.name} session")
 
-    async def run(self) -> None:
-        limits = self.owner.listener.limits
+    async def refuse(self, reply: Reply) -> None:
+        self.conn.reject_connection(reply)
+        await _flush(self.writer, self.conn)
+
+    def _next_command(self) -> Deadline:
+        return Deadline.after(self.listening.listener.limits.command_timeout, "command line")
+
+    async def _run(self) -> None:
+        limits = self.listening.listener.limits
         try:
             while not self.conn.closed:
                 event = self.conn.next_event()
                 # Replies the codec queued on its own (refusals make no event) leave before we wait.
-                if await _flush(self.writer, self.conn) and self.spool is None:
+                if await _flush(self.writer, self.conn) and self.content is None:
                     # A reply ended the command line: the next one has its own deadline.
                     self.deadline = self._next_command()
                 if isinstance(event, wire.NeedData):
@@ -151,9 +115,9 @@ class _Session:
             await self._end_message()
 
     async def _end_message(self) -> None:
-        if self.spool is not None:
-            self.spool.close()
-            self.spool = None
+        if self.content is not None:
+            self.content.close()
+            self.content = None
         await self.slot.aclose()
 
     async def _on_event(self, event: object) -> None:
@@ -163,44 +127,36 @@ class _Session:
         elif isinstance(event, wire.DataStart):
             await self._start_message()
         elif isinstance(event, wire.DataChunk):
-            self._spool_chunk(event.data)
+            if self.content is not None:
+                self.content.write(event.data)
         elif isinstance(event, wire.DataEnd):
             metrics.stage_done("receive", self.started)
             replies = await self._answer_message(event)
-            metrics.answered(self.owner.listener.protocol, *replies)
+            self.listening.answered(*replies)
             self.conn.answer_data(replies)
             await _flush(self.writer, self.conn)
             await self._end_message()
             self.deadline = self._next_command()
 
     async def _start_message(self) -> None:
-        limits = self.owner.listener.limits
+        limits = self.listening.listener.limits
         self.started = time.monotonic()
-        self.spool_failure = None
         try:
-            await self.slot.enter_async_context(self.owner.slots.slot())
+            await self.slot.enter_async_context(self.listening.slots.slot())
         except TooBusy as exc:
             # Said to DATA itself, before the client sends content we would not use.
             self.conn.refuse_data(reply_for_error(exc))
             return
         self.deadline = Deadline.after(limits.request_timeout, "message content")
-        self.spool = MessageSpool(self.owner.spool_dir, limits.memory_spool)
+        self.content = self.listening.new_spool()
         self.conn.start_data()
-
-    def _spool_chunk(self, data: bytes) -> None:
-        if self.spool is None or self.spool_failure is not None:
-            return
-        try:
-            self.spool.write(data)
-        except SpoolError as exc:
-            self.spool_failure = exc
 
     async def _answer_message(self, end: wire.DataEnd) -> list[Reply]:
         recipients = tuple(Recipient(address_from_bytes(a), p) for a, p in end.recipients)
         refusal = self._refusal(end)
         if refusal is not None:
-            return [refusal] * (len(recipients) if self.owner.lmtp else 1)
-        assert self.spool is not None  # a DataEnd always follows a DataStart
+            return [refusal] * (len(recipients) if self.lmtp else 1)
+        assert self.content is not None  # a DataEnd always follows a DataStart
         client, name, helo, peer = self.client, None, self.helo, None
         if end.xforward:
             forwarded = end.xforward
@@ -210,29 +166,28 @@ class _Session:
             sender=address_from_bytes(end.sender),
             recipients=recipients,
             mail_params=end.mail_params,
-            protocol="LMTP" if self.owner.lmtp else ("ESMTP" if self.extended else "SMTP"),
-            replies_per_recipient=self.owner.lmtp,
+            protocol="LMTP" if self.lmtp else ("ESMTP" if self.extended else "SMTP"),
+            replies_per_recipient=self.lmtp,
             client_address=client,
             client_name=name,
             helo=helo,
-            listener=self.owner.listener.name,
+            listener=self.listening.listener.name,
             peer_address=peer,
         )
-        async with ClientGoneWatch(self.reader, self.conn.receive_data) as gone:
-            outcome = await self.owner.pipeline.handle(envelope, self.spool, gone.event)
-        log_outcome(outcome, envelope, self.spool, self.started)
-        metrics.stage_done("total", self.started)
+        outcome = await self.listening.judge(
+            envelope, self.content, self.reader, self.started, self.conn.receive_data
+        )
         if end.xforward:
             _log_forwarded(outcome.mail_id, envelope, end.xforward)
-        if self.owner.lmtp:
+        if self.lmtp:
             return _per_recipient(outcome, recipients)
         return [outcome.reply]
 
     def _refusal(self, end: wire.DataEnd) -> Reply | None:
         if end.too_big:
             return Row.TOO_BIG.reply()
-        if self.spool_failure is not None:
-            return reply_for_error(self.spool_failure)
+        if self.content is not None and self.content.failure is not None:
+            return reply_for_error(self.content.failure)
         return None
 
 

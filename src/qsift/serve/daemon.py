@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import shutil
 import signal
@@ -23,8 +24,9 @@ from dataclasses import dataclass, field
 from qsift.checks.scanner_config import describe
 from qsift.config import Config, Listener
 from qsift.listen.admission import SessionSlots
-from qsift.listen.qmqp import QmqpListener
-from qsift.listen.smtp import SmtpListener
+from qsift.listen.qmqp import QmqpSession
+from qsift.listen.shell import Listening, SessionOpener, serve_connection
+from qsift.listen.smtp import smtp_sessions
 from qsift.observe.log import logger
 from qsift.pipeline import Pipeline, build_pipeline
 from qsift.serve.accept import Acceptor
@@ -170,12 +172,13 @@ class Daemon:
     def _handler_for(
         self, listener: Listener, pipeline: Pipeline, spool_dir: str
     ) -> tuple[Handler, SessionSlots]:
-        serving: QmqpListener | SmtpListener
+        listening = Listening(listener, pipeline, spool_dir)
+        open_session: SessionOpener
         if listener.protocol == "qmqp":
-            serving = QmqpListener(listener, pipeline, spool_dir)
+            open_session = functools.partial(QmqpSession, listening)
         else:
-            serving = SmtpListener(listener, pipeline, spool_dir, self.config.myhostname)
-        serve = serving.handle
+            open_session = smtp_sessions(listening, self.config.myhostname)
+        serve = functools.partial(serve_connection, listening, open_session)
 
         async def track(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             task = asyncio.current_task()
@@ -190,7 +193,7 @@ class Daemon:
                 self._finished()
                 self._recycle_if_due()
 
-        return track, serving.slots
+        return track, listening.slots
 
     def _protocols(self, handler: Handler) -> Callable[[], asyncio.Protocol]:
         """What asyncio.start_server would make per connection, counted when the connection is accepted."""
