@@ -55,8 +55,8 @@ class QmqpSession:
             logger.info("QMQP: [%s] closed the connection without sending a request", self.client)
             return
         # A slot is taken by a request that has begun, not by a connection: idle ones hold none.
-        async with self.listening.slots.slot():
-            await self._receive_and_answer(first, deadline)
+        async with self.listening.message() as content:
+            await self._receive_and_answer(content, first, deadline)
 
     async def refuse(self, reply: Reply) -> None:
         """Answer a client we will not serve, then read and drop what it still sends.
@@ -76,34 +76,32 @@ class QmqpSession:
             self.reader.read(READ_SIZE), limits.client_timeout, deadline, what="QMQP client"
         )
 
-    async def _receive_and_answer(self, first: bytes, deadline: Deadline) -> None:
+    async def _receive_and_answer(self, content: SpoolLatch, first: bytes, deadline: Deadline) -> None:
         started = time.monotonic()
-        content = self.listening.new_spool()
-        with content.spool:
-            try:
-                received = await self._read_request(content, first, deadline)
-            except ClientTimeout as exc:
-                logger.info("QMQP: [%s] %s; nothing answered, nothing forwarded", self.client, exc)
-                return
-            if received is None:
-                logger.info("QMQP: [%s] closed the connection before the end of the request", self.client)
-                return
-            metrics.stage_done("receive", started)
-            if isinstance(received, Reply):
-                logger.info("QMQP: [%s] refused: %s", self.client, received.smtp_line())
-                self.listening.answered(received)
-                await self._answer(received)
-                return
-            envelope = Envelope(
-                sender=received.sender,
-                recipients=received.recipients,
-                protocol="QMQP",
-                client_address=self.client,
-                listener=self.listening.listener.name,
-            )
-            outcome = await self.listening.judge(envelope, content, self.reader, started)
-            self.listening.answered(outcome.reply)
-            await self._answer(outcome.reply)
+        try:
+            received = await self._read_request(content, first, deadline)
+        except ClientTimeout as exc:
+            logger.info("QMQP: [%s] %s; nothing answered, nothing forwarded", self.client, exc)
+            return
+        if received is None:
+            logger.info("QMQP: [%s] closed the connection before the end of the request", self.client)
+            return
+        metrics.stage_done("receive", started)
+        if isinstance(received, Reply):
+            logger.info("QMQP: [%s] refused: %s", self.client, received.smtp_line())
+            self.listening.answered(received)
+            await self._answer(received)
+            return
+        envelope = Envelope(
+            sender=received.sender,
+            recipients=received.recipients,
+            protocol="QMQP",
+            client_address=self.client,
+            listener=self.listening.listener.name,
+        )
+        outcome = await self.listening.judge(envelope, content, self.reader, started)
+        self.listening.answered(outcome.reply)
+        await self._answer(outcome.reply)
 
     async def _read_request(
         self, content: SpoolLatch, first: bytes, deadline: Deadline

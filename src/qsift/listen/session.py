@@ -1,22 +1,18 @@
-"""What every listener's session needs: time limits, the peer, the summary log line, a client-gone watch."""
+"""What every listener's session needs: time limits, the peer, a client-gone watch."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from types import TracebackType
 from typing import TypeVar
 
 from qsift.errors import ClientTimeout
-from qsift.model import Envelope, Outcome, Recipient
-from qsift.observe.log import SUMMARY, logger, message_id, summary_line
-from qsift.spool import MessageSpool
+from qsift.model import Recipient
 
 T = TypeVar("T")
-_HEAD_FOR_LOG = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -73,14 +69,6 @@ async def read_within(step: Awaitable[T], silence: float, deadline: Deadline, *,
         if loop.time() >= deadline.at:
             raise ClientTimeout(f"{deadline.what} not complete within {deadline.seconds:.0f} s") from None
         raise ClientTimeout(f"{what} silent for {silence:.0f} s") from None
-
-
-def log_outcome(outcome: Outcome, envelope: Envelope, spool: MessageSpool, started: float) -> None:
-    elapsed_ms = (time.monotonic() - started) * 1000
-    line = summary_line(
-        outcome, envelope, size=spool.size, msgid=message_id(spool.head(_HEAD_FOR_LOG)), elapsed_ms=elapsed_ms
-    )
-    logger.log(SUMMARY, "%s", line)
 
 
 class ClientGoneWatch:

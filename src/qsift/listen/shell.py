@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+import time
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -19,12 +20,14 @@ from qsift.answers import Row, reply_for_error
 from qsift.config import Listener
 from qsift.errors import ClientTimeout, QsiftError, SpoolError, TooManyConnections
 from qsift.listen.admission import ConnectionsPerClient, SessionSlots, client_allowed
-from qsift.listen.session import ClientGoneWatch, log_outcome, peer_ip
+from qsift.listen.session import ClientGoneWatch, peer_ip
 from qsift.model import Envelope, Outcome, Reply
 from qsift.observe import metrics
-from qsift.observe.log import logger
+from qsift.observe.log import SUMMARY, logger, message_id, summary_line
 from qsift.pipeline import Pipeline
 from qsift.spool import MessageSpool
+
+_HEAD_FOR_LOG = 64 * 1024
 
 
 class Session(Protocol):
@@ -57,8 +60,12 @@ class Listening:
             limits.max_connections_per_client, self.listener.client_limit_exceptions
         )
 
-    def new_spool(self) -> SpoolLatch:
-        return SpoolLatch(MessageSpool(self.spool_dir, self.listener.limits.memory_spool))
+    @contextlib.asynccontextmanager
+    async def message(self) -> AsyncIterator[SpoolLatch]:
+        """One message in progress: its slot (TooBusy after `busy_wait` without) and its spool."""
+        async with self.slots.slot():
+            with MessageSpool(self.spool_dir, self.listener.limits.memory_spool) as spool:
+                yield SpoolLatch(spool)
 
     def answered(self, *replies: Reply) -> None:
         metrics.answered(self.listener.protocol, *replies)
@@ -74,7 +81,12 @@ class Listening:
         """Carry a message read to its end through the pipeline, watching for its client to go away."""
         async with ClientGoneWatch(reader, on_data) as gone:
             outcome = await self.pipeline.handle(envelope, content.spool, gone.event)
-        log_outcome(outcome, envelope, content.spool, started)
+        elapsed_ms = (time.monotonic() - started) * 1000
+        head = content.spool.head(_HEAD_FOR_LOG)
+        line = summary_line(
+            outcome, envelope, size=content.spool.size, msgid=message_id(head), elapsed_ms=elapsed_ms
+        )
+        logger.log(SUMMARY, "%s", line)
         metrics.stage_done("total", started)
         return outcome
 
@@ -97,9 +109,6 @@ class SpoolLatch:
             self.spool.write(data)
         except SpoolError as exc:
             self.failure = exc
-
-    def close(self) -> None:
-        self.spool.close()
 
 
 SessionOpener = Callable[[asyncio.StreamReader, asyncio.StreamWriter, "str | None"], Session]

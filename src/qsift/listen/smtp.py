@@ -76,8 +76,9 @@ class SmtpSession:
         self.helo: str | None = None
         self.extended = False
         self.content: SpoolLatch | None = None
-        #: The message's slot, held from DATA to its answer: a connection between messages holds none.
-        self.slot = contextlib.AsyncExitStack()
+        #: The message's slot and spool, held from DATA to its answer: a connection between messages
+        #: holds none.
+        self.message = contextlib.AsyncExitStack()
         self.started = time.monotonic()
         self.deadline = self._next_command()
 
@@ -115,10 +116,8 @@ class SmtpSession:
             await self._end_message()
 
     async def _end_message(self) -> None:
-        if self.content is not None:
-            self.content.close()
-            self.content = None
-        await self.slot.aclose()
+        self.content = None
+        await self.message.aclose()
 
     async def _on_event(self, event: object) -> None:
         if isinstance(event, wire.Hello):
@@ -142,13 +141,12 @@ class SmtpSession:
         limits = self.listening.listener.limits
         self.started = time.monotonic()
         try:
-            await self.slot.enter_async_context(self.listening.slots.slot())
+            self.content = await self.message.enter_async_context(self.listening.message())
         except TooBusy as exc:
             # Said to DATA itself, before the client sends content we would not use.
             self.conn.refuse_data(reply_for_error(exc))
             return
         self.deadline = Deadline.after(limits.request_timeout, "message content")
-        self.content = self.listening.new_spool()
         self.conn.start_data()
 
     async def _answer_message(self, end: wire.DataEnd) -> list[Reply]:

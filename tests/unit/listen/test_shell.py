@@ -12,6 +12,7 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -151,3 +152,36 @@ async def test_past_the_per_client_cap_a_connection_is_refused_and_a_closed_one_
     assert await first == (b"", True)
     assert await _connect(listening, _return, served) == (b"", True)
     assert served == [None, too_many, None]
+
+
+def _limited(listening: Listening, spool_dir: str | None = None, **limits: Any) -> Listening:
+    listener = replace(listening.listener, limits=replace(listening.listener.limits, **limits))
+    return Listening(listener, listening.pipeline, spool_dir)
+
+
+async def test_a_spool_failure_is_kept_and_the_rest_of_the_content_is_dropped(
+    listening: Listening, tmp_path: Path
+) -> None:
+    """The spool spills to a directory that is not there: the first failure is kept to answer at the end."""
+    failing = _limited(listening, str(tmp_path / "missing"), memory_spool=8)
+    async with failing.message() as content:
+        content.write(b"12345")
+        content.write(b"past the memory limit")
+        first = content.failure
+        content.write(b"more")
+        assert first is not None and "cannot spool message" in str(first)
+        assert (content.failure, content.spool.size) == (first, 5)
+
+
+async def test_a_message_past_the_slots_is_too_busy_and_a_finished_one_gives_its_slot_back(
+    listening: Listening,
+) -> None:
+    one_slot = _limited(listening, max_sessions=1, busy_wait=0.05)
+    async with one_slot.message():
+        with pytest.raises(TooBusy):
+            async with one_slot.message():
+                pass
+    async with one_slot.message() as content:
+        content.write(b"x")
+        assert (content.failure, one_slot.slots.in_use) == (None, 1)
+    assert one_slot.slots.in_use == 0
