@@ -52,3 +52,28 @@ async def test_a_bare_cr_next_to_a_dot_leaves_as_a_line_end(tmp_path: Path, list
     assert b"first part\r\n.\r\nMAIL FROM:<evil@example>\r\n" in delivery.body
     # qmail stores the delivered copy with LF line ends; the mark must be valid on it.
     assert verifies(delivery.body.replace(b"\r\n", b"\n"), key)
+
+
+HIDDEN_PROGRAM = (
+    b"From: mallory@example.org\r\nSubject: invoice\r\nMIME-Version: 1.0\r\n"
+    b'Content-Type: multipart/mixed; boundary="B"\r\n\r\n'
+    b"--B\r\nContent-Type: text/plain\r\n\r\nplease pay\r--B\r\n"
+    b'Content-Type: application/octet-stream; name="invoice.pdf.exe"\r\n'
+    b'Content-Disposition: attachment; filename="invoice.pdf.exe"\r\n\r\nMZ\r\n--B--\r\n'
+)
+
+
+async def test_a_part_behind_a_bare_cr_is_checked_like_the_one_the_next_hop_sees(tmp_path: Path) -> None:
+    # Downstream the bare CR is a line end, so "--B" starts a second part there: a banned program.
+    async with (
+        fake_mta() as mta,
+        running_daemon(
+            tmp_path,
+            f"smtp:[127.0.0.1]:{mta.port}",
+            protocols=("smtp",),
+            top={"destiny": {"banned": "reject"}},
+        ) as daemon,
+    ):
+        sent = await smtp_send(daemon.smtp, HIDDEN_PROGRAM, b"mallory@example.org", [b"bob@example.net"])
+    assert sent.final[0][0] == 554, sent.final
+    assert mta.deliveries == []

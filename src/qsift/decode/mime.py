@@ -64,24 +64,46 @@ class Events(Protocol):
 
 
 class _Lines:
-    """Lines of a binary file, long ones in pieces, with one step of push-back."""
+    """Lines of a binary file, long ones in pieces, with one step of push-back.
+
+    A bare CR ends a line, as LF and CR LF do: the SMTP and LMTP forward sends it as CR LF
+    (wire/smtp_data.py), so what follows it is a line of its own downstream: a delimiter or a header
+    field there must be one here, or a part the next hop sees is never looked at.
+    """
 
     def __init__(self, stream: IO[bytes]) -> None:
         self._stream = stream
         self._back: tuple[bytes, bool] | None = None
         self._at_line_start = True
+        self._rest = b""  # read past a bare CR, not handed out yet
 
     def next(self) -> tuple[bytes, bool] | None:
         """(piece, starts_a_line), or None at the end."""
         if self._back is not None:
             item, self._back = self._back, None
             return item
-        piece = self._stream.readline(LINE_CHUNK)
+        piece = self._read_piece()
         if not piece:
             return None
         starts = self._at_line_start
-        self._at_line_start = piece.endswith(b"\n")
+        self._at_line_start = piece.endswith((b"\n", b"\r"))
         return piece, starts
+
+    def _read_piece(self) -> bytes:
+        piece, self._rest = self._rest, b""
+        if b"\n" not in piece and b"\r" not in piece:
+            # A line's start after a bare CR is read on to its end, so that a delimiter there is whole.
+            piece += self._stream.readline(max(1, LINE_CHUNK - len(piece)))
+        if piece.endswith(b"\r"):
+            # Cut at the size bound, or the file's last octet: the next one says whether it is a CR LF.
+            piece += self._stream.read(1)
+        bare_cr = piece.find(b"\r")
+        while bare_cr >= 0 and piece[bare_cr + 1 : bare_cr + 2] == b"\n":
+            bare_cr = piece.find(b"\r", bare_cr + 2)
+        if bare_cr < 0 or bare_cr == len(piece) - 1:
+            return piece
+        self._rest = piece[bare_cr + 1 :]
+        return piece[: bare_cr + 1]
 
     def push_back(self, item: tuple[bytes, bool]) -> None:
         self._back = item
