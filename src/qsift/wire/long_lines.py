@@ -7,7 +7,8 @@ What this module changes, and only where a line is too long:
 
 - A header line (of the message, a part or an attached message) is folded before a space or tab, so that
   unfolding (RFC 5322 §2.2.3) gives the line back exactly. A stretch of 998 octets with no white space
-  (no honest field has one) is cut with CRLF SP, as Postfix's smtp_line_length_limit does: one space more.
+  (no honest field has one) is cut with CRLF SP, as Postfix's smtp_line_length_limit does: one space more;
+  never before a field's colon, though: a field whose name runs past the limit passes as it came.
 - A leaf part sent as it is (7bit, 8bit, binary or no Content-Transfer-Encoding) that has a long line is
   re-encoded quoted-printable, every line of it, and its header says so (the message's header also gets
   MIME-Version if it had none). Quoted-printable, not base64: text stays readable, short lines barely
@@ -132,6 +133,7 @@ class LineFitter:
         self._line = bytearray()  # the current line's octets not yet sent (header, split and encode modes)
         self._line_start = True
         self._field_start = False  # the current header line starts a field
+        self._passing_line = False  # the current header line cannot be folded: it passes as it came
         self._long = False  # the current body line is being cut
         self._run = 0  # octets of the current body line so far
         #: Parts sent as they are whose body has a line too long: numbered in the order of their header
@@ -231,6 +233,14 @@ class LineFitter:
         """A header line out, folded before white space wherever it is too long."""
         line = self._line
         line += data
+        if self._field_start and not 0 <= line.find(b":") < MAX_LINE:
+            # A name that runs past the limit (no honest field has one): any cut before its colon would
+            # make the line no field downstream, the header would end there, and what the checks read as
+            # this part's header would be body at the next hop. It passes as it came.
+            self._passing_line = True
+        if self._passing_line:
+            self._out += line
+            line.clear()
         while len(line) > MAX_LINE:
             # A field's first line folds only after its colon; any line only after some text.
             lowest = line.find(b":") + 1 if self._field_start else 0
@@ -245,6 +255,7 @@ class LineFitter:
         if eol is not None:
             self._out += line + eol
             line.clear()
+            self._passing_line = False
 
     def _header_end(self, entity: _Entity, eol: bytes, *, complete: bool) -> None:
         self._entity = None

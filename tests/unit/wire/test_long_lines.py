@@ -134,6 +134,18 @@ def test_a_stretch_without_white_space_is_cut_with_a_space() -> None:
     assert unfold(out).split(b"\n")[0] == b"X-Long: " + b" ".join([b"a" * 997, b"a" * 997, b"a" * 506])
 
 
+def test_a_field_whose_name_runs_past_the_limit_stays_a_field() -> None:
+    # Cut before its colon, the line is no field at the next hop: the part's header would end there and
+    # its Content-Type (what the checks read) would be body text downstream.
+    name = b"X-" + b"n" * 1100
+    part = name + b": v w\nContent-Type: application/octet-stream; name=a.exe\n\nMZ"
+    message = mixed(part)
+    out, _ = fit(message, [5, 600, 1200])
+    assert out == message
+    [fitted] = parts_of(email.message_from_bytes(out, policy=email.policy.compat32))
+    assert fitted.get_filename() == "a.exe"
+
+
 def test_a_header_line_longer_than_a_piece_is_folded_as_it_comes() -> None:
     value = b" ".join([b"w" * 50] * 3000)  # 153 kB
     out, _ = fit(b"References: " + value + b"\r\n\r\nbody", [1000, 70_000, 140_000])
