@@ -77,3 +77,22 @@ async def test_a_part_behind_a_bare_cr_is_checked_like_the_one_the_next_hop_sees
         sent = await smtp_send(daemon.smtp, HIDDEN_PROGRAM, b"mallory@example.org", [b"bob@example.net"])
     assert sent.final[0][0] == 554, sent.final
     assert mta.deliveries == []
+
+
+async def test_a_long_header_line_is_not_folded_right_after_a_bare_cr(tmp_path: Path) -> None:
+    # Folded there, the forward's CR CR LF was an empty line: the header ended and the fields after it
+    # (Content-Type, what the checks had read) were body text at the next hop.
+    message = (
+        b"From: mallory@example.org\r\nX-Pad: " + b"a" * 990 + b"\r " + b"b" * 20 + b"\r\n"
+        b"MIME-Version: 1.0\r\nContent-Type: text/csv; name=report.csv\r\n\r\n1,2\r\n"
+    )
+    async with (
+        fake_mta() as mta,
+        running_daemon(tmp_path, f"smtp:[127.0.0.1]:{mta.port}", protocols=("smtp",)) as daemon,
+    ):
+        sent = await smtp_send(daemon.smtp, message, b"mallory@example.org", [b"bob@example.net"])
+        assert sent.final[0][0] == 250
+    [delivery] = mta.deliveries
+    head, _, body = delivery.body.partition(b"\r\n\r\n")
+    assert b"Content-Type: text/csv; name=report.csv" in head
+    assert body == b"1,2\r\n"

@@ -13,10 +13,12 @@ What this module changes, and only where a line is too long:
   re-encoded quoted-printable, every line of it, and its header says so (the message's header also gets
   MIME-Version if it had none). Quoted-printable, not base64: text stays readable, short lines barely
   grow, and decoding gives the part's bytes back with its line ends as CRLF, which is what the 8-bit part
-  meant on the wire (RFC 2045 §2.10). A line starting with "-" starts "=2D" so that no encoded line can
-  look like a boundary.
+  meant on the wire (RFC 2045 §2.10; a bare CR is a line end there, as the SMTP forward sends it). A
+  line starting with "-" starts "=2D" so that no encoded line can look like a boundary.
 - A base64 part's long line is cut into lines of 76 (decoders skip line breaks, RFC 2045 §6.8); a
   quoted-printable part's long line gets soft line breaks, never inside an "=XX".
+- A bare CR ends a line, as it does for the decoder and on the SMTP forward (which sends it as CRLF):
+  a fold right after one would be an empty line, the end of the header, at the next hop.
 - Anything else is passed as it came: preambles and epilogues, parts in encodings qsift does not know,
   message/partial and message/external-body (which must stay 7bit), multiparts past `MAX_NESTING`.
 
@@ -150,7 +152,13 @@ class LineFitter:
         start = 0
         while not self._passing_rest:
             newline = buf.find(b"\n", start)
-            if newline >= 0:
+            bare_cr = buf.find(b"\r", start, newline if newline >= 0 else len(buf) - 1)
+            if 0 <= bare_cr != newline - 1:
+                # The forward sends a bare CR as a line end (wire/smtp_data.py) and the decoder reads it as
+                # one: a fold right after it would be an empty line, the end of the header, downstream.
+                self._piece(bytes(buf[start:bare_cr]), b"\r")
+                start = bare_cr + 1
+            elif newline >= 0:
                 eol = b"\r\n" if newline > start and buf[newline - 1] == 0x0D else b"\n"
                 self._piece(bytes(buf[start : newline + 1 - len(eol)]), eol)
                 start = newline + 1
@@ -181,7 +189,7 @@ class LineFitter:
 
     def _piece(self, data: bytes, eol: bytes | None) -> None:
         """A line, or a piece of one (eol None: more of it to come)."""
-        if eol is not None and not self._newline:
+        if eol is not None and eol != b"\r" and not self._newline:
             self._newline = eol
         starts = self._line_start
         self._line_start = eol is not None
@@ -371,6 +379,9 @@ class LineFitter:
 
     def _end_line(self, eol: bytes) -> None:
         line = self._line
+        if self._body is _Body.ENCODE_QP and eol == b"\r":
+            # A line end like any other (the forward makes it CRLF), and quoted-printable has no bare CR.
+            eol = self._newline_or_lf()
         if self._long and self._body is not _Body.SPLIT_BASE64 and line.startswith(b"-"):
             line[:1] = b"=2D"
         self._out += line + eol
