@@ -155,8 +155,10 @@ _STRUCTURE_DEFECTS = frozenset(
         "MisplacedEnvelopeHeaderDefect",
     }
 )
-_UUENCODE_BEGIN = re.compile(rb"^begin [0-7]{3,4} ([^\r\n]+)\r?$", re.MULTILINE)
-_UUENCODE_END = re.compile(rb"^end\r?$", re.MULTILINE)
+# Lines end in LF, CRLF or a bare CR: the SMTP forward sends a bare CR as CRLF, so a block between bare
+# CRs is one a reader downstream decodes.
+_UUENCODE_BEGIN = re.compile(rb"(?:\A|(?<=[\r\n]))begin [0-7]{3,4} ([^\r\n]+)(?=[\r\n]|\Z)")
+_UUENCODE_END = re.compile(rb"(?:\A|(?<=[\r\n]))end(?=[\r\n]|\Z)")
 #: Text parts up to this size are searched for uuencoded files.
 _UUENCODE_SCAN_LIMIT = 16 * MIB
 
