@@ -96,3 +96,21 @@ async def test_a_long_header_line_is_not_folded_right_after_a_bare_cr(tmp_path: 
     head, _, body = delivery.body.partition(b"\r\n\r\n")
     assert b"Content-Type: text/csv; name=report.csv" in head
     assert body == b"1,2\r\n"
+
+
+async def test_a_bare_cr_is_stored_as_a_line_end_by_the_maildir_forward(tmp_path: Path) -> None:
+    # Kept as it came, "please pay<CR>--B" is one line for a reader that does not split at a bare CR:
+    # the part behind it, the one the checks read, would be text of the first part there.
+    clean = HIDDEN_PROGRAM.replace(b"application/octet-stream", b"text/csv").replace(
+        b"invoice.pdf.exe", b"a.csv"
+    )
+    async with running_daemon(tmp_path, f"maildir:{tmp_path / 'Maildir'}", protocols=("qmqp",)) as daemon:
+        answer = await qmqp_send(
+            daemon.qmqp, clean.replace(b"\r\n", b"\n"), b"a@example.org", [b"b@example.net"]
+        )
+        assert answer.startswith("K"), answer
+        key = (daemon.state_dir / "mark.key").read_bytes()
+    [stored] = [path.read_bytes() for path in (tmp_path / "Maildir" / "new").iterdir()]
+    assert b"\r" not in stored
+    assert b"please pay\n--B\nContent-Type: text/csv" in stored
+    assert verifies(stored, key)
