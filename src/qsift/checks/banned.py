@@ -75,7 +75,7 @@ class BannedRule:
     def matches(self, part: Part) -> bool:
         return (
             _in_place(self.place, part)
-            and _found(self.filename, part.filename)
+            and any(_found(self.filename, name) for name in part.names)
             and _full(self.declared_type, part.declared_type)
             and _full(self.detected_type, part.detected_type)
         )
@@ -174,7 +174,7 @@ def _deciding_rule(candidates: Sequence[Part], rules: Sequence[BannedRule]) -> B
 def _detail(part: Part, rule: BannedRule) -> str:
     # amavisd-new's %F: "application/octet-stream,.exe-ms,invoice.pdf.exe".
     detected = f".{part.detected_type}" if part.detected_type else ""
-    shown = ",".join(_printable(value) for value in (part.declared_type, detected, part.filename) if value)
+    shown = ",".join(_printable(value) for value in (part.declared_type, detected, *part.names) if value)
     return f"{shown} ({rule.description})".lstrip()
 
 
