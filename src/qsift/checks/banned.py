@@ -75,10 +75,16 @@ class BannedRule:
     def matches(self, part: Part) -> bool:
         return (
             _in_place(self.place, part)
-            and any(_found(self.filename, name) for name in part.names)
+            and self._names_match(part)
             and _full(self.declared_type, part.declared_type)
             and _full(self.detected_type, part.detected_type)
         )
+
+    def _names_match(self, part: Part) -> bool:
+        # A ban holds if any name a reader may show matches; an exemption only if every one does, so that
+        # an allowed name beside a banned one exempts nothing (amavisd-new checks each name on its own).
+        names = (_found(self.filename, name) for name in part.names)
+        return all(names) if self.allow else any(names)
 
 
 def _in_place(place: Place, part: Part) -> bool:

@@ -532,3 +532,14 @@ def test_each_declared_name_of_a_part_is_checked(fields: bytes) -> None:
     [finding] = check_banned(parts)
     assert finding.category is Category.BANNED
     assert "run.vbs" in finding.detail and "notes.txt" in finding.detail
+
+
+def test_an_allowed_name_beside_a_banned_one_exempts_nothing() -> None:
+    rules = (
+        BannedRule("text is fine", filename=re.compile(r"\.txt$"), allow=True),
+        BannedRule("script", filename=re.compile(r"\.vbs$")),
+    )
+    both = Part("2", "text/plain", "notes.txt", "txt", "", 1, "", 0, other_names=("run.vbs",))
+    [finding] = check_banned([both], rules)
+    assert "script" in finding.detail
+    assert check_banned([Part("2", "text/plain", "notes.txt", "txt", "", 1, "", 0)], rules) == []
