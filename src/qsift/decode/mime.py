@@ -19,6 +19,7 @@ import email.message
 import email.parser
 import email.policy
 import re
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import IO, Protocol
@@ -31,6 +32,8 @@ _HEADER_LIMIT = 1024 * 1024
 _FIELD = re.compile(rb"^[\x21-\x39\x3b-\x7e]+[ \t]*:")
 _MESSAGE_TYPES = frozenset({"message/rfc822", "message/global"})
 _PREAMBLE_KEEP = 4 * 1024 * 1024
+#: A line with its end: CR LF, LF, or a bare CR (which the forward sends as CR LF); or a last one without.
+_LINE = re.compile(rb"[^\r\n]*(?:\r\n|\r|\n)|[^\r\n]+")
 
 
 @dataclass(frozen=True)
@@ -75,7 +78,8 @@ class _Lines:
         self._stream = stream
         self._back: tuple[bytes, bool] | None = None
         self._at_line_start = True
-        self._rest = b""  # read past a bare CR, not handed out yet
+        self._split: deque[bytes] = deque()  # the lines of a piece cut at bare CRs, not handed out yet
+        self._carry = b""  # a line's start after a bare CR, read on with the next piece
 
     def next(self) -> tuple[bytes, bool] | None:
         """(piece, starts_a_line), or None at the end."""
@@ -90,20 +94,23 @@ class _Lines:
         return piece, starts
 
     def _read_piece(self) -> bytes:
-        piece, self._rest = self._rest, b""
-        if b"\n" not in piece and b"\r" not in piece:
-            # A line's start after a bare CR is read on to its end, so that a delimiter there is whole.
-            piece += self._stream.readline(max(1, LINE_CHUNK - len(piece)))
+        if self._split:
+            return self._split.popleft()
+        carry, self._carry = self._carry, b""
+        piece = carry + self._stream.readline(max(1, LINE_CHUNK - len(carry)))
         if piece.endswith(b"\r"):
             # Cut at the size bound, or the file's last octet: the next one says whether it is a CR LF.
             piece += self._stream.read(1)
-        bare_cr = piece.find(b"\r")
-        while bare_cr >= 0 and piece[bare_cr + 1 : bare_cr + 2] == b"\n":
-            bare_cr = piece.find(b"\r", bare_cr + 2)
-        if bare_cr < 0 or bare_cr == len(piece) - 1:
+        if b"\r" not in piece:
             return piece
-        self._rest = piece[bare_cr + 1 :]
-        return piece[: bare_cr + 1]
+        lines: list[bytes] = _LINE.findall(piece)
+        if len(lines) == 1:
+            return piece
+        if not lines[-1].endswith(b"\n"):
+            # Read on to its end, so that a delimiter there is whole (and a CR there may be a CR LF's).
+            self._carry = lines.pop()
+        self._split.extend(lines[1:])
+        return lines[0]
 
     def push_back(self, item: tuple[bytes, bool]) -> None:
         self._back = item

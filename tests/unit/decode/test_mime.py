@@ -1006,3 +1006,13 @@ def test_a_bare_cr_at_the_line_piece_bound(offset: int) -> None:
 
 def test_a_body_keeps_its_bare_crs() -> None:
     assert record(b"\r\na\rb\r\rc\r").one_leaf().body == b"a\rb\r\rc\r"
+
+
+def test_a_run_of_bare_crs_is_read_in_linear_time() -> None:
+    # Each bare CR is a line; the piece they came in is cut once, not copied again for every line.
+    lines = mime._Lines(io.BytesIO(b"\r" * (3 * LINE_CHUNK) + b"--B\r\n"))
+    pieces = []
+    while (item := lines.next()) is not None:
+        pieces.append(item)
+    assert pieces[-1] == (b"--B\r\n", True)
+    assert len(pieces) == 3 * LINE_CHUNK + 1 and all(piece == (b"\r", True) for piece in pieces[:-1])
