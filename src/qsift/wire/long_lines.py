@@ -48,6 +48,7 @@ _AS_IS = frozenset({"", "7bit", "8bit", "binary"})
 _MESSAGES = frozenset({"message/rfc822", "message/global"})
 _KEPT_FIELD = 16 * 1024
 _WSP = b" \t"
+_CR_OR_LF = re.compile(rb"[\r\n]")
 
 
 class LongLineFinder:
@@ -151,17 +152,15 @@ class LineFitter:
         buf += chunk
         start = 0
         while not self._passing_rest:
-            newline = buf.find(b"\n", start)
-            bare_cr = buf.find(b"\r", start, newline if newline >= 0 else len(buf) - 1)
-            if 0 <= bare_cr != newline - 1:
-                # The forward sends a bare CR as a line end (wire/smtp_data.py) and the decoder reads it as
-                # one: a fold right after it would be an empty line, the end of the header, downstream.
-                self._piece(bytes(buf[start:bare_cr]), b"\r")
-                start = bare_cr + 1
-            elif newline >= 0:
-                eol = b"\r\n" if newline > start and buf[newline - 1] == 0x0D else b"\n"
-                self._piece(bytes(buf[start : newline + 1 - len(eol)]), eol)
-                start = newline + 1
+            # The first CR or LF: a bare CR is a line end too, since the forward sends it as one
+            # (wire/smtp_data.py) and the decoder reads it so; a fold right after it would be an empty
+            # line, the end of the header, downstream. A CR last in the buffer waits for what follows.
+            found = _CR_OR_LF.search(buf, start)
+            at = found.start() if found is not None else -1
+            if 0 <= at < len(buf) - 1 or (at >= 0 and buf[at] == 0x0A):
+                eol = b"\n" if buf[at] == 0x0A else b"\r\n" if buf[at + 1] == 0x0A else b"\r"
+                self._piece(bytes(buf[start:at]), eol)
+                start = at + len(eol)
             elif len(buf) - start > PIECE:
                 end = len(buf) - 1  # the last octet may be the CR of a CR LF
                 self._piece(bytes(buf[start:end]), None)

@@ -359,3 +359,11 @@ def test_a_long_base64_line_is_cut_without_touching_its_characters() -> None:
     encoded = out.partition(b"\n\n")[2]
     assert encoded.replace(b"\n", b"") == line
     assert longest(encoded) <= 76
+
+
+def test_a_run_of_bare_crs_in_one_large_chunk_is_read_in_linear_time() -> None:
+    # Each bare CR is a line; finding it must not scan the whole rest of the chunk for an LF each time.
+    message = b"Subject: s\n\n" + b"\r" * 400_000 + b"x" * 1000 + b"\n"
+    fitter = LineFitter()
+    out = fitter.feed(message) + fitter.finish()
+    assert out == message and fitter.long_parts == {0}
