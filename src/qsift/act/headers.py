@@ -28,8 +28,10 @@ INFECTED_TAG = "***INFECTED*** "
 BANNED_TAG = "***BANNED*** "
 #: How much of the message is searched for the Subject field; a header larger than this keeps its Subject.
 _HEAD_LIMIT = 256 * 1024
-_SUBJECT = re.compile(rb"^subject:[ \t]?", re.IGNORECASE | re.MULTILINE)
-_HEADER_END = re.compile(rb"\r?\n\r?\n")
+# A bare CR is a line end too: the forward sends it as CRLF, and the decoder reads it as one.
+_LINE_END = rb"(?:\r\n|\n|\r(?!\n))"
+_SUBJECT = re.compile(rb"(?:\A|(?<=[\r\n]))subject:[ \t]?", re.IGNORECASE)
+_HEADER_END = re.compile(_LINE_END + _LINE_END)
 
 
 def header_fields(

@@ -75,10 +75,16 @@ class BannedRule:
     def matches(self, part: Part) -> bool:
         return (
             _in_place(self.place, part)
-            and _found(self.filename, part.filename)
+            and self._names_match(part)
             and _full(self.declared_type, part.declared_type)
             and _full(self.detected_type, part.detected_type)
         )
+
+    def _names_match(self, part: Part) -> bool:
+        # A ban holds if any name a reader may show matches; an exemption only if every one does, so that
+        # an allowed name beside a banned one exempts nothing (amavisd-new checks each name on its own).
+        names = (_found(self.filename, name) for name in part.names)
+        return all(names) if self.allow else any(names)
 
 
 def _in_place(place: Place, part: Part) -> bool:
@@ -174,7 +180,7 @@ def _deciding_rule(candidates: Sequence[Part], rules: Sequence[BannedRule]) -> B
 def _detail(part: Part, rule: BannedRule) -> str:
     # amavisd-new's %F: "application/octet-stream,.exe-ms,invoice.pdf.exe".
     detected = f".{part.detected_type}" if part.detected_type else ""
-    shown = ",".join(_printable(value) for value in (part.declared_type, detected, part.filename) if value)
+    shown = ",".join(_printable(value) for value in (part.declared_type, detected, *part.names) if value)
     return f"{shown} ({rule.description})".lstrip()
 
 

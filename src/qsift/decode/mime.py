@@ -19,6 +19,7 @@ import email.message
 import email.parser
 import email.policy
 import re
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import IO, Protocol
@@ -31,6 +32,8 @@ _HEADER_LIMIT = 1024 * 1024
 _FIELD = re.compile(rb"^[\x21-\x39\x3b-\x7e]+[ \t]*:")
 _MESSAGE_TYPES = frozenset({"message/rfc822", "message/global"})
 _PREAMBLE_KEEP = 4 * 1024 * 1024
+#: A line with its end: CR LF, LF, or a bare CR (which the forward sends as CR LF); or a last one without.
+_LINE = re.compile(rb"[^\r\n]*(?:\r\n|\r|\n)|[^\r\n]+")
 
 
 @dataclass(frozen=True)
@@ -64,24 +67,50 @@ class Events(Protocol):
 
 
 class _Lines:
-    """Lines of a binary file, long ones in pieces, with one step of push-back."""
+    """Lines of a binary file, long ones in pieces, with one step of push-back.
+
+    A bare CR ends a line, as LF and CR LF do: the SMTP and LMTP forward sends it as CR LF
+    (wire/smtp_data.py), so what follows it is a line of its own downstream: a delimiter or a header
+    field there must be one here, or a part the next hop sees is never looked at.
+    """
 
     def __init__(self, stream: IO[bytes]) -> None:
         self._stream = stream
         self._back: tuple[bytes, bool] | None = None
         self._at_line_start = True
+        self._split: deque[bytes] = deque()  # the lines of a piece cut at bare CRs, not handed out yet
+        self._carry = b""  # a line's start after a bare CR, read on with the next piece
 
     def next(self) -> tuple[bytes, bool] | None:
         """(piece, starts_a_line), or None at the end."""
         if self._back is not None:
             item, self._back = self._back, None
             return item
-        piece = self._stream.readline(LINE_CHUNK)
+        piece = self._read_piece()
         if not piece:
             return None
         starts = self._at_line_start
-        self._at_line_start = piece.endswith(b"\n")
+        self._at_line_start = piece.endswith((b"\n", b"\r"))
         return piece, starts
+
+    def _read_piece(self) -> bytes:
+        if self._split:
+            return self._split.popleft()
+        carry, self._carry = self._carry, b""
+        piece = carry + self._stream.readline(max(1, LINE_CHUNK - len(carry)))
+        if piece.endswith(b"\r"):
+            # Cut at the size bound, or the file's last octet: the next one says whether it is a CR LF.
+            piece += self._stream.read(1)
+        if b"\r" not in piece:
+            return piece
+        lines: list[bytes] = _LINE.findall(piece)
+        if len(lines) == 1:
+            return piece
+        if not lines[-1].endswith(b"\n"):
+            # Read on to its end, so that a delimiter there is whole (and a CR there may be a CR LF's).
+            self._carry = lines.pop()
+        self._split.extend(lines[1:])
+        return lines[0]
 
     def push_back(self, item: tuple[bytes, bool]) -> None:
         self._back = item

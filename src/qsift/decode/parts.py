@@ -36,6 +36,15 @@ class Part:
     container: bool = False
     #: Why its content could not be looked into ("encrypted archive", "corrupt zip", ...); "" if it could.
     unchecked: str = ""
+    #: The other names its header declares: a Content-Type name beside a Content-Disposition filename, a
+    #: repeated parameter. Mail readers differ in which one they show, so each is checked, as amavisd-new
+    #: checks each declared name (its N= keys).
+    other_names: tuple[str, ...] = ()
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """Every name it goes by: `filename` first."""
+        return (self.filename, *self.other_names)
 
     @property
     def in_archive(self) -> bool:

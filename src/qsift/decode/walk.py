@@ -22,6 +22,7 @@ import contextlib
 import email.errors
 import email.header
 import email.message
+import email.utils
 import hashlib
 import io
 import os
@@ -31,8 +32,8 @@ import tempfile
 import time
 import zipfile
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
-from typing import IO
+from dataclasses import dataclass, replace
+from typing import IO, Any
 
 from qsift.decode import archive, mime
 from qsift.decode.filetype import MAGIC_BYTES, detect
@@ -155,8 +156,10 @@ _STRUCTURE_DEFECTS = frozenset(
         "MisplacedEnvelopeHeaderDefect",
     }
 )
-_UUENCODE_BEGIN = re.compile(rb"^begin [0-7]{3,4} ([^\r\n]+)\r?$", re.MULTILINE)
-_UUENCODE_END = re.compile(rb"^end\r?$", re.MULTILINE)
+# Lines end in LF, CRLF or a bare CR: the SMTP forward sends a bare CR as CRLF, so a block between bare
+# CRs is one a reader downstream decodes.
+_UUENCODE_BEGIN = re.compile(rb"(?:\A|(?<=[\r\n]))begin [0-7]{3,4} ([^\r\n]+)(?=[\r\n]|\Z)")
+_UUENCODE_END = re.compile(rb"(?:\A|(?<=[\r\n]))end(?=[\r\n]|\Z)")
 #: Text parts up to this size are searched for uuencoded files.
 _UUENCODE_SCAN_LIMIT = 16 * MIB
 
@@ -289,6 +292,9 @@ class _Walker:
             self._part_failed(entity.path, exc)
             if len(self.parts) == listed:
                 self._add(_named_only(entity.path, declared, name, depth, containers, _failure(exc)))
+        others = _other_names(entity.header, name)
+        if others and len(self.parts) > listed and self.parts[listed].path == entity.path:
+            self.parts[listed] = replace(self.parts[listed], other_names=others)
         for _ in body:
             pass  # the reader needs the rest of the body read to find the next boundary
 
@@ -307,6 +313,7 @@ class _Walker:
             containers,
             container=True,
         )
+        part = replace(part, other_names=_other_names(entity.header, name))
         try:
             self._add(part)
         except _OverLimit as exc:
@@ -549,6 +556,29 @@ def _filename(header: email.message.Message) -> str:
         except (ValueError, LookupError, UnicodeError, email.errors.MessageError):
             return raw
     return raw
+
+
+def _other_names(header: email.message.Message, name: str) -> tuple[str, ...]:
+    """The names the header declares besides `name`: every filename and name parameter, repeats too."""
+    found: list[str] = []
+    for field, key in (("content-disposition", "filename"), ("content-type", "name")):
+        for param, value in _params(header, field):
+            if param.lower() != key:
+                continue
+            text = email.utils.collapse_rfc2231_value(value).strip()
+            if "=?" in text:
+                with contextlib.suppress(ValueError, LookupError, UnicodeError, email.errors.MessageError):
+                    text = str(email.header.make_header(email.header.decode_header(text)))
+            if text and text != name and text not in found:
+                found.append(text)
+    return tuple(found)
+
+
+def _params(header: email.message.Message, field: str) -> list[tuple[str, Any]]:
+    try:
+        return header.get_params(header=field) or []
+    except Exception:  # too broken for the parser: the name get_filename found is all there is
+        return []
 
 
 def _part(

@@ -7,15 +7,18 @@ What this module changes, and only where a line is too long:
 
 - A header line (of the message, a part or an attached message) is folded before a space or tab, so that
   unfolding (RFC 5322 §2.2.3) gives the line back exactly. A stretch of 998 octets with no white space
-  (no honest field has one) is cut with CRLF SP, as Postfix's smtp_line_length_limit does: one space more.
+  (no honest field has one) is cut with CRLF SP, as Postfix's smtp_line_length_limit does: one space more;
+  never before a field's colon, though: a field whose name runs past the limit passes as it came.
 - A leaf part sent as it is (7bit, 8bit, binary or no Content-Transfer-Encoding) that has a long line is
   re-encoded quoted-printable, every line of it, and its header says so (the message's header also gets
   MIME-Version if it had none). Quoted-printable, not base64: text stays readable, short lines barely
   grow, and decoding gives the part's bytes back with its line ends as CRLF, which is what the 8-bit part
-  meant on the wire (RFC 2045 §2.10). A line starting with "-" starts "=2D" so that no encoded line can
-  look like a boundary.
+  meant on the wire (RFC 2045 §2.10; a bare CR is a line end there, as the SMTP forward sends it). A
+  line starting with "-" starts "=2D" so that no encoded line can look like a boundary.
 - A base64 part's long line is cut into lines of 76 (decoders skip line breaks, RFC 2045 §6.8); a
   quoted-printable part's long line gets soft line breaks, never inside an "=XX".
+- A bare CR ends a line, as it does for the decoder and on the SMTP forward (which sends it as CRLF):
+  a fold right after one would be an empty line, the end of the header, at the next hop.
 - Anything else is passed as it came: preambles and epilogues, parts in encodings qsift does not know,
   message/partial and message/external-body (which must stay 7bit), multiparts past `MAX_NESTING`.
 
@@ -45,6 +48,7 @@ _AS_IS = frozenset({"", "7bit", "8bit", "binary"})
 _MESSAGES = frozenset({"message/rfc822", "message/global"})
 _KEPT_FIELD = 16 * 1024
 _WSP = b" \t"
+_CR_OR_LF = re.compile(rb"[\r\n]")
 
 
 class LongLineFinder:
@@ -132,6 +136,7 @@ class LineFitter:
         self._line = bytearray()  # the current line's octets not yet sent (header, split and encode modes)
         self._line_start = True
         self._field_start = False  # the current header line starts a field
+        self._passing_line = False  # the current header line cannot be folded: it passes as it came
         self._long = False  # the current body line is being cut
         self._run = 0  # octets of the current body line so far
         #: Parts sent as they are whose body has a line too long: numbered in the order of their header
@@ -147,11 +152,15 @@ class LineFitter:
         buf += chunk
         start = 0
         while not self._passing_rest:
-            newline = buf.find(b"\n", start)
-            if newline >= 0:
-                eol = b"\r\n" if newline > start and buf[newline - 1] == 0x0D else b"\n"
-                self._piece(bytes(buf[start : newline + 1 - len(eol)]), eol)
-                start = newline + 1
+            # The first CR or LF: a bare CR is a line end too, since the forward sends it as one
+            # (wire/smtp_data.py) and the decoder reads it so; a fold right after it would be an empty
+            # line, the end of the header, downstream. A CR last in the buffer waits for what follows.
+            found = _CR_OR_LF.search(buf, start)
+            at = found.start() if found is not None else -1
+            if 0 <= at < len(buf) - 1 or (at >= 0 and buf[at] == 0x0A):
+                eol = b"\n" if buf[at] == 0x0A else b"\r\n" if buf[at + 1] == 0x0A else b"\r"
+                self._piece(bytes(buf[start:at]), eol)
+                start = at + len(eol)
             elif len(buf) - start > PIECE:
                 end = len(buf) - 1  # the last octet may be the CR of a CR LF
                 self._piece(bytes(buf[start:end]), None)
@@ -179,7 +188,7 @@ class LineFitter:
 
     def _piece(self, data: bytes, eol: bytes | None) -> None:
         """A line, or a piece of one (eol None: more of it to come)."""
-        if eol is not None and not self._newline:
+        if eol is not None and eol != b"\r" and not self._newline:
             self._newline = eol
         starts = self._line_start
         self._line_start = eol is not None
@@ -231,6 +240,14 @@ class LineFitter:
         """A header line out, folded before white space wherever it is too long."""
         line = self._line
         line += data
+        if self._field_start and not 0 <= line.find(b":") < MAX_LINE:
+            # A name that runs past the limit (no honest field has one): any cut before its colon would
+            # make the line no field downstream, the header would end there, and what the checks read as
+            # this part's header would be body at the next hop. It passes as it came.
+            self._passing_line = True
+        if self._passing_line:
+            self._out += line
+            line.clear()
         while len(line) > MAX_LINE:
             # A field's first line folds only after its colon; any line only after some text.
             lowest = line.find(b":") + 1 if self._field_start else 0
@@ -245,6 +262,7 @@ class LineFitter:
         if eol is not None:
             self._out += line + eol
             line.clear()
+            self._passing_line = False
 
     def _header_end(self, entity: _Entity, eol: bytes, *, complete: bool) -> None:
         self._entity = None
@@ -360,6 +378,9 @@ class LineFitter:
 
     def _end_line(self, eol: bytes) -> None:
         line = self._line
+        if self._body is _Body.ENCODE_QP and eol == b"\r":
+            # A line end like any other (the forward makes it CRLF), and quoted-printable has no bare CR.
+            eol = self._newline_or_lf()
         if self._long and self._body is not _Body.SPLIT_BASE64 and line.startswith(b"-"):
             line[:1] = b"=2D"
         self._out += line + eol

@@ -12,7 +12,7 @@ CR next to a dot (`x<CR>.<CR><LF>MAIL FROM:...`, `<CR><LF>.<CR>`) ends the messa
 takes a bare CR for a line end, and what follows is a second message (SMTP smuggling); made a line end,
 it is dot-stuffed like any other line start. qmail-smtpd and Postfix accept and store bare CRs, so qsift
 does not refuse them on input (a QMQP client's message holds the bytes qmail-smtpd took); it repairs
-them here, on the one way out that SMTP and LMTP share.
+them here, on the one way out that SMTP and LMTP share, and `LfEncoder` makes them LF on qmail's.
 """
 
 from __future__ import annotations
@@ -70,9 +70,11 @@ def encode_data(chunks: Iterable[bytes]) -> Iterator[bytes]:
 
 
 class LfEncoder:
-    """Turns message bytes into qmail's internal form: CRLF becomes LF, nothing else changes.
+    """Turns message bytes into qmail's internal form: CRLF, and a bare CR, become LF.
 
-    What qmail-queue reads on fd 0 and what a maildir file holds.
+    What qmail-queue reads on fd 0 and what a maildir file holds. A bare CR is a line end here as on the
+    SMTP forward (and as qmail-remote sends it on): the decoder reads it as one, so a reader that did
+    not would see another MIME structure than the one that was checked.
     """
 
     def __init__(self) -> None:
@@ -85,10 +87,10 @@ class LfEncoder:
         if chunk.endswith(_CR):
             self._pending_cr = True
             chunk = chunk[:-1]
-        return chunk.replace(_CRLF, _LF)
+        return chunk.replace(_CRLF, _LF).replace(_CR, _LF)
 
     def finish(self) -> bytes:
-        tail = _CR if self._pending_cr else b""
+        tail = _LF if self._pending_cr else b""
         self._pending_cr = False
         return tail
 

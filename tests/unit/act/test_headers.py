@@ -80,3 +80,12 @@ def test_head_is_the_start_of_the_edited_message_across_the_new_fields() -> None
         whole = b"".join(body.chunks())
         for limit in (0, 5, len("X-Spam-Flag: YES\r\n") + 3, len(whole), len(whole) + 10):
             assert body.head(limit) == whole[:limit]
+
+
+def test_a_bare_cr_is_a_line_end_for_the_subject_tag() -> None:
+    # The forward sends a bare CR as CRLF: the Subject after one is a field, and a header ended by
+    # CR CR LF ends there (the Subject below it is body) at the next hop, as for the decoder.
+    after_bare_cr = edited(b"From: a@x\r\nX-A: y\rSubject: buy now\r\n\r\nbody\r\n", [], SPAM_TAG)
+    assert after_bare_cr == b"From: a@x\r\nX-A: y\rSubject: ***Spam*** buy now\r\n\r\nbody\r\n"
+    below_the_end = edited(b"From: a@x\r\n\r\r\nSubject: buy now\r\n", [], SPAM_TAG)
+    assert below_the_end == b"Subject: ***Spam***\r\nFrom: a@x\r\n\r\r\nSubject: buy now\r\n"

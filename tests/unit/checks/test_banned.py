@@ -506,3 +506,40 @@ def test_check_banned_never_raises_and_reports_outermost_only(parts: list[Part])
 def test_any_name_or_type_is_judged_without_error(filename: str, declared: str, detected: str) -> None:
     found = check_banned([part(filename=filename, declared_type=declared, detected_type=detected)])
     assert len(found) <= 1
+
+
+# --- every name a part declares -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        # Content-Type's name beside Content-Disposition's filename: readers differ in which they show.
+        b'Content-Type: text/plain; name="run.vbs"\nContent-Disposition: attachment; filename="notes.txt"\n',
+        # A repeated parameter: readers differ in which one counts.
+        b"Content-Type: text/plain\n"
+        b'Content-Disposition: attachment; filename="notes.txt"; filename="run.vbs"\n',
+        b"Content-Type: text/plain\nContent-Disposition: attachment; filename=notes.txt;"
+        b" filename*=utf-8''run%2Evbs\n",
+    ],
+)
+def test_each_declared_name_of_a_part_is_checked(fields: bytes) -> None:
+    from qsift.decode.walk import decode_message
+
+    message = b"From: a@x\nMIME-Version: 1.0\nContent-Type: multipart/mixed; boundary=B\n\n--B\n"
+    message += fields + b"\nMsgBox 1\n--B--\n"
+    parts = decode_message(message).parts
+    [finding] = check_banned(parts)
+    assert finding.category is Category.BANNED
+    assert "run.vbs" in finding.detail and "notes.txt" in finding.detail
+
+
+def test_an_allowed_name_beside_a_banned_one_exempts_nothing() -> None:
+    rules = (
+        BannedRule("text is fine", filename=re.compile(r"\.txt$"), allow=True),
+        BannedRule("script", filename=re.compile(r"\.vbs$")),
+    )
+    both = Part("2", "text/plain", "notes.txt", "txt", "", 1, "", 0, other_names=("run.vbs",))
+    [finding] = check_banned([both], rules)
+    assert "script" in finding.detail
+    assert check_banned([Part("2", "text/plain", "notes.txt", "txt", "", 1, "", 0)], rules) == []

@@ -966,3 +966,53 @@ def test_every_corpus_file_walks_without_an_exception() -> None:
             except Exception as exc:  # collected, to report every failing file at once
                 failures.append(f"{path}: {exc!r}")
     assert failures == []
+
+
+# -- a bare CR is a line end: the SMTP forward sends it as CR LF
+
+
+HIDDEN_BY_A_BARE_CR = (
+    b'Content-Type: multipart/mixed; boundary="B"\r\n\r\n'
+    b"--B\r\nContent-Type: text/plain\r\n\r\nhello\r--B\r\n"
+    b'Content-Type: application/octet-stream; name="invoice.pdf.exe"\r\n\r\nMZ\r\n--B--\r\n'
+)
+
+
+def test_a_delimiter_after_a_bare_cr_starts_a_part() -> None:
+    recorder = record(HIDDEN_BY_A_BARE_CR)
+    assert recorder.bodies == {"1": b"hello", "2": b"MZ"}
+    assert recorder.headers["2"].get_filename() == "invoice.pdf.exe"
+
+
+def test_a_header_field_after_a_bare_cr_is_a_field() -> None:
+    data = b"Subject: hi\rContent-Type: text/html\r\n\r\n<p>x</p>\r\n"
+    assert record(data).one_leaf().content_type == "text/html"
+
+
+@pytest.mark.parametrize("offset", [-2, -1, 0, 1])
+def test_a_bare_cr_at_the_line_piece_bound(offset: int) -> None:
+    # The CR lands on or around the last octet of a LINE_CHUNK piece; the delimiter after it still counts,
+    # and a CR LF cut there stays one line end.
+    filler = b"x" * (LINE_CHUNK - 1 + offset)
+    bare = (
+        b'Content-Type: multipart/mixed; boundary="B"\r\n\r\n--B\r\n\r\n'
+        + filler
+        + b"\r--B\r\n\r\nMZ\r\n--B--\r\n"
+    )
+    assert record(bare).bodies == {"1": filler, "2": b"MZ"}
+    crlf_cut = bare.replace(b"\r--B\r\n\r\nMZ", b"\r\n--B\r\n\r\nMZ")
+    assert record(crlf_cut).bodies == {"1": filler, "2": b"MZ"}
+
+
+def test_a_body_keeps_its_bare_crs() -> None:
+    assert record(b"\r\na\rb\r\rc\r").one_leaf().body == b"a\rb\r\rc\r"
+
+
+def test_a_run_of_bare_crs_is_read_in_linear_time() -> None:
+    # Each bare CR is a line; the piece they came in is cut once, not copied again for every line.
+    lines = mime._Lines(io.BytesIO(b"\r" * (3 * LINE_CHUNK) + b"--B\r\n"))
+    pieces = []
+    while (item := lines.next()) is not None:
+        pieces.append(item)
+    assert pieces[-1] == (b"--B\r\n", True)
+    assert len(pieces) == 3 * LINE_CHUNK + 1 and all(piece == (b"\r", True) for piece in pieces[:-1])

@@ -128,6 +128,16 @@ def test_uuencoded_file_in_a_text_body() -> None:
     assert member.detected_type == "exe-ms" and member.size == len(EXE) and member.containers == ("1",)
 
 
+def test_uuencoded_file_with_bare_cr_line_ends() -> None:
+    # The SMTP forward sends each bare CR as CRLF: a reader that decodes uuencoded text finds run.exe.
+    import binascii
+
+    lines = b"".join(binascii.b2a_uu(EXE[i : i + 45]) for i in range(0, len(EXE), 45)).replace(b"\n", b"\r")
+    raw = b"From: a@x\nSubject: uu\n\nHere it is:\rbegin 644 run.exe\r" + lines + b"`\rend\rbye\n"
+    member = leaves(decode_message(raw))["1/run.exe"]
+    assert member.detected_type == "exe-ms" and member.size == len(EXE)
+
+
 # --- archives, each format from real bytes ---------------------------------------------------------------
 
 

@@ -14,6 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from qsift.wire.long_lines import MAX_LINE, PIECE, LineFitter, LongLineFinder
+from qsift.wire.smtp_data import encode_data
 
 
 def chunked(data: bytes, cuts: list[int]) -> list[bytes]:
@@ -134,6 +135,43 @@ def test_a_stretch_without_white_space_is_cut_with_a_space() -> None:
     assert unfold(out).split(b"\n")[0] == b"X-Long: " + b" ".join([b"a" * 997, b"a" * 997, b"a" * 506])
 
 
+def test_a_field_whose_name_runs_past_the_limit_stays_a_field() -> None:
+    # Cut before its colon, the line is no field at the next hop: the part's header would end there and
+    # its Content-Type (what the checks read) would be body text downstream.
+    name = b"X-" + b"n" * 1100
+    part = name + b": v w\nContent-Type: application/octet-stream; name=a.exe\n\nMZ"
+    message = mixed(part)
+    out, _ = fit(message, [5, 600, 1200])
+    assert out == message
+    [fitted] = parts_of(email.message_from_bytes(out, policy=email.policy.compat32))
+    assert fitted.get_filename() == "a.exe"
+
+
+@pytest.mark.parametrize("cuts", [(), (1000,), (996, 997, 998)])
+def test_a_bare_cr_is_a_line_end_so_no_fold_follows_it(cuts: tuple[int, ...]) -> None:
+    # Folded right after the bare CR, the forward's CR CR LF is two line ends: the header would end there
+    # and its Content-Type (what the checks read) would be body text at the next hop.
+    message = (
+        b"X-A: "
+        + b"a" * 990
+        + b"\r "
+        + b"b" * 20
+        + b"\r\nContent-Type: application/octet-stream; name=a.exe\r\n\r\nMZ\r\n"
+    )
+    out, _ = fit(message, cuts)
+    assert out == message
+    sent = b"".join(encode_data([out]))
+    header = email.message_from_bytes(sent[: -len(b".\r\n")], policy=email.policy.compat32)
+    assert header.get_filename() == "a.exe"
+
+
+def test_a_delimiter_after_a_bare_cr_ends_a_re_encoded_part() -> None:
+    # The decoder and the forward both take the line after the bare CR for a delimiter: the fitter too.
+    part = b"Content-Type: text/plain\n\n" + b"x" * 1000 + b"\r--b1\nContent-Type: text/html\n\n<p>"
+    out = two_passes(mixed(part))
+    assert out.endswith(b"x" * 21 + b"\n--b1\nContent-Type: text/html\n\n<p>\n--b1--\n")
+
+
 def test_a_header_line_longer_than_a_piece_is_folded_as_it_comes() -> None:
     value = b" ".join([b"w" * 50] * 3000)  # 153 kB
     out, _ = fit(b"References: " + value + b"\r\n\r\nbody", [1000, 70_000, 140_000])
@@ -171,7 +209,8 @@ def test_a_re_encoded_part_decodes_to_its_bytes(
     out = two_passes(message, cuts)
     head, _, encoded = out.partition(b"\n\n")
     assert head == b"Subject: s\nMIME-Version: 1.0\nContent-Transfer-Encoding: quoted-printable"
-    assert binascii.a2b_qp(encoded) == body
+    # A bare CR is a line end, as on the SMTP forward.
+    assert binascii.a2b_qp(encoded) == re.sub(rb"\r(?!\n)", b"\n", body)
     assert encoded.isascii()
     for line in re.split(rb"\r?\n", encoded):
         assert len(line) <= 76
@@ -320,3 +359,11 @@ def test_a_long_base64_line_is_cut_without_touching_its_characters() -> None:
     encoded = out.partition(b"\n\n")[2]
     assert encoded.replace(b"\n", b"") == line
     assert longest(encoded) <= 76
+
+
+def test_a_run_of_bare_crs_in_one_large_chunk_is_read_in_linear_time() -> None:
+    # Each bare CR is a line; finding it must not scan the whole rest of the chunk for an LF each time.
+    message = b"Subject: s\n\n" + b"\r" * 400_000 + b"x" * 1000 + b"\n"
+    fitter = LineFitter()
+    out = fitter.feed(message) + fitter.finish()
+    assert out == message and fitter.long_parts == {0}
