@@ -23,19 +23,25 @@ PROGRAM = b"MZ" + b"\x00" * 62 + b"\xcd\x20" * 100
 SENDER = b"alice@example.org"
 
 
-def banned_message(*, headers: dict[str, str] | None = None) -> bytes:
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w") as archive:
-        archive.writestr("invoice.pdf.exe", PROGRAM)
+def mail_to_bob(subject: str, message_id: str, text: str) -> EmailMessage:
+    """A plain message from Alice to Bob with every field a header check wants."""
     mail = EmailMessage()
     mail["From"] = "alice@example.org"
     mail["To"] = "bob@example.net"
     mail["Date"] = "Wed, 25 Nov 2026 12:00:00 +0000"
-    mail["Subject"] = "Invoice"
-    mail["Message-ID"] = "<banned-1@example.org>"
+    mail["Subject"] = subject
+    mail["Message-ID"] = message_id
+    mail.set_content(text)
+    return mail
+
+
+def banned_message(*, headers: dict[str, str] | None = None) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("invoice.pdf.exe", PROGRAM)
+    mail = mail_to_bob("Invoice", "<banned-1@example.org>", "see attached")
     for name, value in (headers or {}).items():
         mail[name] = value
-    mail.set_content("see attached")
     mail.add_attachment(buffer.getvalue(), maintype="application", subtype="zip", filename="invoice.zip")
     return mail.as_bytes()
 

@@ -18,7 +18,6 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
-from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +26,7 @@ import pytest
 from qsift.wire import client_context, mark
 from tests.fakes.mta import FakeMta, fake_mta
 from tests.harness import RunningDaemon, qmqp_send, running_daemon
+from tests.integration.test_destinies import mail_to_bob
 from tests.integration.test_qsift_queue import Run, run_queue
 from tests.integration.test_workers import dir_with_qsift_for_others
 
@@ -53,14 +53,8 @@ TOP: dict[str, Any] = {
 
 def long_message() -> bytes:
     """A clean message of about 2 KB, with a MIME-Version field."""
-    mail = EmailMessage()
-    mail["From"] = "alice@example.org"
-    mail["To"] = "bob@example.net"
-    mail["Date"] = "Wed, 25 Nov 2026 12:00:00 +0000"
-    mail["Subject"] = "The minutes"
-    mail["Message-ID"] = "<minutes-1@example.org>"
-    mail.set_content("see attached\n" + "The meeting went on for a long while.\n" * 50)
-    return mail.as_bytes()
+    text = "see attached\n" + "The meeting went on for a long while.\n" * 50
+    return mail_to_bob("The minutes", "<minutes-1@example.org>", text).as_bytes()
 
 
 #: As the local user: qsift-queue with root's uid, gid and groups dropped for nobody's, then exec'd.
