@@ -279,10 +279,6 @@ class _Body:
                 if end is not None:
                     self._end = end
                     return
-            if held == b"\r" and piece == b"\n":
-                # A CR LF cut in two by the line-piece size (readline stops at the LF) is one line break.
-                held = b"\r\n"
-                continue
             if held:
                 yield held
             body, held = _split_line_end(piece)
