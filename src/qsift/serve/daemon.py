@@ -90,7 +90,6 @@ class Daemon:
 
     def _build(self) -> Pipeline:
         config = self.config
-        os.makedirs(config.state_dir, mode=0o700, exist_ok=True)
         keys = self.keys if self.keys is not None else load_keys(config)
         return build_pipeline(config, client_key=keys.client, mark_key=keys.mark, workers=self.workers)
 

@@ -59,6 +59,9 @@ def load_keys(config: Config, owner: tuple[int, int] | None = None) -> SiteKeys:
 
 
 def _make(path: str, owner: tuple[int, int] | None) -> None:
+    directory = os.path.dirname(path)
+    if directory:
+        os.makedirs(directory, mode=0o700, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as stream:
         if owner is not None and os.geteuid() == 0:
