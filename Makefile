@@ -41,7 +41,7 @@ typecheck: $(STAMP)
 
 test: $(STAMP) lint typecheck
 	HYPOTHESIS_PROFILE=repeatable $(BIN)/coverage run -m pytest -q
-	$(BIN)/coverage report --include='src/qsift/wire/*,src/qsift/decode/mime.py,src/qsift/decode/filetype.py,src/qsift/checks/banned.py,src/qsift/checks/headers.py,src/qsift/config/check.py,src/qsift/config/effective.py,src/qsift/config/lines.py,src/qsift/config/reference.py,src/qsift/config/schema.py,src/qsift/config/tables.py' --fail-under=100
+	$(BIN)/coverage report --include='src/qsift/wire/*,src/qsift/decode/mime.py,src/qsift/decode/filetype.py,src/qsift/checks/banned.py,src/qsift/checks/headers.py,src/qsift/config/*,src/qsift/declare.py' --fail-under=100
 	# The answer table and the rules that fold answers are walked whole by their case tables; the rest of
 	# pipeline/ is held at what the suite reaches now (92 % of it by the unit tests and the answer-table,
 	# destiny and quarantine integration tests alone).

@@ -29,7 +29,7 @@ def config_text(
     if "destiny" in known:
         # Every category passes, as amavisd-new's $final_*_destiny = D_PASS: throughput, not policy.
         text += "[destiny]\n" + "".join(f'{name} = "pass"\n' for name in DESTINIES)
-    if "notify_method" in known:
+    if "notify_method" in known or "notify" in known:
         text += f'[notify]\nmethod = "smtp:[127.0.0.1]:{sink_port}"\n'
     return text
 

@@ -1,11 +1,12 @@
-"""`qsift config check`, the schema behind it, the configuration in effect, and the generated reference."""
+"""`qsift config check`, the declarations and the converter behind it, the configuration in effect, and the
+generated reference."""
 
 from __future__ import annotations
 
 import io
 import tomllib
 from collections.abc import Iterator
-from dataclasses import fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -16,18 +17,18 @@ from hypothesis import strategies as st
 from qsift import cli, config
 from qsift.checks.scanner_config import SCANNER_KEYS
 from qsift.config.check import check_file, check_text
-from qsift.config.effective import dumps
+from qsift.config.convert import Problem, convert, describe, key_names
+from qsift.config.effective import dumps, effective
 from qsift.config.reference import render
-from qsift.config.schema import Key, Problem, Table, describe
-from qsift.config.schema import validate as validate_against
-from qsift.config.tables import ROOT
+from qsift.declare import Setting, Shape, declared
 from qsift.errors import ConfigError
-from qsift.policy.bank import BANK_KEYS
-from qsift.policy.settings import BYPASS, LOVERS
 
 
 def validate(raw: dict[str, Any]) -> list[Problem]:
-    return validate_against(ROOT, raw)
+    return convert(config.Config, raw)[1]
+
+
+ROOT_NAMES = key_names(config.Config)
 
 
 ROOT_DIR = Path(__file__).resolve().parents[2]
@@ -147,9 +148,9 @@ address = "127.0.0.1:9642"
 def test_a_file_setting_every_table_is_valid_and_loads() -> None:
     assert validate(tomllib.loads(EVERYTHING)) == []
     config.loads(EVERYTHING)
-    reports, values = check_text(EVERYTHING, "qsift.toml")
+    reports, built = check_text(EVERYTHING, "qsift.toml")
     assert reports == []
-    assert values is not None
+    assert built is not None
 
 
 def test_every_error_is_reported_at_once_with_its_line() -> None:
@@ -182,8 +183,8 @@ dir = "/elsewhere"
 [dsn]
 viruses_that_fake_sender = "("
 """
-    reports, values = check_text(text, "q.toml")
-    assert values is None
+    reports, built = check_text(text, "q.toml")
+    assert built is None
     got = [(r.line, r.text.split(":")[0]) for r in reports]
     assert got == [
         (1, "log_levl"),
@@ -210,8 +211,8 @@ viruses_that_fake_sender = "("
 
 
 def test_a_toml_syntax_error_names_its_line() -> None:
-    reports, values = check_text("log_level = 1\n[limits]\nmessage_size = = 3\n", "q.toml")
-    assert values is None
+    reports, built = check_text("log_level = 1\n[limits]\nmessage_size = = 3\n", "q.toml")
+    assert built is None
     assert [r.line for r in reports] == [3]
     assert "not TOML" in reports[0].text
 
@@ -221,46 +222,43 @@ def test_two_listeners_on_one_address_name_the_second() -> None:
         '[[listen]]\nprotocol = "qmqp"\naddress = "127.0.0.1:1"\n'
         '[[listen]]\nprotocol = "smtp"\naddress = "[127.0.0.1]:1"\n'
     )
-    reports, values = check_text(text, "q.toml")
-    assert values is None
+    reports, built = check_text(text, "q.toml")
+    assert built is None
     assert [str(r) for r in reports] == [
         "q.toml:6: [[listen]] #2 address: 127.0.0.1:1 is [[listen]] #1's too"
     ]
-    with pytest.raises(ConfigError, match=r"two listeners on 127\.0\.0\.1:1"):
+    with pytest.raises(ConfigError, match=r"127\.0\.0\.1:1 is \[\[listen\]\] #1's too"):
         config.from_mapping(tomllib.loads(text))
-
-
-def test_an_error_only_the_builder_finds_is_still_reported(monkeypatch: pytest.MonkeyPatch) -> None:
-    def refuse(raw: Any, source: str) -> config.Config:
-        raise ConfigError(f"{source}: something across keys")
-
-    monkeypatch.setattr(config, "from_mapping", refuse)
-    reports, values = check_text("", "q.toml")
-    assert values is None and [str(r) for r in reports] == ["q.toml: something across keys"]
 
 
 def test_the_configuration_in_effect_reads_back_as_the_same_configuration() -> None:
     for text in ("", EVERYTHING):
-        reports, values = check_text(text, "q.toml")
-        assert reports == [] and values is not None
+        reports, built = check_text(text, "q.toml")
+        assert reports == [] and built is not None
+        values = effective(tomllib.loads(text), built)
         again = dumps(values)
         assert validate(tomllib.loads(again)) == []
         first, second = config.loads(text), config.loads(again)
         # Said as what they come to: "" (the forward method, <state_dir>/quarantine, one per CPU).
-        computed = {"policies", "notify_method", "quarantine", "workers"}
+        computed = {"notify", "quarantine", "workers", "policy_bank"}
         for item in fields(config.Config):
             if item.name not in computed:
                 assert getattr(first, item.name) == getattr(second, item.name), item.name
-        assert first.notify == second.notify
+        assert first.notify_forward == second.notify_forward
+        assert first.notify.who == second.notify.who
+        assert first.quarantine.keep == second.quarantine.keep
+        assert first.policies.base == second.policies.base
+        assert set(first.policies.banks) == set(second.policies.banks)
         assert first.quarantine_dir == second.quarantine_dir
         assert first.worker_count == second.worker_count
         # Written once more, nothing changes: the defaults are all there.
-        assert check_text(again, "q.toml")[1] == values
+        assert effective(tomllib.loads(again), second) == values
 
 
 def test_the_configuration_in_effect_shows_defaults_and_computed_values() -> None:
-    _, values = check_text("workers = 0\n", "q.toml")
-    assert values is not None
+    _, built = check_text("workers = 0\n", "q.toml")
+    assert built is not None
+    values = effective({"workers": 0}, built)
     assert values["workers"] >= 1  # one per CPU, said as a number
     assert values["limits"]["message_size"] == 50 * 1024 * 1024
     assert values["listen"][1]["xforward_hosts"] == []  # nobody by default
@@ -281,7 +279,7 @@ def test_the_command_prints_errors_or_the_configuration(tmp_path: Path) -> None:
     out, err = io.StringIO(), io.StringIO()
     assert check_file(str(bad), out, err) == 1
     assert err.getvalue().splitlines() == [
-        f"{bad}:1: log_levl: unknown key (allowed: {', '.join(ROOT.names)})",
+        f"{bad}:1: log_levl: unknown key (allowed: {', '.join(ROOT_NAMES)})",
         f"{bad}:3: [limits] busy_wait: must be a number of seconds > 0, not 0",
         f"{bad}: 2 error(s)",
     ]
@@ -291,33 +289,36 @@ def test_the_command_prints_errors_or_the_configuration(tmp_path: Path) -> None:
     assert cli.main(["config", "check", str(bad)]) == 1
 
 
-# --- the schema and the parsers agree -----------------------------------------------------------------
+# --- every declared key -------------------------------------------------------------------------------
 
 
-def _walk(table: Table, path: tuple[str, ...] = ()) -> Iterator[tuple[tuple[str, ...], Table, Key]]:
-    here = (*path, table.name) if table.name else path
-    if table.named:
-        here = (*here, "NAME")
-    for key in table.keys:
-        yield here, table, key
-    for sub in table.tables:
-        yield from _walk(sub, here)
+@dataclass(frozen=True)
+class Key:
+    """A key as a file writes it: the tables it sits in ("NAME" for a named one) and its declaration."""
+
+    path: tuple[str, ...]
+    name: str
+    setting: Setting
+    array: bool
+
+
+def _walk(kind: type, path: tuple[str, ...] = (), array: bool = False) -> Iterator[Key]:
+    for name, spec in declared(kind):
+        sub = spec.section
+        if spec.shape == Shape.KEY:
+            yield Key(path, name, spec, array)
+        elif spec.shape == Shape.FLAT and sub is not None:
+            yield from _walk(sub, path, array)
+        elif sub is not None:
+            here = (*path, name, "NAME") if spec.shape == Shape.NAMED else (*path, name)
+            yield from _walk(sub, here, spec.shape == Shape.ARRAY)
+
+
+KEYS = list(_walk(config.Config))
 
 
 def test_every_key_is_documented() -> None:
-    undocumented = [".".join((*path, key.name)) for path, _, key in _walk(ROOT) if not key.doc]
-    assert undocumented == []
-
-
-def test_the_schema_knows_every_key_the_parsers_take() -> None:
-    scanners = ROOT.child("virus").child("scanners")
-    assert set().union(*SCANNER_KEYS.values()) == {key.name for key in scanners.keys}
-    policy = ROOT.child("policy")
-    assert {*LOVERS, *BYPASS} <= {key.name for key in policy.keys}
-    bank = ROOT.child("policy_bank")
-    for section, names in BANK_KEYS.items():
-        keys = {key.name for key in bank.child(section).keys}
-        assert names is None or keys == names, section
+    assert [".".join((*k.path, k.name)) for k in KEYS if not k.setting.doc] == []
 
 
 #: What each array table needs to be valid, by its name.
@@ -330,8 +331,9 @@ _NEEDS: dict[str, dict[str, Any]] = {
 }
 
 
-def _place(path: tuple[str, ...], key: Key, value: Any) -> dict[str, Any]:
-    """A minimal valid file with `value` at `path`/`key` (arrays and named tables get one element)."""
+def _place(key: Key, value: Any) -> dict[str, Any]:
+    """A minimal valid file with `value` at the key (arrays and named tables get one element)."""
+    path = key.path
     table: dict[str, Any] = dict(_NEEDS.get(path[-1], {})) if path else {}
     if path == ("spam",):
         table = {"type": "spamd", "address": "127.0.0.1:783"}
@@ -358,11 +360,12 @@ _SAMPLES: dict[str, Any] = {
 }
 
 
-def _valid_value(path: tuple[str, ...], key: Key) -> Any:
-    if key.choices:
-        return key.choices[-1]
-    if key.default not in (None, ""):
-        return key.default
+def _valid_value(key: Key) -> Any:
+    spec = key.setting
+    if spec.choices:
+        return spec.choices[-1]
+    if spec.default not in (None, ""):
+        return spec.default
     special = {
         "address": "127.0.0.1:1",
         "method": "smtp:[127.0.0.1]:1",
@@ -373,15 +376,13 @@ def _valid_value(path: tuple[str, ...], key: Key) -> Any:
         "match": ["a@example.org"],
         "recipient_delimiter": "+",
     }
-    return special.get(key.name, _SAMPLES[key.kind])
+    assert spec.kind is not None
+    return special.get(key.name, _SAMPLES[spec.kind.name])
 
 
-KEYS = [(path, key) for path, _, key in _walk(ROOT)]
-
-
-@pytest.mark.parametrize(("path", "key"), KEYS, ids=[".".join((*p, k.name)) for p, k in KEYS])
-def test_each_key_the_schema_accepts_the_builder_accepts(path: tuple[str, ...], key: Key) -> None:
-    raw = _place(path, key, _valid_value(path, key))
+@pytest.mark.parametrize("key", KEYS, ids=[".".join((*k.path, k.name)) for k in KEYS])
+def test_each_key_takes_a_value_of_its_kind(key: Key) -> None:
+    raw = _place(key, _valid_value(key))
     assert validate(raw) == [], raw
     config.from_mapping(raw)
 
@@ -394,41 +395,39 @@ _WRONG = st.one_of(
     st.lists(st.sampled_from(["x", "10.0.0.0/8", "!a@b", "/(/"]), max_size=2),
     st.lists(st.integers(min_value=-1, max_value=3), max_size=2),
     st.just({"a": 1}),
+    st.just([{"a": 1}]),
 )
 
 
 @settings(max_examples=400, deadline=None)
 @given(st.sampled_from(KEYS), _WRONG)
-def test_the_schema_and_the_builder_agree_on_any_one_value(
-    entry: tuple[tuple[str, ...], Key], value: Any
-) -> None:
-    """Whatever a key is set to, the schema finds a problem exactly when the builder refuses the file."""
-    path, key = entry
-    raw = _place(path, key, value)
-    problems = validate(raw)
-    refusal = None
-    try:
-        config.from_mapping(raw)
-    except ConfigError as exc:
-        refusal = str(exc)
-    if refusal:
-        assert problems, f"the builder refused ({refusal}) what the schema let through: {raw}"
-    else:
-        assert not problems, f"the schema refused ({problems}) what the builder took: {raw}"
+def test_any_one_value_gives_a_configuration_or_problems_at_its_key(key: Key, value: Any) -> None:
+    """Whatever a key is set to, the converter builds a Config or names the problem at that key; it never
+    raises, and the daemon's loader says the same."""
+    raw = _place(key, value)
+    built, problems = convert(config.Config, raw)
+    assert (built is None) == bool(problems)
+    tables = ["B" if part == "NAME" else part for part in key.path]
+    for problem in problems:
+        named = [part for part in problem.path if isinstance(part, str)]
+        assert named[: len(tables)] == tables, problem  # in the key's own table, nowhere else
+    if problems:
+        with pytest.raises(ConfigError):
+            config.from_mapping(raw)
 
 
 def test_unknown_keys_anywhere_are_errors() -> None:
-    for path, table, key in _walk(ROOT):
-        raw = _place(path, key, _valid_value(path, key))
+    for key in KEYS:
+        raw = _place(key, _valid_value(key))
         node: Any = raw
-        for part in path:
+        for part in key.path:
             node = node["B" if part == "NAME" else part]
             if isinstance(node, list):
                 node = node[0]
         node["no_such_key"] = 1
         problems = validate(raw)
-        assert [describe(p.path).endswith("no_such_key") for p in problems] == [True], (path, problems)
-        assert "allowed:" in problems[0].message and table.names[0] in problems[0].message
+        assert [describe(p.path).endswith("no_such_key") for p in problems] == [True], (key, problems)
+        assert "allowed:" in problems[0].message and key.name in problems[0].message
 
 
 # --- the reference ------------------------------------------------------------------------------------
@@ -441,11 +440,11 @@ def test_the_committed_reference_is_the_generated_one() -> None:
 
 def test_the_reference_has_every_table_and_key() -> None:
     text = render()
-    for path, table, key in _walk(ROOT):
+    for key in KEYS:
         assert f"| `{key.name}` |" in text
-        if path:
-            heading = ".".join(path)
-            assert f"[[{heading}]]" in text if table.array else f"[{heading}]" in text
+        if key.path:
+            heading = ".".join(key.path)
+            assert f"[[{heading}]]" in text if key.array else f"[{heading}]" in text
 
 
 @pytest.mark.parametrize(
@@ -495,8 +494,6 @@ def test_a_path_is_described_as_the_file_writes_it() -> None:
         "[[policy_bank.X.policy.recipient]] #1 match"
     )
     assert describe(("listen", 0, "acl", 2)) == "[[listen]] #1 acl.2"
-    with pytest.raises(KeyError):
-        ROOT.child("no_such_table")
 
 
 def test_the_writer_handles_what_a_configuration_holds() -> None:
@@ -513,25 +510,3 @@ def test_the_writer_handles_what_a_configuration_holds() -> None:
     }
     with pytest.raises(TypeError):
         dumps({"a": None})
-
-
-def test_the_schema_does_without_the_source_of_its_classes(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Installed without .py files, the docs are gone but every check stays."""
-    import importlib
-    import inspect
-
-    from qsift.config import tables
-
-    def no_source(kind: object) -> str:
-        raise OSError("could not get source code")
-
-    monkeypatch.setattr(inspect, "getsource", no_source)
-    try:
-        importlib.reload(tables)
-        assert tables.ROOT.child("limits").key("busy_wait") is not None
-        problems = validate_against(tables.ROOT, {"limits": {"busy_wait": 0}, "log_level": 9})
-        assert [describe(p.path) for p in problems] == ["[limits] busy_wait", "log_level"]
-    finally:
-        monkeypatch.undo()
-        importlib.reload(tables)
-    assert tables.ROOT.child("limits").key("busy_wait").doc  # type: ignore[union-attr]

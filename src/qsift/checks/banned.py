@@ -40,37 +40,44 @@ a condition on it is false, as amavisd-new has no key for it.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+from qsift.declare import STRING, pattern, setting
 from qsift.decode.parts import Part
-from qsift.errors import ConfigError
 from qsift.model import Category, Finding
 
 Place = Literal["any", "top", "archive"]
 PLACES: tuple[Place, ...] = ("any", "top", "archive")
 _CONDITIONS = ("filename", "declared_type", "detected_type")
-_KEYS = ("description", *_CONDITIONS, "place", "allow")
+Path = tuple[str | int, ...]
 
 
 @dataclass(frozen=True)
 class BannedRule:
     """One `[[banned]]` table. A rule matches a part when every condition it sets matches (AND)."""
 
-    #: For logs and DSNs, e.g. "double extension".
-    description: str
+    description: str = setting("", 'For logs and DSNs, e.g. "double extension"; "" for the table\'s place.')
     #: Searched (re.search), case-insensitive, in the file name.
-    filename: re.Pattern[str] | None = None
-    #: Fullmatch, case-insensitive, on the declared MIME type.
-    declared_type: re.Pattern[str] | None = None
-    #: Fullmatch on the short detected type ("exe-ms").
-    detected_type: re.Pattern[str] | None = None
-    #: "any"; "top": a MIME part of the message itself (depth 0); "archive": inside an archive or an
-    #: attached message (depth > 0).
-    place: Place = "any"
-    #: True: an exemption; the part (and, for a container, its members) is allowed.
-    allow: bool = False
+    filename: re.Pattern[str] | None = setting(
+        None, "Regex searched in the file name (any case).", kind=STRING, parse=pattern(re.IGNORECASE)
+    )
+    declared_type: re.Pattern[str] | None = setting(
+        None, "Regex matching the declared MIME type (any case).", kind=STRING, parse=pattern(re.IGNORECASE)
+    )
+    detected_type: re.Pattern[str] | None = setting(
+        None, 'Regex matching the detected type ("exe-ms").', kind=STRING, parse=pattern(0)
+    )
+    place: Place = setting(
+        "any", "any, top (a part of the message itself) or archive (inside one).", choices=PLACES
+    )
+    allow: bool = setting(False, "An exemption: matching parts (and a container's members) are allowed.")
+
+    @staticmethod
+    def config_rules(values: Mapping[str, object], written: Collection[str]) -> Iterator[tuple[Path, str]]:
+        if not any(name in written for name in _CONDITIONS):
+            yield ("filename",), f"a [[banned]] table needs at least one of {', '.join(_CONDITIONS)}"
 
     def matches(self, part: Part) -> bool:
         return (
@@ -190,66 +197,3 @@ _UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
 def _printable(text: str) -> str:
     # The detail goes into log lines and DSNs: a name must not break a line or reorder what follows it.
     return _UNPRINTABLE.sub(lambda match: ascii(match.group())[1:-1], text)
-
-
-# --- configuration ------------------------------------------------------------------------------------
-
-
-def rules_from_config(tables: Sequence[Mapping[str, object]]) -> tuple[BannedRule, ...]:
-    """The `[[banned]]` tables of the configuration file, in order.
-
-    Keys: description (str), filename, declared_type, detected_type (regex strings), place, allow (bool).
-    """
-    return tuple(_rule(table, f"[[banned]] #{index}") for index, table in enumerate(tables, start=1))
-
-
-def _rule(table: object, where: str) -> BannedRule:
-    if not isinstance(table, Mapping):
-        raise ConfigError(f"{where} must be a table")
-    for key in table:
-        if key not in _KEYS:
-            raise ConfigError(f"{where}: unknown key {key!r} (allowed: {', '.join(_KEYS)})")
-    if not any(key in table for key in _CONDITIONS):
-        raise ConfigError(f"{where} needs at least one of {', '.join(_CONDITIONS)}")
-    return BannedRule(
-        description=_string(table, "description", where, default=where),
-        filename=_pattern(table, "filename", where, re.IGNORECASE),
-        declared_type=_pattern(table, "declared_type", where, re.IGNORECASE),
-        detected_type=_pattern(table, "detected_type", where, 0),
-        place=_place(table, where),
-        allow=_boolean(table, "allow", where),
-    )
-
-
-def _string(table: Mapping[str, object], key: str, where: str, *, default: str) -> str:
-    value = table.get(key, default)
-    if not isinstance(value, str):
-        raise ConfigError(f"{where} {key} must be a string, not {value!r}")
-    return value
-
-
-def _pattern(table: Mapping[str, object], key: str, where: str, flags: int) -> re.Pattern[str] | None:
-    if key not in table:
-        return None
-    value = table[key]
-    if not isinstance(value, str):
-        raise ConfigError(f"{where} {key} must be a string holding a regular expression, not {value!r}")
-    try:
-        return re.compile(value, flags)
-    except re.error as exc:
-        raise ConfigError(f"{where} {key}: bad regular expression {value!r}: {exc}") from exc
-
-
-def _place(table: Mapping[str, object], where: str) -> Place:
-    value = table.get("place", "any")
-    for place in PLACES:
-        if value == place:
-            return place
-    raise ConfigError(f"{where} place must be one of {', '.join(PLACES)}, not {value!r}")
-
-
-def _boolean(table: Mapping[str, object], key: str, where: str) -> bool:
-    value = table.get(key, False)
-    if not isinstance(value, bool):
-        raise ConfigError(f"{where} {key} must be true or false, not {value!r}")
-    return value

@@ -12,17 +12,25 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from qsift.checks.scanners import SpamResult
+from qsift.declare import LEVEL, setting
 from qsift.model import Category, Finding
 
 
 @dataclass(frozen=True)
 class SpamLevels:
-    tag_level: float = 2.0
-    tag2_level: float = 6.2
-    kill_level: float = 6.9
-    dsn_cutoff_level: float = 10.0
-    #: None: spam is quarantined whatever its score.
-    quarantine_cutoff_level: float | None = None
+    """The levels, in `[spam]`; a policy bank may change them."""
+
+    tag_level: float = setting(
+        2.0, "Score from which X-Spam-* headers are added (local recipients).", kind=LEVEL
+    )
+    tag2_level: float = setting(
+        6.2, "Score from which mail is spammy: subject tag and X-Spam-Flag: YES.", kind=LEVEL
+    )
+    kill_level: float = setting(6.9, "Score from which mail is spam and gets the spam destiny.", kind=LEVEL)
+    dsn_cutoff_level: float = setting(10.0, "Score from which no DSN is sent for blocked spam.", kind=LEVEL)
+    quarantine_cutoff_level: float | None = setting(
+        None, "Score from which spam is not quarantined; none: always quarantined.", kind=LEVEL
+    )
 
 
 def spam_findings(result: SpamResult, levels: SpamLevels) -> tuple[Finding, ...]:

@@ -12,29 +12,30 @@ from collections.abc import Mapping
 from typing import Any
 
 from qsift.checks.scanner_config import SCANNER_KEYS
-from qsift.config import DEFAULT_LISTENERS, Config
-from qsift.config.schema import Table
-from qsift.config.tables import ROOT
+from qsift.config import Config
+from qsift.config.convert import key_names
+from qsift.declare import Shape, declared
 from qsift.policy.bank import ORIGINATING
 
 
 def effective(raw: Mapping[str, Any], config: Config) -> dict[str, Any]:
     """`raw` (the parsed file, already valid) with the defaults filled in, as a TOML-shaped mapping."""
-    values = _filled(ROOT, raw)
+    values = _filled(Config, raw, {})
     values["myhostname"] = config.myhostname
     values["workers"] = config.worker_count
     values["quarantine"]["dir"] = config.quarantine_dir
-    values["notify"]["method"] = config.notify.method
-    limits = values["limits"]
-    values["listen"] = [_listener(table, limits) for table in raw.get("listen", DEFAULT_LISTENERS)]
+    values["notify"]["method"] = config.notify_forward.method
+    for listener in values["listen"]:
+        if listener["protocol"] == "qmqp":
+            del listener["xforward_hosts"]
     virus = values["virus"]
     for name in ("scanners", "backup_scanners"):
-        virus[name] = [_scanner(ROOT.child("virus").child(name), table) for table in virus[name]]
+        virus[name] = [{k: v for k, v in t.items() if k in SCANNER_KEYS[t["type"]]} for t in virus[name]]
     if not raw.get("spam"):
         del values["spam"]  # no spam scanner: its levels never apply
-    banks = dict(raw.get("policy_bank", {}))
-    banks.setdefault(ORIGINATING, {"relay_client": True, "authenticated": True, "originating": True})
-    values["policy_bank"] = banks
+    values["policy_bank"].setdefault(
+        ORIGINATING, {"relay_client": True, "authenticated": True, "originating": True}
+    )
     return values
 
 
@@ -43,33 +44,28 @@ def dumps(table: Mapping[str, Any]) -> str:
     return "\n".join(_table_lines(table, ())).lstrip("\n") + "\n"
 
 
-def _filled(schema: Table, raw: Mapping[str, Any]) -> dict[str, Any]:
+def _filled(kind: type, raw: Mapping[str, Any], enclosing: dict[type, dict[str, Any]]) -> dict[str, Any]:
+    """The keys a table writes, and every other key of its section with its default; a flat section's
+    over the enclosing section of its type, as the converter lays them (a listener's limits)."""
     values: dict[str, Any] = {}
-    for key in schema.keys:
-        value = raw.get(key.name, key.default)
-        if value is not None:
-            values[key.name] = value
-    for sub in schema.tables:
-        given = raw.get(sub.name)
-        if sub.array or sub.named:
-            values[sub.name] = given if given is not None else ([] if sub.array else {})
-        else:
-            values[sub.name] = _filled(sub, given or {})
+    for name, spec in declared(kind):
+        given = raw.get(name)
+        if spec.shape == Shape.KEY:
+            if (value := given if given is not None else spec.default) is not None:
+                values[name] = value
+            continue
+        sub = spec.table
+        if spec.shape == Shape.FLAT:
+            values.update(enclosing.get(sub) or _filled(sub, {}, enclosing))
+            values.update({key: value for key, value in raw.items() if key in key_names(sub)})
+        elif spec.shape == Shape.TABLE:
+            values[name] = enclosing[sub] = _filled(sub, given or {}, enclosing)
+        elif spec.shape == Shape.ARRAY:
+            written = given if given is not None else list(spec.default)
+            values[name] = [_filled(sub, table, enclosing) for table in written]
+        else:  # named tables and overlays: as written
+            values[name] = dict(given or {})
     return values
-
-
-def _listener(raw: Mapping[str, Any], limits: Mapping[str, Any]) -> dict[str, Any]:
-    values = _filled(ROOT.child("listen"), raw)
-    values.update({name: value for name, value in limits.items() if name not in values})
-    values.setdefault("xforward_hosts", [])
-    if values["protocol"] == "qmqp":
-        del values["xforward_hosts"]
-    return values
-
-
-def _scanner(schema: Table, raw: Mapping[str, Any]) -> dict[str, Any]:
-    allowed = SCANNER_KEYS[raw["type"]]
-    return {name: value for name, value in _filled(schema, raw).items() if name in allowed}
 
 
 def _table_lines(table: Mapping[str, Any], path: tuple[str, ...]) -> list[str]:

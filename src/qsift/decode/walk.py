@@ -35,6 +35,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
 from typing import IO, Any
 
+from qsift.declare import setting
 from qsift.decode import archive, mime
 from qsift.decode.filetype import MAGIC_BYTES, detect
 from qsift.decode.parts import Part
@@ -46,24 +47,23 @@ MIB = 1024 * KIB
 
 @dataclass(frozen=True)
 class DecodeLimits:
-    #: Deepest nesting of archives and attached messages opened.
-    max_depth: int = 14
-    #: Most parts (MIME parts and archive members) looked at in one message.
-    max_parts: int = 1500
-    #: Most decoded bytes in all for one message.
-    max_total_bytes: int = 300 * MIB
-    #: Largest single decoded member.
-    max_member_bytes: int = 100 * MIB
-    #: Decoded bytes may reach this many times the message's size (with a floor of `min_quota`).
-    max_expansion: int = 500
-    #: The smallest decoding quota, in bytes, however small the message.
-    min_quota: int = 100 * KIB
-    #: Seconds one message may spend being decoded.
-    time_limit: float = 30.0
-    #: Decoded members larger than this go to the private temp dir rather than memory, in bytes.
-    memory_threshold: int = 1 * MIB
-    #: Open ARJ, CHM and SZDD with 7-Zip (an external program) when it is installed.
-    seven_zip: bool = True
+    """`[decode]`: the decoder's bounds; past them a message is unchecked, never clean."""
+
+    max_depth: int = setting(14, "Deepest nesting of archives and attached messages opened.")
+    max_parts: int = setting(1500, "Most parts (MIME parts and archive members) looked at in one message.")
+    max_total_bytes: int = setting(300 * MIB, "Most decoded bytes in all for one message.")
+    max_member_bytes: int = setting(100 * MIB, "Largest single decoded member.")
+    max_expansion: int = setting(
+        500, "Decoded bytes may reach this many times the message's size (with a floor of `min_quota`)."
+    )
+    min_quota: int = setting(100 * KIB, "The smallest decoding quota, in bytes, however small the message.")
+    time_limit: float = setting(30.0, "Seconds one message may spend being decoded.")
+    memory_threshold: int = setting(
+        1 * MIB, "Decoded members larger than this go to the private temp dir rather than memory, in bytes."
+    )
+    seven_zip: bool = setting(
+        True, "Open ARJ, CHM and SZDD with 7-Zip (an external program) when it is installed."
+    )
 
 
 #: Containers clamd (1.4) does not unpack and qsift does: raw LZMA and Zstandard, measured with ClamAV's

@@ -19,9 +19,9 @@ import ipaddress
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 
-from qsift.config import Network
 from qsift.errors import TooBusy, TooManyConnections
 from qsift.observe import metrics
+from qsift.policy.bank import Network
 
 
 def _address(peer_ip: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:

@@ -43,9 +43,9 @@ def build_pipeline(
     is believed and no mark is made. With `durable` the outcome record (in state_dir, made if missing) and
     the quarantine are opened: `Pipeline.close` closes them.
     """
-    notifier = make_forwarder(config.notify, config.myhostname)
+    notifier = make_forwarder(config.notify_forward, config.myhostname)
     bouncer = DsnBouncer(
-        notifier, config.myhostname, re.compile(config.viruses_that_fake_sender, re.IGNORECASE)
+        notifier, config.myhostname, re.compile(config.dsn.viruses_that_fake_sender, re.IGNORECASE)
     )
     outcomes: OutcomeLedger = NoOutcomeRecord()
     quarantine: Keeper = NoQuarantine()
@@ -68,7 +68,7 @@ def build_pipeline(
         outcomes=outcomes,
         quarantine=quarantine,
         bounce=bouncer,
-        notices=Notices(notifier, config.myhostname, config.notify_templates),
+        notices=Notices(notifier, config.myhostname, config.notify.templates),
         refusal_notice=bouncer.refused,
         slots=MessageSlots(-(-config.max_servers // max(1, workers)), config.limits.busy_wait),
         client_key=client_key,

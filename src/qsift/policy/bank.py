@@ -30,48 +30,62 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from qsift.checks.scanner_config import LEVEL_KEYS
-from qsift.errors import ConfigError
+from qsift.checks.spam_levels import SpamLevels
+from qsift.declare import BOOLEAN, STRINGS, overlay, setting
 from qsift.model import Client
-from qsift.policy.settings import (
-    ADMIN_KINDS,
-    QUARANTINE_DEFAULTS,
-    SECTIONS,
-    WARN_RECIPIENTS,
-    Policy,
-    build_policy,
-)
+from qsift.policy.destiny import DestinySettings
+from qsift.policy.settings import NotifyPolicy, Policy, PolicySettings, QuarantineSwitches
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 #: The bank our own users' mail gets: built in so that RELAYCLIENT means outbound with no configuration.
 ORIGINATING = "ORIGINATING"
-_SELECTORS = ("client_networks", "relay_client", "authenticated")
-#: What a bank may set in each section: the per-message policy, never the scanners or where things go.
-BANK_KEYS: dict[str, set[str] | None] = {
-    "destiny": None,  # destiny_from_config checks the names
-    "quarantine": {c.name.lower() for c in QUARANTINE_DEFAULTS},
-    "notify": {*ADMIN_KINDS, *WARN_RECIPIENTS},
-    "spam": set(LEVEL_KEYS),
-    "policy": None,  # build_policy checks the names
-}
+#: The sections of the policy a bank may lay over the base: never the scanners or where things go.
+SECTIONS = ("destiny", "quarantine", "notify", "spam", "policy")
+
+
+def networks(entries: list[str]) -> tuple[Network, ...]:
+    """Addresses or networks as a configuration lists them; ValueError names the one at fault."""
+    return tuple(ipaddress.ip_network(entry, strict=False) for entry in entries)
+
+
+def _selector(doc: str) -> bool | None:
+    return setting(None, doc, kind=BOOLEAN, unset=f"false (true for {ORIGINATING})")  # type: ignore[no-any-return]
 
 
 @dataclass(frozen=True)
 class Bank:
-    name: str
-    client_networks: tuple[Network, ...] = ()
-    relay_client: bool = False
-    authenticated: bool = False
-    #: The overrides, as TOML tables by section, plus `originating`.
-    overrides: Mapping[str, Any] | None = None
+    """`[policy_bank.NAME]`: what selects the bank, and the policy it lays over the base."""
 
-    def selected_by(self, client: Client) -> bool:
-        if self.relay_client and client.relay_client:
+    client_networks: tuple[Network, ...] = setting(
+        [], "Clients in these networks get this bank.", kind=STRINGS, parse=networks
+    )
+    relay_client: bool | None = _selector("Mail with RELAYCLIENT set gets it.")
+    authenticated: bool | None = _selector("SMTP AUTH mail gets it.")
+    originating: bool | None = _selector("The mail is our users' own.")
+    destiny: Mapping[str, Any] = overlay(
+        DestinySettings, "A destiny per category: pass, discard, bounce or reject."
+    )
+    quarantine: Mapping[str, Any] = overlay(
+        QuarantineSwitches, "Which categories are quarantined when not delivered."
+    )
+    notify: Mapping[str, Any] = overlay(NotifyPolicy, "Admin notices and recipient warnings.")
+    spam: Mapping[str, Any] = overlay(SpamLevels, "The spam levels a bank may change.")
+    policy: Mapping[str, Any] = overlay(
+        PolicySettings, "Per-recipient policy: local domains, lovers, bypass lists."
+    )
+
+    def selected_by(self, name: str, client: Client) -> bool:
+        built_in = name == ORIGINATING
+        if _unless_set(self.relay_client, built_in) and client.relay_client:
             return True
-        if self.authenticated and client.auth_user:
+        if _unless_set(self.authenticated, built_in) and client.auth_user:
             return True
         return bool(self.client_networks) and _in_networks(client.ip, self.client_networks)
+
+
+def _unless_set(value: bool | None, default: bool) -> bool:
+    return default if value is None else value
 
 
 class Policies:
@@ -79,99 +93,38 @@ class Policies:
 
     def __init__(
         self,
-        base: Mapping[str, Any],
+        base: Policy,
         banks: Mapping[str, Bank] | None = None,
         listener_banks: Mapping[str, str] | None = None,
-        where: str = "<config>",
     ) -> None:
-        self._base_sections = base
+        self.base = base
         self.banks = dict(banks or {})
-        self.banks.setdefault(
-            ORIGINATING,
-            Bank(ORIGINATING, relay_client=True, authenticated=True, overrides={"originating": True}),
-        )
+        self.banks.setdefault(ORIGINATING, Bank())
         self.listener_banks = dict(listener_banks or {})
-        self._where = where
         self._built: dict[tuple[str, ...], Policy] = {}
-        self.base = build_policy(base, where)
-        for name in self.listener_banks.values():
-            if name not in self.banks:
-                raise ConfigError(f"{where}: [[listen]] policy_bank {name!r} is not a [policy_bank.{name}]")
-        for name in self.banks:
-            self.policy((name,))  # every bank must build on its own: errors at start-up, not per message
 
     def select(self, listener: str, client: Client) -> tuple[str, ...]:
         """The banks for a message, in the order they are laid on."""
         names = [self.listener_banks[listener]] if listener in self.listener_banks else []
-        names += [n for n, bank in self.banks.items() if bank.client_networks and bank.selected_by(client)]
-        names += [
-            n for n, bank in self.banks.items() if not bank.client_networks and bank.selected_by(client)
-        ]
+        chosen = [n for n, bank in self.banks.items() if bank.selected_by(n, client)]
+        names += [n for n in chosen if self.banks[n].client_networks]
+        names += [n for n in chosen if not self.banks[n].client_networks]
         return tuple(dict.fromkeys(names))
 
     def policy(self, names: tuple[str, ...]) -> Policy:
-        """The policy with these banks laid on, built once per combination (there are few)."""
-        if not names:
-            return self.base
+        """The policy with these banks laid on, once per combination (there are few): no parsing here,
+        the overlays were built with the configuration."""
         built = self._built.get(names)
         if built is None:
-            built = self._built[names] = self._policy(names)
+            built = self.base
+            for name in names:
+                bank = self.banks[name]
+                # Unset, a bank keeps what the banks before it said (the built-in one says yes).
+                originating = _unless_set(bank.originating, name == ORIGINATING or built.originating)
+                overlays = {section: getattr(bank, section) for section in SECTIONS}
+                built = built.overlaid(overlays, originating, name)
+            self._built[names] = built
         return built
-
-    def _policy(self, names: tuple[str, ...]) -> Policy:
-        sections: dict[str, Any] = {
-            key: dict(value) for key, value in self._base_sections.items() if key != "originating"
-        }
-        originating = False
-        for name in names:
-            overrides = self.banks[name].overrides or {}
-            for key, value in overrides.items():
-                if key == "originating":
-                    originating = bool(value)
-                else:
-                    sections[key] = {**sections.get(key, {}), **value}
-        return build_policy(
-            {**sections, "originating": originating},
-            f"{self._where}: [policy_bank.{'+'.join(names)}]",
-            banks=names,
-        )
-
-
-def bank_from_config(name: str, table: object, where: str) -> Bank:
-    if not isinstance(table, Mapping):
-        raise ConfigError(f"{where} must be a table")
-    raw = dict(table)
-    networks = raw.pop("client_networks", [])
-    if not isinstance(networks, list) or not all(isinstance(n, str) for n in networks):
-        raise ConfigError(f"{where} client_networks must be a list of addresses or networks")
-    try:
-        parsed = tuple(ipaddress.ip_network(n, strict=False) for n in networks)
-    except ValueError as exc:
-        raise ConfigError(f"{where} client_networks: {exc}") from None
-    default_selected = name == ORIGINATING
-    flags = {key: raw.pop(key, default_selected) for key in ("relay_client", "authenticated")}
-    originating = raw.get("originating", default_selected)
-    for key, value in (*flags.items(), ("originating", originating)):
-        if not isinstance(value, bool):
-            raise ConfigError(f"{where} {key} must be true or false, not {value!r}")
-    raw["originating"] = originating
-    for key, value in raw.items():
-        if key == "originating":
-            continue
-        if key not in BANK_KEYS:
-            allowed = ", ".join(sorted({*BANK_KEYS, *_SELECTORS, "originating"}))
-            raise ConfigError(f"{where}: unknown key {key!r} (allowed: {allowed})")
-        if not isinstance(value, Mapping):
-            raise ConfigError(f"{where} {key} must be a table")
-        allowed_keys = BANK_KEYS[key]
-        if allowed_keys is not None:
-            for inner in value:
-                if inner not in allowed_keys:
-                    allowed = ", ".join(sorted(allowed_keys))
-                    raise ConfigError(
-                        f"{where} {key}: {inner!r} cannot be set in a bank (allowed: {allowed})"
-                    )
-    return Bank(name, parsed, flags["relay_client"], flags["authenticated"], raw)
 
 
 def _in_networks(ip: str, networks: tuple[Network, ...]) -> bool:
@@ -184,4 +137,4 @@ def _in_networks(ip: str, networks: tuple[Network, ...]) -> bool:
     return any(address in network for network in networks)
 
 
-__all__ = ["ORIGINATING", "SECTIONS", "Bank", "Policies", "bank_from_config"]
+__all__ = ["ORIGINATING", "Bank", "Policies"]

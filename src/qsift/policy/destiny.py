@@ -9,10 +9,9 @@ sender, which is what a postmaster who follows it expects.
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
-from qsift.errors import ConfigError
+from qsift.declare import setting
 from qsift.model import Category
 
 
@@ -23,35 +22,26 @@ class Destiny(enum.Enum):
     REJECT = "reject"
 
 
+_CHOICES = tuple(d.value for d in Destiny)
+
+
+def _destiny(default: str, category: str, why: str = "") -> Destiny:
+    doc = f"What happens to mail in the {category} category.{why}"
+    return setting(default, doc, choices=_CHOICES, parse=Destiny)  # type: ignore[no-any-return]
+
+
 @dataclass(frozen=True)
 class DestinySettings:
-    """The `[destiny]` table: one destiny per category."""
+    """`[destiny]`: one destiny per category."""
 
-    virus: Destiny = Destiny.BOUNCE
-    banned: Destiny = Destiny.BOUNCE
-    unchecked: Destiny = Destiny.PASS
-    spam: Destiny = Destiny.REJECT
-    #: Spammy mail is tagged, never blocked (amavisd-new: CC_SPAMMY has no destiny of its own).
-    spammy: Destiny = Destiny.PASS
-    bad_header: Destiny = Destiny.PASS
-    oversized: Destiny = Destiny.BOUNCE
-    clean: Destiny = Destiny.PASS
+    virus: Destiny = _destiny("bounce", "virus")
+    banned: Destiny = _destiny("bounce", "banned")
+    unchecked: Destiny = _destiny("pass", "unchecked")
+    spam: Destiny = _destiny("reject", "spam")
+    spammy: Destiny = _destiny("pass", "spammy", " Tagged, never blocked (amavisd-new's CC_SPAMMY).")
+    bad_header: Destiny = _destiny("pass", "bad_header")
+    oversized: Destiny = _destiny("bounce", "oversized")
+    clean: Destiny = _destiny("pass", "clean")
 
     def of(self, category: Category) -> Destiny:
         return getattr(self, category.name.lower())  # type: ignore[no-any-return]
-
-
-def destiny_from_config(table: object, where: str = "[destiny]") -> DestinySettings:
-    if not isinstance(table, Mapping):
-        raise ConfigError(f"{where} must be a table")
-    names = [f.name for f in fields(DestinySettings)]
-    allowed = ", ".join(d.value for d in Destiny)
-    values: dict[str, Destiny] = {}
-    for key, value in table.items():
-        if key not in names:
-            raise ConfigError(f"{where}: unknown category {key!r} (allowed: {', '.join(names)})")
-        try:
-            values[key] = Destiny(value)
-        except ValueError:
-            raise ConfigError(f"{where}: {key} must be one of {allowed}, not {value!r}") from None
-    return DestinySettings(**values)

@@ -18,10 +18,8 @@ case ($localpart_is_case_sensitive = 0). With a `recipient_delimiter` ("+", or "
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-
-from qsift.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -30,14 +28,12 @@ class AddressTable:
 
     #: Plain keys in their canonical form (`user@domain`, `user@`, `domain`, `.domain`, `.`) to True, or
     #: False for a negative entry.
-    keys: dict[str, bool] = field(default_factory=dict)
+    keys: Mapping[str, bool] = field(default_factory=dict)
     patterns: tuple[tuple[re.Pattern[str], bool], ...] = ()
-    delimiter: str = ""
 
     @classmethod
-    def parse(cls, entries: object, where: str, delimiter: str = "") -> AddressTable:
-        if not isinstance(entries, list) or not all(isinstance(e, str) for e in entries):
-            raise ConfigError(f"{where} must be a list of address patterns")
+    def parse(cls, entries: Sequence[str]) -> AddressTable:
+        """The table of a configuration's list; ValueError names the entry at fault."""
         keys: dict[str, bool] = {}
         patterns: list[tuple[re.Pattern[str], bool]] = []
         for entry in entries:
@@ -47,16 +43,20 @@ class AddressTable:
                 try:
                     patterns.append((re.compile(text[1:-1], re.IGNORECASE), positive))
                 except re.error as exc:
-                    raise ConfigError(f"{where}: bad regex {entry!r}: {exc}") from None
+                    raise ValueError(f"bad regex {entry!r}: {exc}") from None
                 continue
-            keys[_canonical(text, f"{where}: {entry!r}")] = positive
-        return cls(keys, tuple(patterns), delimiter)
+            keys[_canonical(text, repr(entry))] = positive
+        return cls(keys, tuple(patterns))
 
     def __bool__(self) -> bool:
         return bool(self.keys or self.patterns)
 
-    def matches(self, address: str) -> bool:
-        for key in lookup_keys(address, self.delimiter):
+    def __hash__(self) -> int:
+        return hash((tuple(self.keys.items()), self.patterns))
+
+    def matches(self, address: str, delimiter: str = "") -> bool:
+        """With a `delimiter` ("+"), `user+box@example.com` also matches `user@example.com`'s entry."""
+        for key in lookup_keys(address, delimiter):
             found = self.keys.get(key)
             if found is not None:
                 return found
@@ -74,13 +74,13 @@ def _canonical(text: str, where: str) -> str:
     if not at:
         domain = text  # a bare domain
     if at and not local and not domain:
-        raise ConfigError(f"{where} is not an address, domain or local part")
+        raise ValueError(f"{where} is not an address, domain or local part")
     if local and not domain:
         return f"{local}@"
     if local:
         return f"{local}@{domain}"
     if not domain.strip("."):
-        raise ConfigError(f"{where} is not an address, domain or local part")
+        raise ValueError(f"{where} is not an address, domain or local part")
     return domain
 
 
@@ -104,22 +104,3 @@ def lookup_keys(address: str, delimiter: str = "") -> Iterator[str]:
             if suffix:
                 yield f".{suffix}"
     yield "."
-
-
-@dataclass(frozen=True)
-class RecipientOverride:
-    """One `[[policy.recipient]]` table: settings for the recipients it matches."""
-
-    match: AddressTable
-    values: dict[str, float | int | None]
-
-
-def first_value(
-    overrides: Sequence[RecipientOverride], address: str, key: str, default: float | int | None
-) -> float | int | None:
-    """The value of `key` from the first override that matches `address` and sets it (amavisd-new's
-    "first table with a defined value wins"), else `default`."""
-    for override in overrides:
-        if key in override.values and override.match.matches(address):
-            return override.values[key]
-    return default

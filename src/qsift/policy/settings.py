@@ -1,23 +1,22 @@
 """The policy a message is judged by: destinies, spam levels, lovers and bypass lists, quarantine, notices.
 
-One `Policy` is built from the configuration's `[destiny]`, `[quarantine]` (the category switches),
-`[notify]` (the admins and recipient warnings), `[spam]` (the levels) and `[policy]` tables; each policy
-bank (bank.py) is the same tables overlaid key by key, as amavisd-new's `%policy_bank` overlays its
-variables. Everything per recipient is answered by `for_recipient`.
+Its parts are declared here and in destiny.py and checks/spam_levels.py, and written in `[destiny]`,
+`[quarantine]` (the category switches), `[notify]` (the admins and recipient warnings), `[spam]` (the
+levels) and `[policy]`; each policy bank (bank.py) lays overlays of the same declarations over them, as
+amavisd-new's `%policy_bank` overlays its variables. Everything per recipient is answered by
+`for_recipient`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, fields
 
-from qsift.checks.scanner_config import LEVEL_KEYS, levels_from_config
 from qsift.checks.spam_levels import SpamLevels
-from qsift.errors import ConfigError
+from qsift.declare import INTEGER, LEVEL, STRINGS, declared, laid_over, setting, tables
 from qsift.model import Category
-from qsift.policy.destiny import DestinySettings, destiny_from_config
-from qsift.policy.lookup import AddressTable, RecipientOverride, first_value
+from qsift.policy.destiny import DestinySettings
+from qsift.policy.lookup import AddressTable
 
 #: `[policy]` list keys naming the recipients who accept a category (amavisd-new's @*_lovers_maps).
 LOVERS = {
@@ -35,7 +34,6 @@ BYPASS = {
     "bypass_spam_checks": Category.SPAM,
     "bypass_header_checks": Category.BAD_HEADER,
 }
-#: `[notify]` keys a bank may change: who hears of blocked mail, and which blocked recipients are warned.
 ADMIN_KINDS = {
     "virus_admin": Category.VIRUS,
     "banned_admin": Category.BANNED,
@@ -47,16 +45,98 @@ WARN_RECIPIENTS = {
     "warn_banned_recip": Category.BANNED,
     "warn_bad_header_recip": Category.BAD_HEADER,
 }
-#: `[quarantine]` switches: the categories kept when they are not delivered (and their defaults).
-QUARANTINE_DEFAULTS = {
-    Category.VIRUS: True,
-    Category.BANNED: True,
-    Category.SPAM: True,
-    Category.UNCHECKED: False,
-    Category.BAD_HEADER: False,
-    Category.OVERSIZED: False,
-}
-_RECIPIENT_KEYS = (*LEVEL_KEYS, "message_size_limit")
+
+
+def _keep(category: str, on: bool) -> bool:
+    return setting(on, f"Keep {category} mail that is not delivered.")  # type: ignore[no-any-return]
+
+
+@dataclass(frozen=True)
+class QuarantineSwitches:
+    """Which categories are quarantined when not delivered."""
+
+    virus: bool = _keep("virus", True)
+    banned: bool = _keep("banned", True)
+    spam: bool = _keep("spam", True)
+    unchecked: bool = _keep("unchecked", False)
+    bad_header: bool = _keep("bad_header", False)
+    oversized: bool = _keep("oversized", False)
+
+
+def _admin(category: str) -> str:
+    return setting("", f"Address told about blocked {category} mail; empty: nobody.")  # type: ignore[no-any-return]
+
+
+def _warn(category: str) -> bool:
+    return setting(False, f"Warn local recipients of blocked {category} mail.")  # type: ignore[no-any-return]
+
+
+@dataclass(frozen=True)
+class NotifyPolicy:
+    """Who hears of blocked mail: admins by category, and which blocked recipients are warned."""
+
+    virus_admin: str = _admin("virus")
+    banned_admin: str = _admin("banned")
+    spam_admin: str = _admin("spam")
+    bad_header_admin: str = _admin("bad_header")
+    warn_virus_recip: bool = _warn("virus")
+    warn_banned_recip: bool = _warn("banned")
+    warn_bad_header_recip: bool = _warn("bad_header")
+
+
+def _lookup(doc: str, default: list[str] | None = None) -> AddressTable:
+    return setting(default, doc, kind=STRINGS, parse=AddressTable.parse)  # type: ignore[no-any-return]
+
+
+def _level(name: str) -> float | None:
+    doc = dict(declared(SpamLevels))[name].doc
+    return setting(None, doc, kind=LEVEL)  # type: ignore[no-any-return]
+
+
+@dataclass(frozen=True)
+class RecipientOverride:
+    """One `[[policy.recipient]]` table: settings for the recipients it matches."""
+
+    match: AddressTable = setting(
+        doc="Lookup table of the recipients this applies to.", kind=STRINGS, parse=AddressTable.parse
+    )
+    tag_level: float | None = _level("tag_level")
+    tag2_level: float | None = _level("tag2_level")
+    kill_level: float | None = _level("kill_level")
+    dsn_cutoff_level: float | None = _level("dsn_cutoff_level")
+    quarantine_cutoff_level: float | None = _level("quarantine_cutoff_level")
+    message_size_limit: int | None = setting(
+        None, "As [policy] message_size_limit, for these recipients.", kind=INTEGER
+    )
+
+
+@dataclass(frozen=True)
+class PolicySettings:
+    """`[policy]`: who is local, who loves or bypasses what, size limits, per-recipient levels."""
+
+    local_domains: AddressTable | None = _lookup("Lookup table of local recipients; unset: all are local.")
+    recipient_delimiter: str = setting(
+        "",
+        'Address extension delimiter (amavisd-new\'s), e.g. "+".',
+        check=lambda v: None if len(v) <= 1 else "must be one character or empty",
+    )
+    message_size_limit: int = setting(0, "Larger messages are OVERSIZED for a recipient; 0: no limit.")
+    virus_lovers: AddressTable = _lookup("Recipients who accept virus mail (lookup table).", [])
+    banned_files_lovers: AddressTable = _lookup("Recipients who accept banned mail (lookup table).", [])
+    unchecked_lovers: AddressTable = _lookup("Recipients who accept unchecked mail (lookup table).", [])
+    spam_lovers: AddressTable = _lookup("Recipients who accept spam mail (lookup table).", [])
+    bad_header_lovers: AddressTable = _lookup("Recipients who accept bad_header mail (lookup table).", [])
+    oversized_lovers: AddressTable = _lookup("Recipients who accept oversized mail (lookup table).", [])
+    bypass_virus_checks: AddressTable = _lookup("Recipients for whom the virus check does not count.", [])
+    bypass_banned_checks: AddressTable = _lookup("Recipients for whom the banned check does not count.", [])
+    bypass_spam_checks: AddressTable = _lookup("Recipients for whom the spam check does not count.", [])
+    bypass_header_checks: AddressTable = _lookup(
+        "Recipients for whom the bad_header check does not count.", []
+    )
+    recipient: tuple[RecipientOverride, ...] = tables(
+        RecipientOverride,
+        "Per-recipient spam levels and size limit: the first table whose `match` matches counts.",
+    )
 
 
 @dataclass(frozen=True)
@@ -75,160 +155,72 @@ class RecipientSettings:
 
 @dataclass(frozen=True)
 class Policy:
+    """The sections a policy is made of, the base ones or with banks laid over them."""
+
     destinies: DestinySettings = field(default_factory=DestinySettings)
     levels: SpamLevels = field(default_factory=SpamLevels)
-    #: None: every recipient is local (no `local_domains` configured).
-    local_domains: AddressTable | None = None
-    lovers: Mapping[Category, AddressTable] = field(default_factory=dict)
-    bypass: Mapping[Category, AddressTable] = field(default_factory=dict)
-    recipient_overrides: tuple[RecipientOverride, ...] = ()
-    message_size_limit: int = 0
-    quarantined: frozenset[Category] = frozenset(c for c, on in QUARANTINE_DEFAULTS.items() if on)
-    #: Category to the address its admin notices go to.
-    admins: Mapping[Category, str] = field(default_factory=dict)
-    warn_recipients: frozenset[Category] = frozenset()
+    rules: PolicySettings = field(default_factory=PolicySettings)
+    quarantine: QuarantineSwitches = field(default_factory=QuarantineSwitches)
+    notify: NotifyPolicy = field(default_factory=NotifyPolicy)
     #: Mail from this site's own users (amavisd-new's $originating): logged as outbound or internal.
     originating: bool = False
     #: The policy banks that made this policy, in the order they were laid on; () for the base.
     banks: tuple[str, ...] = ()
 
+    def overlaid(self, overlays: Mapping[str, Mapping[str, object]], originating: bool, name: str) -> Policy:
+        """This policy with a bank's overlays (by section: destiny, quarantine, notify, spam, policy)."""
+        return Policy(
+            laid_over(self.destinies, overlays.get("destiny", {})),
+            laid_over(self.levels, overlays.get("spam", {})),
+            laid_over(self.rules, overlays.get("policy", {})),
+            laid_over(self.quarantine, overlays.get("quarantine", {})),
+            laid_over(self.notify, overlays.get("notify", {})),
+            originating,
+            (*self.banks, name),
+        )
+
+    @property
+    def quarantined(self) -> frozenset[Category]:
+        return frozenset(c for c in Category if getattr(self.quarantine, c.name.lower(), False))
+
+    @property
+    def admins(self) -> Mapping[Category, str]:
+        """Category to the address its admin notices go to."""
+        return {c: getattr(self.notify, key) for key, c in ADMIN_KINDS.items() if getattr(self.notify, key)}
+
+    @property
+    def warn_recipients(self) -> frozenset[Category]:
+        return frozenset(c for key, c in WARN_RECIPIENTS.items() if getattr(self.notify, key))
+
+    @property
+    def message_size_limit(self) -> int:
+        return self.rules.message_size_limit
+
     def for_recipient(self, address: str) -> RecipientSettings:
-        overrides = self.recipient_overrides
-        levels = self.levels
-        if overrides:
-            levels = SpamLevels(
-                **{key: first_value(overrides, address, key, getattr(levels, key)) for key in LEVEL_KEYS}  # type: ignore[arg-type]
-            )
-        size_limit = first_value(overrides, address, "message_size_limit", self.message_size_limit)
+        rules, delimiter = self.rules, self.rules.recipient_delimiter
+        override = [o for o in rules.recipient if o.match.matches(address, delimiter)]
+
+        def first(key: str, default: float | int | None) -> float | int | None:
+            # amavisd-new's "first table with a defined value wins"
+            return next((v for o in override if (v := getattr(o, key)) is not None), default)
+
+        found = {f.name: first(f.name, getattr(self.levels, f.name)) for f in fields(SpamLevels)}
+        levels = SpamLevels(**found)  # type: ignore[arg-type]
         return RecipientSettings(
-            local=self.local_domains is None or self.local_domains.matches(address),
+            local=rules.local_domains is None or rules.local_domains.matches(address, delimiter),
             levels=levels,
-            loves=frozenset(c for c, table in self.lovers.items() if table.matches(address)),
-            bypasses=frozenset(c for c, table in self.bypass.items() if table.matches(address)),
-            message_size_limit=int(size_limit or 0),
+            loves=frozenset(
+                c for key, c in LOVERS.items() if getattr(rules, key).matches(address, delimiter)
+            ),
+            bypasses=frozenset(
+                c for key, c in BYPASS.items() if getattr(rules, key).matches(address, delimiter)
+            ),
+            message_size_limit=int(first("message_size_limit", rules.message_size_limit) or 0),
         )
 
     def bypassed_by_all(self, category: Category, addresses: tuple[str, ...]) -> bool:
         """Whether no recipient needs this check: then it is not run at all."""
-        table = self.bypass.get(category)
-        return bool(table) and bool(addresses) and all(table.matches(a) for a in addresses)  # type: ignore[union-attr]
-
-
-#: The sections a policy is made of; a bank may set any of them.
-SECTIONS = ("destiny", "quarantine", "notify", "spam", "policy")
-
-
-def build_policy(sections: Mapping[str, Any], where: str, *, banks: tuple[str, ...] = ()) -> Policy:
-    """A Policy from its sections (each a TOML table), with errors naming the section and key."""
-    unknown = set(sections) - {*SECTIONS, "originating"}
-    if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}")
-    policy = _table(sections.get("policy", {}), f"{where} [policy]")
-    delimiter = policy.get("recipient_delimiter", "")
-    if not isinstance(delimiter, str) or len(delimiter) > 1:
-        raise ConfigError(f"{where} [policy] recipient_delimiter must be one character or empty")
-    known = {"local_domains", "recipient_delimiter", "message_size_limit", "recipient", *LOVERS, *BYPASS}
-    _known(policy, known, f"{where} [policy]")
-
-    def table(key: str) -> AddressTable:
-        return AddressTable.parse(policy.get(key, []), f"{where} [policy] {key}", delimiter)
-
-    local = policy.get("local_domains")
-    originating = sections.get("originating", False)
-    if not isinstance(originating, bool):
-        raise ConfigError(f"{where}: originating must be true or false")
-    notify = _table(sections.get("notify", {}), f"{where} [notify]")
-    return Policy(
-        destinies=destiny_from_config(sections.get("destiny", {}), f"{where} [destiny]"),
-        levels=_levels(sections.get("spam", {}), f"{where} [spam]"),
-        local_domains=None if local is None else table("local_domains"),
-        lovers={category: table(key) for key, category in LOVERS.items() if key in policy},
-        bypass={category: table(key) for key, category in BYPASS.items() if key in policy},
-        recipient_overrides=_overrides(
-            policy.get("recipient", []), f"{where} [[policy.recipient]]", delimiter
-        ),
-        message_size_limit=_size(policy.get("message_size_limit", 0), f"{where} [policy] message_size_limit"),
-        quarantined=_quarantined(sections.get("quarantine", {}), f"{where} [quarantine]"),
-        admins=_admins(notify, f"{where} [notify]"),
-        warn_recipients=_warned(notify, f"{where} [notify]"),
-        originating=originating,
-        banks=banks,
-    )
-
-
-def _levels(section: object, where: str) -> SpamLevels:
-    return levels_from_config({k: v for k, v in _table(section, where).items() if k in LEVEL_KEYS}, where)
-
-
-def _overrides(tables: object, where: str, delimiter: str) -> tuple[RecipientOverride, ...]:
-    if not isinstance(tables, list):
-        raise ConfigError(f"{where} must be a list of tables")
-    overrides = []
-    for index, raw in enumerate(tables, 1):
-        here = f"{where} #{index}"
-        entry = dict(_table(raw, here))
-        match = AddressTable.parse(entry.pop("match", None), f"{here} match", delimiter)
-        _known(entry, set(_RECIPIENT_KEYS), here)
-        values: dict[str, float | int | None] = {}
-        if "message_size_limit" in entry:
-            values["message_size_limit"] = _size(
-                entry.pop("message_size_limit"), f"{here} message_size_limit"
-            )
-        levels = levels_from_config(entry, here)
-        values.update({key: getattr(levels, key) for key in entry})
-        overrides.append(RecipientOverride(match, values))
-    return tuple(overrides)
-
-
-def _size(value: object, where: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ConfigError(f"{where} must be a whole number of bytes >= 0 (0: no limit), not {value!r}")
-    return value
-
-
-def _quarantined(section: object, where: str) -> frozenset[Category]:
-    table = _table(section, where)
-    names = {c.name.lower(): c for c in QUARANTINE_DEFAULTS}
-    _known(table, set(names), where)
-    kept = set()
-    for name, category in names.items():
-        value = table.get(name, QUARANTINE_DEFAULTS[category])
-        if not isinstance(value, bool):
-            raise ConfigError(f"{where} {name} must be true or false, not {value!r}")
-        if value:
-            kept.add(category)
-    return frozenset(kept)
-
-
-def _admins(notify: Mapping[str, object], where: str) -> dict[Category, str]:
-    admins = {}
-    for key, category in ADMIN_KINDS.items():
-        value = notify.get(key, "")
-        if not isinstance(value, str):
-            raise ConfigError(f"{where} {key} must be an address (a string), not {value!r}")
-        if value:
-            admins[category] = value
-    return admins
-
-
-def _warned(notify: Mapping[str, object], where: str) -> frozenset[Category]:
-    warned = set()
-    for key, category in WARN_RECIPIENTS.items():
-        value = notify.get(key, False)
-        if not isinstance(value, bool):
-            raise ConfigError(f"{where} {key} must be true or false, not {value!r}")
-        if value:
-            warned.add(category)
-    return frozenset(warned)
-
-
-def _table(value: object, where: str) -> Mapping[str, Any]:
-    if not isinstance(value, Mapping):
-        raise ConfigError(f"{where} must be a table")
-    return value
-
-
-def _known(table: Mapping[str, object], allowed: set[str], where: str) -> None:
-    for key in table:
-        if key not in allowed:
-            raise ConfigError(f"{where}: unknown key {key!r} (allowed: {', '.join(sorted(allowed))})")
+        key = next((key for key, c in BYPASS.items() if c is category), None)
+        table: AddressTable | None = getattr(self.rules, key) if key else None
+        delimiter = self.rules.recipient_delimiter
+        return bool(table) and bool(addresses) and all(table.matches(a, delimiter) for a in addresses)  # type: ignore[union-attr]

@@ -93,7 +93,7 @@ class Supervisor:
             privileges.import_before_drop()
             privileges.drop(user)
         signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
-        if self.config.metrics_address:
+        if self.config.metrics.address:
             # After the drop (the files must be the workers'), before the first fork.
             metrics.setup(os.path.join(self.config.state_dir, "metrics"))
             self._spawn_metrics()
@@ -109,7 +109,7 @@ class Supervisor:
     def _spawn_metrics(self) -> None:
         """The Prometheus endpoint in a process of its own: the parent stays free of event loops and
         threads, so that its forks are safe."""
-        address = self.config.metrics_address
+        address = self.config.metrics.address
         pid = os.fork()
         if pid == 0:
             code = 70
@@ -409,8 +409,13 @@ def _wait_ready(fd: int, count: int, timeout: float) -> int:
 
 def _check_reloadable(old: Config, new: Config) -> None:
     """Settings a reload cannot change in a running parent: they need a restart."""
-    for name in ("user", "group", "state_dir", "metrics_address"):
-        if getattr(old, name) != getattr(new, name):
+    for name, before, after in (
+        ("user", old.user, new.user),
+        ("group", old.group, new.group),
+        ("state_dir", old.state_dir, new.state_dir),
+        ("[metrics] address", old.metrics.address, new.metrics.address),
+    ):
+        if before != after:
             raise ConfigError(f"{name} changed: restart qsift to apply it")
 
 

@@ -35,7 +35,10 @@ class PostfixOptions:
 
 
 def tcp_address(flag: str, text: str) -> ListenAddress:
-    address = parse_address(text, flag)
+    try:
+        address = parse_address(text)
+    except ValueError as exc:
+        raise ConfigError(f"{flag}: {exc}") from None
     if address.path is not None:
         raise ConfigError(f"{flag} must be host:port, not a unix socket: {text!r}")
     return address

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import re
 import tomllib
+from typing import Any
 
 import pytest
 
 from qsift import config
-from qsift.checks.scanner_config import ScannerSpec, spam_from_config, virus_from_config
+from qsift.checks.scanner_config import ScannerSpec, SpamSettings, VirusSettings
 from qsift.errors import ConfigError
 
 NOD32 = """
@@ -31,6 +32,14 @@ def test_the_howtos_nod32_entry_is_expressible() -> None:
     assert nod32.virus_name is not None and nod32.virus_name.pattern == "^(?:.*?) - (.+?)(?:$| - )"
 
 
+def virus_from_config(table: dict[str, Any]) -> VirusSettings:
+    return config.from_mapping({"virus": table}).virus
+
+
+def spam_from_config(table: dict[str, Any]) -> SpamSettings:
+    return config.from_mapping({"spam": table}).spam
+
+
 def test_clamd_with_a_command_backup() -> None:
     settings = virus_from_config(
         {
@@ -47,7 +56,9 @@ def test_clamd_with_a_command_backup() -> None:
         }
     )
     assert settings.scanners == (
-        ScannerSpec("clamd", "ClamAV-clamd", address="unix:/run/clamav/clamd.ctl", max_stream=1000),
+        ScannerSpec(
+            "clamd", "ClamAV-clamd", address="unix:/run/clamav/clamd.ctl", max_stream=1000, concurrency=8
+        ),
     )
     backup = settings.backup_scanners[0]
     assert backup.name == "clamscan" and isinstance(backup.clean, re.Pattern)
@@ -64,26 +75,30 @@ def test_spam_levels_and_defaults() -> None:
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("[virus]\nscanner = []", r"\[virus\]: unknown key 'scanner'"),
-        ("[[virus.scanners]]\ntype = 'sophos'", "type must be one of clamd, command"),
-        ("[[virus.scanners]]\ntype = 'clamd'", "address must be a non-empty string"),
-        ("[[virus.scanners]]\ntype = 'clamd'\naddress = 'x'\ncommand = 'y'", "unknown key 'command'"),
+        ("[virus]\nscanner = []", r"\[virus\] scanner: unknown key"),
+        ("[[virus.scanners]]\ntype = 'sophos'", "type: must be one of clamd, command"),
+        ("[[virus.scanners]]\ntype = 'clamd'", "address: is required for a clamd scanner"),
+        (
+            "[[virus.scanners]]\ntype = 'clamd'\naddress = 'x'\ncommand = 'y'",
+            "command: is not for a clamd scanner",
+        ),
         ("[[virus.scanners]]\ntype = 'command'\ncommand = 'x'\nclean = 'oops('", "bad regex"),
         ("[[virus.scanners]]\ntype = 'command'\ncommand = 'x'\ninfected = [true]", "list of exit codes"),
         ("[[virus.scanners]]\ntype = 'command'\ncommand = 'x'\nargs = 'one'", "list of strings"),
         ("[[virus.scanners]]\ntype = 'command'\ncommand = 'x'\nvirus_name = 3", "must be a string"),
-        ("[[virus.scanners]]\ntype = 'command'\ncommand = 'x'\ntimeout = 0", "timeout must be a number > 0"),
-        ("[virus]\nscanners = 3", "must be one or more tables"),
-        ("[spam]\ntype = 'spamassassin'", "type must be one of spamd, rspamd"),
-        ("[spam]\ntype = 'spamd'\naddress = 'x'\nfailure = 'drop'", "failure must be pass or tempfail"),
-        ("[spam]\ntype = 'spamd'\naddress = 'x'\nkill_level = 'high'", "must be a number"),
-        ("[spam]\ntype = 'spamd'\naddress = 'x'\nlevel = 1", "unknown key 'level'"),
+        (
+            "[[virus.scanners]]\ntype = 'command'\ncommand = 'x'\ntimeout = 0",
+            "timeout: must be a number of seconds > 0",
+        ),
+        ("[virus]\nscanners = 3", "must be one or more \\[\\[virus.scanners\\]\\] tables"),
+        ("[spam]\ntype = 'spamassassin'", "type: must be one of spamd, rspamd"),
+        ("[spam]\ntype = 'spamd'\naddress = 'x'\nfailure = 'drop'", "failure: must be one of pass, tempfail"),
+        ("[spam]\ntype = 'spamd'\naddress = 'x'\nkill_level = 'high'", r"must be a score \(a number\)"),
+        ("[spam]\ntype = 'spamd'\naddress = 'x'\nlevel = 1", "level: unknown key"),
         ("spam = 3", "must be a table"),
     ],
 )
 def test_mistakes_are_named(text: str, message: str) -> None:
-    # The builder's own words; a file read with config.loads meets the schema first, which names the same
-    # key in its own (tests/unit/test_config_check.py).
     with pytest.raises(ConfigError, match=message):
         config.from_mapping(tomllib.loads(text))
     with pytest.raises(ConfigError):

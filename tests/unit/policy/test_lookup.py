@@ -2,16 +2,33 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from qsift import config
 from qsift.errors import ConfigError
-from qsift.policy.lookup import AddressTable, RecipientOverride, first_value, lookup_keys
+from qsift.policy.lookup import AddressTable, lookup_keys
 
 
-def table(*entries: str, delimiter: str = "") -> AddressTable:
-    return AddressTable.parse(list(entries), "test", delimiter)
+@dataclass(frozen=True)
+class Table:
+    """A table and the delimiter its policy looks it up with."""
+
+    table: AddressTable
+    delimiter: str
+
+    def matches(self, address: str) -> bool:
+        return self.table.matches(address, self.delimiter)
+
+    def __bool__(self) -> bool:
+        return bool(self.table)
+
+
+def table(*entries: str, delimiter: str = "") -> Table:
+    return Table(AddressTable.parse(list(entries)), delimiter)
 
 
 @pytest.mark.parametrize(
@@ -88,20 +105,21 @@ def test_an_empty_table_matches_nobody_and_is_false() -> None:
 
 @pytest.mark.parametrize("bad", [["@"], ["/(/"], "bob@example.com", [1], ["!@"], ["..."]])
 def test_bad_entries_are_config_errors(bad: object) -> None:
-    with pytest.raises(ConfigError):
-        AddressTable.parse(bad, "test")
+    with pytest.raises(ConfigError, match=r"\[policy\] spam_lovers: "):
+        config.from_mapping({"policy": {"spam_lovers": bad}})
 
 
-def test_first_value_takes_the_first_table_that_sets_the_key() -> None:
-    overrides = (
-        RecipientOverride(table("boss@example.com"), {"message_size_limit": 1000}),
-        RecipientOverride(table(".example.com"), {"kill_level": 5.0}),
-        RecipientOverride(table("."), {"kill_level": 9.0, "message_size_limit": 5}),
-    )
-    assert first_value(overrides, "boss@example.com", "kill_level", 6.9) == 5.0
-    assert first_value(overrides, "boss@example.com", "message_size_limit", 0) == 1000
-    assert first_value(overrides, "x@other.org", "kill_level", 6.9) == 9.0
-    assert first_value((), "x@other.org", "kill_level", 6.9) == 6.9
+def test_the_first_recipient_table_that_sets_a_key_wins() -> None:
+    recipient = [
+        {"match": ["boss@example.com"], "message_size_limit": 1000},
+        {"match": [".example.com"], "kill_level": 5.0},
+        {"match": ["."], "kill_level": 9.0, "message_size_limit": 5},
+    ]
+    policy = config.from_mapping({"policy": {"recipient": recipient}}).policies.base
+    boss = policy.for_recipient("boss@example.com")
+    assert (boss.levels.kill_level, boss.message_size_limit) == (5.0, 1000)
+    assert policy.for_recipient("x@other.org").levels.kill_level == 9.0
+    assert config.from_mapping({}).policies.base.for_recipient("x@other.org").levels.kill_level == 6.9
 
 
 addresses = st.from_regex(r"[A-Za-z0-9.+_-]{1,12}@[A-Za-z0-9-]{1,10}(\.[A-Za-z]{2,5}){0,3}", fullmatch=True)

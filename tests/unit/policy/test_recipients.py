@@ -6,14 +6,15 @@ from typing import Any
 
 import pytest
 
+from qsift import config
 from qsift.checks.content import Verdict
 from qsift.checks.scanners import SpamResult
 from qsift.errors import ConfigError
 from qsift.model import Category, Client, Finding, Recipient
-from qsift.policy.bank import ORIGINATING, Policies, bank_from_config
+from qsift.policy.bank import ORIGINATING, Policies
 from qsift.policy.destiny import Destiny
 from qsift.policy.recipients import decide_recipient
-from qsift.policy.settings import Policy, build_policy
+from qsift.policy.settings import Policy
 
 VIRUS = Finding(Category.VIRUS, 0, "Eicar-Test-Signature")
 BANNED = Finding(Category.BANNED, 0, ".exe-ms,x.exe")
@@ -21,7 +22,7 @@ BAD_HEADER = Finding(Category.BAD_HEADER, 7, "Date: missing")
 
 
 def policy(**sections: Any) -> Policy:
-    return build_policy(sections, "test")
+    return config.from_mapping(sections).policies.base
 
 
 def spam(score: float) -> SpamResult:
@@ -69,7 +70,7 @@ def test_bypass_hides_the_findings_as_if_never_checked() -> None:
 
 def test_per_recipient_spam_levels() -> None:
     rules = policy(
-        spam={"kill_level": 10.0},
+        spam={"type": "spamd", "address": "127.0.0.1:783", "kill_level": 10.0},
         policy={"recipient": [{"match": ["strict@example.com"], "kill_level": 4.0, "tag2_level": 3.0}]},
     )
     verdict = Verdict((), (), spam(5.0))
@@ -115,15 +116,13 @@ def test_local_domains() -> None:
 )
 def test_bad_policy_settings_are_config_errors(sections: dict[str, Any]) -> None:
     with pytest.raises(ConfigError):
-        build_policy(sections, "test")
+        policy(**sections)
 
 
 def banks(**tables: Any) -> Policies:
-    return Policies(
-        {"destiny": {"spam": "reject"}},
-        {name: bank_from_config(name, table, f"[policy_bank.{name}]") for name, table in tables.items()},
-        {"smtp:127.0.0.1:10026": "OUTBOUND"} if "OUTBOUND" in tables else {},
-    )
+    listen = [{"protocol": "smtp", "address": "127.0.0.1:10026", "policy_bank": "OUTBOUND"}]
+    raw = {"destiny": {"spam": "reject"}, "policy_bank": tables}
+    return config.from_mapping({**raw, "listen": listen} if "OUTBOUND" in tables else raw).policies
 
 
 def test_relayclient_or_auth_selects_the_built_in_originating_bank() -> None:
@@ -174,9 +173,10 @@ def test_banks_by_listener_then_network_then_context_laid_on_in_order() -> None:
 )
 def test_bad_banks_are_config_errors(table: dict[str, Any]) -> None:
     with pytest.raises(ConfigError):
-        Policies({}, {"B": bank_from_config("B", table, "[policy_bank.B]")})
+        banks(B=table)
 
 
 def test_a_listener_naming_an_unknown_bank_is_a_config_error() -> None:
-    with pytest.raises(ConfigError, match="NOPE"):
-        Policies({}, {}, {"smtp:127.0.0.1:10026": "NOPE"})
+    listen = [{"protocol": "smtp", "address": "127.0.0.1:10026", "policy_bank": "NOPE"}]
+    with pytest.raises(ConfigError, match=r"there is no \[policy_bank\.NOPE\]"):
+        config.from_mapping({"listen": listen})
