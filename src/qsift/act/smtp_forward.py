@@ -11,12 +11,15 @@ Rules this module keeps, because each one costs mail when broken:
   reply is still a temporary failure; the retry may then duplicate the message, which SMTP cannot avoid
   (RFC 1047) and which is better than losing it.
 - Recipients past the server's limit (452 4.5.3) go in a further transaction on the same connection.
-  The order of the dialogue is wire/smtp_dialogue's; this module moves its bytes and keeps its time.
 - The client the message came from goes with it by XFORWARD when the server offers it (Postfix, to its
   smtpd_authorized_xforward_hosts), as amavisd-new does, so the re-injecting MTA logs and judges the real
   client rather than qsift. It is information only: a server refusing it does not stop the message.
 - One connection per message. A pool would save a TCP handshake and a greeting on loopback, some tens of
   microseconds against the milliseconds a message costs; bench/passthrough.py measures the whole path.
+
+The order of the dialogue (EHLO or HELO, XFORWARD, pipelining, 452, LMTP's replies) is kept by the
+sans-IO wire/smtp_dialogue; this module is the I/O shell around it: the connection, the timeout each
+step names, the body, the client's departure and the `delivered` callback.
 """
 
 from __future__ import annotations
@@ -88,6 +91,10 @@ def parse_forward_method(method: str) -> SmtpTarget:
     return SmtpTarget(lmtp, host=host, port=int(port_text))
 
 
+#: Longest wait for the reply to QUIT, in seconds.
+_QUIT_WAIT = 2.0
+
+
 @dataclass(frozen=True)
 class SmtpTimeouts:
     """Seconds to wait at each step; RFC 5321 §4.5.3.2 gives 5/5/3/10 minutes as the client's minimum."""
@@ -110,10 +117,6 @@ class SmtpTimeouts:
                 return min(self.command, _QUIT_WAIT)
             case _:
                 assert_never(wait)
-
-
-#: Longest wait for the reply to QUIT, in seconds.
-_QUIT_WAIT = 2.0
 
 
 class _Failed(Exception):

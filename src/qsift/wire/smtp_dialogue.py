@@ -222,6 +222,19 @@ class SmtpClientDialogue:
         pipelined = self._caps.pipelining
         yield Send(mail + b"".join(r for _, r in rcpts) + DATA if pipelined else mail)
         mail_reply = yield from self._await("MAIL FROM")
+        accepted, deferred = yield from self._recipients(rcpts, mail_reply, pipelined)
+        if not accepted:
+            yield from self._abandon(pipelined)
+            return []
+        if not pipelined:
+            yield Send(DATA)
+        yield from self._message(accepted)
+        return deferred
+
+    def _recipients(
+        self, rcpts: list[tuple[int, bytes]], mail_reply: SmtpReply, pipelined: bool
+    ) -> _Steps[tuple[list[int], list[int]]]:
+        """The RCPTs' replies (and, unpipelined, the RCPTs): who was accepted, who deferred by 452."""
         accepted: list[int] = []
         deferred: list[int] = []
         for index, rcpt in rcpts:
@@ -236,16 +249,10 @@ class SmtpClientDialogue:
             elif reply.positive:
                 accepted.append(index)
             elif reply.code == 452 and accepted:
-                deferred.append(index)
+                deferred.append(index)  # the server's recipient limit: RFC 5321 §4.5.3.1.10
             else:
                 self._results[index] = self._not_positive(reply)
-        if not accepted:
-            yield from self._abandon(pipelined)
-            return []
-        if not pipelined:
-            yield Send(DATA)
-        yield from self._message(accepted)
-        return deferred
+        return accepted, deferred
 
     def _commands(self, batch: list[int]) -> tuple[bytes, list[tuple[int, bytes]]]:
         """MAIL and the RCPTs; a recipient that cannot be sent at all is answered here, permanently."""
