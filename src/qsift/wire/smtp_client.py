@@ -1,8 +1,9 @@
 """SMTP and LMTP, client side, sans-IO: the commands the forwarder sends and the replies it reads.
 
 The forwarder hands each accepted message on to the next MTA (Postfix, qmail-smtpd, an LMTP delivery
-agent). This module only turns envelope values into command lines and received bytes into replies; the
-forwarder owns the socket, the timeouts and the order of the dialogue (RFC 5321, RFC 2033).
+agent). This module only turns envelope values into command lines and received bytes into replies;
+smtp_dialogue keeps the order of the dialogue (RFC 5321, RFC 2033), the forwarder the socket and the
+timeouts.
 
 Replies are read leniently (a bare LF ends a line too, as most SMTP clients accept) but within fixed
 bounds: a line that grows past the limit is refused before its end arrives, and so is a reply with too
