@@ -25,6 +25,10 @@ EHLO = "250-mx.test\n250-SIZE\n250-SMTPUTF8\n250 ENHANCEDSTATUSCODES"
 EHLO_PIPELINING = "250-mx.test\n250-PIPELINING\n250 SIZE"
 EHLO_XFORWARD = "250-mx.test\n250-SIZE\n250 XFORWARD NAME ADDR PROTO HELO IDENT"
 QUIT = ["C: QUIT", "S: 221 bye"]
+RSET_OK = ["C: RSET", "S: 250 ok"]
+GREETED = ["S: 220 mx.test ESMTP", "C: EHLO qsift.test", f"S: {EHLO}"]
+GREETED_PIPELINING = ["S: 220 mx.test ESMTP", "C: EHLO qsift.test", f"S: {EHLO_PIPELINING}"]
+GREETED_XFORWARD = ["S: 220 mx.test ESMTP", "C: EHLO qsift.test", f"S: {EHLO_XFORWARD}"]
 
 
 def reply(text: str) -> SmtpReply:
@@ -52,9 +56,7 @@ CASES = [
     pytest.param(
         Case(
             [
-                "S: 220 mx.test ESMTP",
-                "C: EHLO qsift.test",
-                f"S: {EHLO}",
+                *GREETED,
                 f"C: {MAIL}",
                 "S: 250 2.1.0 ok",
                 "C: RCPT TO:<b@y.net>",
@@ -76,9 +78,7 @@ CASES = [
     pytest.param(
         Case(
             [
-                "S: 220 mx.test ESMTP",
-                "C: EHLO qsift.test",
-                f"S: {EHLO_PIPELINING}",
+                *GREETED_PIPELINING,
                 f"C: {MAIL} | RCPT TO:<b@y.net> | RCPT TO:<c@y.net> | DATA",
                 "S: 250 2.1.0 ok",
                 "S: 250 2.1.5 ok",
@@ -97,17 +97,14 @@ CASES = [
     pytest.param(
         Case(
             [
-                "S: 220 mx.test ESMTP",
-                "C: EHLO qsift.test",
-                f"S: {EHLO}",
+                *GREETED,
                 f"C: {MAIL}",
                 "S: 250 ok",
                 "C: RCPT TO:<b@y.net>",
                 "S: 550 5.1.1 no such user",
                 "C: RCPT TO:<c@y.net>",
                 "S: 451 4.3.0 try later",
-                "C: RSET",
-                "S: 250 ok",
+                *RSET_OK,
                 *QUIT,
             ],
             ["D550 5.1.1", "Z451 4.3.0"],
@@ -118,15 +115,12 @@ CASES = [
     pytest.param(
         Case(
             [
-                "S: 220 mx.test ESMTP",
-                "C: EHLO qsift.test",
-                f"S: {EHLO_PIPELINING}",
+                *GREETED_PIPELINING,
                 f"C: {MAIL} | RCPT TO:<b@y.net> | DATA",
                 "S: 250 ok",
                 "S: 550 5.1.1 no such user",
                 "S: 554 5.5.1 no valid recipients",
-                "C: RSET",
-                "S: 250 ok",
+                *RSET_OK,
                 *QUIT,
             ],
             ["D550 5.1.1"],
@@ -136,17 +130,14 @@ CASES = [
     pytest.param(
         Case(
             [
-                "S: 220 mx.test ESMTP",
-                "C: EHLO qsift.test",
-                f"S: {EHLO_PIPELINING}",
+                *GREETED_PIPELINING,
                 f"C: {MAIL} | RCPT TO:<b@y.net> | DATA",
                 "S: 250 ok",
                 "S: 550 5.1.1 no such user",
                 "S: 354 go ahead anyway",
                 "C: .",
                 "S: 554 5.5.1 no recipients",
-                "C: RSET",
-                "S: 250 ok",
+                *RSET_OK,
                 *QUIT,
             ],
             ["D550 5.1.1"],
@@ -156,15 +147,12 @@ CASES = [
     pytest.param(
         Case(
             [
-                "S: 220 mx.test ESMTP",
-                "C: EHLO qsift.test",
-                f"S: {EHLO_PIPELINING}",
+                *GREETED_PIPELINING,
                 f"C: {MAIL} | RCPT TO:<b@y.net> | DATA",
                 "S: 553 5.1.8 sender domain does not exist",
                 "S: 503 5.5.1 need MAIL first",
                 "S: 503 5.5.1 need RCPT first",
-                "C: RSET",
-                "S: 250 ok",
+                *RSET_OK,
                 *QUIT,
             ],
             ["D553 5.1.8"],
@@ -174,13 +162,10 @@ CASES = [
     pytest.param(
         Case(
             [
-                "S: 220 mx.test ESMTP",
-                "C: EHLO qsift.test",
-                f"S: {EHLO}",
+                *GREETED,
                 f"C: {MAIL}",
                 "S: 451 4.3.0 try later",
-                "C: RSET",
-                "S: 250 ok",
+                *RSET_OK,
                 *QUIT,
             ],
             ["Z451 4.3.0", "Z451 4.3.0"],
@@ -191,9 +176,7 @@ CASES = [
     pytest.param(
         Case(
             [
-                "S: 220 mx.test ESMTP",
-                "C: EHLO qsift.test",
-                f"S: {EHLO}",
+                *GREETED,
                 f"C: {MAIL}",
                 "S: 250 ok",
                 "C: RCPT TO:<r0@y.net>",
@@ -230,17 +213,14 @@ CASES = [
     pytest.param(
         Case(
             [
-                "S: 220 mx.test ESMTP",
-                "C: EHLO qsift.test",
-                f"S: {EHLO}",
+                *GREETED,
                 f"C: {MAIL}",
                 "S: 250 ok",
                 "C: RCPT TO:<b@y.net>",
                 "S: 452 4.5.3 too many recipients",
                 "C: RCPT TO:<c@y.net>",
                 "S: 452 4.5.3 too many recipients",
-                "C: RSET",
-                "S: 250 ok",
+                *RSET_OK,
                 *QUIT,
             ],
             ["Z452 4.5.3", "Z452 4.5.3"],
@@ -251,9 +231,7 @@ CASES = [
     pytest.param(
         Case(
             [
-                "S: 220 mx.test ESMTP",
-                "C: EHLO qsift.test",
-                f"S: {EHLO_PIPELINING}",
+                *GREETED_PIPELINING,
                 f"C: {MAIL} | RCPT TO:<r0@y.net> | RCPT TO:<r1@y.net> | DATA",
                 "S: 250 ok",
                 "S: 250 ok",
@@ -279,17 +257,14 @@ CASES = [
     pytest.param(
         Case(
             [
-                "S: 220 mx.test ESMTP",
-                "C: EHLO qsift.test",
-                f"S: {EHLO}",
+                *GREETED,
                 f"C: {MAIL}",
                 "S: 250 ok",
                 "C: RCPT TO:<b@y.net>",
                 "S: 250 ok",
                 "C: DATA",
                 "S: 554 5.7.1 no data for you",
-                "C: RSET",
-                "S: 250 ok",
+                *RSET_OK,
                 *QUIT,
             ],
             ["D554 5.7.1"],
@@ -299,9 +274,7 @@ CASES = [
     pytest.param(
         Case(
             [
-                "S: 220 mx.test ESMTP",
-                "C: EHLO qsift.test",
-                f"S: {EHLO}",
+                *GREETED,
                 f"C: {MAIL}",
                 "S: 250 ok",
                 "C: RCPT TO:<b@y.net>",
@@ -310,8 +283,7 @@ CASES = [
                 "S: 250 ok",
                 "C: DATA",
                 "S: 250 2.0.0 that is not how DATA goes",
-                "C: RSET",
-                "S: 250 ok",
+                *RSET_OK,
                 *QUIT,
             ],
             ["Z451 4.5.0", "Z451 4.5.0"],
@@ -322,9 +294,7 @@ CASES = [
     pytest.param(
         Case(
             [
-                "S: 220 mx.test ESMTP",
-                "C: EHLO qsift.test",
-                f"S: {EHLO}",
+                *GREETED,
                 f"C: {MAIL}",
                 "S: 250 ok",
                 "C: RCPT TO:<b@y.net>",
@@ -456,9 +426,7 @@ CASES = [
     pytest.param(
         Case(
             [
-                "S: 220 mx.test ESMTP",
-                "C: EHLO qsift.test",
-                f"S: {EHLO_XFORWARD}",
+                *GREETED_XFORWARD,
                 "C: XFORWARD NAME=client.example ADDR=192.0.2.7 PROTO=ESMTP HELO=client.example IDENT=M1",
                 "S: 250 2.0.0 Ok",
                 f"C: {MAIL}",
@@ -485,9 +453,7 @@ CASES = [
     pytest.param(
         Case(
             [
-                "S: 220 mx.test ESMTP",
-                "C: EHLO qsift.test",
-                f"S: {EHLO_XFORWARD}",
+                *GREETED_XFORWARD,
                 "C: XFORWARD NAME=[UNAVAILABLE] ADDR=192.0.2.7 PROTO=ESMTP HELO=[UNAVAILABLE]",
                 "S: 550 5.7.0 not authorized",
                 "-- XFORWARD refused: 550 5.7.0 not authorized",
@@ -521,9 +487,7 @@ CASES = [
     pytest.param(
         Case(
             [
-                "S: 220 mx.test ESMTP",
-                "C: EHLO qsift.test",
-                f"S: {EHLO_XFORWARD}",
+                *GREETED_XFORWARD,
                 f"C: {MAIL}",
                 "S: 250 ok",
                 "C: RCPT TO:<b@y.net>",
@@ -555,9 +519,7 @@ CASES = [
     pytest.param(
         Case(
             [
-                "S: 220 mx.test ESMTP",
-                "C: EHLO qsift.test",
-                f"S: {EHLO}",
+                *GREETED,
                 f"C: MAIL FROM:<j\u00f6rg@x.org> SIZE={SIZE} SMTPUTF8",
                 "S: 250 ok",
                 "C: RCPT TO:<b@y.net>",
@@ -586,9 +548,7 @@ CASES = [
     pytest.param(
         Case(
             [
-                "S: 220 mx.test ESMTP",
-                "C: EHLO qsift.test",
-                f"S: {EHLO}",
+                *GREETED,
                 f"C: {MAIL}",
                 "S: 250 ok",
                 "C: RCPT TO:<ok@y.net>",
