@@ -53,6 +53,7 @@ def test_listeners_inherit_and_override_limits() -> None:
         ("[limits]\nmessage_size = -1", "whole number"),
         ("[limits]\nmessage_size = true", "whole number"),
         ("[limits]\nclient_timeout = 0", "seconds > 0"),
+        ("[limits]\nmax_sessions = 0", "max_sessions: must be a whole number >= 1"),
         ("[forward]\nmethod = 'smtp'", "is not smtp:[host]:port"),
         ("[forward]\nmethod = 'maildir:relative'", "is not smtp:[host]:port"),
         ("[[listen]]\nprotocol = 'pop3'\naddress = '127.0.0.1:1'", "protocol: must be one of"),

@@ -157,6 +157,16 @@ def test_banks_by_listener_then_network_then_context_laid_on_in_order() -> None:
     assert set_.select("qmqp:x", Client(ip="not an ip")) == ()
 
 
+def test_a_bank_that_does_not_say_originating_keeps_what_the_banks_before_it_said() -> None:
+    # A bank is an overlay: PARTNERS, laid over OUTBOUND, leaves OUTBOUND's `originating` alone (before
+    # the overlays, every bank reset it to its own default, false).
+    set_ = banks(OUTBOUND={"originating": True}, PARTNERS={"client_networks": ["192.0.2.0/24"]})
+    names = set_.select("smtp:127.0.0.1:10026", Client(ip="192.0.2.9"))
+    assert names == ("OUTBOUND", "PARTNERS")
+    assert set_.policy(names).originating
+    assert not set_.policy(("PARTNERS",)).originating
+
+
 @pytest.mark.parametrize(
     "table",
     [
