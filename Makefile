@@ -10,8 +10,9 @@ STAMP  := $(VENV)/.installed
 # (clamav-testfiles: ClamAV's test file in many containers; clamd, clamscan and spamd, which the tests
 # start on private sockets with their own data; Postfix, which a test runs as a private instance on
 # loopback ports, preseeded "No configuration" so no system MTA is set up; systemd for systemd-analyze, which
-# checks the unit qsift setup systemd writes). Installed only when missing.
-DEBS := libarchive13 libmagic1 p7zip-full clamav-testfiles clamav clamav-daemon spamassassin spamc rspamd daemontools ucspi-tcp shellcheck postfix systemd
+# checks the unit qsift setup systemd writes; Knot DNS, which the tests run on a private loopback port with
+# their own zones, and OpenDKIM's tools, a second DKIM implementation). Installed only when missing.
+DEBS := libarchive13 libmagic1 p7zip-full clamav-testfiles clamav clamav-daemon spamassassin spamc rspamd daemontools ucspi-tcp shellcheck postfix systemd knot opendkim-tools
 
 $(STAMP): pyproject.toml
 	@missing=$$(for p in $(DEBS); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \
