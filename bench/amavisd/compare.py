@@ -48,8 +48,8 @@ from tests.spamd_daemon import LOCAL_CF, running_spamd
 
 from bench.amavisd import procs
 from bench.amavisd.amavis import Amavisd
-from bench.amavisd.messages import message_pool, stamped
 from bench.amavisd.qsift_daemon import Qsift
+from bench.mail_mix import message_pool, stamped
 from qsift.act.smtp_forward import SmtpTimeouts, forward_via_smtp, parse_forward_method
 from qsift.model import Envelope, Recipient
 from qsift.spool import MessageSpool
@@ -234,7 +234,8 @@ def print_report(
     print()
     print(
         f"{args.messages} messages ({pool_size} distinct bodies: SpamAssassin public corpus, rspamd test mail"
-        f" < 400 kB, generated zip mail), {args.concurrency} concurrent SMTP clients, {os.cpu_count()} CPUs"
+        f" < 400 kB, generated business mail with attachments of 2-500 kB, a few up to 10 MB),"
+        f" {args.concurrency} concurrent SMTP clients, {os.cpu_count()} CPUs"
     )
     print(
         f"worker processes: qsift workers = {q.workers} ({q.worker_processes} running after the load),"
