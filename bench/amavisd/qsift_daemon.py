@@ -58,8 +58,10 @@ class Qsift:
     ) -> None:
         self.workers = workers
         self.home = workdir / "qsift"
-        (self.home / "state").mkdir(parents=True, exist_ok=True)
-        (self.home / "tmp").mkdir(exist_ok=True)
+        self.home.mkdir(parents=True, exist_ok=True)
+        # qsift refuses to start on a state or temp directory that others may read: they hold mail and keys.
+        (self.home / "state").mkdir(mode=0o700, exist_ok=True)
+        (self.home / "tmp").mkdir(mode=0o700, exist_ok=True)
         self.config = self.home / "qsift.toml"
         self.config.write_text(
             config_text(
