@@ -10,8 +10,8 @@ their ratio; then the CPU time per message of qsift's process tree, of the sink 
 /proc), and qsift's CPU per message as a multiple of the sink's.
 
 The sink is bare asyncio and costs a fraction of a millisecond a message. Its cost is printed beside
-qsift's because it decides what the ratio of rates means: the aiosmtpd sink used before cost about as much
-as qsift itself, so the direct run was as slow as the sink and the ratio (0.55) hid most of qsift's cost
+qsift's because it decides what the ratio of rates means: the aiosmtpd sink used before cost several times
+as much, so the direct run was bound by the sink and the ratio (0.55) hid much of qsift's cost
 (issue 14). The run is void unless the sink counted every message exactly once.
 """
 

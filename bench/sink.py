@@ -3,8 +3,8 @@
 python -m bench.sink PORT   # prints "ready" when listening; SIGTERM prints the count and exits
 
 The sink must cost next to nothing, or it hides the cost of what is measured in front of it: the
-aiosmtpd sink the benches used before spent about as much CPU per message as the path through qsift, so
-"qsift / direct" came out near 0.5 whatever qsift did (issue 14). This one is an `asyncio.Protocol` that
+aiosmtpd sink the benches used before spent several times the CPU per message of this one, enough to bound
+the direct run and flatter "qsift / direct" (issue 14). This one is an `asyncio.Protocol` that
 parses command lines, finds the end of DATA and throws the content away; the benches read its CPU time
 from /proc and print it beside qsift's, so a slow sink shows.
 

@@ -6,7 +6,7 @@ For each path, pass-through (QMQP clients -> qsift -> SMTP sink, no scanner) and
 `[[virus.scanners]] type = "clamd"`, a real clamd on the test signature database tests/data/clamav, a fresh
 one per run so neither run finds the messages in clamd's cache of clean files), a real `qsift serve` with
 workers = 1 and then one with workers = 2, each fresh (its own state_dir, so its own outcome record) with
-its own aiosmtpd sink in a process of its own (bench/sink.py). Each server gets warm-up messages, then the
+its own counting SMTP sink in another process (bench/sink.py). Each server gets warm-up messages, then the
 same N messages (bench.passthrough's corpus, 2-60 kB) from C concurrent QMQP clients; it prints messages/s,
 p50/p99 latency, CPU use of each party (and of anything else on the machine meanwhile) and how many messages
 each worker took (from the pids on the summary lines, which log_level 0 writes), and the ratio
