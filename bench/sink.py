@@ -103,11 +103,17 @@ class SinkSession(asyncio.Protocol):
         return REPLIES.get(verb, b"502 5.5.2 Command not recognized\r\n")
 
 
+async def listen(counter: Counter, port: int = 0) -> asyncio.Server:
+    """A sink on 127.0.0.1:`port` (0: any free port) counting into `counter`."""
+    loop = asyncio.get_running_loop()
+    return await loop.create_server(lambda: SinkSession(counter), "127.0.0.1", port, backlog=1024)
+
+
 async def serve(port: int) -> int:
     """Sink on 127.0.0.1:`port` until SIGTERM; the number of messages taken."""
     counter = Counter()
     loop = asyncio.get_running_loop()
-    server = await loop.create_server(lambda: SinkSession(counter), "127.0.0.1", port, backlog=1024)
+    server = await listen(counter, port)
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     print("ready", flush=True)
