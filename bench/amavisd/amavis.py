@@ -138,6 +138,7 @@ class Amavisd:
     ) -> None:
         self.home = workdir / "amavis"
         self.port = port
+        self.workers = servers
         # amavisd insists that its config file belongs to root (and is not writable by its own user).
         self.config = workdir / "amavisd.conf"
         entry = pwd.getpwnam(USER)

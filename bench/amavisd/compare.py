@@ -1,10 +1,16 @@
 """qsift beside amavisd-new: same machine, same messages, same scanners, one run, ratios.
 
-    .venv/bin/python -m bench.amavisd.compare --messages 300 --concurrency 4
+    .venv/bin/python -m bench.amavisd.compare --messages 300 --concurrency 4 --workers 4
+
+Both filters run the same number of worker processes: qsift's `workers` is amavisd-new's `$max_servers`
+(`--workers`, by default as many as clients). Left to its default (one per CPU), qsift ran 2 workers
+beside amavisd-new's 4 children and the memory ratio compared unequal setups (issue 14); the report
+states how many each side was given and how many were running after the load, and a mismatch makes the
+run invalid.
 
 Starts one real clamd (tests/clamd_daemon.py, the test signature database) and one real spamd
 (tests/spamd_daemon.py, local tests only, as many children as clients), then for each filter in turn:
-a counting SMTP sink in its own process (bench/sink.py --long-lines), the
+a counting SMTP sink in its own process (bench/sink.py, bare asyncio), the
 filter with an SMTP listener on loopback forwarding to the sink, a warm-up, and the same N messages sent
 by C concurrent SMTP clients (qsift's own client). It checks every message was accepted and the sink
 counted them all, reads both filters' summary log lines to show what each made of the messages, and prints
@@ -42,8 +48,8 @@ from tests.spamd_daemon import LOCAL_CF, running_spamd
 
 from bench.amavisd import procs
 from bench.amavisd.amavis import Amavisd
-from bench.amavisd.messages import message_pool, stamped
 from bench.amavisd.qsift_daemon import Qsift
+from bench.mail_mix import message_pool, stamped
 from qsift.act.smtp_forward import SmtpTimeouts, forward_via_smtp, parse_forward_method
 from qsift.model import Envelope, Recipient
 from qsift.spool import MessageSpool
@@ -54,6 +60,8 @@ RECIPIENT = "b@example.net"
 
 class Filter(Protocol):
     process: subprocess.Popen[bytes] | None
+    #: Worker processes configured: qsift's `workers`, amavisd-new's `$max_servers`.
+    workers: int
 
     def start(self) -> None: ...
     def failed(self) -> str | None: ...
@@ -71,6 +79,9 @@ class Result:
     rss: int = 0
     pss: int = 0
     cpu: float = 0.0
+    workers: int = 0
+    #: Worker processes found running (children of the parent or master) after the measured load.
+    worker_processes: int = 0
     categories: collections.Counter[str] = field(default_factory=collections.Counter)
     trouble: list[str] = field(default_factory=list)
 
@@ -91,6 +102,18 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
+
+
+def running_workers(daemon: Filter, timeout: float = 5.0) -> int:
+    """How many children the daemon's parent has, given a moment to replace one that just retired
+    (amavisd-new's children leave after `$max_requests` messages)."""
+    assert daemon.process is not None
+    deadline = time.monotonic() + timeout
+    while True:
+        found = len(procs.children(daemon.process.pid))
+        if found == daemon.workers or time.monotonic() > deadline:
+            return found
+        time.sleep(0.1)
 
 
 def wait_for_port(port: int, daemon: Filter, timeout: float = 180.0) -> float:
@@ -141,7 +164,7 @@ async def send_all(port: int, messages: list[bytes], concurrency: int, result: R
 def start_sink() -> tuple[subprocess.Popen[str], int]:
     port = free_port()
     sink = subprocess.Popen(
-        [sys.executable, "-m", "bench.sink", "--long-lines", str(port)], stdout=subprocess.PIPE, text=True
+        [sys.executable, "-m", "bench.sink", str(port)], stdout=subprocess.PIPE, text=True
     )
     assert sink.stdout is not None
     if sink.stdout.readline().strip() != "ready":
@@ -183,6 +206,8 @@ def run_filter(
         result.rss = procs.rss_bytes(daemon.process.pid)
         result.pss = procs.pss_bytes(daemon.process.pid)
         result.refused = refused
+        result.workers = daemon.workers
+        result.worker_processes = running_workers(daemon)
     finally:
         daemon.stop()
         result.sink_count = stop_sink(sink)
@@ -209,7 +234,12 @@ def print_report(
     print()
     print(
         f"{args.messages} messages ({pool_size} distinct bodies: SpamAssassin public corpus, rspamd test mail"
-        f" < 400 kB, generated zip mail), {args.concurrency} concurrent SMTP clients, {os.cpu_count()} CPUs"
+        f" < 400 kB, generated business mail with attachments of 2-500 kB, a few up to 10 MB),"
+        f" {args.concurrency} concurrent SMTP clients, {os.cpu_count()} CPUs"
+    )
+    print(
+        f"worker processes: qsift workers = {q.workers} ({q.worker_processes} running after the load),"
+        f" amavisd-new $max_servers = {a.workers} ({a.worker_processes} children running after the load)"
     )
     print(f"{'':34s} {'msg/s':>8s} {'p50 ms':>9s} {'p99 ms':>9s} {'CPU s':>7s} {'RSS':>9s} {'PSS':>9s}")
     for r, label in (
@@ -246,6 +276,12 @@ def main() -> None:
     )
     parser.add_argument("--messages", type=int, default=300)
     parser.add_argument("--concurrency", type=int, default=4)
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        help="qsift's workers and amavisd-new's $max_servers, the same for both; default: --concurrency",
+    )
     parser.add_argument("--warmup", type=int, default=0, help="default: 5 per client")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory (logs, configs)")
     args = parser.parse_args()
@@ -253,6 +289,7 @@ def main() -> None:
         raise SystemExit("run as root: amavisd drops to the amavis user and clamd must read its temp files")
     if shutil.which("amavisd", path="/usr/sbin") is None:
         raise SystemExit("amavisd-new is not installed (apt-get install amavisd-new)")
+    workers = args.workers or args.concurrency
     pool = message_pool()
     messages = stamped(pool, args.messages, "run")
     warmup = stamped(pool[::-1], args.warmup or 5 * args.concurrency, "warmup")
@@ -282,6 +319,7 @@ def main() -> None:
                     clamd_socket=str(clamd.socket_path),
                     spamd_socket=spamd.socket_path,
                     concurrency=args.concurrency,
+                    workers=workers,
                 )
 
             def make_amavis(port: int, sink_port: int) -> Amavisd:
@@ -289,7 +327,7 @@ def main() -> None:
                     workdir,
                     port=port,
                     sink_port=sink_port,
-                    servers=args.concurrency,
+                    servers=workers,
                     clamd_socket=str(clamd.socket_path),
                     sa_site=site,
                 )
@@ -328,6 +366,11 @@ def main() -> None:
         )
         + ([f"{len(r.refused)} refused, e.g. {r.refused[0]}"] if r.refused else [])
         + ([f"{len(r.trouble)} scanner failures"] if r.trouble else [])
+        + (
+            [f"{r.worker_processes} worker processes running, {r.workers} configured"]
+            if r.worker_processes != r.workers
+            else []
+        )
     ]
     if problems:
         raise SystemExit("NOT A VALID RUN: " + "; ".join(problems))

@@ -34,6 +34,17 @@ def tree(root: int) -> list[int]:
     return found
 
 
+def children(parent: int) -> list[int]:
+    """The live processes whose parent is `parent`: a prefork daemon's workers."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            fields = _stat(int(entry))
+            if fields is not None and int(fields[1]) == parent:
+                found.append(int(entry))
+    return found
+
+
 def rss_bytes(root: int) -> int:
     """Sum of the tree's resident set sizes (shared pages count once per process, as `ps` shows them)."""
     total = 0
