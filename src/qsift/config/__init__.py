@@ -18,6 +18,7 @@ from dataclasses import dataclass, replace
 from functools import cached_property
 from typing import Any
 
+from qsift.auth.dns import DnsSettings
 from qsift.checks.banned import DEFAULT_RULES, BannedRule
 from qsift.checks.content import CheckSettings
 from qsift.checks.scanner_config import SpamSettings, VirusSettings
@@ -350,6 +351,7 @@ class Config:
         ClientContextSettings, "The key that vouches for the SMTP client qsift-queue saw (X-Qsift-Client)."
     )
     metrics: MetricsSettings = section(MetricsSettings, "The Prometheus endpoint.")
+    dns: DnsSettings = section(DnsSettings, "The DNS client of the mail authentication checks.")
 
     def __post_init__(self) -> None:
         if not self.myhostname:

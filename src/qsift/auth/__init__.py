@@ -1,0 +1,1 @@
+"""Mail authentication: DKIM signing and checks, SPF, DMARC, ARC, Authentication-Results, and DNS."""
