@@ -204,7 +204,7 @@ viruses_that_fake_sender = "("
     assert "one of qmqp, smtp, lmtp" in by_key["[[listen]] #1 protocol"]
     assert "one of pass, discard, bounce, reject" in by_key["[destiny] spam"]
     assert (
-        "allowed: bad_header, banned, oversized, spam, unchecked, virus"
+        "allowed: bad_header, banned, dmarc, oversized, spam, unchecked, virus"
         in by_key["[policy_bank.X.quarantine] dir"]
     )
     assert str(reports[0]).startswith("q.toml:1: log_levl: unknown key")
