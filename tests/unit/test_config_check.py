@@ -375,6 +375,7 @@ def _valid_value(key: Key) -> Any:
         "client_networks": ["192.0.2.0/24"],
         "match": ["a@example.org"],
         "recipient_delimiter": "+",
+        "url": "postgresql://qsift@127.0.0.1:5432/mail",
     }
     assert spec.kind is not None
     return special.get(key.name, _SAMPLES[spec.kind.name])
