@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import itertools
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -17,7 +16,7 @@ from qsift import cli, config
 from qsift.store.pg_migrate import Migrated, migrate
 from qsift.store.pg_schema import LATEST
 from qsift.store.postgres import worker_pool
-from tests.postgres_server import PostgresServer, running_postgres
+from tests.postgres_server import PostgresServer
 
 if TYPE_CHECKING:
     from psycopg.rows import TupleRow
@@ -101,16 +100,10 @@ QSIFT_TABLES = {"qsift_schema_version", "qsift_outcomes"}
 _names = (f"mail{n}" for n in itertools.count())
 
 
-@pytest.fixture(scope="module")
-def server() -> Iterator[PostgresServer]:
-    with running_postgres() as running:
-        yield running
-
-
 @pytest.fixture
-def url(server: PostgresServer) -> str:
-    """A new, empty database for each test."""
-    return server.create_database(next(_names))
+def url(postgres: PostgresServer) -> str:
+    """A new, empty database for each test, in the module's cluster."""
+    return postgres.create_database(next(_names))
 
 
 def init(url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> tuple[int, list[str], list[str]]:
@@ -284,27 +277,27 @@ def test_a_schema_newer_than_this_qsift_is_refused(
 
 
 def test_init_over_the_unix_socket(
-    server: PostgresServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    postgres: PostgresServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    server.create_database("over_socket")
-    assert init(server.socket_url("over_socket"), tmp_path, capsys)[0] == 0
-    assert tables(server.url("over_socket")) >= QSIFT_TABLES
+    postgres.create_database("over_socket")
+    assert init(postgres.socket_url("over_socket"), tmp_path, capsys)[0] == 0
+    assert tables(postgres.url("over_socket")) >= QSIFT_TABLES
 
 
 def test_an_unreachable_database_is_one_line_and_exit_2(
-    server: PostgresServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    postgres: PostgresServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    closed = f"postgresql://postgres@/mail?host={tmp_path}&port={server.port}"
+    closed = f"postgresql://postgres@/mail?host={tmp_path}&port={postgres.port}"
     code, out, err = init(closed, tmp_path, capsys)
     assert (code, out, len(err)) == (2, [], 1)
     assert err[0].startswith(
         "qsift: cannot use PostgreSQL ([store] url, database mail): connection to server"
     )
-    code, out, err = init(server.url("no_such_database"), tmp_path, capsys)
+    code, out, err = init(postgres.url("no_such_database"), tmp_path, capsys)
     assert (code, out) == (2, [])
     assert err == [
         "qsift: cannot use PostgreSQL ([store] url, database no_such_database): connection to server at "
-        f'"127.0.0.1", port {server.port} failed: FATAL:  database "no_such_database" does not exist'
+        f'"127.0.0.1", port {postgres.port} failed: FATAL:  database "no_such_database" does not exist'
     ]
 
 
