@@ -124,6 +124,8 @@ async def _discover(resolver: SpfResolver, from_domain: str) -> _Policy | None:
 
 
 async def _records(resolver: SpfResolver, domain: str) -> list[str]:
+    if len(domain) > 246:  # "_dmarc." and the name would not fit in a DNS name: it has no record
+        return []
     return [text for text in await resolver.txt("_dmarc." + domain) if is_dmarc_record(text)]
 
 
@@ -155,6 +157,10 @@ def author_domain(header: bytes) -> str:
     if len(addresses) != 1 or "@" not in addresses[0]:
         return ""
     domain = addresses[0].rpartition("@")[2].strip().lower().rstrip(".")
+    try:
+        domain = domain.encode("idna").decode("ascii")  # DNS asks for an internationalized name's A-labels
+    except UnicodeError:
+        return ""
     return domain if valid_domain(domain) else ""
 
 

@@ -243,13 +243,16 @@ def _within(name: str, domain: str) -> bool:
 
 
 def valid_domain(domain: str) -> bool:
-    """RFC 7208 §4.3: a multi-label name of non-empty labels of at most 63 octets, not a literal."""
+    """RFC 7208 §4.3: a multi-label name of non-empty labels of at most 63 octets, not a literal, and
+    nothing a DNS question cannot carry (such a name does not exist; asking would be a temperror)."""
     labels = domain.rstrip(".").split(".")
     return (
         len(labels) > 1
         and all(0 < len(label) <= 63 for label in labels)
         and not domain.startswith("[")
-        and len(domain) <= 255
+        and len(domain) <= 253
+        and domain.isascii()  # the caller gives A-labels
+        and "\\" not in domain  # a DNS name's text form reads it as an escape
     )
 
 
@@ -288,7 +291,7 @@ _REASONS = {
     "fail": "{domain} does not designate {ip} as permitted sender",
     "softfail": "{domain} does not designate {ip} as permitted sender (softfail)",
     "neutral": "{domain} neither permits nor denies {ip}",
-    "none": "{domain} publishes no SPF record",
+    "none": "no SPF record for {domain}",
 }
 
 
@@ -303,8 +306,9 @@ async def check_spf(resolver: SpfResolver, ip: str, mail_from: str, helo: str) -
     """`spf=` for the MAIL FROM identity; for the null sender (`mail_from` "") postmaster@HELO (§2.4)."""
     if not mail_from:
         return await check_helo(resolver, ip, helo)
-    sender = mail_from if "@" in mail_from else "postmaster@" + mail_from
+    local, _, _ = mail_from.rpartition("@")
     domain = spf_domain(mail_from, helo)
+    sender = f"{local or 'postmaster'}@{domain}"  # RFC 7208 §4.3: no local part is postmaster's
     outcome = await check_host(resolver, ip, domain, sender, helo)
     return MethodResult("spf", outcome.result, outcome.reason, (("smtp.mailfrom", domain),))
 

@@ -147,6 +147,9 @@ def test_reasons_say_what_passed_and_what_was_asked(server: DnsServer) -> None:
     ("domain", "result"),
     [
         ("nopolicy.test", "none"),  # no record, and it is its own Organizational Domain
+        ("a" * 60 + "." + "b" * 60 + "." + "c" * 60 + "." + "d" * 40 + ".nopolicy.test", "none"),
+        # _dmarc.<name> would be too long to ask for: no record there, the Organizational Domain's
+        ("a" * 60 + "." + "b" * 60 + "." + "c" * 60 + "." + "d" * 50 + ".nopolicy.test", "none"),
         ("sub.nopolicy.test", "none"),  # no record at the subdomain nor at the Organizational Domain
         ("multi.test", "none"),  # several records: no policy (RFC 7489 §6.6.3)
         ("sub.multi.test", "none"),
@@ -278,6 +281,8 @@ def test_the_parser_gives_a_valid_record_or_a_record_error(text: str) -> None:
         (b"From: undisclosed\r\n", ""),  # no domain
         (b"From: a@localhost\r\n", ""),  # not a domain DMARC can look up
         (b"From: Group: a@example.org;\r\n", "example.org"),
+        ("From: a@Bücher.example\r\n".encode(), "xn--bcher-kva.example"),
+        ("From: a@\u3002x.example\r\n".encode(), ""),  # not a name IDNA can encode
         (b" continuation first\r\nFrom: a@example.org\r\nnot a field\r\n", "example.org"),
     ],
 )

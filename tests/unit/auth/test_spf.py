@@ -98,6 +98,8 @@ mail A 198.51.100.7
 mail TXT "v=spf1 a -all"
 soft TXT "v=spf1 ~all"
 loop TXT "v=spf1 include:loop.example.test -all"
+macro TXT "v=spf1 exists:%{l}.users.example.test -all"
+alice.users A 127.0.0.2
 """
 
 
@@ -122,6 +124,12 @@ def resolver(server: DnsServer) -> Resolver:
         ("203.0.113.9", "user@nosuch.example.test", "x", ("none", "smtp.mailfrom", "nosuch.example.test")),
         ("203.0.113.9", "user@loop.example.test", "x", ("permerror", "smtp.mailfrom", "loop.example.test")),
         ("203.0.113.9", "example.test", "x", ("fail", "smtp.mailfrom", "example.test")),
+        ("203.0.113.9", "@example.test", "x", ("fail", "smtp.mailfrom", "example.test")),
+        ("203.0.113.9", "a@exa\\mple.test", "x", ("none", "smtp.mailfrom", "exa\\mple.test")),
+        ("203.0.113.9", "alice@macro.example.test", "x", ("pass", "smtp.mailfrom", "macro.example.test")),
+        ("203.0.113.9", "bob@macro.example.test", "x", ("fail", "smtp.mailfrom", "macro.example.test")),
+        # A name DNS cannot ask for does not exist: no match, not a temperror
+        ("203.0.113.9", "b\\ob@macro.example.test", "x", ("fail", "smtp.mailfrom", "macro.example.test")),
         # The null sender: the HELO identity, postmaster@HELO (RFC 7208 §2.4).
         ("198.51.100.7", "", "mail.example.test", ("pass", "smtp.helo", "mail.example.test")),
         ("192.0.2.1", "", "mail.example.test", ("fail", "smtp.helo", "mail.example.test")),
@@ -156,7 +164,7 @@ def test_a_dns_timeout_is_temperror() -> None:
 
 
 class Stalling(ZoneDouble):
-    """Answers the first TXT question, then never answers again."""
+    """Answers TXT questions from its zone and address questions never."""
 
     async def addresses(self, name: str, family: int) -> tuple[str, ...]:
         await asyncio.Event().wait()
@@ -181,7 +189,18 @@ def test_client_ip() -> None:
 
 @pytest.mark.parametrize(
     ("domain", "valid"),
-    [("example.org", True), ("example.org.", True), ("org", False), ("a..org", False), ("[1.2.3.4]", False)],
+    [
+        ("example.org", True),
+        ("example.org.", True),
+        ("_spf.example.org", True),
+        ("org", False),
+        ("a..org", False),
+        ("[1.2.3.4]", False),
+        ("a\\.example.org", False),
+        ("bücher.example", False),  # the caller passes A-labels
+        ("a b.example", True),  # DNS carries any octet
+        ("a." * 126 + "org", False),
+    ],
 )
 def test_valid_domain(domain: str, valid: bool) -> None:
     assert valid_domain(domain) is valid
