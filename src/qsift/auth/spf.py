@@ -76,7 +76,8 @@ class _Evaluation:
     receiver: str = "unknown"
     dns_terms: int = 0
     void_lookups: int = 0
-    values: dict[str, str] = field(default_factory=dict)
+    #: The macro letters' values (RFC 7208 §7.3) that do not change during the run.
+    values: dict[str, str] = field(init=False)
 
     def __post_init__(self) -> None:
         local, _, domain = self.sender.rpartition("@")
