@@ -64,10 +64,14 @@ async def verify_dkim(resolver: Resolver, message: bytes) -> tuple[MethodResult,
     if not fields:
         return (MethodResult("dkim", "none"),)
     prefixes = _b_prefixes([_tags(value).get(b"b", b"") for value in fields])
-    results = [
-        await _verify_signature(resolver, verifier, index, fields[index], prefixes[index])
+    # The keys are looked up at once (a dead DNS costs one timeout, not one per signature); dkimpy's
+    # verifier keeps per-signature state, so its checks take turns.
+    turns = asyncio.Lock()
+    checks = (
+        _verify_signature(resolver, verifier, turns, index, fields[index], prefixes[index])
         for index in range(min(len(fields), MAX_SIGNATURES))
-    ]
+    )
+    results = list(await asyncio.gather(*checks))
     if len(fields) > MAX_SIGNATURES:
         skipped = len(fields) - MAX_SIGNATURES
         reason = f"{skipped} more signature{'s' * (skipped > 1)} not verified (limit {MAX_SIGNATURES})"
@@ -104,7 +108,7 @@ def _signature_fields(verifier: dkim.DKIM) -> list[bytes]:
 
 
 async def _verify_signature(
-    resolver: Resolver, verifier: dkim.DKIM, index: int, field: bytes, b_prefix: str
+    resolver: Resolver, verifier: dkim.DKIM, turns: asyncio.Lock, index: int, field: bytes, b_prefix: str
 ) -> MethodResult:
     try:
         tags = parse_tag_value(field)
@@ -130,10 +134,11 @@ async def _verify_signature(
         return result("temperror", f"key lookup: {exc}")
     if not records:
         return result("permerror", f"no key at {name}")
-    outcomes = [
-        await asyncio.to_thread(_check, verifier, index, tags, name, record)
-        for record in records[:MAX_KEY_RECORDS]
-    ]
+    async with turns:
+        outcomes = [
+            await asyncio.to_thread(_check, verifier, index, tags, name, record)
+            for record in records[:MAX_KEY_RECORDS]
+        ]
     passed = [outcome for outcome in outcomes if outcome[0] == "pass"]
     return result(*(passed or outcomes)[0])
 

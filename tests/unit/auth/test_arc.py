@@ -9,7 +9,9 @@ from dataclasses import dataclass
 import pytest
 
 from qsift.auth.arc import ArcKey, ArcValidation, sign_arc, validate_arc
+from qsift.auth.dkim import verify_dkim
 from qsift.auth.dns import DnsSettings, Resolver
+from qsift.auth.headers import render_authentication_results
 from qsift.auth.results import MethodResult
 from tests.dns_server import running_knot, silent_nameserver, txt_strings
 from tests.unit.auth import opendkim
@@ -152,3 +154,27 @@ def test_dns_timeout_fails_as_temporary(world: World) -> None:
         found = asyncio.run(validate_arc(resolver, message))
     assert (found.result.result, found.cv, found.temporary) == ("fail", "fail", True)
     assert found.result.reason.startswith("key lookup:")
+
+
+def test_qsift_checks_then_seals_and_the_next_hop_validates(world: World) -> None:
+    """The forwarding flow: verify DKIM, validate ARC, write our A-R, seal with it as the AAR."""
+    resolver = Resolver(DnsSettings(nameservers=(world.address,), timeout=2.0))
+    author_key = opendkim.OpenDkimKey(world.first.domain, world.first.selector, world.first.private_key, "")
+    inbound = sealed(opendkim.sign(MESSAGE, author_key), "mx.example.test", FIRST_AR, world.first)
+    dkim_results = asyncio.run(verify_dkim(resolver, inbound))
+    arc = asyncio.run(validate_arc(resolver, inbound))
+    assert arc.cv == "pass"
+    field = render_authentication_results("lists.forwarder.test", (*dkim_results, arc.result))
+    arc_set = sign_arc(inbound, "lists.forwarder.test", field, world.second)
+    assert [line.split(b":")[0] for line in arc_set] == [
+        b"ARC-Seal",
+        b"ARC-Message-Signature",
+        b"ARC-Authentication-Results",
+    ]
+    assert b"cv=pass" in arc_set[0]
+    b_prefix = dict(dkim_results[0].properties)["header.b"]
+    assert b"dkim=pass header.d=example.test header.s=arc header.b=" in arc_set[2]
+    assert b_prefix.encode() in arc_set[2] and b"arc=pass header.oldest-pass=0" in arc_set[2]
+    onward = b"".join(arc_set) + field + inbound
+    found = validate(world, onward)
+    assert (found.result.result, found.sealer) == ("pass", "forwarder.test")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import re
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -254,3 +255,17 @@ def test_key_for_another_service_and_bad_canonicalization_are_permerror(world: W
 def test_header_b_grows_until_unique() -> None:
     assert _b_prefixes([b"abcdefghij", b"abcdefghik", b"xyz"]) == ["abcdefghij", "abcdefghik", "xyz"]
     assert _b_prefixes([b"abcd efgh\r\n ijk", b"abcdefgh"]) == ["abcdefghi", "abcdefgh"]
+
+
+def test_keys_are_looked_up_at_once() -> None:
+    fields = b"".join(
+        b"DKIM-Signature: v=1; a=rsa-sha256; d=example.test; s=s%d; h=from; bh=AAAA; b=AAAA\r\n" % n
+        for n in range(3)
+    )
+    with silent_nameserver() as address:
+        resolver = Resolver(DnsSettings(nameservers=(address,), timeout=1.0))
+        started = time.monotonic()
+        found = asyncio.run(verify_dkim(resolver, fields + MESSAGE))
+        elapsed = time.monotonic() - started
+    assert [r.result for r in found] == ["temperror"] * 3
+    assert elapsed < 2.5  # one after the other they would take 3 s
