@@ -7,6 +7,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from qsift.auth.arc import ArcKey, ArcValidation, sign_arc, validate_arc
 from qsift.auth.dkim import verify_dkim
@@ -127,6 +129,8 @@ def test_a_chain_sealed_as_failed_stays_failed(world: World) -> None:
 def test_no_chain_is_none(world: World) -> None:
     assert validate(world, MESSAGE) == ArcValidation(MethodResult("arc", "none"), "none")
     assert sign_arc(MESSAGE, "other.test", FIRST_AR, world.first) == []
+    no_instance = b"ARC-Seal: cv=none; d=example.test; s=arc; b=AAAA\r\n" + MESSAGE
+    assert validate(world, no_instance) == ArcValidation(MethodResult("arc", "none"), "none")
 
 
 def test_incomplete_and_overlong_chains_fail(world: World) -> None:
@@ -178,3 +182,21 @@ def test_qsift_checks_then_seals_and_the_next_hop_validates(world: World) -> Non
     onward = b"".join(arc_set) + field + inbound
     found = validate(world, onward)
     assert (found.result.result, found.sealer) == ("pass", "forwarder.test")
+
+
+arc_names = st.sampled_from(["ARC-Seal", "ARC-Message-Signature", "ARC-Authentication-Results"])
+arc_tags = st.lists(
+    st.tuples(
+        st.sampled_from(["i", "a", "b", "bh", "cv", "d", "h", "s", "t"]),
+        st.text(st.sampled_from("12 arc;=:example.test-x\t"), max_size=20),
+    ),
+    max_size=8,
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(arc_names, arc_tags), min_size=1, max_size=4))
+def test_any_arc_fields_get_a_result(world: World, fields: list[tuple[str, list[tuple[str, str]]]]) -> None:
+    head = "".join(f"{name}: " + "; ".join(f"{k}={v}" for k, v in tags) + "\r\n" for name, tags in fields)
+    found = validate(world, head.encode() + MESSAGE)
+    assert found.result.result in ("fail", "none") and found.cv == found.result.result

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import dkim  # type: ignore[import-untyped]
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from qsift.auth.dkim import MAX_SIGNATURES, _b_prefixes, verify_dkim, verify_dkim_body
 from qsift.auth.dns import DnsSettings, Resolver
@@ -269,3 +271,23 @@ def test_keys_are_looked_up_at_once() -> None:
         elapsed = time.monotonic() - started
     assert [r.result for r in found] == ["temperror"] * 3
     assert elapsed < 2.5  # one after the other they would take 3 s
+
+
+tag_values = st.text(st.sampled_from("abs=;: \t\r\n-./+1@éAZ="), max_size=40)
+tag_lists = st.lists(
+    st.tuples(
+        st.sampled_from(["v", "a", "b", "bh", "c", "d", "h", "i", "l", "q", "s", "t", "x", "z"]), tag_values
+    ),
+    max_size=10,
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(tag_lists, min_size=1, max_size=3))
+def test_any_signature_field_gets_a_result(world: World, signatures: list[list[tuple[str, str]]]) -> None:
+    fields = b"".join(
+        b"DKIM-Signature: " + "; ".join(f"{k}={v}" for k, v in tags).encode().replace(b"\n", b"\n ") + b"\r\n"
+        for tags in signatures
+    )
+    found = verify(world, fields + MESSAGE)
+    assert found and all(r.result in ("neutral", "permerror", "temperror", "fail", "policy") for r in found)
