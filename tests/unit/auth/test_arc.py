@@ -141,6 +141,8 @@ def test_incomplete_and_overlong_chains_fail(world: World) -> None:
     found = validate(world, overlong)
     assert (found.result.result, found.result.reason) == ("fail", "more than 50 ARC sets")
     assert found.sealer == "example.test"
+    crowd = b"".join(b"ARC-Seal: i=1; cv=none; d=d%d.test; s=s; b=AAAA\r\n" % n for n in range(151))
+    assert validate(world, crowd + MESSAGE).result.reason == "more than 50 ARC sets"
     garbled = b"ARC-Seal: i=1; ;; =\r\nARC-Message-Signature: i=x\r\n" + MESSAGE
     assert validate(world, garbled).result.result == "fail"
 
