@@ -127,6 +127,8 @@ async def _verify_signature(
         return result("permerror", _text(exc))
     if not tags.get(b"l", b"0").isdigit():
         return result("permerror", "l= is not a number")
+    if b"from" not in (name.strip().lower() for name in tags[b"h"].split(b":")):
+        return result("permerror", "From is not signed")  # RFC 6376 §6.1.1
     name = f"{_text(tags[b's'])}._domainkey.{_text(tags[b'd'])}"
     try:
         records = await resolver.txt(name)
@@ -154,6 +156,9 @@ def _check(
         return "permerror", f"bad key: {_text(exc)}"
     if _KEY_TYPES[tags[b"a"]] != key_type:
         return "permerror", f"key type {_text(key_type)} does not match a={_text(tags[b'a'])}"
+    refusal = _key_refusal(parse_tag_value(key), tags)
+    if refusal:
+        return "permerror", refusal
     if key_type == b"rsa" and bits < MIN_RSA_BITS:
         return "policy", f"{bits}-bit key is too short (RFC 8301)"
     try:
@@ -169,6 +174,19 @@ def _check(
     if b"l" in tags and int(tags[b"l"]) < _canonical_body_length(verifier, tags):
         return "policy", f"body length limit l={int(tags[b'l'])} leaves part of the body unsigned"
     return "pass", ""
+
+
+def _key_refusal(key: dict[bytes, bytes], tags: dict[bytes, bytes]) -> str:
+    """Why a key record's own limits (RFC 6376 §3.6.1 h= and t=s) exclude this signature, or ""."""
+    hashes = [name.strip() for name in key.get(b"h", b"sha256").split(b":")]
+    if b"sha256" not in hashes:
+        return f"key allows only h={_text(key[b'h'])}"
+    flags = [flag.strip() for flag in key.get(b"t", b"").split(b":")]
+    domain = tags[b"d"].lower()
+    identity_domain = tags.get(b"i", b"@" + domain).rpartition(b"@")[2].lower()
+    if b"s" in flags and identity_domain != domain:
+        return "key with t=s does not cover a subdomain in i="
+    return ""
 
 
 def _canonical_body_length(verifier: dkim.DKIM, tags: dict[bytes, bytes]) -> int:

@@ -61,12 +61,13 @@ def _library() -> ctypes.CDLL:
     lib.dkim_chunk.argtypes = [pointer, ctypes.c_char_p, ctypes.c_size_t]
     lib.dkim_eom.argtypes = [pointer, pointer]
     lib.dkim_getsighdr.argtypes = [pointer, ctypes.c_char_p, ctypes.c_size_t, ctypes.c_size_t]
+    lib.dkim_set_signer.argtypes = [pointer, ctypes.c_char_p]
     lib.dkim_free.argtypes = [pointer]
     lib.dkim_close.argtypes = [pointer]
     return lib
 
 
-def sign(message: bytes, key: OpenDkimKey, length: int = -1) -> bytes:
+def sign(message: bytes, key: OpenDkimKey, length: int = -1, identity: str = "") -> bytes:
     """`message` (CRLF) under libopendkim's rsa-sha256 relaxed/simple signature; `l=` when length >= 0."""
     lib = _library()
     handle = lib.dkim_init(None, None)
@@ -77,6 +78,8 @@ def sign(message: bytes, key: OpenDkimKey, length: int = -1) -> bytes:
     )  # fmt: skip
     try:
         assert signer and status.value == 0, f"dkim_sign: status {status.value}"
+        if identity:
+            assert lib.dkim_set_signer(signer, identity.encode()) == 0
         assert lib.dkim_chunk(signer, message, len(message)) == 0
         assert lib.dkim_chunk(signer, None, 0) == 0
         assert lib.dkim_eom(signer, None) == 0

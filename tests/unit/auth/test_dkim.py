@@ -45,6 +45,8 @@ class Keys:
     ed25519: OpenDkimKey
     twice: OpenDkimKey
     tlsrpt: OpenDkimKey
+    sha1only: OpenDkimKey
+    strict: OpenDkimKey
     directory: Path
 
 
@@ -74,6 +76,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         ed25519=_renamed(good, "ed"),
         twice=_renamed(good, "twice"),
         tlsrpt=_renamed(good, "tlsrpt"),
+        sha1only=_renamed(good, "sha1only"),
+        strict=_renamed(good, "strict"),
         directory=directory,
     )
     raw_ed25519 = base64.b64encode(bytes(32)).decode()
@@ -89,6 +93,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
             f"twice._domainkey TXT {txt_strings(other.record)}",
             f"twice._domainkey TXT {txt_strings(good.record)}",
             f"tlsrpt._domainkey TXT {txt_strings(good.record + '; s=tlsrpt')}",
+            f"sha1only._domainkey TXT {txt_strings(good.record.replace('h=sha256', 'h=sha1'))}",
+            f"strict._domainkey TXT {txt_strings(good.record + '; t=y:s')}",
         ]
     )
     with running_knot({"example.test": zone}) as server:
@@ -291,3 +297,22 @@ def test_any_signature_field_gets_a_result(world: World, signatures: list[list[t
     )
     found = verify(world, fields + MESSAGE)
     assert found and all(r.result in ("neutral", "permerror", "temperror", "fail", "policy") for r in found)
+
+
+def test_key_record_limits(world: World) -> None:
+    assert "h=sha256" in world.keys.good.record
+    assert results(world, opendkim.sign(MESSAGE, world.keys.sha1only)) == [
+        ("permerror", "key allows only h=sha1")
+    ]
+    assert results(world, opendkim.sign(MESSAGE, world.keys.strict)) == [("pass", "")]
+    subdomain = opendkim.sign(MESSAGE, world.keys.strict, identity="@mail.example.test")
+    assert b"i=@mail.example.test" in subdomain
+    assert results(world, subdomain) == [("permerror", "key with t=s does not cover a subdomain in i=")]
+    assert results(world, opendkim.sign(MESSAGE, world.keys.good, identity="@mail.example.test")) == [
+        ("pass", "")
+    ]
+
+
+def test_from_must_be_signed(world: World) -> None:
+    field = b"DKIM-Signature: v=1; a=rsa-sha256; d=example.test; s=s1; h=to:subject; bh=AAAA; b=AAAA\r\n"
+    assert results(world, field + MESSAGE) == [("permerror", "From is not signed")]
