@@ -115,16 +115,26 @@ def remove_authentication_results(header_block: bytes, authserv_id: str) -> byte
     (case-insensitively), or that do not parse and begin with it; everything else byte for byte.
 
     Reading stops at the empty line that ends a header block: what follows (a body) is kept as is."""
+    kept, at = [], 0
+    for start, end in authentication_results_ranges(header_block, authserv_id):
+        kept.append(header_block[at:start])
+        at = end
+    return b"".join([*kept, header_block[at:]])
+
+
+def authentication_results_ranges(header_block: bytes, authserv_id: str) -> list[tuple[int, int]]:
+    """The byte ranges (start, end) of the fields `remove_authentication_results` removes, for a
+    message whose header is cut as it is forwarded."""
     ours = authserv_id.lower().encode("ascii")
-    kept: list[bytes] = []
-    fields = _fields(header_block)
-    for index, field in enumerate(fields):
+    ranges: list[tuple[int, int]] = []
+    at = 0
+    for field in _fields(header_block):
         if field in (b"\n", b"\r\n"):
-            kept.extend(fields[index:])
             break
-        if not _claims(field, ours):
-            kept.append(field)
-    return b"".join(kept)
+        if _claims(field, ours):
+            ranges.append((at, at + len(field)))
+        at += len(field)
+    return ranges
 
 
 def _fields(header_block: bytes) -> list[bytes]:
