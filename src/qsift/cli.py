@@ -1,4 +1,4 @@
-"""The `qsift` command: serve, scan, config check."""
+"""The `qsift` command: serve, scan, config check, quarantine, release, status, setup, dkim."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from typing import NoReturn, TypeVar
 
 from qsift import config as config_module
+from qsift import dkim_tools
 from qsift.errors import ConfigError, QsiftError
 from qsift.setup import command as setup_command
 from qsift.store.quarantine import check_mail_id
@@ -52,6 +53,8 @@ def _run(args: argparse.Namespace) -> int:
         return release(_load(args.config), args.mail_id, args.to or [], sys.stdout)
     if args.command == "status":
         return _status(args.config, args.wait)
+    if args.command == "dkim":
+        return dkim_tools.run(args, sys.stdout, sys.stderr)
     return setup_command.run(args, sys.stdout)
 
 
@@ -129,6 +132,7 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("file", metavar="FILE")
     config_commands.add_parser("reference", help="print the configuration reference (Markdown)")
     setup_command.add_parser(commands)
+    dkim_tools.add_parser(commands)
     return parser
 
 

@@ -25,7 +25,7 @@ MIN_RSA_BITS = 1024
 TXT_STRING = 255
 _PEM = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----\s*(.*?)\s*-----END \1-----", re.DOTALL)
 #: PKCS#8 PrivateKeyInfo of an Ed25519 key (RFC 8410 7) up to the 32-byte seed: version 0, OID 1.3.101.112.
-_ED25519_PKCS8 = bytes.fromhex("302e020100300506032b657004220420")
+ED25519_PKCS8 = bytes.fromhex("302e020100300506032b657004220420")
 #: AlgorithmIdentifier of rsaEncryption (RFC 8017 A.1) with its NULL parameters, DER.
 _RSA_ALGORITHM = bytes.fromhex("300d06092a864886f70d0101010500")
 
@@ -71,8 +71,8 @@ def parse_private_key(text: bytes) -> PrivateKey:
         der = base64.b64decode(b"".join(found.group(2).split()), validate=True)
     except binascii.Error as exc:
         raise ValueError(f"bad base64 in the PEM block: {exc}") from None
-    if der.startswith(_ED25519_PKCS8) and len(der) == len(_ED25519_PKCS8) + 32:
-        return _ed25519(der[len(_ED25519_PKCS8) :])
+    if der.startswith(ED25519_PKCS8) and len(der) == len(ED25519_PKCS8) + 32:
+        return _ed25519(der[len(ED25519_PKCS8) :])
     return _rsa(der)
 
 

@@ -57,14 +57,14 @@ OVERSIGNED_IF_PRESENT = ("list-unsubscribe", "list-unsubscribe-post", "mime-vers
 _LABEL = re.compile(r"(?!-)[a-z0-9_-]{1,63}(?<!-)")
 
 
-def _domain(text: str) -> str:
+def domain_name(text: str) -> str:
     name = text.strip().rstrip(".").lower()
     if not name or not all(_LABEL.fullmatch(label) for label in name.split(".")):
         raise ValueError(f"not a domain name: {text!r}")
     return name
 
 
-def _selector(text: str) -> str:
+def selector_name(text: str) -> str:
     name = text.strip().lower()
     if not name or not all(_LABEL.fullmatch(label) for label in name.split(".")):
         raise ValueError(f"not a selector (DNS labels): {text!r}")
@@ -76,10 +76,10 @@ class DkimKeyEntry:
     """One `[[dkim.keys]]` table: a private key and where its public half is published."""
 
     domain: str = setting(
-        doc="The signing domain (d=): mail whose From: domain is this one or under it.", parse=_domain
+        doc="The signing domain (d=): mail whose From: domain is this one or under it.", parse=domain_name
     )
     selector: str = setting(
-        doc="The selector (s=): the record is at SELECTOR._domainkey.DOMAIN.", parse=_selector
+        doc="The selector (s=): the record is at SELECTOR._domainkey.DOMAIN.", parse=selector_name
     )
     key_file: str = setting(
         doc="The PEM private key (RSA or Ed25519, the file says which), readable by qsift alone."
