@@ -238,10 +238,8 @@ def author_domain(headers: list[list[bytes]]) -> tuple[str | None, str]:
     if len(values) > 1:
         return None, f"{len(values)} From: fields"
     text = values[0].decode("utf-8", "replace")
-    domains = {
-        address.rpartition("@")[2].strip().rstrip(".").lower()
-        for _, address in email.utils.getaddresses([text])
-    }
+    addresses = [address for _, address in email.utils.getaddresses([text]) if "@" in address]
+    domains = {address.rpartition("@")[2].strip().rstrip(".").lower() for address in addresses}
     domains.discard("")
     if len(domains) != 1:
         return None, "From: has no address" if not domains else "From: has addresses in several domains"
