@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ from qsift.auth.dns import DnsSettings, Resolver
 from qsift.dkim_tools import genkey
 from tests.dns_server import DnsServer, running_knot, txt_strings
 from tests.fakes.mta import Delivery, fake_mta
-from tests.harness import qmqp_send, running_daemon, smtp_send
+from tests.harness import free_port, qmqp_send, running_daemon, smtp_send
 from tests.integration.test_destinies import SENDER
 from tests.integration.test_recipient_policy import client_field, client_key
 
@@ -155,3 +156,27 @@ async def test_inbound_unknown_domain_and_a_quiet_bank_stay_unsigned(
     assert all(b"DKIM-Signature" not in d.body for d in mta.deliveries)
     said = [r.getMessage() for r in caplog.records]
     assert any("not DKIM-signed: no DKIM key for example.org or a parent domain" in m for m in said), said
+
+
+def test_a_bad_key_file_stops_the_start_and_config_check_does_not_read_it(tmp_path: Path) -> None:
+    from tests.integration.test_workers import QSIFT, config_text
+
+    public = tmp_path / "public.pem"
+    public.write_text("-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n")
+    for path, why in (
+        (tmp_path / "missing.pem", "cannot read the DKIM key"),
+        (public, "holds a PUBLIC KEY, not an unencrypted private key"),
+    ):
+        extra = f'[[dkim.keys]]\ndomain = "example.test"\nselector = "s1"\nkey_file = "{path}"\n'
+        config = tmp_path / "qsift.toml"
+        config.write_text(config_text(tmp_path / "state", "smtp:[127.0.0.1]:1", free_port(), extra))
+        checked = subprocess.run(
+            [QSIFT, "config", "check", str(config)], capture_output=True, text=True, timeout=60, check=False
+        )
+        assert checked.returncode == 0, checked.stderr  # what the file says is right
+        served = subprocess.run(
+            [QSIFT, "serve", "--config", str(config)], capture_output=True, text=True, timeout=60, check=False
+        )
+        assert served.returncode != 0
+        assert f"{path} (s1._domainkey.example.test)" in served.stderr, served.stderr
+        assert why in served.stderr, served.stderr
