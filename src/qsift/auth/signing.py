@@ -186,29 +186,28 @@ class DkimSigner:
 
     def sign(self, message: bytes) -> Signed:
         """The DKIM-Signature fields for `message` (as it will leave), or why there are none."""
-        text = _crlf(message)
+        newline = b"\r\n" if b"\r\n" in message[:4096] else b"\n"
         try:
-            headers, _ = dkim.rfc822_parse(text)
+            # One parse of the message serves the From: lookup and every signature.
+            signer = dkim.DKIM(_crlf(message), linesep=newline)
         except dkim.MessageFormatError as exc:
             return Signed(b"", f"the header section cannot be read: {exc}")
-        domain, why = author_domain(headers)
+        domain, why = author_domain(signer.headers)
         if domain is None:
             return Signed(b"", why)
         keys = self.keys_for(domain)
         if not keys:
             return Signed(b"", f"no DKIM key for {domain} or a parent domain")
-        names = header_names(headers)
-        newline = b"\r\n" if b"\r\n" in message[:4096] else b"\n"
+        names = header_names(signer.headers)
         try:
-            fields = [_signature(text, key, names, newline) for key in keys]
+            fields = [_signature(signer, key, names) for key in keys]
         except dkim.DKIMException as exc:
             return Signed(b"", f"dkimpy cannot sign it: {exc}")
         made = tuple(f"d={k.domain} s={k.selector} a={k.key.type.algorithm}" for k in keys)
         return Signed(b"".join(fields), made=made)
 
 
-def _signature(text: bytes, key: SigningKey, names: list[bytes], newline: bytes) -> bytes:
-    signer = dkim.DKIM(text, linesep=newline)
+def _signature(signer: dkim.DKIM, key: SigningKey, names: list[bytes]) -> bytes:
     signature: bytes = signer.sign(
         key.selector.encode(),
         key.domain.encode(),
