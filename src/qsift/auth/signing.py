@@ -10,8 +10,9 @@ not every deployed verifier knows Ed25519 yet.
 dkimpy makes the signatures (canonicalization, hashes, RSA and Ed25519 through pynacl). It takes the
 message as one bytes object and has no streaming body hash, so a copy is read into memory to be signed:
 about six times its size at the peak (the bytes, their CRLF form, dkimpy's lines and body, the
-canonical body; measured: 48 MiB besides a 10 MiB copy), while it is signed; `[limits] message_size` bounds it. A copy over 256 KiB is signed in
-a thread so the event loop keeps serving (pipeline/signing.py).
+canonical body; measured: 48 MiB besides a 10 MiB copy), while it is signed; `[limits] message_size`
+bounds it. A copy over 256 KiB is signed in a thread so the event loop keeps serving
+(pipeline/signing.py).
 """
 
 from __future__ import annotations
