@@ -11,8 +11,10 @@ STAMP  := $(VENV)/.installed
 # start on private sockets with their own data; Postfix, which a test runs as a private instance on
 # loopback ports, preseeded "No configuration" so no system MTA is set up; systemd for systemd-analyze, which
 # checks the unit qsift setup systemd writes; Knot DNS, which the tests run on a private loopback port with
-# their own zones, and OpenDKIM's tools, a second DKIM implementation). Installed only when missing.
-DEBS := libarchive13 libmagic1 p7zip-full clamav-testfiles clamav clamav-daemon spamassassin spamc rspamd daemontools ucspi-tcp shellcheck postfix systemd knot opendkim-tools
+# their own zones, and OpenDKIM's tools, a second DKIM implementation; PostgreSQL for the shared store, whose
+# initdb and pg_ctl the tests run as a private cluster in a temp dir, never the system cluster the package sets
+# up). Installed only when missing.
+DEBS := libarchive13 libmagic1 p7zip-full clamav-testfiles clamav clamav-daemon spamassassin spamc rspamd daemontools ucspi-tcp shellcheck postfix systemd knot opendkim-tools postgresql
 
 $(STAMP): pyproject.toml
 	@missing=$$(for p in $(DEBS); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \

@@ -47,6 +47,12 @@ class Row(enum.Enum):
     MAILDIR_DELIVERED = _Row("K", 250, "2.0.0", "Ok: delivered as {name}")
     # --- refused (D / 5xx) --------------------------------------------------------------------------------
     REJECTED = _Row("D", 554, "5.7.0", "Reject, id={mail_id} - {reason}")
+    REJECTED_DMARC = _Row(
+        "D",
+        550,
+        "5.7.26",
+        "Unauthenticated email from {domain} is not accepted due to domain's DMARC policy, id={mail_id}",
+    )
     REJECTED_DOWNSTREAM = _Row(
         "D",
         554,

@@ -1,4 +1,4 @@
-"""The `qsift` command: serve, scan, config check, quarantine, release, status, setup, dkim."""
+"""The `qsift` command: serve, scan, config check, quarantine, release, status, setup, store init, dkim."""
 
 from __future__ import annotations
 
@@ -53,6 +53,8 @@ def _run(args: argparse.Namespace) -> int:
         return release(_load(args.config), args.mail_id, args.to or [], sys.stdout)
     if args.command == "status":
         return _status(args.config, args.wait)
+    if args.command == "store":
+        return _store_init(args.config)
     if args.command == "dkim":
         return dkim_tools.run(args, sys.stdout, sys.stderr)
     return setup_command.run(args, sys.stdout)
@@ -131,6 +133,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     check.add_argument("file", metavar="FILE")
     config_commands.add_parser("reference", help="print the configuration reference (Markdown)")
+    store = commands.add_parser("store", help="the shared PostgreSQL store ([store] url)")
+    store_commands = store.add_subparsers(dest="store_command", required=True)
+    store_init = store_commands.add_parser(
+        "init", help="create the tables or upgrade them to this version's schema, and say what was done"
+    )
+    store_init.add_argument("--config", metavar="FILE")
     setup_command.add_parser(commands)
     dkim_tools.add_parser(commands)
     return parser
@@ -187,6 +195,26 @@ def _config(args: argparse.Namespace) -> int:
     from qsift.config.check import check_file
 
     return check_file(args.file, sys.stdout, sys.stderr)
+
+
+def _store_init(path: str | None) -> int:
+    """Exit 2 when there is no shared store to set up or it does not answer; 1 when the schema could not
+    be brought up to date."""
+    settings = _load(path).store
+    if not settings.url:
+        print("qsift: [store] url is empty: the state stays in SQLite, nothing to set up", file=sys.stderr)
+        return 2
+    from qsift.errors import StoreUnreachable
+    from qsift.store.pg_migrate import migrate
+    from qsift.store.postgres import connect
+
+    try:
+        with connect(settings) as db:
+            print(migrate(db))
+    except StoreUnreachable as exc:
+        print(f"qsift: {exc}", file=sys.stderr)
+        return 2
+    return 0
 
 
 def _quarantine(args: argparse.Namespace) -> int:

@@ -80,6 +80,10 @@ class SpoolError(QsiftError):
     """A temp file or durable store could not be written (disk full, permissions)."""
 
 
+class StoreUnreachable(SpoolError):
+    """The shared PostgreSQL store did not answer: down, refusing, or past the connect timeout."""
+
+
 class ScannerFailure(QsiftError):
     """Every virus scanner failed: the message must wait (DESIGN.md invariant 4)."""
 

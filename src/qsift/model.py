@@ -201,6 +201,9 @@ class Category(enum.Enum):
 
     VIRUS = "virus"
     BANNED = "banned"
+    #: The From: domain publishes DMARC p=reject and the message fails it (a forgery, or a forwarder
+    #: that broke it). Above UNCHECKED: an encrypted attachment must not let a forged message pass.
+    DMARC = "dmarc"
     UNCHECKED = "unchecked"
     SPAM = "spam"
     SPAMMY = "spammy"

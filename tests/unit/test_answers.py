@@ -93,6 +93,12 @@ ROW_CASES: list[tuple[Row, dict[str, object], str]] = [
     (Row.MAILDIR_DELIVERED, {"name": "1.2.host"}, "K250 2.0.0 Ok: delivered as 1.2.host"),
     (Row.REJECTED, {"mail_id": "M", "reason": "VIRUS Eicar"}, "D554 5.7.0 Reject, id=M - VIRUS Eicar"),
     (
+        Row.REJECTED_DMARC,
+        {"mail_id": "M", "domain": "example.org"},
+        "D550 5.7.26 Unauthenticated email from example.org is not accepted due to domain's DMARC "
+        "policy, id=M",
+    ),
+    (
         Row.REJECTED_DOWNSTREAM,
         {"mail_id": "M", "method": "F", "code": 550, "status": "5.1.1", "text": "no such user"},
         "D554 5.0.0 id=M - rejected by next-hop MTA, from MTA(F): 550 5.1.1 no such user",

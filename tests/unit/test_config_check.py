@@ -204,7 +204,7 @@ viruses_that_fake_sender = "("
     assert "one of qmqp, smtp, lmtp" in by_key["[[listen]] #1 protocol"]
     assert "one of pass, discard, bounce, reject" in by_key["[destiny] spam"]
     assert (
-        "allowed: bad_header, banned, oversized, spam, unchecked, virus"
+        "allowed: bad_header, banned, dmarc, oversized, spam, unchecked, virus"
         in by_key["[policy_bank.X.quarantine] dir"]
     )
     assert str(reports[0]).startswith("q.toml:1: log_levl: unknown key")
@@ -376,6 +376,7 @@ def _valid_value(key: Key) -> Any:
         "client_networks": ["192.0.2.0/24"],
         "match": ["a@example.org"],
         "recipient_delimiter": "+",
+        "url": "postgresql://qsift@127.0.0.1:5432/mail",
     }
     assert spec.kind is not None
     return special.get(key.name, _SAMPLES[spec.kind.name])

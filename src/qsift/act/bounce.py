@@ -173,6 +173,7 @@ def _from_list(head: bytes) -> bool:
 _CATEGORY_WORDS = {
     Category.VIRUS: "VIRUS",
     Category.BANNED: "BANNED contents",
+    Category.DMARC: "DMARC failure",
     Category.SPAM: "SPAM",
     Category.UNCHECKED: "UNCHECKED contents",
     Category.BAD_HEADER: "BAD HEADER",

@@ -63,6 +63,7 @@ def header_fields(
 _ALERTS = {
     Category.VIRUS: "INFECTED, message contains virus: ",
     Category.BANNED: "BANNED, message contains ",
+    Category.DMARC: "DMARC FAIL, ",
     Category.UNCHECKED: "UNCHECKED, ",
     Category.BAD_HEADER: "BAD HEADER SECTION, ",
 }

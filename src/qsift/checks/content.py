@@ -70,7 +70,7 @@ class Verdict:
         category, first = self.category, self.lead
         if first is None:
             return Category.CLEAN.log_word
-        if category in (Category.VIRUS, Category.BANNED):
+        if category in (Category.VIRUS, Category.BANNED, Category.DMARC):
             return f"{category.log_word}: {first.detail}"
         if category is Category.BAD_HEADER:
             return f"BAD HEADER: {first.detail}"

@@ -29,6 +29,7 @@ from qsift.errors import ConfigError
 from qsift.policy.bank import ORIGINATING, Bank, Network, Policies, networks
 from qsift.policy.destiny import DestinySettings
 from qsift.policy.settings import NotifyPolicy, Policy, PolicySettings, QuarantineSwitches
+from qsift.store.settings import StoreSettings
 
 MIB = 1024 * 1024
 PROTOCOLS = ("qmqp", "smtp", "lmtp")
@@ -353,6 +354,10 @@ class Config:
     )
     metrics: MetricsSettings = section(MetricsSettings, "The Prometheus endpoint.")
     dns: DnsSettings = section(DnsSettings, "The DNS client of the mail authentication checks.")
+    store: StoreSettings = section(
+        StoreSettings,
+        "Where durable state lives: SQLite under state_dir, or PostgreSQL shared by several nodes.",
+    )
     dkim: DkimSettings = section(
         DkimSettings, "DKIM signing of originating mail: the keys (`qsift dkim genkey`) and the switch."
     )

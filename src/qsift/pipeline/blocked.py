@@ -216,7 +216,12 @@ def _keeps(policy: Policy, decision: Decision) -> bool:
 
 
 def _rejected(mail_id: str, view: Verdict, group: list[Decision]) -> Outcome:
-    reply = Row.REJECTED.reply(mail_id=mail_id, reason=view.reason())
+    lead = view.lead
+    if view.category is Category.DMARC and lead is not None:
+        # As the large mailbox providers word it (RFC 7372's X.7.26), so a sender's admin recognises it.
+        reply = Row.REJECTED_DMARC.reply(mail_id=mail_id, domain=lead.detail.partition(" ")[0])
+    else:
+        reply = Row.REJECTED.reply(mail_id=mail_id, reason=view.reason())
     return _for_each(Outcome(mail_id, reply, Disposition.BLOCKED), group)
 
 

@@ -36,6 +36,11 @@ class DestinySettings:
 
     virus: Destiny = _destiny("bounce", "virus")
     banned: Destiny = _destiny("bounce", "banned")
+    dmarc: Destiny = _destiny(
+        "reject",
+        "dmarc",
+        " Only p=reject failures; a p=quarantine failure is tagged as spammy and passes.",
+    )
     unchecked: Destiny = _destiny("pass", "unchecked")
     spam: Destiny = _destiny("reject", "spam")
     spammy: Destiny = _destiny("pass", "spammy", " Tagged, never blocked (amavisd-new's CC_SPAMMY).")

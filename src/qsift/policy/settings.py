@@ -24,6 +24,7 @@ from qsift.policy.lookup import AddressTable
 LOVERS = {
     "virus_lovers": Category.VIRUS,
     "banned_files_lovers": Category.BANNED,
+    "dmarc_lovers": Category.DMARC,
     "unchecked_lovers": Category.UNCHECKED,
     "spam_lovers": Category.SPAM,
     "bad_header_lovers": Category.BAD_HEADER,
@@ -59,6 +60,7 @@ class QuarantineSwitches:
 
     virus: bool = _keep("virus", True)
     banned: bool = _keep("banned", True)
+    dmarc: bool = _keep("dmarc", False)
     spam: bool = _keep("spam", True)
     unchecked: bool = _keep("unchecked", False)
     bad_header: bool = _keep("bad_header", False)
@@ -125,6 +127,9 @@ class PolicySettings:
     message_size_limit: int = setting(0, "Larger messages are OVERSIZED for a recipient; 0: no limit.")
     virus_lovers: AddressTable = _lookup("Recipients who accept virus mail (lookup table).", [])
     banned_files_lovers: AddressTable = _lookup("Recipients who accept banned mail (lookup table).", [])
+    dmarc_lovers: AddressTable = _lookup(
+        "Recipients who accept mail failing its domain's DMARC p=reject (lookup table).", []
+    )
     unchecked_lovers: AddressTable = _lookup("Recipients who accept unchecked mail (lookup table).", [])
     spam_lovers: AddressTable = _lookup("Recipients who accept spam mail (lookup table).", [])
     bad_header_lovers: AddressTable = _lookup("Recipients who accept bad_header mail (lookup table).", [])

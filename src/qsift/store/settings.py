@@ -1,0 +1,66 @@
+"""`[store]`: where the durable state lives, SQLite files under state_dir or one shared PostgreSQL.
+
+Several filter nodes behind qsift-queue (or behind several Postfix content_filter hosts) must share the
+outcome record, the quarantine and the message log, or a retry that lands on another node is delivered
+twice (docs/cluster.md). The URL is checked here, when the configuration is loaded; whether the server
+answers is `qsift store init`'s business.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from qsift.declare import COUNT, setting
+
+SCHEMES = ("postgresql", "postgres")
+
+
+def database_url(url: str) -> str:
+    """A libpq connection URI for one database, or "" for none; ValueError says what is wrong with it."""
+    if not url:
+        return url
+    if urlsplit(url).scheme not in SCHEMES:
+        raise ValueError(
+            f"{url!r} is not postgresql://USER@HOST:PORT/DB (or postgresql:///DB?host=/socket/dir)"
+        )
+    # Imported here: a configuration without a shared store never loads the driver.
+    import psycopg
+    from psycopg.conninfo import conninfo_to_dict
+
+    try:
+        # libpq's own parser, so whatever psql accepts (several hosts, ?host=/dir, %2F...) passes.
+        parts = conninfo_to_dict(url)
+    except psycopg.ProgrammingError as exc:
+        raise ValueError(f"{url!r}: {str(exc).strip()}") from None
+    if "password" in parts:
+        # `qsift config check` prints the configuration and logs quote it: the secret belongs elsewhere.
+        raise ValueError(
+            "no password in the URL: put it in ~/.pgpass (or PGPASSFILE) of the user qsift runs as"
+        )
+    if not parts.get("dbname"):
+        raise ValueError(f"{url!r} names no database: end it with /DB")
+    for port in str(parts.get("port", "")).split(","):
+        if port and not (port.isdigit() and 0 < int(port) <= 65535):
+            raise ValueError(f"{url!r}: port {port!r} is not a number from 1 to 65535")
+    return url
+
+
+@dataclass(frozen=True)
+class StoreSettings:
+    """`[store]`: the shared state of several filter nodes (in progress: the daemon does not use it yet)."""
+
+    url: str = setting(
+        "",
+        'The shared PostgreSQL database, "postgresql://USER@HOST:PORT/DB" (a unix socket: '
+        '"postgresql:///DB?host=/run/postgresql"); the password goes in ~/.pgpass. Empty: SQLite files '
+        "under state_dir, nothing shared (one node needs nothing else). `qsift store init` creates its "
+        "tables, amavisd-new's among them. In progress: the daemon does not use it yet (docs/cluster.md).",
+        parse=database_url,
+    )
+    max_connections: int = setting(
+        4, "Connections to PostgreSQL each worker process keeps at most (its pool's size).", kind=COUNT
+    )
+    connect_timeout: float = setting(
+        10.0, "How long a new connection to PostgreSQL may take before the attempt fails, in seconds."
+    )
