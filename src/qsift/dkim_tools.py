@@ -3,7 +3,8 @@
 amavisd-new's `genrsa`, `showkeys` and `testkeys`, with its habits: a new key file is mode 0600 and never
 overwrites one; the record is printed as a zone file takes it, in strings of at most 255 octets (RFC 1035
 3.3.14), so a 2048-bit key pastes into BIND, Knot or NSD as it is; testkey asks the `[dns]` resolvers the
-daemon asks, and says per key `pass` or `fail (why)`, as `amavisd testkeys` does. RSA keys are made by
+daemon asks, and says per key `pass` or `fail (why)`, as `amavisd testkeys` does, with a note for a
+domain that publishes no DMARC record. RSA keys are made by
 `openssl genpkey` (qsift holds no RSA key generator of its own), Ed25519 keys by pynacl.
 """
 
@@ -144,7 +145,27 @@ async def testkey(config: Config, out: TextIO) -> int:
         out.write(f"TESTING#{number} {key.domain}: {name} => {verdict}\n")
     if not keys:
         out.write("no [[dkim.keys]] in the configuration\n")
+    for domain in dict.fromkeys(key.domain for key in keys):
+        if not await _has_dmarc_record(resolver, domain):
+            out.write(
+                f"note: no DMARC record at _dmarc.{domain} or a parent: the large mailbox providers want "
+                "one from bulk senders (p=none at least)\n"
+            )
     return 0 if passed == len(keys) else 1
+
+
+async def _has_dmarc_record(resolver: Resolver, domain: str) -> bool:
+    """Whether `_dmarc.` the domain or a parent (short of the top-level domain) has a DMARC record; a DNS
+    failure counts as yes, since this is only a note."""
+    labels = domain.split(".")
+    for at in range(max(1, len(labels) - 1)):
+        try:
+            found = await resolver.txt("_dmarc." + ".".join(labels[at:]))
+        except DnsTemporaryError:
+            return True
+        if any(record.startswith("v=DMARC1") for record in found):
+            return True
+    return False
 
 
 async def _test_one(resolver: Resolver, name: str, key: SigningKey) -> str:

@@ -129,6 +129,7 @@ def server(keys: Keys) -> Iterator[DnsServer]:
             f"ed._domainkey TXT {_record(keys.ed.key)}\n"
             f"stale._domainkey TXT ( {_record(other.key)} )\n"
         ),
+        "dmarc.test": '_dmarc TXT "v=DMARC1; p=none"\n',
         "football.example.com": (
             f'brisbane._domainkey TXT "v=DKIM1; k=ed25519; p={RFC8463_ED25519_PUBLIC}"\n'
             f"test._domainkey TXT {txt_strings(RFC8463_RSA_RECORD)}\n"
@@ -356,8 +357,10 @@ def test_testkey_passes_published_keys(keys: Keys, server: DnsServer) -> None:
     assert said.splitlines() == [
         "TESTING#1 example.test: s2048._domainkey.example.test => pass",
         "TESTING#2 example.test: ed._domainkey.example.test => pass",
+        "note: no DMARC record at _dmarc.example.test or a parent: the large mailbox providers want one "
+        "from bulk senders (p=none at least)",
     ]
-    assert status == 0
+    assert status == 0  # a note is not a failure
 
 
 def test_testkey_fails_a_mismatching_or_missing_record(keys: Keys, server: DnsServer) -> None:
@@ -367,5 +370,13 @@ def test_testkey_fails_a_mismatching_or_missing_record(keys: Keys, server: DnsSe
         "TESTING#1 example.test: s2048._domainkey.example.test => pass",
         "TESTING#2 example.test: stale._domainkey.example.test => fail (p= is another RSA key)",
         "TESTING#3 example.test: fresh._domainkey.example.test => fail (no TXT record: not published yet?)",
+        "note: no DMARC record at _dmarc.example.test or a parent: the large mailbox providers want one "
+        "from bulk senders (p=none at least)",
     ]
     assert status == 1
+
+
+def test_testkey_finds_a_parent_domain_dmarc_record(server: DnsServer) -> None:
+    resolver = Resolver(DnsSettings(nameservers=(server.address,), timeout=3.0))
+    assert asyncio.run(dkim_tools._has_dmarc_record(resolver, "mail.dmarc.test"))
+    assert not asyncio.run(dkim_tools._has_dmarc_record(resolver, "mail.example.test"))
