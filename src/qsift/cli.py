@@ -1,4 +1,4 @@
-"""The `qsift` command: serve, scan, config check, store init."""
+"""The `qsift` command: serve, scan, config check, quarantine, release, status, setup, store init, dkim."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from typing import NoReturn, TypeVar
 
 from qsift import config as config_module
+from qsift import dkim_tools
 from qsift.errors import ConfigError, QsiftError
 from qsift.setup import command as setup_command
 from qsift.store.quarantine import check_mail_id
@@ -54,6 +55,8 @@ def _run(args: argparse.Namespace) -> int:
         return _status(args.config, args.wait)
     if args.command == "store":
         return _store_init(args.config)
+    if args.command == "dkim":
+        return dkim_tools.run(args, sys.stdout, sys.stderr)
     return setup_command.run(args, sys.stdout)
 
 
@@ -137,6 +140,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     store_init.add_argument("--config", metavar="FILE")
     setup_command.add_parser(commands)
+    dkim_tools.add_parser(commands)
     return parser
 
 

@@ -328,6 +328,7 @@ _NEEDS: dict[str, dict[str, Any]] = {
     "backup_scanners": {"type": "command", "command": "/bin/true"},
     "banned": {"filename": "x"},
     "recipient": {"match": ["a@example.org"]},
+    "keys": {"domain": "example.org", "selector": "s1", "key_file": "/etc/qsift/dkim/s1.pem"},
 }
 
 

@@ -19,6 +19,7 @@ from functools import cached_property
 from typing import Any
 
 from qsift.auth.dns import DnsSettings
+from qsift.auth.signing import DkimSettings
 from qsift.checks.banned import DEFAULT_RULES, BannedRule
 from qsift.checks.content import CheckSettings
 from qsift.checks.scanner_config import SpamSettings, VirusSettings
@@ -357,6 +358,9 @@ class Config:
         StoreSettings,
         "Where durable state lives: SQLite under state_dir, or PostgreSQL shared by several nodes.",
     )
+    dkim: DkimSettings = section(
+        DkimSettings, "DKIM signing of originating mail: the keys (`qsift dkim genkey`) and the switch."
+    )
 
     def __post_init__(self) -> None:
         if not self.myhostname:
@@ -384,7 +388,14 @@ class Config:
 
     @cached_property
     def policies(self) -> Policies:
-        base = Policy(self.destiny, self.spam.levels, self.policy, self.quarantine.keep, self.notify.who)
+        base = Policy(
+            self.destiny,
+            self.spam.levels,
+            self.policy,
+            self.quarantine.keep,
+            self.notify.who,
+            self.dkim.switches,
+        )
         by_listener = {
             listener.name: listener.policy_bank for listener in self.listen if listener.policy_bank
         }

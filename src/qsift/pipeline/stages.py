@@ -26,6 +26,7 @@ from qsift.act.forward import Forwarder
 from qsift.act.headers import EditedMessage, edit_message, header_fields, subject_tag
 from qsift.act.long_lines import FittedMessage, plan_fit
 from qsift.answers import Row, reply_for_error
+from qsift.auth.signing import DkimSigner
 from qsift.checks.content import Verdict
 from qsift.checks.headers import header_section
 from qsift.errors import ScannerFailure, SpoolError
@@ -47,6 +48,7 @@ from qsift.pipeline.client import client_fields
 from qsift.pipeline.deliveries import Deliveries
 from qsift.pipeline.inflight import InFlight
 from qsift.pipeline.parts import OutcomeLedger, RefusalNotice
+from qsift.pipeline.signing import signed_copy
 from qsift.pipeline.slots import MessageSlots
 from qsift.policy.bank import Policies
 from qsift.policy.destiny import Destiny
@@ -100,6 +102,8 @@ class Pipeline:
     client_key: bytes | None
     #: Makes and checks the X-Qsift-Scanned mark; None: no mark ([mark] enabled = false).
     mark_key: bytes | None
+    #: Signs originating mail with the keys of its From: domain; with no keys, nothing.
+    signer: DkimSigner
     #: Named in X-Virus-Scanned.
     hostname: str
     dedupe_window: float
@@ -310,9 +314,10 @@ class Pipeline:
             return None
         results = []
         for (fields, tag), recipients in groups.items():
-            body = FittedMessage(
+            fitted = FittedMessage(
                 edit_message(message.spool, list(fields), tag, message.client.ranges), message.fit
             )
+            body = await signed_copy(self.signer, message.policy, fitted, message.mail_id)
             envelope = _outgoing(message, tuple(recipients))
             started = time.monotonic()
             results.append(await self.forwarder.forward(envelope, body, message.client_gone, deliveries))

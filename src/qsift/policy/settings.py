@@ -1,9 +1,10 @@
 """The policy a message is judged by: destinies, spam levels, lovers and bypass lists, quarantine, notices.
 
-Its parts are declared here and in destiny.py and checks/spam_levels.py, and written in `[destiny]`,
-`[quarantine]` (the category switches), `[notify]` (the admins and recipient warnings), `[spam]` (the
-levels) and `[policy]`; each policy bank (bank.py) lays overlays of the same declarations over them, as
-amavisd-new's `%policy_bank` overlays its variables. Everything per recipient is answered by
+Its parts are declared here and in destiny.py, checks/spam_levels.py and auth/signing.py, and written in
+`[destiny]`, `[quarantine]` (the category switches), `[notify]` (the admins and recipient warnings),
+`[spam]` (the levels), `[dkim]` (whether originating mail is signed) and `[policy]`; each policy bank
+(bank.py) lays overlays of the same declarations over them, as amavisd-new's `%policy_bank` overlays its
+variables. Everything per recipient is answered by
 `for_recipient`.
 """
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 
+from qsift.auth.signing import SigningSwitches
 from qsift.checks.spam_levels import SpamLevels
 from qsift.declare import INTEGER, LEVEL, STRINGS, declared, laid_over, setting, tables
 from qsift.model import Category
@@ -167,19 +169,22 @@ class Policy:
     rules: PolicySettings = field(default_factory=PolicySettings)
     quarantine: QuarantineSwitches = field(default_factory=QuarantineSwitches)
     notify: NotifyPolicy = field(default_factory=NotifyPolicy)
+    dkim: SigningSwitches = field(default_factory=SigningSwitches)
     #: Mail from this site's own users (amavisd-new's $originating): logged as outbound or internal.
     originating: bool = False
     #: The policy banks that made this policy, in the order they were laid on; () for the base.
     banks: tuple[str, ...] = ()
 
     def overlaid(self, overlays: Mapping[str, Mapping[str, object]], originating: bool, name: str) -> Policy:
-        """This policy with a bank's overlays (by section: destiny, quarantine, notify, spam, policy)."""
+        """This policy with a bank's overlays (by section: destiny, quarantine, notify, spam, policy,
+        dkim)."""
         return Policy(
             laid_over(self.destinies, overlays.get("destiny", {})),
             laid_over(self.levels, overlays.get("spam", {})),
             laid_over(self.rules, overlays.get("policy", {})),
             laid_over(self.quarantine, overlays.get("quarantine", {})),
             laid_over(self.notify, overlays.get("notify", {})),
+            laid_over(self.dkim, overlays.get("dkim", {})),
             originating,
             (*self.banks, name),
         )

@@ -91,7 +91,9 @@ class Daemon:
     def _build(self) -> Pipeline:
         config = self.config
         keys = self.keys if self.keys is not None else load_keys(config)
-        return build_pipeline(config, client_key=keys.client, mark_key=keys.mark, workers=self.workers)
+        return build_pipeline(
+            config, client_key=keys.client, mark_key=keys.mark, dkim_keys=keys.dkim, workers=self.workers
+        )
 
     async def _bind_all(self, pipeline: Pipeline, spool_dir: str) -> None:
         # The outcome record, the quarantine and the maildir forward work in threads: a worker whose

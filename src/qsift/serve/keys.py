@@ -1,4 +1,4 @@
-"""The daemon's two secrets, each readable only by whom it must be.
+"""The daemon's secrets, each readable only by whom it must be.
 
 The client key vouches for qsift-queue's X-Qsift-Client field (the SMTP client's address, RELAYCLIENT,
 the AUTH user): qsift-queue runs as qmail-smtpd's user (qmaild) and signs with it, so qmaild and qsift
@@ -8,6 +8,9 @@ The mark key makes and checks the X-Qsift-Scanned mark on passed mail: only the 
 skip the scan. One key for both, as before, had to be readable by every local user for qmail-local's
 forwards, which handed both powers to all of them: a key shared, or readable by others than it must
 be, is refused at start with what to do, never used quietly.
+
+The DKIM signing keys (`[[dkim.keys]]`) are read here as well, at start and on SIGHUP: a file missing,
+unreadable or not a private key stops the start (or keeps the running configuration) with its name.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import os
 import stat
 from dataclasses import dataclass
 
+from qsift.auth.signing import SigningKey, load_signing_keys
 from qsift.config import Config
 from qsift.errors import ConfigError
 
@@ -29,10 +33,13 @@ class SiteKeys:
     client: bytes | None
     #: Makes and checks X-Qsift-Scanned.
     mark: bytes
+    #: Sign originating mail (`[[dkim.keys]]`), read at start and on SIGHUP, before privileges are dropped.
+    dkim: tuple[SigningKey, ...] = ()
 
 
 def load_keys(config: Config, owner: tuple[int, int] | None = None) -> SiteKeys:
-    """Both keys; the mark key is made (0600, `owner`'s when given) at the first start."""
+    """The client and mark keys and the DKIM keys; the mark key is made (0600, `owner`'s when given) at the
+    first start. A DKIM key file missing, unreadable or not a key stops the start (ConfigError)."""
     mark_path = config.mark.key_path(config.state_dir)
     client_path = config.client_context.key_file
     if not os.path.exists(mark_path):
@@ -45,8 +52,9 @@ def load_keys(config: Config, owner: tuple[int, int] | None = None) -> SiteKeys:
         )
     mark = _read(mark_path, "the mark key")
     _check_mark_mode(mark_path)
+    dkim = load_signing_keys(config.dkim)
     if not client_path:
-        return SiteKeys(None, mark)
+        return SiteKeys(None, mark, dkim)
     if not os.path.exists(client_path):
         raise ConfigError(
             f"the client key {client_path} ([client_context] key_file) does not exist; make it, readable by "
@@ -55,7 +63,7 @@ def load_keys(config: Config, owner: tuple[int, int] | None = None) -> SiteKeys:
         )
     client = _read(client_path, "the client key")
     _check_client_mode(client_path)
-    return SiteKeys(client, mark)
+    return SiteKeys(client, mark, dkim)
 
 
 def _make(path: str, owner: tuple[int, int] | None) -> None:

@@ -1,0 +1,252 @@
+"""DKIM signing of our own users' mail: the `[dkim]` keys, the policy switch, and the signer.
+
+The pipeline asks `DkimSigner.sign` for the DKIM-Signature fields of each forwarded copy, over the bytes
+that copy leaves with (every qsift header edit and long-line fit made), and prepends them: nothing touches
+the copy afterwards. The key is chosen by the From: domain, or failing that its nearest parent with a key,
+so that `d=` aligns with the author domain for DMARC (RFC 7489 3.1.1, relaxed alignment). One signature
+per key type the domain has: RSA for every verifier, Ed25519 (RFC 8463) beside it when configured, since
+not every deployed verifier knows Ed25519 yet.
+
+dkimpy makes the signatures (canonicalization, hashes, RSA and Ed25519 through pynacl). It takes the
+message as one bytes object and has no streaming body hash, so a copy is read into memory to be signed:
+about six times its size at the peak (the bytes, their CRLF form, dkimpy's lines and body, the
+canonical body; measured: 48 MiB besides a 10 MiB copy), while it is signed; `[limits] message_size`
+bounds it. A copy over 256 KiB is signed in a thread so the event loop keeps serving
+(pipeline/signing.py).
+"""
+
+from __future__ import annotations
+
+import email.utils
+import re
+from collections.abc import Collection, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import dkim
+
+from qsift.auth.dkim_keys import KeyType, PrivateKey, read_private_key
+from qsift.declare import section, setting, tables
+from qsift.errors import ConfigError
+
+#: Relaxed header canonicalization survives what relays do to header fields (refolding, white space
+#: around the colon, case of the name); relaxed body survives trailing white space stripped and runs of
+#: spaces or tabs changed on the way, which Exchange and some list servers do. It is rspamd's choice and
+#: what Gmail and Microsoft sign with. What relaxed body lets through, white space inside a line, changes
+#: no meaning a reader sees; amavisd-new's relaxed/simple dates from verifiers that got relaxed bodies
+#: wrong (dkimpy's comment in its sign()), which no current one does.
+CANONICALIZATION = (b"relaxed", b"relaxed")
+#: Signed once per instance present (RFC 6376 5.4.1's SHOULD list and amavisd-new's %signed_header_fields
+#: value 1, plus List-Unsubscribe-Post for RFC 8058). Not Received, Return-Path, Authentication-Results or
+#: qsift's own X- fields: relays add or rewrite them. Not Sender (mailing lists replace it; amavisd-new).
+SIGNED = (
+    "from", "reply-to", "subject", "date", "to", "cc", "message-id", "in-reply-to", "references",
+    "mime-version", "content-type", "content-transfer-encoding", "content-id", "content-description",
+    "content-disposition", "content-language", "resent-date", "resent-from", "resent-sender",
+    "resent-message-id", "list-id", "list-help", "list-unsubscribe", "list-unsubscribe-post",
+    "list-subscribe", "list-post", "list-owner", "list-archive", "precedence", "auto-submitted",
+    "original-message-id", "archived-at", "organization", "user-agent", "x-mailer",
+)  # fmt: skip
+#: Signed once more than they occur, present or not (RFC 6376 8.15): a second From (which would change
+#: who the reader thinks wrote it), Subject, Date, Reply-To, To or Cc added on the way breaks the
+#: signature. amavisd-new oversigns From, Date, Subject, Content-Type; rspamd always From, Reply-To,
+#: Subject, To, Cc.
+OVERSIGNED_ALWAYS = ("from", "subject", "date", "reply-to", "to", "cc", "content-type")
+#: Signed once more than they occur when present (rspamd's "oversign existing"): not when absent, since
+#: a mailing list adding its own List-Unsubscribe to our user's post must not break the signature.
+OVERSIGNED_IF_PRESENT = ("list-unsubscribe", "list-unsubscribe-post", "mime-version", "message-id")
+_LABEL = re.compile(r"(?!-)[a-z0-9_-]{1,63}(?<!-)")
+
+
+def domain_name(text: str) -> str:
+    name = text.strip().rstrip(".").lower()
+    if not name or not all(_LABEL.fullmatch(label) for label in name.split(".")):
+        raise ValueError(f"not a domain name: {text!r}")
+    return name
+
+
+def selector_name(text: str) -> str:
+    name = text.strip().lower()
+    if not name or not all(_LABEL.fullmatch(label) for label in name.split(".")):
+        raise ValueError(f"not a selector (DNS labels): {text!r}")
+    return name
+
+
+@dataclass(frozen=True)
+class DkimKeyEntry:
+    """One `[[dkim.keys]]` table: a private key and where its public half is published."""
+
+    domain: str = setting(
+        doc="The signing domain (d=): mail whose From: domain is this one or under it.", parse=domain_name
+    )
+    selector: str = setting(
+        doc="The selector (s=): the record is at SELECTOR._domainkey.DOMAIN.", parse=selector_name
+    )
+    key_file: str = setting(
+        doc="The PEM private key (RSA or Ed25519, the file says which), readable by qsift alone."
+    )
+
+
+@dataclass(frozen=True)
+class SigningSwitches:
+    """The policy's part in signing, which a policy bank may change (`dkim = { sign = false }`)."""
+
+    sign: bool = setting(
+        True,
+        "Sign originating mail (the ORIGINATING bank's, or a bank with originating = true) whose From: "
+        "domain or a parent of it has a key.",
+    )
+
+
+@dataclass(frozen=True)
+class DkimSettings:
+    """`[dkim]`: the signing keys and whether the base policy signs."""
+
+    keys: tuple[DkimKeyEntry, ...] = tables(
+        DkimKeyEntry,
+        "The signing keys. Per domain, the first RSA and the first Ed25519 key listed sign; the others are "
+        "only shown and tested (a key being rotated in or out).",
+    )
+    switches: SigningSwitches = section(SigningSwitches, "", flat=True)
+
+    @staticmethod
+    def config_rules(
+        values: Mapping[str, Any], written: Collection[str]
+    ) -> Iterator[tuple[tuple[str | int, ...], str]]:
+        """A selector names one key per domain."""
+        seen: dict[tuple[str, str], int] = {}
+        for index, entry in enumerate(values.get("keys", ())):
+            where = (entry.domain, entry.selector)
+            if where in seen:
+                yield (
+                    ("keys", index, "selector"),
+                    f"{entry.selector} for {entry.domain} is [[dkim.keys]] #{seen[where] + 1}'s too",
+                )
+            seen.setdefault(where, index)
+
+
+@dataclass(frozen=True)
+class SigningKey:
+    """A configured key, read."""
+
+    domain: str
+    selector: str
+    key: PrivateKey
+    path: str
+
+
+def load_signing_keys(settings: DkimSettings) -> tuple[SigningKey, ...]:
+    """Every configured key, read; ConfigError names the file and what is wrong with it."""
+    loaded = []
+    for entry in settings.keys:
+        where = f"the DKIM key {entry.key_file} ({entry.selector}._domainkey.{entry.domain})"
+        try:
+            key = read_private_key(entry.key_file)
+        except OSError as exc:
+            raise ConfigError(f"cannot read {where}: {exc.strerror}") from None
+        except ValueError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
+        loaded.append(SigningKey(entry.domain, entry.selector, key, entry.key_file))
+    return tuple(loaded)
+
+
+@dataclass(frozen=True)
+class Signed:
+    """What signing a copy came to: the fields to prepend (b"" for none), and if none, why."""
+
+    fields: bytes
+    reason: str = ""
+    #: The signatures made, as "d=... s=... a=..." for the log.
+    made: tuple[str, ...] = ()
+
+
+class DkimSigner:
+    """Signs a message with the keys of its From: domain."""
+
+    def __init__(self, keys: tuple[SigningKey, ...] = ()) -> None:
+        self._by_domain: dict[str, list[SigningKey]] = {}
+        for key in keys:
+            chosen = self._by_domain.setdefault(key.domain, [])
+            if all(k.key.type is not key.key.type for k in chosen):
+                chosen.append(key)
+        for chosen in self._by_domain.values():
+            chosen.sort(key=lambda k: k.key.type is not KeyType.RSA)  # RSA on top: some verifiers read one
+
+    @property
+    def has_keys(self) -> bool:
+        return bool(self._by_domain)
+
+    def keys_for(self, domain: str) -> list[SigningKey]:
+        """The keys of `domain`, else of its nearest parent that has any."""
+        labels = domain.lower().rstrip(".").split(".")
+        for at in range(len(labels)):
+            found = self._by_domain.get(".".join(labels[at:]))
+            if found:
+                return found
+        return []
+
+    def sign(self, message: bytes) -> Signed:
+        """The DKIM-Signature fields for `message` (as it will leave), or why there are none."""
+        newline = b"\r\n" if b"\r\n" in message[:4096] else b"\n"
+        try:
+            # One parse of the message serves the From: lookup and every signature.
+            signer = dkim.DKIM(_crlf(message), linesep=newline)
+        except dkim.MessageFormatError as exc:
+            return Signed(b"", f"the header section cannot be read: {exc}")
+        domain, why = author_domain(signer.headers)
+        if domain is None:
+            return Signed(b"", why)
+        keys = self.keys_for(domain)
+        if not keys:
+            return Signed(b"", f"no DKIM key for {domain} or a parent domain")
+        names = header_names(signer.headers)
+        try:
+            fields = [_signature(signer, key, names) for key in keys]
+        except dkim.DKIMException as exc:
+            return Signed(b"", f"dkimpy cannot sign it: {exc}")
+        made = tuple(f"d={k.domain} s={k.selector} a={k.key.type.algorithm}" for k in keys)
+        return Signed(b"".join(fields), made=made)
+
+
+def _signature(signer: dkim.DKIM, key: SigningKey, names: list[bytes]) -> bytes:
+    signature: bytes = signer.sign(
+        key.selector.encode(),
+        key.domain.encode(),
+        key.key.signing,
+        signature_algorithm=key.key.type.algorithm.encode(),
+        canonicalize=CANONICALIZATION,
+        include_headers=names,
+    )
+    return signature
+
+
+def header_names(headers: list[list[bytes]]) -> list[bytes]:
+    """The `h=` list for a message with these fields: each signed field once per instance, the
+    oversigned ones once more."""
+    present = [name.lower().decode("ascii", "replace") for name, _ in headers]
+    names = [name for name in present if name in SIGNED]
+    names += list(OVERSIGNED_ALWAYS)
+    names += [name for name in OVERSIGNED_IF_PRESENT if name in present]
+    return [name.encode() for name in names]
+
+
+def author_domain(headers: list[list[bytes]]) -> tuple[str | None, str]:
+    """The From: domain (RFC 5322 3.6.2), or None and why there is none to sign for."""
+    values = [value for name, value in headers if name.lower() == b"from"]
+    if not values:
+        return None, "no From: field"
+    if len(values) > 1:
+        return None, f"{len(values)} From: fields"
+    text = values[0].decode("utf-8", "replace")
+    addresses = [address for _, address in email.utils.getaddresses([text]) if "@" in address]
+    domains = {address.rpartition("@")[2].strip().rstrip(".").lower() for address in addresses}
+    domains.discard("")
+    if len(domains) != 1:
+        return None, "From: has no address" if not domains else "From: has addresses in several domains"
+    return domains.pop(), ""
+
+
+def _crlf(message: bytes) -> bytes:
+    """Every line end as CRLF, bare CRs too, as the SMTP forward sends them (and qmail stores LF):
+    the signature is over the transport form (RFC 6376 5.3)."""
+    return re.sub(rb"\r\n|\r|\n", b"\r\n", message)
