@@ -57,6 +57,10 @@ def verdict_json(path: str, verdict: Verdict) -> dict[str, Any]:
             for f in verdict.findings
         ],
         "parts": [_part_json(p) for p in verdict.parts],
+        "auth": [
+            {"method": r.method, "result": r.result, "reason": r.reason, "properties": dict(r.properties)}
+            for r in verdict.auth.all
+        ],
     }
 
 

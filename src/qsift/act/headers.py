@@ -17,6 +17,8 @@ import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
+from qsift.auth.headers import render_authentication_results
+from qsift.checks.authentication import DMARC_QUARANTINE
 from qsift.checks.content import Verdict
 from qsift.checks.spam_levels import SpamLevels
 from qsift.model import Category
@@ -40,6 +42,11 @@ def header_fields(
     """The fields to add for this verdict, as "Name: value" strings (one line each). The X-Spam fields
     go only to local recipients, as amavisd-new's do: a remote site judges spam by its own levels."""
     fields = [f"X-Virus-Scanned: qsift at {_clean(hostname)}"] if virus_scanned else []
+    auth = verdict.auth
+    if auth.all:
+        # On top, above qsift's other fields (RFC 8601 §5: the receiver's own field comes first).
+        rendered = render_authentication_results(auth.authserv_id, auth.all, linesep=b"\n")
+        fields.insert(0, rendered.decode("ascii").removesuffix("\n"))
     spam = verdict.spam
     if local and spam is not None and spam.score is not None and spam.score >= levels.tag_level:
         score = spam.score
@@ -52,6 +59,11 @@ def header_fields(
             f"X-Spam-Status: {'Yes' if flagged else 'No'}, score={score:.3f} "
             f"tagged_above={levels.tag_level:g} required={levels.tag2_level:g} tests=[{tests}]",
         ]
+    flagged_by_dmarc = any(
+        f.category is Category.SPAMMY and f.minor == DMARC_QUARANTINE for f in verdict.findings
+    )
+    if local and flagged_by_dmarc and not any(field.startswith("X-Spam-Flag:") for field in fields):
+        fields.append("X-Spam-Flag: YES")  # the From: domain asks for its spam folder (DMARC p=quarantine)
     for category, words in _ALERTS.items():
         found = [f for f in verdict.findings if f.category is category]
         if found:
@@ -122,7 +134,8 @@ def edit_message(
     the header fields at the byte ranges in `remove` (within the first 256 KiB)."""
     original = spool.head(_HEAD_LIMIT)
     newline = b"\r\n" if b"\r\n" in original[:4096] else b"\n"
-    head = b"".join(f.encode("ascii", "replace") + newline for f in fields)
+    # A folded field (Authentication-Results) comes with LF between its lines: the message's own line end.
+    head = b"".join(f.encode("ascii", "replace").replace(b"\n", newline) + newline for f in fields)
     edits = sorted((start, end, b"") for start, end in remove if 0 <= start < end <= len(original))
     if tag:
         blank = _HEADER_END.search(original)

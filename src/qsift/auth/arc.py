@@ -16,8 +16,8 @@ import asyncio
 import re
 from dataclasses import dataclass
 
-import dkim  # type: ignore[import-untyped]
-from dkim.util import InvalidTagValueList, parse_tag_value  # type: ignore[import-untyped]
+import dkim
+from dkim.util import InvalidTagValueList, parse_tag_value
 
 from qsift.auth.dns import DnsTemporaryError, Resolver
 from qsift.auth.results import MethodResult

@@ -23,9 +23,9 @@ import binascii
 import re
 from collections.abc import Sequence
 
-import dkim  # type: ignore[import-untyped]
-from dkim.canonicalization import CanonicalizationPolicy  # type: ignore[import-untyped]
-from dkim.util import InvalidTagValueList, parse_tag_value  # type: ignore[import-untyped]
+import dkim
+from dkim.canonicalization import CanonicalizationPolicy
+from dkim.util import InvalidTagValueList, parse_tag_value
 
 from qsift.auth.dns import DnsTemporaryError, Resolver
 from qsift.auth.results import MethodResult

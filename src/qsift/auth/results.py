@@ -7,7 +7,7 @@ message's, for the Authentication-Results field, the summary log line, `qsift sc
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 #: RFC 8601 §2.7 result values, by method (DKIM: §2.7.1, SPF: §2.7.2 and RFC 7208 §2.6, DMARC: RFC 7489
 #: §11.2, ARC: RFC 8617 §4.4).
@@ -54,7 +54,12 @@ class AuthResults:
     spf: MethodResult | None = None
     dmarc: MethodResult | None = None
     arc: MethodResult | None = None
-    verdict: DmarcVerdict = DmarcVerdict()
+    verdict: DmarcVerdict = field(default_factory=DmarcVerdict)
+    #: Who checked: the authserv-id of the Authentication-Results field the results go into.
+    authserv_id: str = ""
+    #: Byte ranges of the message's Authentication-Results fields that claim that authserv-id: forged
+    #: (or an earlier pass of ours), cut out as the message leaves (RFC 8601 §5).
+    forged: tuple[tuple[int, int], ...] = ()
 
     @property
     def all(self) -> tuple[MethodResult, ...]:

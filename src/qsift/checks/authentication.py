@@ -22,6 +22,7 @@ from qsift.auth.arc import ArcValidation, validate_arc
 from qsift.auth.dkim import MAX_VERIFY_SIZE, verify_dkim, verify_dkim_body
 from qsift.auth.dmarc import author_domain, check_dmarc
 from qsift.auth.dns import Resolver
+from qsift.auth.headers import authentication_results_ranges
 from qsift.auth.results import AuthResults, DmarcVerdict, MethodResult
 from qsift.auth.settings import AuthSettings
 from qsift.auth.spf import check_spf, spf_domain
@@ -74,7 +75,8 @@ class MailAuthentication:
             verdict = DmarcVerdict("none", verdict.domain)
             reason = f"{dmarc.reason}; ARC sealed by {arc.sealer} (trusted)"
             dmarc = MethodResult(dmarc.method, dmarc.result, reason, dmarc.properties)
-        return AuthResults(dkim, spf, dmarc, arc_result, verdict)
+        forged = tuple(authentication_results_ranges(message[:_HEAD], self.authserv_id))
+        return AuthResults(dkim, spf, dmarc, arc_result, verdict, self.authserv_id, forged)
 
     def _vouched_for(self, arc: ArcValidation | None) -> bool:
         """A valid chain whose newest seal is a trusted sealer's: a list or forwarder that broke DMARC."""

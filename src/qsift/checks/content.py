@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import IO
 
+from qsift.auth.results import AuthResults
 from qsift.checks.banned import DEFAULT_RULES, BannedRule, check_banned
 from qsift.checks.headers import check_headers
 from qsift.checks.scanner_set import ScanFindings, ScannerSet, run_scanners
@@ -48,6 +49,8 @@ class Verdict:
     scanner_errors: tuple[str, ...] = ()
     #: Members the virus scanners cannot reach in the raw message (decode/walk.py RESCAN_CONTAINERS).
     rescan: tuple[tuple[str, bytes], ...] = field(default=(), repr=False)
+    #: DKIM, SPF, DMARC and ARC, when they were checked (checks/authentication.py).
+    auth: AuthResults = field(default_factory=AuthResults)
 
     @property
     def category(self) -> Category:

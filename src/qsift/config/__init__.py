@@ -19,6 +19,7 @@ from functools import cached_property
 from typing import Any
 
 from qsift.auth.dns import DnsSettings
+from qsift.auth.settings import AuthSettings
 from qsift.auth.signing import DkimSettings
 from qsift.checks.banned import DEFAULT_RULES, BannedRule
 from qsift.checks.content import CheckSettings
@@ -361,6 +362,10 @@ class Config:
     dkim: DkimSettings = section(
         DkimSettings, "DKIM signing of originating mail: the keys (`qsift dkim genkey`) and the switch."
     )
+    auth: AuthSettings = section(
+        AuthSettings,
+        "Checks of inbound mail: DKIM, SPF, DMARC and ARC, and the Authentication-Results field.",
+    )
 
     def __post_init__(self) -> None:
         if not self.myhostname:
@@ -395,6 +400,7 @@ class Config:
             self.quarantine.keep,
             self.notify.who,
             self.dkim.switches,
+            self.auth.policy,
         )
         by_listener = {
             listener.name: listener.policy_bank for listener in self.listen if listener.policy_bank
@@ -409,6 +415,11 @@ class Config:
             for index, rule in enumerate(self.banned, 1)
         )
         return own + (DEFAULT_RULES if self.banned_defaults else ())
+
+    @property
+    def authserv_id(self) -> str:
+        """The name of the Authentication-Results field qsift adds: `[auth] authserv_id`, else myhostname."""
+        return self.auth.authserv_id or self.myhostname
 
     @property
     def quarantine_dir(self) -> str:

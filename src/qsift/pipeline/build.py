@@ -15,7 +15,9 @@ from collections.abc import Callable
 from qsift.act.bounce import DsnBouncer
 from qsift.act.forward import make_forwarder
 from qsift.act.notices import Notices
+from qsift.auth.dns import Resolver
 from qsift.auth.signing import DkimSigner, SigningKey
+from qsift.checks.authentication import MailAuthentication
 from qsift.checks.scanner_set import ScannerSet
 from qsift.config import Config
 from qsift.pipeline.blocked import Keeper, NoQuarantine, QuarantineKeeper
@@ -66,6 +68,7 @@ def build_pipeline(
         checks=ContentChecks(
             config.check_settings(),
             ScannerSet.build(config.virus, config.spam, config.tmp_dir or None),
+            _authentication(config),
         ),
         policies=config.policies,
         outcomes=outcomes,
@@ -81,3 +84,12 @@ def build_pipeline(
         dedupe_window=config.dedupe_window,
         clock=clock,
     )
+
+
+def _authentication(config: Config) -> MailAuthentication | None:
+    """The checks of inbound mail, with one resolver (and its cache) for the worker's messages; None when
+    neither the base policy nor any bank turns them on."""
+    banks = config.policies.banks.values()
+    if not config.auth.policy.check and not any(bank.auth.get("check") for bank in banks):
+        return None
+    return MailAuthentication(Resolver(config.dns), config.auth, config.authserv_id)

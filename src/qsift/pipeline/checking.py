@@ -6,11 +6,15 @@ CLEAN and passes unchanged.
 
 from __future__ import annotations
 
+import asyncio
 import io
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Protocol
+from typing import IO, Protocol
 
+from qsift.auth.results import AuthResults
+from qsift.checks.authentication import Client, MailAuthentication, findings
 from qsift.checks.content import CheckSettings, Verdict, check_message, inspect
 from qsift.checks.scanner_set import ScannerSet
 from qsift.errors import ScannerFailure
@@ -40,6 +44,8 @@ class ContentChecks:
     settings: CheckSettings
     #: The virus and spam scanners (none configured: an empty set).
     scanners: ScannerSet = field(default_factory=ScannerSet)
+    #: DKIM, SPF, DMARC and ARC, for mail whose policy asks for them; None: no resolver was built.
+    authentication: MailAuthentication | None = None
 
     async def verdict(self, message: InFlight, owed: tuple[Recipient, ...]) -> tuple[Verdict | None, bool]:
         addresses = tuple(r.address for r in owed)
@@ -54,9 +60,11 @@ class ContentChecks:
         # The copies for the scanners are made before the decoder's thread starts reading the spool.
         copies = spool.independent_readers()
         started = time.monotonic()
-        verdict = await inspect(
-            spool.reader(), copies, spool.size, self.settings, scanners, smtputf8=smtputf8
+        verdict, auth = await asyncio.gather(
+            inspect(spool.reader(), copies, spool.size, self.settings, scanners, smtputf8=smtputf8),
+            self._authenticate(message, copies),
         )
+        verdict = replace(verdict, findings=(*verdict.findings, *findings(auth)), auth=auth)
         metrics.stage_done("checks", started)
         for result in verdict.scanner_errors:
             logger.warning("id=%s scanner %s", message.mail_id, result)
@@ -64,11 +72,24 @@ class ContentChecks:
             logger.info("id=%s %s: %s", message.mail_id, finding.category.log_word, finding.detail)
         return verdict, bool(scanners.primary or scanners.backup)
 
+    async def _authenticate(self, message: InFlight, copies: Callable[[], IO[bytes]]) -> AuthResults:
+        policy = message.policy
+        if self.authentication is None or not policy.auth.check or policy.originating:
+            return AuthResults()
+        return await self.authentication.results(copies, message.spool.size, smtp_client(message))
+
     async def offline(self, message: bytes) -> Verdict:
+        auth = AuthResults()
+        if self.authentication is not None:
+            # A file has no SMTP client: DKIM, ARC and DMARC without SPF.
+            auth = await self.authentication.results(
+                lambda: io.BytesIO(message), len(message), Client("", "", "")
+            )
         try:
-            return await inspect(
+            verdict = await inspect(
                 io.BytesIO(message), lambda: io.BytesIO(message), len(message), self.settings, self.scanners
             )
+            return replace(verdict, findings=(*verdict.findings, *findings(auth)), auth=auth)
         except ScannerFailure as exc:
             # The daemon would answer "try later"; offline, say what the decoder saw and why no more.
             verdict = check_message(message, self.settings)
@@ -80,6 +101,18 @@ class ContentChecks:
 
     async def close(self) -> None:
         await self.scanners.close()
+
+
+def smtp_client(message: InFlight) -> Client:
+    """The client SPF judges: the one qsift-queue vouched for, or the one an MTA named with XFORWARD.
+    Otherwise the connection's peer is the MTA that handed the message on (qmail-qmqpc, Postfix's smtp
+    client), whose address says nothing of the sender: no SPF then."""
+    envelope, fields = message.envelope, message.client
+    if fields.vouched:
+        return Client(fields.client.ip, "", envelope.sender)
+    if envelope.peer_address is not None:
+        return Client(envelope.client_address or "", envelope.helo or "", envelope.sender)
+    return Client("", "", envelope.sender)
 
 
 class NoChecks:

@@ -36,3 +36,6 @@ class InFlight:
     #: How its lines over 998 octets are fitted on every forward (act/long_lines.py); `body` and the
     #: quarantine keep them as they came.
     fit: FitPlan = NO_LONG_LINES
+    #: Byte ranges cut from every forwarded copy besides the X-Qsift-Client fields: forged
+    #: Authentication-Results fields, once the checks found them.
+    cut: tuple[tuple[int, int], ...] = ()

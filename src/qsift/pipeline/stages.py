@@ -233,7 +233,7 @@ class Pipeline:
             return Outcome(mail_id, reply, Disposition.TEMPFAILED, category="UNCHECKED")
         if verdict is None:
             return await self._pass_unchecked(message, owed, already, deliveries)
-        message = replace(message, virus_scanned=virus_scanned)
+        message = replace(message, virus_scanned=virus_scanned, cut=verdict.auth.forged)
         decisions = decide_recipients(verdict, message.policy, owed, message.spool.size)
         category = _log_category(decisions)
         blocked = [d for d in decisions if d.blocked]
@@ -259,9 +259,9 @@ class Pipeline:
         # Recipients held back come again with the retry, and are told about then.
         await send_notices(self.notices, message, [d for d in blocked if d.recipient not in held_back], kept)
         _count_fates(outcome, _fates(decisions))
-        return replace(
-            outcome, category=category, notes=(*outcome.notes, *(f"quarantine: {kept}",) * bool(kept))
-        )
+        said = verdict.auth.summary()
+        notes = (*(f"auth: {said}",) * bool(said), *(f"quarantine: {kept}",) * bool(kept))
+        return replace(outcome, category=category, notes=(*outcome.notes, *notes))
 
     async def _check(self, message: InFlight, owed: tuple[Recipient, ...]) -> tuple[Verdict | None, bool]:
         """The verdict (None without content checks, or for mail this site scanned before), and whether a
@@ -315,7 +315,8 @@ class Pipeline:
         results = []
         for (fields, tag), recipients in groups.items():
             fitted = FittedMessage(
-                edit_message(message.spool, list(fields), tag, message.client.ranges), message.fit
+                edit_message(message.spool, list(fields), tag, message.client.ranges + message.cut),
+                message.fit,
             )
             body = await signed_copy(self.signer, message.policy, fitted, message.mail_id)
             envelope = _outgoing(message, tuple(recipients))

@@ -18,7 +18,7 @@ amavisd-new's `%policy_bank`, in TOML:
 A bank is chosen by the listener the message came in on, by the client's network, and by the client
 context (`relay_client`: qmail-smtpd had RELAYCLIENT set; `authenticated`: the client logged in with SMTP
 AUTH). Banks are laid over the base policy in that order, each changing only the keys it names; a section
-table (`destiny`, `quarantine`, `notify`, `spam`, `policy`, `dkim`) is merged key by key, a list is
+table (`destiny`, `quarantine`, `notify`, `spam`, `policy`, `dkim`, `auth`) is merged key by key, a list is
 replaced whole.
 The client's address and context come from qsift-queue's authenticated X-Qsift-Client field, else the
 connection's peer. QMQP alone carries no client: without qsift-queue's field only listener banks apply.
@@ -31,6 +31,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from qsift.auth.settings import AuthPolicy
 from qsift.auth.signing import SigningSwitches
 from qsift.checks.spam_levels import SpamLevels
 from qsift.declare import BOOLEAN, STRINGS, overlay, setting
@@ -43,7 +44,7 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 #: The bank our own users' mail gets: built in so that RELAYCLIENT means outbound with no configuration.
 ORIGINATING = "ORIGINATING"
 #: The sections of the policy a bank may lay over the base: never the scanners or where things go.
-SECTIONS = ("destiny", "quarantine", "notify", "spam", "policy", "dkim")
+SECTIONS = ("destiny", "quarantine", "notify", "spam", "policy", "dkim", "auth")
 
 
 def networks(entries: list[str]) -> tuple[Network, ...]:
@@ -77,6 +78,9 @@ class Bank:
         PolicySettings, "Per-recipient policy: local domains, lovers, bypass lists."
     )
     dkim: Mapping[str, Any] = overlay(SigningSwitches, "Whether this bank's originating mail is DKIM-signed.")
+    auth: Mapping[str, Any] = overlay(
+        AuthPolicy, "Whether this bank's inbound mail is checked (DKIM, SPF, DMARC, ARC)."
+    )
 
     def selected_by(self, name: str, client: Client) -> bool:
         built_in = name == ORIGINATING

@@ -10,8 +10,9 @@ the banned file, not the virus, in its DSN and notices. Pure functions: no I/O, 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
+from qsift.checks.authentication import DMARC_QUARANTINE
 from qsift.checks.content import Verdict
 from qsift.checks.spam_levels import spam_findings
 from qsift.model import Category, Finding, Recipient
@@ -60,7 +61,9 @@ def recipient_view(verdict: Verdict, settings: RecipientSettings, size: int) -> 
     if Category.SPAM in skipped:
         skipped.add(Category.SPAMMY)
     findings = [
-        f for f in verdict.findings if f.category not in skipped and f.category not in _SPAM_CATEGORIES
+        f
+        for f in verdict.findings
+        if f.category not in skipped and (f.category not in _SPAM_CATEGORIES or _not_a_score(f))
     ]
     spam = None if Category.SPAM in skipped else verdict.spam
     if spam is not None:
@@ -68,8 +71,13 @@ def recipient_view(verdict: Verdict, settings: RecipientSettings, size: int) -> 
     limit = settings.message_size_limit
     if limit and size > limit:
         findings.append(Finding(Category.OVERSIZED, 0, f"{size} bytes, over the limit of {limit}"))
-    return Verdict(verdict.parts, tuple(findings), spam, verdict.scanner_errors)
+    return replace(verdict, findings=tuple(findings), spam=spam, rescan=())
 
 
 def _with_findings(view: Verdict, findings: tuple[Finding, ...]) -> Verdict:
-    return Verdict(view.parts, findings, view.spam, view.scanner_errors)
+    return replace(view, findings=findings)
+
+
+def _not_a_score(finding: Finding) -> bool:
+    """A spammy finding of DMARC's (p=quarantine), which no recipient's spam levels judge again."""
+    return finding.category is Category.SPAMMY and finding.minor == DMARC_QUARANTINE

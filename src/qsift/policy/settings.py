@@ -2,7 +2,8 @@
 
 Its parts are declared here and in destiny.py, checks/spam_levels.py and auth/signing.py, and written in
 `[destiny]`, `[quarantine]` (the category switches), `[notify]` (the admins and recipient warnings),
-`[spam]` (the levels), `[dkim]` (whether originating mail is signed) and `[policy]`; each policy bank
+`[spam]` (the levels), `[dkim]` (whether originating mail is signed), `[auth]` (whether inbound mail is
+checked) and `[policy]`; each policy bank
 (bank.py) lays overlays of the same declarations over them, as amavisd-new's `%policy_bank` overlays its
 variables. Everything per recipient is answered by
 `for_recipient`.
@@ -13,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 
+from qsift.auth.settings import AuthPolicy
 from qsift.auth.signing import SigningSwitches
 from qsift.checks.spam_levels import SpamLevels
 from qsift.declare import INTEGER, LEVEL, STRINGS, declared, laid_over, setting, tables
@@ -170,6 +172,7 @@ class Policy:
     quarantine: QuarantineSwitches = field(default_factory=QuarantineSwitches)
     notify: NotifyPolicy = field(default_factory=NotifyPolicy)
     dkim: SigningSwitches = field(default_factory=SigningSwitches)
+    auth: AuthPolicy = field(default_factory=AuthPolicy)
     #: Mail from this site's own users (amavisd-new's $originating): logged as outbound or internal.
     originating: bool = False
     #: The policy banks that made this policy, in the order they were laid on; () for the base.
@@ -177,7 +180,7 @@ class Policy:
 
     def overlaid(self, overlays: Mapping[str, Mapping[str, object]], originating: bool, name: str) -> Policy:
         """This policy with a bank's overlays (by section: destiny, quarantine, notify, spam, policy,
-        dkim)."""
+        dkim, auth)."""
         return Policy(
             laid_over(self.destinies, overlays.get("destiny", {})),
             laid_over(self.levels, overlays.get("spam", {})),
@@ -185,6 +188,7 @@ class Policy:
             laid_over(self.quarantine, overlays.get("quarantine", {})),
             laid_over(self.notify, overlays.get("notify", {})),
             laid_over(self.dkim, overlays.get("dkim", {})),
+            laid_over(self.auth, overlays.get("auth", {})),
             originating,
             (*self.banks, name),
         )

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import dkim  # type: ignore[import-untyped]
+import dkim
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
