@@ -4,7 +4,7 @@
 
 Makes the keys with `qsift dkim genkey` in a temporary directory and signs each message with the signer
 the pipeline uses (auth/signing.py), in this process; prints the CPU time per message. This is what
-signing adds to a signed message's cost: the RSA operation (dkimpy's, Python big numbers) and the body
+signing adds to a signed message's cost: the RSA operation (OpenSSL's, auth/rsa_openssl.py) and the body
 hash of the canonical body, once per signature.
 """
 

@@ -19,8 +19,11 @@ from dataclasses import dataclass
 import dkim
 from dkim.util import InvalidTagValueList, parse_tag_value
 
+from qsift.auth import rsa_openssl
 from qsift.auth.dns import DnsTemporaryError, Resolver
 from qsift.auth.results import MethodResult
+
+rsa_openssl.install()  # ARC seals are RSA signatures too
 
 #: RFC 8617 §4.2.1: instance numbers run from 1 to 50; a longer chain fails.
 MAX_INSTANCES = 50

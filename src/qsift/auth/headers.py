@@ -26,6 +26,8 @@ _DOMAIN = re.compile(r"[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*")
 _LEADING_COMMENTS = re.compile(rb"^(?:\s|\((?:[^()\\]|\\.)*\))*")
 _FIRST_WORD = re.compile(rb'"((?:[^"\\]|\\.)*)"|[^\s;()]+')
 _FIELD = re.compile(rb"^([^:\s]+)[ \t]*:(.*)$", re.S)
+#: What a fold may not cut: leading spaces, then characters and whole quoted strings up to the next space.
+_FOLD_WORD = re.compile(r' *(?:"(?:[^"\\]|\\.)*"?|[^ "])+| +')
 
 
 class _PropertyValue(QuotableValue):  # type: ignore[misc]
@@ -93,10 +95,11 @@ def _clause(features: authres.FeatureContext, result: MethodResult) -> object:
 
 
 def _fold(line: str) -> list[str]:
-    """`line` cut before spaces into pieces of at most LINE_LIMIT characters where words allow."""
+    """`line` cut before spaces into pieces of at most LINE_LIMIT characters where words allow; never
+    inside a quoted string, where a fold would add white space to the value."""
     pieces: list[str] = []
     current = ""
-    for word in re.split(r"(?= )", line):
+    for word in _FOLD_WORD.findall(line):
         if current.strip() and len(current) + len(word) > LINE_LIMIT:
             pieces.append(current)
             current = " " + word  # a continued clause sits one column deeper than a new one

@@ -6,7 +6,7 @@ import re
 
 import authres  # type: ignore[import-untyped]
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from qsift.auth.headers import (
@@ -103,6 +103,8 @@ def printable(text: str) -> str:
 
 
 @given(st.lists(method_results, max_size=6), st.sampled_from([b"\r\n", b"\n"]))
+# A fold inside a quoted value once added a space to it.
+@example([MethodResult("dmarc", "none", "0:", (("header.a", "0" * 32 + " \\"),))], b"\r\n")
 def test_rendered_field_always_parses_back(results: list[MethodResult], linesep: bytes) -> None:
     field = render_authentication_results("mx.example.org", results, linesep)
     assert field.endswith(linesep) and all(line[:1] in (b" ", b"A") for line in field.split(linesep)[:-1])

@@ -79,7 +79,7 @@ def test_rsa_and_ed25519_signatures_both_verify_rsa_on_top() -> None:
 def test_the_signature_tags() -> None:
     signed = DkimSigner((key("football.example.com", "test", RSA),)).sign(MESSAGE)
     found = tags(signed.fields)
-    assert found[b"c"] == b"relaxed/relaxed"
+    assert found[b"c"] == b"relaxed/simple"
     assert found[b"d"] == b"football.example.com"
     assert found[b"s"] == b"test"
     assert b"l" not in found  # never a body length limit (RFC 6376 8.2)
