@@ -24,6 +24,7 @@ from typing import IO
 
 from qsift.checks.scanners import ScannerAddress, SpamResult, parse_scanner_address
 from qsift.errors import ProtocolError
+from qsift.observe.log import level, logger
 from qsift.wire import rspamd as rspamd_wire
 from qsift.wire import spamd as spamd_wire
 
@@ -265,6 +266,13 @@ class RspamdScanner:
         # `is_skipped` is not "unscored": rspamd sets it when a pre-result cut the rules short, GTUBE's
         # reject included, and the score and action are then the verdict.
         result = SpamResult(self.name, score=reply.score, required=reply.required_score, rules=reply.symbols)
+        if reply.header_fields:
+            logger.log(
+                level(2),
+                "%s asked to add %s: not added (qsift signs DKIM and writes Authentication-Results itself)",
+                self.name,
+                ", ".join(reply.header_fields),
+            )
         return result, reply
 
     async def _ask(self, head: bytes, message: IO[bytes], size: int) -> rspamd_wire.RspamdReply:

@@ -278,6 +278,10 @@ class RspamdReply:
     smtp_message: str = ""
     #: rspamd stopped before running every rule: a pre-result (GTUBE, a ratelimit, `Flags: skip`) decided.
     skipped: bool = False
+    #: The header fields rspamd asks the MTA to add: `DKIM-Signature` (its `dkim-signature`) and the names
+    #: in `milter.add_headers` (Authentication-Results, X-Spamd-Result, ...). qsift adds none of them: it
+    #: signs and writes Authentication-Results itself (docs/dkim.md says why); they are logged, not lost.
+    header_fields: tuple[str, ...] = ()
 
 
 def parse_reply(status_code: int, body: bytes) -> RspamdReply:
@@ -306,7 +310,17 @@ def parse_reply(status_code: int, body: bytes) -> RspamdReply:
         symbols=tuple(symbols),
         smtp_message=_clean(messages.get("smtp_message", "")),
         skipped=skipped,
+        header_fields=_asked_fields(document),
     )
+
+
+def _asked_fields(document: dict[str, object]) -> tuple[str, ...]:
+    names = ["DKIM-Signature"] if document.get("dkim-signature") else []
+    milter = document.get("milter")
+    added = milter.get("add_headers") if isinstance(milter, dict) else None
+    if isinstance(added, dict):
+        names += [_clean(str(name)) for name in added]
+    return tuple(names)
 
 
 def _load_json(body: bytes) -> object:

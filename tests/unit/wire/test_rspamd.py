@@ -283,6 +283,23 @@ def test_custom_action_and_symbol_order() -> None:
     assert "quarantine" not in ACTIONS
 
 
+def test_the_fields_rspamd_asks_to_add_are_named() -> None:
+    document = {
+        "score": 1,
+        "required_score": 15,
+        "action": "no action",
+        "dkim-signature": "v=1; a=rsa-sha256; d=example.org; b=x",
+        "milter": {
+            "add_headers": {"Authentication-Results": {"value": "mx; dkim=pass", "order": 0}, "X\r": {}}
+        },
+    }
+    reply = parse_reply(200, json.dumps(document).encode())
+    assert reply.header_fields == ("DKIM-Signature", "Authentication-Results", "X ")
+    assert parse_reply(200, json.dumps({**document, "milter": []}).encode()).header_fields == (
+        "DKIM-Signature",
+    )
+
+
 def test_smtp_message_is_made_safe_for_a_reply_line() -> None:
     body = b'{"score":1,"required_score":2,"action":"reject","messages":{"smtp_message":"a\\r\\n550 b"}}'
     assert parse_reply(200, body).smtp_message == "a  550 b"
