@@ -47,5 +47,19 @@ def _private_key(
 
 
 def install() -> None:
-    """Make dkimpy's DKIM and ARC signing use OpenSSL for the RSA step (idempotent)."""
+    """Make dkimpy's DKIM and ARC signing use OpenSSL for the RSA step, and read each key's PEM once
+    rather than for every message (its ASN.1 parser is pure Python too); idempotent."""
     dkim.RSASSA_PKCS1_v1_5_sign = sign
+    if not isinstance(dkim.parse_pem_private_key, _CachedParse):
+        dkim.parse_pem_private_key = _CachedParse(dkim.parse_pem_private_key)
+
+
+class _CachedParse:
+    """dkimpy's `parse_pem_private_key`, remembered per key (a site has a few keys, used for every
+    message); dkimpy only reads the parsed key."""
+
+    def __init__(self, parse: Any) -> None:
+        self._parse = lru_cache(maxsize=64)(parse)
+
+    def __call__(self, pem: bytes) -> Any:
+        return self._parse(bytes(pem))

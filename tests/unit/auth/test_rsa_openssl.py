@@ -25,6 +25,14 @@ def test_the_signature_is_dkimpys_own(tmp_path: Path, bits: int) -> None:
         assert rsa_openssl.sign(digest, key) == dkim.crypto.RSASSA_PKCS1_v1_5_sign(digest, key)
 
 
-def test_installed_dkimpy_signs_with_it(tmp_path: Path) -> None:
+def test_installed_dkimpy_signs_with_it_and_reads_a_key_once(tmp_path: Path) -> None:
+    rsa_openssl.install()
     rsa_openssl.install()
     assert dkim.RSASSA_PKCS1_v1_5_sign is rsa_openssl.sign
+    path = tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "genrsa", "-traditional", "-out", str(path), "1024"], check=True, capture_output=True
+    )
+    pem = path.read_bytes()
+    assert dkim.parse_pem_private_key(pem) is dkim.parse_pem_private_key(bytearray(pem))
+    assert dkim.parse_pem_private_key(pem) == dkim.crypto.parse_pem_private_key(pem)
