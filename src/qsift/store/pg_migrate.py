@@ -27,6 +27,10 @@ class SchemaTooNew(QsiftError):
     """The database was migrated by a newer qsift: this one must not write to it."""
 
 
+class SchemaNotCurrent(QsiftError):
+    """The database is not at the schema this qsift writes: the daemon does not start on it."""
+
+
 class MigrationFailed(QsiftError):
     """PostgreSQL refused a migration (a missing privilege, a clashing table); it was rolled back."""
 
@@ -99,3 +103,20 @@ def _next(migrations: Sequence[Migration], current: int) -> Migration | None:
             f"the database's schema is at version {current}, newer than this qsift's {latest}: upgrade qsift"
         )
     return next((step for step in migrations if step.version > current), None)
+
+
+def require_latest(db: psycopg.Connection[TupleRow]) -> None:
+    """SchemaNotCurrent unless the database is at this qsift's schema, with what to do about it."""
+    require_version(schema_version(db))
+
+
+def require_version(version: int) -> None:
+    latest = MIGRATIONS[-1].version
+    if version > latest:
+        raise SchemaNotCurrent(
+            f"the database's schema is at version {version}, newer than this qsift's {latest}: upgrade qsift"
+        )
+    if version < latest:
+        raise SchemaNotCurrent(
+            f"the database's schema is at version {version}, not {latest}: run `qsift store init`"
+        )
