@@ -194,9 +194,9 @@ def test_the_daemon_refuses_to_start_on_an_old_schema(tmp_path: Path, postgres: 
 
 
 def test_the_daemon_refuses_to_start_when_postgresql_does_not_answer(
-    tmp_path: Path, closed_port: int
+    tmp_path: Path,
 ) -> None:
-    code, log = serve(tmp_path, f'[store]\nurl = "postgresql://postgres@127.0.0.1:{closed_port}/mail"\n')
+    code, log = serve(tmp_path, f'[store]\nurl = "postgresql://postgres@127.0.0.1:{free_port()}/mail"\n')
     assert code == 2, log
     refusal = [line for line in log.splitlines() if line.startswith("qsift: cannot start:")]
     assert len(refusal) == 1, log
@@ -210,3 +210,31 @@ def serve(tmp_path: Path, extra: str) -> tuple[int | None, str]:
     text = config_text(state, f"smtp:[127.0.0.1]:{free_port()}", free_port())
     config_file.write_text(text + extra)
     return start_until_ready_or_exit(config_file, tmp_path / "log", timeout=30)
+
+
+async def test_the_shared_record_keeps_the_first_delivery_and_is_purged_by_one_node_at_a_time(
+    store_url: str,
+) -> None:
+    from qsift.store.pg_outcomes import SharedOutcomes
+    from qsift.store.settings import StoreSettings
+
+    record = SharedOutcomes(StoreSettings(url=store_url, connect_timeout=1.0))
+    try:
+        await record.record(["k1", "k2"], "first", "250 ok", 100.0)
+        await record.record(["k2", "k3"], "second", "250 ok", 200.0)
+        found = await record.lookup(["k1", "k2", "k3", "k4"], 0.0)
+        assert {key: (r.mail_id, r.created) for key, r in found.items()} == {
+            "k1": ("first", 100.0),
+            "k2": ("first", 100.0),
+            "k3": ("second", 200.0),
+        }
+        assert set(await record.lookup(["k1", "k3"], 150.0)) == {"k3"}
+        with psycopg.connect(store_url, autocommit=True) as other_node:
+            other_node.execute("SELECT pg_advisory_lock(%s)", (0x71736F70,))
+            assert await record.purge(150.0) == 0  # the other node is purging
+            # Unlocked before the connection goes: a closing backend lets go of its locks a little later.
+            other_node.execute("SELECT pg_advisory_unlock(%s)", (0x71736F70,))
+        assert await record.purge(150.0) == 2
+        assert set(await record.lookup(["k1", "k2", "k3"], 0.0)) == {"k3"}
+    finally:
+        await record.close()

@@ -38,15 +38,18 @@ def connect(settings: StoreSettings) -> psycopg.Connection[TupleRow]:
         raise _unreachable(exc, settings.url) from None
 
 
-def worker_pool(settings: StoreSettings) -> AsyncConnectionPool[psycopg.AsyncConnection[TupleRow]]:
+def worker_pool(
+    settings: StoreSettings, *, check: bool = True
+) -> AsyncConnectionPool[psycopg.AsyncConnection[TupleRow]]:
     """A worker's pool, not yet open: open it (`await pool.open()`) in the worker, after the fork, since
-    a connection must never be shared across a fork."""
+    a connection must never be shared across a fork. With `check` each connection is tried (an empty
+    query, one round trip) before it is handed out; without, the caller retries on a broken one."""
     return AsyncConnectionPool(
         settings.url,
         min_size=1,
         max_size=settings.max_connections,
         open=False,
-        check=AsyncConnectionPool.check_connection,
+        check=AsyncConnectionPool.check_connection if check else None,
         kwargs={"autocommit": True, "connect_timeout": _whole_seconds(settings.connect_timeout)},
         # A message waits no longer for a free connection than for a new one.
         timeout=settings.connect_timeout,
