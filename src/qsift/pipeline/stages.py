@@ -153,15 +153,9 @@ class Pipeline:
         chunks = _feeding(body.chunks(), long_lines, marking)
         digest = await _off_the_loop_if_large(body.size, body_fingerprint, chunks)
         keys = {r.address: delivery_key(digest, envelope.sender, r.address) for r in envelope.recipients}
-        try:
-            already = await self._delivered_before(list(keys.values()))
-        except StoreUnreachable as exc:
-            # The shared record cannot say whether another node delivered this already, and could not
-            # record this delivery either: the client keeps the message and tries again (amavisd-new's
-            # 451 on a database down before acceptance).
-            logger.error("id=%s outcome record unreachable, the message waits (try later): %s", mail_id, exc)
-            reply = Row.OUTCOME_RECORD_UNREACHABLE.reply(mail_id=mail_id, error=exc)
-            return Outcome(mail_id, reply, Disposition.TEMPFAILED)
+        already = await self._delivered_before(mail_id, list(keys.values()))
+        if isinstance(already, Outcome):
+            return already  # the shared record does not answer: try later
         owed = tuple(r for r in envelope.recipients if keys[r.address] not in already)
         if not owed:
             return _duplicate(mail_id, next(iter(already.values())))
@@ -351,12 +345,20 @@ class Pipeline:
             outcome = await self.refusal_notice(outcome, message.envelope, refused, message.body)
         return outcome
 
-    async def _delivered_before(self, keys: Sequence[str]) -> dict[str, OutcomeRecord]:
+    async def _delivered_before(
+        self, mail_id: str, keys: Sequence[str]
+    ) -> dict[str, OutcomeRecord] | Outcome:
+        """The records of these keys; or Z when the shared record does not answer."""
         not_before = self.clock() - self.dedupe_window
         try:
             return await self.outcomes.lookup(keys, not_before)
-        except StoreUnreachable:
-            raise
+        except StoreUnreachable as exc:
+            # It cannot say whether another node delivered this already, and could not record this
+            # delivery either: the client keeps the message and tries again (amavisd-new's 451 when its
+            # database is down before acceptance).
+            logger.error("id=%s outcome record unreachable, the message waits (try later): %s", mail_id, exc)
+            reply = Row.OUTCOME_RECORD_UNREACHABLE.reply(mail_id=mail_id, error=exc)
+            return Outcome(mail_id, reply, Disposition.TEMPFAILED)
         except Exception as exc:  # a broken record on this node must not stop mail
             logger.error("outcome record lookup failed, forwarding anyway: %s", exc)
             return {}
