@@ -19,6 +19,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from psycopg import sql
 
 from qsift.store.pg_migrate import migrate
 from tests.fakes.mta import FakeMta, Script, fake_mta
@@ -238,3 +239,48 @@ async def test_the_shared_record_keeps_the_first_delivery_and_is_purged_by_one_n
         assert set(await record.lookup(["k1", "k2", "k3"], 0.0)) == {"k3"}
     finally:
         await record.close()
+
+
+async def test_a_database_turned_read_only_means_try_later_until_it_takes_writes_again(
+    tmp_path: Path, store_url: str, postgres: PostgresServer
+) -> None:
+    """As after a failover that left the URL on a standby: the workers' connections go, and a new one to
+    a read-only server is refused (target_session_attrs), so nothing is forwarded whose record would be
+    refused."""
+    database = store_url.rsplit("/", 1)[1]
+    read_only = sql.SQL("ALTER DATABASE {} SET default_transaction_read_only = {}")
+    async with fake_mta() as mta, two_nodes(tmp_path, store_url, mta) as (a, _):
+        before = await qmqp_send(a.qmqp, MESSAGE % (6, 6), SENDER, RECIPIENTS[:1])
+        with psycopg.connect(postgres.url(), autocommit=True) as admin:
+            admin.execute(read_only.format(sql.Identifier(database), sql.SQL("on")))
+            admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (database,)
+            )
+            refused = await qmqp_send(a.qmqp, MESSAGE % (7, 7), SENDER, RECIPIENTS[:1])
+            admin.execute(read_only.format(sql.Identifier(database), sql.SQL("off")))
+        deadline = time.monotonic() + 30
+        while not (again := await qmqp_send(a.qmqp, MESSAGE % (7, 7), SENDER, RECIPIENTS[:1])).startswith(
+            "K"
+        ):
+            assert again.startswith("Z") and time.monotonic() < deadline, again
+            await asyncio.sleep(0.2)
+    assert before.startswith("K"), before
+    assert refused.startswith("Z") and "cannot read the shared outcome record" in refused, refused
+    assert len(mta.accepted) == 2
+    assert recorded(store_url) == 2
+
+
+def test_the_daemon_refuses_to_start_on_a_read_only_database(tmp_path: Path, store_url: str) -> None:
+    database = store_url.rsplit("/", 1)[1]
+    with psycopg.connect(store_url, autocommit=True) as db:
+        db.execute(
+            sql.SQL("ALTER DATABASE {} SET default_transaction_read_only = on").format(
+                sql.Identifier(database)
+            )
+        )
+    code, log = serve(tmp_path, f'[store]\nurl = "{store_url}"\n')
+    assert code == 2, log
+    refusal = [line for line in log.splitlines() if line.startswith("qsift: cannot start:")]
+    assert refusal == [
+        "qsift: cannot start: the database is read-only (a standby?): point [store] url at the primary"
+    ], log

@@ -425,13 +425,13 @@ def _check_reloadable(old: Config, new: Config) -> None:
 def _check_shared_store(settings: StoreSettings) -> None:
     """ConfigError unless the shared store answers and has this qsift's schema: found once at start,
     not by every message (which would be answered Z). The connection is closed before any fork."""
-    from qsift.store.pg_migrate import SchemaNotCurrent, require_latest
+    from qsift.store.pg_migrate import StoreNotWritable, require_latest
     from qsift.store.postgres import connect
 
     try:
         with connect(settings) as db:
             require_latest(db)
-    except (StoreUnreachable, SchemaNotCurrent) as exc:
+    except (StoreUnreachable, StoreNotWritable) as exc:
         raise ConfigError(str(exc)) from None
 
 

@@ -50,10 +50,20 @@ def worker_pool(
         max_size=settings.max_connections,
         open=False,
         check=AsyncConnectionPool.check_connection if check else None,
-        kwargs={"autocommit": True, "connect_timeout": _whole_seconds(settings.connect_timeout)},
+        kwargs={"autocommit": True, "connect_timeout": _whole_seconds(settings.connect_timeout)}
+        | _writable(settings.url),
         # A message waits no longer for a free connection than for a new one.
         timeout=settings.connect_timeout,
     )
+
+
+def _writable(url: str) -> dict[str, str]:
+    """libpq's own test that a server takes writes, unless the URL says otherwise: a worker that lands on
+    a standby (after a failover, or among several hosts) then fails to connect, and the message is
+    answered Z, instead of forwarding mail whose record the standby would refuse."""
+    if "target_session_attrs" in conninfo_to_dict(url):
+        return {}
+    return {"target_session_attrs": "read-write"}
 
 
 def _whole_seconds(seconds: float) -> int:
