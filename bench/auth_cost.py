@@ -30,10 +30,11 @@ from tests.dns_server import running_knot, txt_strings
 
 from bench.passthrough import corpus
 from qsift.auth.dkim_keys import read_private_key
-from qsift.auth.dns import DnsSettings, Resolver
-from qsift.auth.settings import AuthSettings
+from qsift.auth.dns import Resolver
+from qsift.auth.settings import AuthSettings, DnsSettings
 from qsift.auth.signing import DkimSigner, SigningKey
-from qsift.checks.authentication import Client, MailAuthentication
+from qsift.checks.auth_verdict import Client
+from qsift.checks.authentication import MailAuthentication
 from qsift.dkim_tools import genkey
 
 DOMAIN = "bench.test"

@@ -27,7 +27,8 @@ import pytest
 
 from qsift import config, dkim_tools
 from qsift.auth.dkim_keys import PrivateKey, read_private_key
-from qsift.auth.dns import DnsSettings, Resolver
+from qsift.auth.dns import Resolver
+from qsift.auth.settings import DnsSettings
 from qsift.auth.signing import DkimSigner, SigningKey
 from tests.dns_server import DnsServer, running_knot, txt_strings
 from tests.unit.auth.test_dkim_keys import RFC8463_ED25519_PUBLIC, RFC8463_RSA_RECORD

@@ -18,7 +18,8 @@ import dkim
 import pytest
 
 from qsift.auth.dkim_keys import read_private_key
-from qsift.auth.dns import DnsSettings, Resolver
+from qsift.auth.dns import Resolver
+from qsift.auth.settings import DnsSettings
 from qsift.dkim_tools import genkey
 from tests.dns_server import DnsServer, running_knot, txt_strings
 from tests.fakes.mta import Delivery, fake_mta

@@ -17,8 +17,7 @@ import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
-from qsift.auth.headers import render_authentication_results
-from qsift.checks.authentication import DMARC_QUARANTINE
+from qsift.checks.auth_verdict import DMARC_QUARANTINE
 from qsift.checks.content import Verdict
 from qsift.checks.spam_levels import SpamLevels
 from qsift.model import Category
@@ -45,6 +44,8 @@ def header_fields(
     auth = verdict.auth
     if auth.all:
         # On top, above qsift's other fields (RFC 8601 §5: the receiver's own field comes first).
+        from qsift.auth.headers import render_authentication_results  # authres, for checked mail only
+
         rendered = render_authentication_results(auth.authserv_id, auth.all, linesep=b"\n")
         fields.insert(0, rendered.decode("ascii").removesuffix("\n"))
     spam = verdict.spam

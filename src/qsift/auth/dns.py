@@ -8,11 +8,9 @@ refused query raises `DnsTemporaryError`: the checks turn it into `temperror`, n
 
 from __future__ import annotations
 
-import ipaddress
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import dns.asyncresolver
 import dns.exception
@@ -22,7 +20,7 @@ import dns.resolver
 import dns.reversename
 import dns.rrset
 
-from qsift.declare import COUNT, STRINGS, setting
+from qsift.auth.settings import DnsSettings, split_nameserver
 
 #: Longest an answer is kept, whatever its TTL says: a key rotated or a record fixed is seen within it.
 MAX_TTL = 3600.0
@@ -31,44 +29,6 @@ NEGATIVE_TTL = 60.0
 
 class DnsTemporaryError(Exception):
     """No answer now (timeout, SERVFAIL, refused, network): the caller's result is temperror."""
-
-
-def _nameservers(entries: list[str]) -> tuple[str, ...]:
-    for entry in entries:
-        _split(entry)
-    return tuple(entries)
-
-
-def _split(entry: str) -> tuple[str, int]:
-    """`127.0.0.1`, `127.0.0.1:5353`, `::1`, `[::1]:5353`; ValueError otherwise."""
-    host, port = entry, 53
-    if entry.startswith("["):
-        host, _, rest = entry[1:].partition("]")
-        port = int(rest.removeprefix(":")) if rest.startswith(":") and rest[1:].isdigit() else -1
-    elif entry.count(":") == 1:
-        host, _, port_text = entry.partition(":")
-        port = int(port_text) if port_text.isdigit() else -1
-    ipaddress.ip_address(host)  # raises ValueError for a name: a resolver is given by address
-    if not 0 < port < 65536:
-        raise ValueError(f"bad port in {entry!r}")
-    return host, port
-
-
-@dataclass(frozen=True)
-class DnsSettings:
-    """`[dns]`: where the checks' DNS questions go."""
-
-    nameservers: tuple[str, ...] = setting(
-        [],
-        'Addresses of the resolvers to ask, each "ip" or "ip:port" ("[ipv6]:port"); empty: those of '
-        "/etc/resolv.conf.",
-        kind=STRINGS,
-        parse=_nameservers,
-    )
-    timeout: float = setting(5.0, "Seconds one question may take, retries included, before temperror.")
-    cache_size: int = setting(
-        10_000, "Answers kept per worker (each for its TTL, at most an hour).", kind=COUNT
-    )
 
 
 Clock = Callable[[], float]
@@ -136,7 +96,7 @@ class Resolver:
 
 
 def _nameserver(entry: str) -> dns.nameserver.Nameserver:
-    host, port = _split(entry)
+    host, port = split_nameserver(entry)
     return dns.nameserver.Do53Nameserver(host, port)
 
 

@@ -1,12 +1,9 @@
 """The authentication checks of one inbound message, together: DKIM, SPF, ARC, then DMARC over them.
 
 DKIM (every signature), SPF (the client's address, MAIL FROM, HELO for the null sender) and ARC run side
-by side on the shared resolver; DMARC then judges the From: domain by their results. What DMARC asks
-becomes a finding: a failure of `p=reject` is the `dmarc` category (its destiny rejects by default, as
-the large mailbox providers do); a failure of `p=quarantine` is tagged spammy (X-Spam-Flag: YES and the
-Subject tag) and passes, which is what "quarantine" means at a receiver that files mail for its users:
-their spam folder. A quarantined copy of every such message would fill the quarantine with mail that
-was delivered anyway. A valid ARC chain sealed by a domain in `arc_trusted_sealers` lifts either.
+by side on the shared resolver; DMARC then judges the From: domain by their results, and what it asks
+becomes a finding (auth_verdict.py). A valid ARC chain sealed by a domain in `arc_trusted_sealers` lifts
+a DMARC failure.
 
 Every DNS failure is a temperror in the results, never a finding: mail passes while DNS is down.
 """
@@ -15,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from typing import IO
 
 from qsift.auth.arc import ArcValidation, validate_arc
@@ -26,22 +22,11 @@ from qsift.auth.headers import authentication_results_ranges
 from qsift.auth.results import AuthResults, DmarcVerdict, MethodResult
 from qsift.auth.settings import AuthSettings
 from qsift.auth.spf import check_spf, spf_domain
-from qsift.model import Category, Finding
+from qsift.checks.auth_verdict import Client
 from qsift.spool import DEFAULT_CHUNK
 
 #: The head read for the From: field when a message is too large to read whole.
 _HEAD = 256 * 1024
-#: A Finding's minor code for a spammy finding made by DMARC (the spam scanner's have 0).
-DMARC_QUARANTINE = 1
-
-
-@dataclass(frozen=True)
-class Client:
-    """What SPF needs of the SMTP client: its address ("" unknown: no SPF) and HELO name."""
-
-    ip: str
-    helo: str
-    mail_from: str
 
 
 class MailAuthentication:
@@ -95,19 +80,6 @@ class MailAuthentication:
 
 async def _nothing() -> None:
     return None
-
-
-def findings(results: AuthResults) -> tuple[Finding, ...]:
-    """What the DMARC verdict makes of the message."""
-    verdict = results.verdict
-    said = results.summary()
-    if verdict.disposition == "reject":
-        return (Finding(Category.DMARC, 0, f"{verdict.domain} p=reject ({said})"),)
-    if verdict.disposition == "quarantine":
-        return (
-            Finding(Category.SPAMMY, DMARC_QUARANTINE, f"DMARC p=quarantine of {verdict.domain} ({said})"),
-        )
-    return ()
 
 
 def _read(opener: Callable[[], IO[bytes]], limit: int) -> bytes:

@@ -18,8 +18,7 @@ from dataclasses import dataclass, replace
 from functools import cached_property
 from typing import Any
 
-from qsift.auth.dns import DnsSettings
-from qsift.auth.settings import AuthSettings
+from qsift.auth.settings import AuthSettings, DnsSettings
 from qsift.auth.signing import DkimSettings
 from qsift.checks.banned import DEFAULT_RULES, BannedRule
 from qsift.checks.content import CheckSettings

@@ -11,13 +11,12 @@ import os
 import re
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from qsift.act.bounce import DsnBouncer
 from qsift.act.forward import make_forwarder
 from qsift.act.notices import Notices
-from qsift.auth.dns import Resolver
 from qsift.auth.signing import DkimSigner, SigningKey
-from qsift.checks.authentication import MailAuthentication
 from qsift.checks.scanner_set import ScannerSet
 from qsift.config import Config
 from qsift.pipeline.blocked import Keeper, NoQuarantine, QuarantineKeeper
@@ -27,6 +26,9 @@ from qsift.pipeline.slots import MessageSlots
 from qsift.pipeline.stages import Pipeline
 from qsift.store.outcomes import LocalOutcomes, OutcomeStore
 from qsift.store.quarantine import Quarantine
+
+if TYPE_CHECKING:
+    from qsift.checks.authentication import MailAuthentication
 
 OUTCOMES_FILE = "outcomes.sqlite"
 
@@ -94,6 +96,10 @@ def _authentication(config: Config) -> MailAuthentication | None:
     banks = config.policies.banks.values()
     if not config.auth.policy.check and not any(bank.auth.get("check") for bank in banks):
         return None
+    # Imported here: a site without the checks never loads dnspython, dkimpy or OpenSSL.
+    from qsift.auth.dns import Resolver
+    from qsift.checks.authentication import MailAuthentication
+
     return MailAuthentication(Resolver(config.dns), config.auth, config.authserv_id)
 
 

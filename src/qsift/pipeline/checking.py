@@ -11,10 +11,10 @@ import io
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import IO, Protocol
+from typing import IO, TYPE_CHECKING, Protocol
 
 from qsift.auth.results import AuthResults
-from qsift.checks.authentication import Client, MailAuthentication, findings
+from qsift.checks.auth_verdict import Client, findings
 from qsift.checks.content import CheckSettings, Verdict, check_message, inspect
 from qsift.checks.scanner_set import ScannerSet
 from qsift.errors import ScannerFailure
@@ -22,6 +22,9 @@ from qsift.model import Category, Finding, Recipient
 from qsift.observe import metrics
 from qsift.observe.log import logger
 from qsift.pipeline.inflight import InFlight
+
+if TYPE_CHECKING:
+    from qsift.checks.authentication import MailAuthentication
 
 
 class Checks(Protocol):

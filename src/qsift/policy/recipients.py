@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
-from qsift.checks.authentication import DMARC_QUARANTINE
+from qsift.checks.auth_verdict import DMARC_QUARANTINE
 from qsift.checks.content import Verdict
 from qsift.checks.spam_levels import spam_findings
 from qsift.model import Category, Finding, Recipient

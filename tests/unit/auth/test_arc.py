@@ -12,9 +12,10 @@ from hypothesis import strategies as st
 
 from qsift.auth.arc import ArcKey, ArcValidation, sign_arc, validate_arc
 from qsift.auth.dkim import verify_dkim
-from qsift.auth.dns import DnsSettings, Resolver
+from qsift.auth.dns import Resolver
 from qsift.auth.headers import render_authentication_results
 from qsift.auth.results import MethodResult
+from qsift.auth.settings import DnsSettings
 from tests.dns_server import running_knot, silent_nameserver, txt_strings
 from tests.unit.auth import opendkim
 

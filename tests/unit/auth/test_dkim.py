@@ -16,8 +16,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from qsift.auth.dkim import MAX_SIGNATURES, _b_prefixes, verify_dkim, verify_dkim_body
-from qsift.auth.dns import DnsSettings, Resolver
+from qsift.auth.dns import Resolver
 from qsift.auth.results import MethodResult
+from qsift.auth.settings import DnsSettings
 from qsift.spool import MessageSpool
 from tests.dns_server import running_knot, silent_nameserver, txt_strings
 from tests.unit.auth import opendkim

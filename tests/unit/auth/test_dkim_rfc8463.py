@@ -8,7 +8,8 @@ from collections.abc import Iterator
 import pytest
 
 from qsift.auth.dkim import verify_dkim
-from qsift.auth.dns import DnsSettings, Resolver
+from qsift.auth.dns import Resolver
+from qsift.auth.settings import DnsSettings
 from tests.dns_server import running_knot
 
 ZONE = """\

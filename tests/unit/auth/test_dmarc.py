@@ -13,8 +13,9 @@ from hypothesis import strategies as st
 
 from qsift.auth.dmarc import aligned, author_domain, check_dmarc, organizational_domain
 from qsift.auth.dmarc_record import POLICIES, DmarcRecord, DmarcRecordError, parse_record
-from qsift.auth.dns import DnsSettings, Resolver
+from qsift.auth.dns import Resolver
 from qsift.auth.results import DmarcVerdict, MethodResult
+from qsift.auth.settings import DnsSettings
 from tests.dns_server import DnsServer, running_knot, silent_nameserver
 
 ZONES = {

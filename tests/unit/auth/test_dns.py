@@ -10,7 +10,8 @@ from collections.abc import Iterator
 import pytest
 
 from qsift import config
-from qsift.auth.dns import DnsSettings, DnsTemporaryError, Resolver
+from qsift.auth.dns import DnsTemporaryError, Resolver
+from qsift.auth.settings import DnsSettings
 from qsift.errors import ConfigError
 from tests.dns_server import DnsServer, running_knot, silent_nameserver, txt_strings
 

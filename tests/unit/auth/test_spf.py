@@ -12,8 +12,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from qsift.auth.dns import DnsSettings, Resolver
+from qsift.auth.dns import Resolver
 from qsift.auth.results import RESULTS, MethodResult
+from qsift.auth.settings import DnsSettings
 from qsift.auth.spf import check_helo, check_host, check_spf, client_ip, spf_domain, valid_domain
 from qsift.auth.spf_record import (
     Macro,

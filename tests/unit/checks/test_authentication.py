@@ -11,10 +11,11 @@ from dataclasses import dataclass
 import pytest
 
 from qsift.auth.arc import ArcKey, sign_arc
-from qsift.auth.dns import DnsSettings, Resolver
+from qsift.auth.dns import Resolver
 from qsift.auth.results import AuthResults, DmarcVerdict, MethodResult
-from qsift.auth.settings import AuthSettings
-from qsift.checks.authentication import DMARC_QUARANTINE, Client, MailAuthentication, findings
+from qsift.auth.settings import AuthSettings, DnsSettings
+from qsift.checks.auth_verdict import DMARC_QUARANTINE, Client, findings
+from qsift.checks.authentication import MailAuthentication
 from qsift.model import Category
 from tests.dns_server import running_knot, txt_strings
 from tests.unit.auth import opendkim
