@@ -13,9 +13,8 @@ One key, RSA: dkimpy seals with rsa-sha256 alone (RFC 8617 §5.1.1.2 names no ot
 from __future__ import annotations
 
 import re
-from collections.abc import Collection, Iterator, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import dkim
 
@@ -26,6 +25,10 @@ from qsift.auth.results import AuthResults
 from qsift.auth.signing import domain_name, selector_name
 from qsift.declare import section, setting
 from qsift.errors import ConfigError
+
+
+def _or_empty(parse: Callable[[str], str]) -> Callable[[str], str]:
+    return lambda text: parse(text) if text else ""
 
 
 @dataclass(frozen=True)
@@ -44,31 +47,31 @@ class ArcSettings:
     """`[arc]`: the sealing key and whether the base policy seals."""
 
     domain: str = setting(
-        "", "The sealing domain (d=); the public key is at SELECTOR._domainkey.DOMAIN.", parse=domain_name
+        "",
+        "The sealing domain (d=); the public key is at SELECTOR._domainkey.DOMAIN.",
+        parse=_or_empty(domain_name),
     )
-    selector: str = setting("", "The selector (s=).", parse=selector_name)
+    selector: str = setting("", "The selector (s=).", parse=_or_empty(selector_name))
     key_file: str = setting(
         "", "The PEM RSA private key (dkimpy seals with rsa-sha256 only); empty: nothing is sealed."
     )
     switches: SealingSwitches = section(SealingSwitches, "", flat=True)
 
-    @staticmethod
-    def config_rules(
-        values: Mapping[str, Any], written: Collection[str]
-    ) -> Iterator[tuple[tuple[str | int, ...], str]]:
-        """A key needs the domain and selector it is published under, and they need a key."""
-        needed = ("domain", "selector", "key_file")
-        if any(values.get(key) for key in needed):
-            for key in needed:
-                if not values.get(key):
-                    yield (key,), "is required: the sealing key needs its domain, selector and key_file"
-
 
 def load_arc_key(settings: ArcSettings) -> ArcKey | None:
     """The configured sealing key, read, or None without one; ConfigError names the file and what is
-    wrong with it (missing, unreadable, not a key, not RSA)."""
-    if not settings.key_file:
+    wrong with it (missing, unreadable, not a key, not RSA), or the setting missing beside the others.
+
+    Checked here, at start, rather than as a rule of the section: each key of a configuration is valid
+    alone (tests/unit/test_config_check.py), and the three are one thing."""
+    given = {"domain": settings.domain, "selector": settings.selector, "key_file": settings.key_file}
+    if not any(given.values()):
         return None
+    missing = [name for name, value in given.items() if not value]
+    if missing:
+        raise ConfigError(
+            f"[arc] {' and '.join(missing)} unset: a sealing key needs domain, selector and key_file"
+        )
     where = f"the ARC key {settings.key_file} ({settings.selector}._domainkey.{settings.domain})"
     try:
         key = read_private_key(settings.key_file)

@@ -151,8 +151,12 @@ def test_the_key_is_read_and_an_unusable_one_refused(world: World, tmp_path: Pat
 
 
 def test_a_key_needs_its_domain_and_selector() -> None:
-    with pytest.raises(ConfigError, match=r"\[arc\] selector: is required"):
-        config.from_mapping({"arc": {"domain": "forwarder.test", "key_file": "/k.pem"}})
+    with pytest.raises(ConfigError, match=r"\[arc\] selector unset: a sealing key needs domain, selector"):
+        load_arc_key(ArcSettings(domain="forwarder.test", key_file="/k.pem"))
+    with pytest.raises(ConfigError, match=r"\[arc\] domain and key_file unset"):
+        load_arc_key(ArcSettings(selector="seal"))
+    with pytest.raises(ConfigError, match=r"\[arc\] domain: not a domain name"):
+        config.from_mapping({"arc": {"domain": "-x-"}})
 
 
 def test_a_bank_turns_sealing_on() -> None:
