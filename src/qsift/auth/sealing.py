@@ -115,7 +115,9 @@ def seal(key: ArcKey, message: bytes, auth: AuthResults) -> Sealed:
     # and given to sign_arc, which puts it back on top: dkimpy reads every field of our authserv-id, and
     # two would be two arc= results, a failed chain. Authentication-Results is in neither signature.
     crlf = re.sub(rb"\r\n|\r|\n", b"\r\n", message)
-    without = remove_authentication_results(crlf, auth.authserv_id)
+    end = crlf.find(b"\r\n\r\n")
+    cut = end + 2 if end >= 0 else len(crlf)  # the header section alone is read for the field
+    without = remove_authentication_results(crlf[:cut], auth.authserv_id) + crlf[cut:]
     field = render_authentication_results(auth.authserv_id, auth.all)
     try:
         lines = sign_arc(without, auth.authserv_id, field, key)
