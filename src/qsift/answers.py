@@ -95,6 +95,9 @@ class Row(enum.Enum):
     MAILDIR_FAILED = _Row("Z", 451, "4.3.0", "maildir delivery failed: {error}")
     SCANNERS_FAILED = _Row("Z", 451, "4.5.0", "id={mail_id} - {detail}")
     QUARANTINE_FAILED = _Row("Z", 451, "4.3.0", "id={mail_id} - cannot quarantine: {error}")
+    OUTCOME_RECORD_UNREACHABLE = _Row(
+        "Z", 451, "4.3.0", "id={mail_id} - cannot read the shared outcome record: {error}"
+    )
     DSN_FAILED = _Row("Z", 451, "4.5.0", "id={mail_id} - BOUNCE: the DSN could not be sent ({text})")
     REFUSAL_DSN_FAILED = _Row(
         "Z",

@@ -93,6 +93,11 @@ ROW_CASES: list[tuple[Row, dict[str, object], str]] = [
     (Row.MAILDIR_DELIVERED, {"name": "1.2.host"}, "K250 2.0.0 Ok: delivered as 1.2.host"),
     (Row.REJECTED, {"mail_id": "M", "reason": "VIRUS Eicar"}, "D554 5.7.0 Reject, id=M - VIRUS Eicar"),
     (
+        Row.OUTCOME_RECORD_UNREACHABLE,
+        {"mail_id": "M", "error": "PostgreSQL: connection refused"},
+        "Z451 4.3.0 id=M - cannot read the shared outcome record: PostgreSQL: connection refused",
+    ),
+    (
         Row.REJECTED_DMARC,
         {"mail_id": "M", "domain": "example.org"},
         "D550 5.7.26 Unauthenticated email from example.org is not accepted due to domain's DMARC "

@@ -26,7 +26,7 @@ from qsift.pipeline.checking import ContentChecks
 from qsift.pipeline.parts import NoOutcomeRecord, OutcomeLedger
 from qsift.pipeline.slots import MessageSlots
 from qsift.pipeline.stages import Pipeline
-from qsift.store.outcomes import OutcomeStore
+from qsift.store.outcomes import LocalOutcomes, OutcomeStore
 from qsift.store.quarantine import Quarantine
 
 OUTCOMES_FILE = "outcomes.sqlite"
@@ -47,8 +47,8 @@ def build_pipeline(
 
     `client_key`, `mark_key`, `dkim_keys` and `arc_key` are the site's keys (serve/keys.py); without them
     no X-Qsift-Client field is believed, no mark is made and nothing is DKIM-signed or ARC-sealed. With
-    `durable` the outcome record (in state_dir, made if missing) and the quarantine are opened:
-    `Pipeline.close` closes them.
+    `durable` the outcome record (in state_dir, made if missing, or in PostgreSQL when `[store] url` is
+    set) and the quarantine are opened: `Pipeline.close` closes them.
     """
     notifier = make_forwarder(config.notify_forward, config.myhostname)
     bouncer = DsnBouncer(
@@ -58,12 +58,14 @@ def build_pipeline(
     quarantine: Keeper = NoQuarantine()
     if durable:
         os.makedirs(config.state_dir, mode=0o700, exist_ok=True)
-        outcomes = OutcomeStore(os.path.join(config.state_dir, OUTCOMES_FILE))
+        local = None if config.store.url else OutcomeStore(os.path.join(config.state_dir, OUTCOMES_FILE))
         try:
             kept = Quarantine(config.quarantine_dir)
         except BaseException:
-            outcomes.close()
+            if local is not None:
+                local.close()
             raise
+        outcomes = LocalOutcomes(local) if local is not None else _shared_outcomes(config)
         quarantine = QuarantineKeeper(kept, config.dedupe_window, clock)
     return Pipeline(
         forwarder=make_forwarder(config.forward, config.myhostname),
@@ -96,3 +98,11 @@ def _authentication(config: Config) -> MailAuthentication | None:
     if not config.auth.policy.check and not any(bank.auth.get("check") for bank in banks):
         return None
     return MailAuthentication(Resolver(config.dns), config.auth, config.authserv_id)
+
+
+def _shared_outcomes(config: Config) -> OutcomeLedger:
+    """The outcome record in PostgreSQL; its pool connects on first use, in the worker, after the fork."""
+    # Imported here: a site without a shared store never loads the driver.
+    from qsift.store.pg_outcomes import SharedOutcomes
+
+    return SharedOutcomes(config.store)

@@ -15,30 +15,32 @@ from qsift.store.outcomes import OutcomeRecord
 
 
 class OutcomeLedger(Protocol):
-    """What was delivered to whom, to answer a retry without delivering twice (store/outcomes.py)."""
+    """What was delivered to whom, to answer a retry without delivering twice: on one node in SQLite
+    (store/outcomes.py, in threads), shared in PostgreSQL (store/pg_outcomes.py). None of the calls may
+    block the event loop. The shared one raises StoreUnreachable when it cannot answer."""
 
-    def lookup(self, keys: Sequence[str], not_before: float) -> dict[str, OutcomeRecord]: ...
+    async def lookup(self, keys: Sequence[str], not_before: float) -> dict[str, OutcomeRecord]: ...
 
-    def record(self, keys: Sequence[str], mail_id: str, answer: str, now: float) -> None: ...
+    async def record(self, keys: Sequence[str], mail_id: str, answer: str, now: float) -> None: ...
 
-    def purge(self, older_than: float) -> int: ...
+    async def purge(self, older_than: float) -> int: ...
 
-    def close(self) -> None: ...
+    async def close(self) -> None: ...
 
 
 class NoOutcomeRecord:
     """Nothing is remembered: every retry is delivered again."""
 
-    def lookup(self, keys: Sequence[str], not_before: float) -> dict[str, OutcomeRecord]:
+    async def lookup(self, keys: Sequence[str], not_before: float) -> dict[str, OutcomeRecord]:
         return {}
 
-    def record(self, keys: Sequence[str], mail_id: str, answer: str, now: float) -> None:
+    async def record(self, keys: Sequence[str], mail_id: str, answer: str, now: float) -> None:
         pass
 
-    def purge(self, older_than: float) -> int:
+    async def purge(self, older_than: float) -> int:
         return 0
 
-    def close(self) -> None:
+    async def close(self) -> None:
         pass
 
 

@@ -30,7 +30,7 @@ from qsift.auth.arc import ArcKey
 from qsift.auth.signing import DkimSigner
 from qsift.checks.content import Verdict
 from qsift.checks.headers import header_section
-from qsift.errors import ScannerFailure, SpoolError
+from qsift.errors import ScannerFailure, SpoolError, StoreUnreachable
 from qsift.model import (
     Answer,
     Category,
@@ -142,7 +142,7 @@ class Pipeline:
 
     async def close(self) -> None:
         """Close what the pipeline holds open: the outcome record, the quarantine, the scanners' sessions."""
-        self.outcomes.close()
+        await self.outcomes.close()
         self.quarantine.close()
         await self.checks.close()
 
@@ -161,7 +161,9 @@ class Pipeline:
         chunks = _feeding(body.chunks(), long_lines, marking)
         digest = await _off_the_loop_if_large(body.size, body_fingerprint, chunks)
         keys = {r.address: delivery_key(digest, envelope.sender, r.address) for r in envelope.recipients}
-        already = await self._delivered_before(list(keys.values()))
+        already = await self._delivered_before(mail_id, list(keys.values()))
+        if isinstance(already, Outcome):
+            return already  # the shared record does not answer: try later
         owed = tuple(r for r in envelope.recipients if keys[r.address] not in already)
         if not owed:
             return _duplicate(mail_id, next(iter(already.values())))
@@ -354,17 +356,27 @@ class Pipeline:
             outcome = await self.refusal_notice(outcome, message.envelope, refused, message.body)
         return outcome
 
-    async def _delivered_before(self, keys: Sequence[str]) -> dict[str, OutcomeRecord]:
+    async def _delivered_before(
+        self, mail_id: str, keys: Sequence[str]
+    ) -> dict[str, OutcomeRecord] | Outcome:
+        """The records of these keys; or Z when the shared record does not answer."""
         not_before = self.clock() - self.dedupe_window
         try:
-            return await asyncio.to_thread(self.outcomes.lookup, keys, not_before)
-        except Exception as exc:  # a broken record must not stop mail
+            return await self.outcomes.lookup(keys, not_before)
+        except StoreUnreachable as exc:
+            # It cannot say whether another node delivered this already, and could not record this
+            # delivery either: the client keeps the message and tries again (amavisd-new's 451 when its
+            # database is down before acceptance).
+            logger.error("id=%s outcome record unreachable, the message waits (try later): %s", mail_id, exc)
+            reply = Row.OUTCOME_RECORD_UNREACHABLE.reply(mail_id=mail_id, error=exc)
+            return Outcome(mail_id, reply, Disposition.TEMPFAILED)
+        except Exception as exc:  # a broken record on this node must not stop mail
             logger.error("outcome record lookup failed, forwarding anyway: %s", exc)
             return {}
 
     async def _record(self, keys: Sequence[str], mail_id: str, answer: str) -> None:
         try:
-            await asyncio.to_thread(self.outcomes.record, keys, mail_id, answer, self.clock())
+            await self.outcomes.record(keys, mail_id, answer, self.clock())
         except Exception as exc:  # whatever it is (a full disk, a thread that cannot start)
             # The downstream has the message: answering Z (or dropping the connection) now would make the
             # retry a duplicate for sure, while a missing record only makes a duplicate possible if the

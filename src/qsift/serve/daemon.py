@@ -103,8 +103,9 @@ class Daemon:
     async def _bind_all(self, pipeline: Pipeline, spool_dir: str) -> None:
         # The outcome record, the quarantine and the maildir forward work in threads: a worker whose
         # threads cannot start (or cannot read the record) cannot serve, and must fail here rather
-        # than say ready and drop every connection after its forward.
-        await asyncio.to_thread(pipeline.outcomes.lookup, ("",), 0.0)
+        # than say ready and drop every connection after its forward. A shared record opens its pool
+        # here, after the fork, and checks the schema.
+        await pipeline.outcomes.lookup(("",), 0.0)
         for listener in self.config.listeners:
             handler, slots = self._handler_for(listener, pipeline, spool_dir)
             await self._bind(listener, handler, slots)
@@ -144,7 +145,8 @@ class Daemon:
         while True:
             now = time.time()
             try:
-                gone = await asyncio.to_thread(pipeline.outcomes.purge, now - config.dedupe_window)
+                # A shared record is purged by one node at a time (the others find it locked and skip).
+                gone = await pipeline.outcomes.purge(now - config.dedupe_window)
                 if gone:
                     logger.info("outcome record: %d entries past the dedupe window removed", gone)
                 days = config.quarantine.max_age_days

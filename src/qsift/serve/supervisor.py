@@ -34,13 +34,14 @@ from dataclasses import dataclass, field
 
 from qsift import config as config_module
 from qsift.config import Config, Listener
-from qsift.errors import ConfigError
+from qsift.errors import ConfigError, StoreUnreachable
 from qsift.observe import log, metrics
 from qsift.observe.log import logger
 from qsift.serve import privileges
 from qsift.serve.daemon import Daemon
 from qsift.serve.keys import SiteKeys, load_keys
 from qsift.serve.status import status_dir
+from qsift.store.settings import StoreSettings
 
 _SIGNALS = {signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1}
 #: A worker that dies sooner than this after its start counts as a crash loop.
@@ -92,6 +93,8 @@ class Supervisor:
         if user is not None:
             privileges.import_before_drop()
             privileges.drop(user)
+        if self.config.store.url:
+            _check_shared_store(self.config.store)  # as the run user, who has the ~/.pgpass
         signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
         if self.config.metrics.address:
             # After the drop (the files must be the workers'), before the first fork.
@@ -417,6 +420,19 @@ def _check_reloadable(old: Config, new: Config) -> None:
     ):
         if before != after:
             raise ConfigError(f"{name} changed: restart qsift to apply it")
+
+
+def _check_shared_store(settings: StoreSettings) -> None:
+    """ConfigError unless the shared store answers and has this qsift's schema: found once at start,
+    not by every message (which would be answered Z). The connection is closed before any fork."""
+    from qsift.store.pg_migrate import StoreNotWritable, require_latest
+    from qsift.store.postgres import connect
+
+    try:
+        with connect(settings) as db:
+            require_latest(db)
+    except (StoreUnreachable, StoreNotWritable) as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def _write_pid_file(config: Config) -> None:

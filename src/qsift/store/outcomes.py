@@ -13,12 +13,13 @@ in the write-ahead log the moment `record()` returns and survives the process be
 power cut or a kernel crash can lose the last records before the next checkpoint's fsync. A lost record
 costs a duplicate on the retry, never a lost message, while each commit's fsync was most of the window
 in which a killed worker makes a duplicate (docs/reliability.md). The quarantine, which disposes of
-mail, keeps synchronous=FULL. Calls block on the disk, so the daemon runs them in a thread
-(`asyncio.to_thread`).
+mail, keeps synchronous=FULL. Calls block on the disk, so the daemon uses the store through
+`LocalOutcomes`, which runs each in a thread (`asyncio.to_thread`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 import re
@@ -138,3 +139,22 @@ class OutcomeStore:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+
+class LocalOutcomes:
+    """The pipeline's outcome record on one node: an OutcomeStore, each call in a thread."""
+
+    def __init__(self, store: OutcomeStore) -> None:
+        self.store = store
+
+    async def lookup(self, keys: Sequence[str], not_before: float) -> dict[str, OutcomeRecord]:
+        return await asyncio.to_thread(self.store.lookup, keys, not_before)
+
+    async def record(self, keys: Sequence[str], mail_id: str, answer: str, now: float) -> None:
+        await asyncio.to_thread(self.store.record, keys, mail_id, answer, now)
+
+    async def purge(self, older_than: float) -> int:
+        return await asyncio.to_thread(self.store.purge, older_than)
+
+    async def close(self) -> None:
+        self.store.close()

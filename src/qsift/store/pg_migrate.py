@@ -27,6 +27,11 @@ class SchemaTooNew(QsiftError):
     """The database was migrated by a newer qsift: this one must not write to it."""
 
 
+class StoreNotWritable(QsiftError):
+    """The database cannot take this qsift's records (an older or newer schema, or read-only): the daemon
+    does not start on it."""
+
+
 class MigrationFailed(QsiftError):
     """PostgreSQL refused a migration (a missing privilege, a clashing table); it was rolled back."""
 
@@ -99,3 +104,23 @@ def _next(migrations: Sequence[Migration], current: int) -> Migration | None:
             f"the database's schema is at version {current}, newer than this qsift's {latest}: upgrade qsift"
         )
     return next((step for step in migrations if step.version > current), None)
+
+
+def require_latest(db: psycopg.Connection[TupleRow]) -> None:
+    """StoreNotWritable unless the database takes writes and is at this qsift's schema, with what to do."""
+    row = db.execute("SHOW transaction_read_only").fetchone()
+    if row is not None and row[0] == "on":
+        raise StoreNotWritable("the database is read-only (a standby?): point [store] url at the primary")
+    require_version(schema_version(db))
+
+
+def require_version(version: int) -> None:
+    latest = MIGRATIONS[-1].version
+    if version > latest:
+        raise StoreNotWritable(
+            f"the database's schema is at version {version}, newer than this qsift's {latest}: upgrade qsift"
+        )
+    if version < latest:
+        raise StoreNotWritable(
+            f"the database's schema is at version {version}, not {latest}: run `qsift store init`"
+        )

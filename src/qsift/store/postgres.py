@@ -38,19 +38,32 @@ def connect(settings: StoreSettings) -> psycopg.Connection[TupleRow]:
         raise _unreachable(exc, settings.url) from None
 
 
-def worker_pool(settings: StoreSettings) -> AsyncConnectionPool[psycopg.AsyncConnection[TupleRow]]:
+def worker_pool(
+    settings: StoreSettings, *, check: bool = True
+) -> AsyncConnectionPool[psycopg.AsyncConnection[TupleRow]]:
     """A worker's pool, not yet open: open it (`await pool.open()`) in the worker, after the fork, since
-    a connection must never be shared across a fork."""
+    a connection must never be shared across a fork. With `check` each connection is tried (an empty
+    query, one round trip) before it is handed out; without, the caller retries on a broken one."""
     return AsyncConnectionPool(
         settings.url,
         min_size=1,
         max_size=settings.max_connections,
         open=False,
-        check=AsyncConnectionPool.check_connection,
-        kwargs={"autocommit": True, "connect_timeout": _whole_seconds(settings.connect_timeout)},
+        check=AsyncConnectionPool.check_connection if check else None,
+        kwargs={"autocommit": True, "connect_timeout": _whole_seconds(settings.connect_timeout)}
+        | _writable(settings.url),
         # A message waits no longer for a free connection than for a new one.
         timeout=settings.connect_timeout,
     )
+
+
+def _writable(url: str) -> dict[str, str]:
+    """libpq's own test that a server takes writes, unless the URL says otherwise: a worker that lands on
+    a standby (after a failover, or among several hosts) then fails to connect, and the message is
+    answered Z, instead of forwarding mail whose record the standby would refuse."""
+    if "target_session_attrs" in conninfo_to_dict(url):
+        return {}
+    return {"target_session_attrs": "read-write"}
 
 
 def _whole_seconds(seconds: float) -> int:
