@@ -200,7 +200,7 @@ viruses_that_fake_sender = "("
         (27, "[dsn] viruses_that_fake_sender"),
     ]
     by_key = {r.text.split(":")[0]: r.text for r in reports}
-    assert "allowed: allow_root, auth, banned," in by_key["log_levl"]
+    assert "allowed: allow_root, arc, auth, banned," in by_key["log_levl"]
     assert "one of qmqp, smtp, lmtp" in by_key["[[listen]] #1 protocol"]
     assert "one of pass, discard, bounce, reject" in by_key["[destiny] spam"]
     assert (

@@ -60,6 +60,10 @@ class AuthResults:
     #: Byte ranges of the message's Authentication-Results fields that claim that authserv-id: forged
     #: (or an earlier pass of ours), cut out as the message leaves (RFC 8601 §5).
     forged: tuple[tuple[int, int], ...] = ()
+    #: The cv= an ARC seal of ours would carry ("none", "pass" or "fail", RFC 8617 §4.1.3); "" for no seal:
+    #: ARC not validated, or the chain failed only because a key lookup failed for now (a cv=fail would
+    #: end a chain that may be sound).
+    arc_cv: str = ""
 
     @property
     def all(self) -> tuple[MethodResult, ...]:

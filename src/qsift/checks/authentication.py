@@ -61,7 +61,8 @@ class MailAuthentication:
             reason = f"{dmarc.reason}; ARC sealed by {arc.sealer} (trusted)"
             dmarc = MethodResult(dmarc.method, dmarc.result, reason, dmarc.properties)
         forged = tuple(authentication_results_ranges(message[:_HEAD], self.authserv_id))
-        return AuthResults(dkim, spf, dmarc, arc_result, verdict, self.authserv_id, forged)
+        arc_cv = arc.cv if arc is not None and not arc.temporary else ""
+        return AuthResults(dkim, spf, dmarc, arc_result, verdict, self.authserv_id, forged, arc_cv)
 
     def _vouched_for(self, arc: ArcValidation | None) -> bool:
         """A valid chain whose newest seal is a trusted sealer's: a list or forwarder that broke DMARC."""

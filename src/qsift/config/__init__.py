@@ -18,6 +18,7 @@ from dataclasses import dataclass, replace
 from functools import cached_property
 from typing import Any
 
+from qsift.auth.sealing import ArcSettings
 from qsift.auth.settings import AuthSettings, DnsSettings
 from qsift.auth.signing import DkimSettings
 from qsift.checks.banned import DEFAULT_RULES, BannedRule
@@ -365,6 +366,7 @@ class Config:
         AuthSettings,
         "Checks of inbound mail: DKIM, SPF, DMARC and ARC, and the Authentication-Results field.",
     )
+    arc: ArcSettings = section(ArcSettings, "ARC sealing of checked mail passed on for others: the key.")
 
     def __post_init__(self) -> None:
         if not self.myhostname:
@@ -400,6 +402,7 @@ class Config:
             self.notify.who,
             self.dkim.switches,
             self.auth.policy,
+            self.arc.switches,
         )
         by_listener = {
             listener.name: listener.policy_bank for listener in self.listen if listener.policy_bank

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 from qsift.act.bounce import DsnBouncer
 from qsift.act.forward import make_forwarder
 from qsift.act.notices import Notices
+from qsift.auth.arc import ArcKey
 from qsift.auth.signing import DkimSigner, SigningKey
 from qsift.checks.scanner_set import ScannerSet
 from qsift.config import Config
@@ -39,16 +40,17 @@ def build_pipeline(
     client_key: bytes | None = None,
     mark_key: bytes | None = None,
     dkim_keys: tuple[SigningKey, ...] = (),
+    arc_key: ArcKey | None = None,
     workers: int = 1,
     durable: bool = True,
     clock: Callable[[], float] = time.time,
 ) -> Pipeline:
     """The pipeline `config` describes, for one of `workers` processes sharing max_servers.
 
-    `client_key`, `mark_key` and `dkim_keys` are the site's keys (serve/keys.py); without them no
-    X-Qsift-Client field is believed, no mark is made and nothing is DKIM-signed. With `durable` the
-    outcome record (in state_dir, made if missing, or in PostgreSQL when `[store] url` is set) and the
-    quarantine are opened: `Pipeline.close` closes them.
+    `client_key`, `mark_key`, `dkim_keys` and `arc_key` are the site's keys (serve/keys.py); without them
+    no X-Qsift-Client field is believed, no mark is made and nothing is DKIM-signed or ARC-sealed. With
+    `durable` the outcome record (in state_dir, made if missing, or in PostgreSQL when `[store] url` is
+    set) and the quarantine are opened: `Pipeline.close` closes them.
     """
     notifier = make_forwarder(config.notify_forward, config.myhostname)
     bouncer = DsnBouncer(
@@ -84,6 +86,7 @@ def build_pipeline(
         client_key=client_key,
         mark_key=mark_key if config.mark.enabled else None,
         signer=DkimSigner(dkim_keys),
+        sealer=arc_key,
         hostname=config.myhostname,
         dedupe_window=config.dedupe_window,
         clock=clock,

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from qsift.act.long_lines import NO_LONG_LINES, FitPlan
+from qsift.auth.results import AuthResults
 from qsift.model import Envelope
 from qsift.pipeline.client import ClientFields
 from qsift.policy.settings import Policy
@@ -39,3 +40,5 @@ class InFlight:
     #: Byte ranges cut from every forwarded copy besides the X-Qsift-Client fields: forged
     #: Authentication-Results fields, once the checks found them.
     cut: tuple[tuple[int, int], ...] = ()
+    #: The authentication results, once the checks ran: every copy's seal carries them (pipeline/sealing.py).
+    auth: AuthResults = field(default_factory=AuthResults)

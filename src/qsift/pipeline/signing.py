@@ -25,7 +25,7 @@ _SIGN_INLINE = 256 * 1024
 
 @dataclass(frozen=True)
 class SignedMessage:
-    """A copy with its DKIM-Signature fields on top."""
+    """A copy with fields on top: its DKIM-Signature fields, or an ARC set (pipeline/sealing.py)."""
 
     inner: MessageBody
     fields: bytes

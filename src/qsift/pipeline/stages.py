@@ -26,6 +26,7 @@ from qsift.act.forward import Forwarder
 from qsift.act.headers import EditedMessage, edit_message, header_fields, subject_tag
 from qsift.act.long_lines import FittedMessage, plan_fit
 from qsift.answers import Row, reply_for_error
+from qsift.auth.arc import ArcKey
 from qsift.auth.signing import DkimSigner
 from qsift.checks.content import Verdict
 from qsift.checks.headers import header_section
@@ -48,6 +49,7 @@ from qsift.pipeline.client import client_fields
 from qsift.pipeline.deliveries import Deliveries
 from qsift.pipeline.inflight import InFlight
 from qsift.pipeline.parts import OutcomeLedger, RefusalNotice
+from qsift.pipeline.sealing import sealed_copy
 from qsift.pipeline.signing import signed_copy
 from qsift.pipeline.slots import MessageSlots
 from qsift.policy.bank import Policies
@@ -104,6 +106,8 @@ class Pipeline:
     mark_key: bytes | None
     #: Signs originating mail with the keys of its From: domain; with no keys, nothing.
     signer: DkimSigner
+    #: Seals checked mail passed on for others, where the policy says so; None: nothing is sealed.
+    sealer: ArcKey | None
     #: Named in X-Virus-Scanned.
     hostname: str
     dedupe_window: float
@@ -235,7 +239,7 @@ class Pipeline:
             return Outcome(mail_id, reply, Disposition.TEMPFAILED, category="UNCHECKED")
         if verdict is None:
             return await self._pass_unchecked(message, owed, already, deliveries)
-        message = replace(message, virus_scanned=virus_scanned, cut=verdict.auth.forged)
+        message = replace(message, virus_scanned=virus_scanned, cut=verdict.auth.forged, auth=verdict.auth)
         decisions = decide_recipients(verdict, message.policy, owed, message.spool.size)
         category = _log_category(decisions)
         blocked = [d for d in decisions if d.blocked]
@@ -320,7 +324,8 @@ class Pipeline:
                 edit_message(message.spool, list(fields), tag, message.client.ranges + message.cut),
                 message.fit,
             )
-            body = await signed_copy(self.signer, message.policy, fitted, message.mail_id)
+            signed = await signed_copy(self.signer, message.policy, fitted, message.mail_id)
+            body = await sealed_copy(self.sealer, message.policy, message.auth, signed, message.mail_id)
             envelope = _outgoing(message, tuple(recipients))
             started = time.monotonic()
             results.append(await self.forwarder.forward(envelope, body, message.client_gone, deliveries))

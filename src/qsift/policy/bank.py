@@ -18,8 +18,8 @@ amavisd-new's `%policy_bank`, in TOML:
 A bank is chosen by the listener the message came in on, by the client's network, and by the client
 context (`relay_client`: qmail-smtpd had RELAYCLIENT set; `authenticated`: the client logged in with SMTP
 AUTH). Banks are laid over the base policy in that order, each changing only the keys it names; a section
-table (`destiny`, `quarantine`, `notify`, `spam`, `policy`, `dkim`, `auth`) is merged key by key, a list is
-replaced whole.
+table (`destiny`, `quarantine`, `notify`, `spam`, `policy`, `dkim`, `auth`, `arc`) is merged key by key, a
+list is replaced whole.
 The client's address and context come from qsift-queue's authenticated X-Qsift-Client field, else the
 connection's peer. QMQP alone carries no client: without qsift-queue's field only listener banks apply.
 """
@@ -31,6 +31,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from qsift.auth.sealing import SealingSwitches
 from qsift.auth.settings import AuthPolicy
 from qsift.auth.signing import SigningSwitches
 from qsift.checks.spam_levels import SpamLevels
@@ -44,7 +45,7 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 #: The bank our own users' mail gets: built in so that RELAYCLIENT means outbound with no configuration.
 ORIGINATING = "ORIGINATING"
 #: The sections of the policy a bank may lay over the base: never the scanners or where things go.
-SECTIONS = ("destiny", "quarantine", "notify", "spam", "policy", "dkim", "auth")
+SECTIONS = ("destiny", "quarantine", "notify", "spam", "policy", "dkim", "auth", "arc")
 
 
 def networks(entries: list[str]) -> tuple[Network, ...]:
@@ -81,6 +82,7 @@ class Bank:
     auth: Mapping[str, Any] = overlay(
         AuthPolicy, "Whether this bank's inbound mail is checked (DKIM, SPF, DMARC, ARC)."
     )
+    arc: Mapping[str, Any] = overlay(SealingSwitches, "Whether this bank's checked mail is ARC-sealed.")
 
     def selected_by(self, name: str, client: Client) -> bool:
         built_in = name == ORIGINATING

@@ -3,7 +3,7 @@
 Its parts are declared here and in destiny.py, checks/spam_levels.py and auth/signing.py, and written in
 `[destiny]`, `[quarantine]` (the category switches), `[notify]` (the admins and recipient warnings),
 `[spam]` (the levels), `[dkim]` (whether originating mail is signed), `[auth]` (whether inbound mail is
-checked) and `[policy]`; each policy bank
+checked), `[arc]` (whether passed-on mail is sealed) and `[policy]`; each policy bank
 (bank.py) lays overlays of the same declarations over them, as amavisd-new's `%policy_bank` overlays its
 variables. Everything per recipient is answered by
 `for_recipient`.
@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 
+from qsift.auth.sealing import SealingSwitches
 from qsift.auth.settings import AuthPolicy
 from qsift.auth.signing import SigningSwitches
 from qsift.checks.spam_levels import SpamLevels
@@ -173,6 +174,7 @@ class Policy:
     notify: NotifyPolicy = field(default_factory=NotifyPolicy)
     dkim: SigningSwitches = field(default_factory=SigningSwitches)
     auth: AuthPolicy = field(default_factory=AuthPolicy)
+    arc: SealingSwitches = field(default_factory=SealingSwitches)
     #: Mail from this site's own users (amavisd-new's $originating): logged as outbound or internal.
     originating: bool = False
     #: The policy banks that made this policy, in the order they were laid on; () for the base.
@@ -180,7 +182,7 @@ class Policy:
 
     def overlaid(self, overlays: Mapping[str, Mapping[str, object]], originating: bool, name: str) -> Policy:
         """This policy with a bank's overlays (by section: destiny, quarantine, notify, spam, policy,
-        dkim, auth)."""
+        dkim, auth, arc)."""
         return Policy(
             laid_over(self.destinies, overlays.get("destiny", {})),
             laid_over(self.levels, overlays.get("spam", {})),
@@ -189,6 +191,7 @@ class Policy:
             laid_over(self.notify, overlays.get("notify", {})),
             laid_over(self.dkim, overlays.get("dkim", {})),
             laid_over(self.auth, overlays.get("auth", {})),
+            laid_over(self.arc, overlays.get("arc", {})),
             originating,
             (*self.banks, name),
         )

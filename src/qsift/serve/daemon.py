@@ -92,7 +92,12 @@ class Daemon:
         config = self.config
         keys = self.keys if self.keys is not None else load_keys(config)
         return build_pipeline(
-            config, client_key=keys.client, mark_key=keys.mark, dkim_keys=keys.dkim, workers=self.workers
+            config,
+            client_key=keys.client,
+            mark_key=keys.mark,
+            dkim_keys=keys.dkim,
+            arc_key=keys.arc,
+            workers=self.workers,
         )
 
     async def _bind_all(self, pipeline: Pipeline, spool_dir: str) -> None:

@@ -9,8 +9,9 @@ skip the scan. One key for both, as before, had to be readable by every local us
 forwards, which handed both powers to all of them: a key shared, or readable by others than it must
 be, is refused at start with what to do, never used quietly.
 
-The DKIM signing keys (`[[dkim.keys]]`) are read here as well, at start and on SIGHUP: a file missing,
-unreadable or not a private key stops the start (or keeps the running configuration) with its name.
+The DKIM signing keys (`[[dkim.keys]]`) and the ARC sealing key (`[arc] key_file`) are read here as well,
+at start and on SIGHUP: a file missing, unreadable or not a private key (for ARC, not an RSA key) stops
+the start (or keeps the running configuration) with its name.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ import os
 import stat
 from dataclasses import dataclass
 
+from qsift.auth.arc import ArcKey
+from qsift.auth.sealing import load_arc_key
 from qsift.auth.signing import SigningKey, load_signing_keys
 from qsift.config import Config
 from qsift.errors import ConfigError
@@ -35,11 +38,14 @@ class SiteKeys:
     mark: bytes
     #: Sign originating mail (`[[dkim.keys]]`), read at start and on SIGHUP, before privileges are dropped.
     dkim: tuple[SigningKey, ...] = ()
+    #: Seals mail passed on for others (`[arc]`); None without a key.
+    arc: ArcKey | None = None
 
 
 def load_keys(config: Config, owner: tuple[int, int] | None = None) -> SiteKeys:
-    """The client and mark keys and the DKIM keys; the mark key is made (0600, `owner`'s when given) at the
-    first start. A DKIM key file missing, unreadable or not a key stops the start (ConfigError)."""
+    """The client and mark keys, the DKIM keys and the ARC key; the mark key is made (0600, `owner`'s when
+    given) at the first start. A DKIM or ARC key file missing, unreadable or not a key stops the start
+    (ConfigError)."""
     mark_path = config.mark.key_path(config.state_dir)
     client_path = config.client_context.key_file
     if not os.path.exists(mark_path):
@@ -53,8 +59,9 @@ def load_keys(config: Config, owner: tuple[int, int] | None = None) -> SiteKeys:
     mark = _read(mark_path, "the mark key")
     _check_mark_mode(mark_path)
     dkim = load_signing_keys(config.dkim)
+    arc = load_arc_key(config.arc)
     if not client_path:
-        return SiteKeys(None, mark, dkim)
+        return SiteKeys(None, mark, dkim, arc)
     if not os.path.exists(client_path):
         raise ConfigError(
             f"the client key {client_path} ([client_context] key_file) does not exist; make it, readable by "
@@ -63,7 +70,7 @@ def load_keys(config: Config, owner: tuple[int, int] | None = None) -> SiteKeys:
         )
     client = _read(client_path, "the client key")
     _check_client_mode(client_path)
-    return SiteKeys(client, mark, dkim)
+    return SiteKeys(client, mark, dkim, arc)
 
 
 def _make(path: str, owner: tuple[int, int] | None) -> None:

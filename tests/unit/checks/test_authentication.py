@@ -17,7 +17,7 @@ from qsift.auth.settings import AuthSettings, DnsSettings
 from qsift.checks.auth_verdict import DMARC_QUARANTINE, Client, findings
 from qsift.checks.authentication import MailAuthentication
 from qsift.model import Category
-from tests.dns_server import running_knot, txt_strings
+from tests.dns_server import running_knot, silent_nameserver, txt_strings
 from tests.unit.auth import opendkim
 
 FORGED = (
@@ -78,6 +78,20 @@ def test_a_trusted_sealers_chain_lifts_the_dmarc_failure(world: World) -> None:
     assert lifted.verdict == DmarcVerdict("none", "strict.test") and findings(lifted) == ()
     assert lifted.dmarc is not None and lifted.dmarc.result == "fail"
     assert "ARC sealed by lists.example (trusted)" in lifted.dmarc.reason
+
+
+def test_the_cv_of_our_seal_is_the_chain_found_but_none_for_a_dns_failure(world: World) -> None:
+    field = b"Authentication-Results: lists.example; arc=none"
+    sealed = b"".join(sign_arc(FORGED, "lists.example", field, world.sealer)) + FORGED
+    client = Client("", "", "owner@lists.example")
+    assert check(world, FORGED, client).arc_cv == "none"
+    assert check(world, sealed, client).arc_cv == "pass"
+    assert check(world, sealed.replace(b"Now.", b"Later."), client).arc_cv == "fail"
+    with silent_nameserver() as address:
+        resolver = Resolver(DnsSettings(nameservers=(address,), timeout=0.3))
+        checks = MailAuthentication(resolver, AuthSettings(), "mx.test")
+        found = asyncio.run(checks.results(lambda: io.BytesIO(sealed), len(sealed), client))
+    assert found.arc is not None and found.arc.result == "fail" and found.arc_cv == ""
 
 
 def test_p_quarantine_is_a_spammy_finding_of_its_own() -> None:

@@ -1,5 +1,5 @@
-"""The daemon's two keys: the mark key made qsift's alone, the client key readable by whom it must be, and
-the one-key setup of before refused with what to do, never used quietly."""
+"""The daemon's keys: the mark key made qsift's alone, the client key readable by whom it must be, the
+one-key setup of before refused with what to do, never used quietly, and the ARC sealing key read."""
 
 from __future__ import annotations
 
@@ -77,3 +77,15 @@ def test_the_shared_key_of_before_is_refused_with_the_way_out(tmp_path: Path) ->
     os.chmod(shared, 0o440)
     keys = load_keys(settings(tmp_path, client_context={"key_file": shared}))
     assert keys.client == Path(shared).read_bytes() and (tmp_path / "state" / "mark.key").exists()
+
+
+def test_the_arc_key_is_read_with_the_others(tmp_path: Path) -> None:
+    from tests.unit.auth.test_dkim_keys import RFC8463_RSA
+
+    assert load_keys(settings(tmp_path)).arc is None
+    path = key_file(tmp_path / "arc.pem", 0o600, RFC8463_RSA)
+    arc = {"domain": "example.org", "selector": "arc1", "key_file": path}
+    keys = load_keys(settings(tmp_path, arc=arc))
+    assert keys.arc is not None and (keys.arc.domain, keys.arc.selector) == ("example.org", "arc1")
+    with pytest.raises(ConfigError, match=r"cannot read the ARC key .*gone\.pem \(arc1\._domainkey"):
+        load_keys(settings(tmp_path, arc={**arc, "key_file": str(tmp_path / "gone.pem")}))
