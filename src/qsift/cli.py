@@ -5,11 +5,11 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import NoReturn, TypeVar
 
 from qsift import config as config_module
-from qsift import dkim_tools
+from qsift.auth.settings import DEFAULT_RSA_BITS, domain_name, selector_name
 from qsift.errors import ConfigError, QsiftError
 from qsift.setup import command as setup_command
 from qsift.store.quarantine import check_mail_id
@@ -56,6 +56,8 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "store":
         return _store_init(args.config)
     if args.command == "dkim":
+        from qsift import dkim_tools  # dkimpy, pynacl, OpenSSL: for this command only
+
         return dkim_tools.run(args, sys.stdout, sys.stderr)
     return setup_command.run(args, sys.stdout)
 
@@ -140,8 +142,46 @@ def _parser() -> argparse.ArgumentParser:
     )
     store_init.add_argument("--config", metavar="FILE")
     setup_command.add_parser(commands)
-    dkim_tools.add_parser(commands)
+    _add_dkim_parser(commands)
     return parser
+
+
+def _add_dkim_parser(commands: argparse._SubParsersAction[_Parser]) -> None:
+    tools = commands.add_parser("dkim", help="DKIM signing keys: make one, print its DNS record, test it")
+    actions = tools.add_subparsers(dest="dkim_command", required=True)
+    genkey = actions.add_parser("genkey", help="write a new private key (0600) and print its TXT record")
+    genkey.add_argument("domain", metavar="DOMAIN", type=_checked(domain_name))
+    genkey.add_argument("selector", metavar="SELECTOR", type=_checked(selector_name))
+    genkey.add_argument("--ed25519", action="store_true", help="an Ed25519 key (RFC 8463) instead of RSA")
+    genkey.add_argument(
+        "--bits",
+        type=_bits,
+        default=DEFAULT_RSA_BITS,
+        help="RSA key size, 1024 to 4096 (default: %(default)s)",
+    )
+    genkey.add_argument("--out", metavar="FILE", help="the key file (default: DOMAIN.SELECTOR.pem here)")
+    for name, text in (
+        ("showkey", "print the TXT record of every configured key"),
+        ("testkey", "look each configured key up in DNS: does the published record match?"),
+    ):
+        action = actions.add_parser(name, help=text)
+        action.add_argument("--config", metavar="FILE", required=True)
+
+
+def _checked(parse: Callable[[str], str]) -> Callable[[str], str]:
+    def checked(text: str) -> str:
+        try:
+            return parse(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    return checked
+
+
+def _bits(text: str) -> int:
+    if not text.isdigit() or not 1024 <= int(text) <= 4096:
+        raise argparse.ArgumentTypeError(f"must be 1024 to 4096, not {text}")
+    return int(text)
 
 
 def _load(path: str | None) -> config_module.Config:

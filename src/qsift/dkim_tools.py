@@ -16,39 +16,17 @@ import base64
 import os
 import shutil
 import subprocess
-from collections.abc import Callable
-from typing import TextIO, TypeVar
+from typing import TextIO
 
 import dkim
 import nacl.signing
 
 from qsift.auth.dkim_keys import ED25519_PKCS8, KeyType, parse_private_key, record_matches, zone_entry
 from qsift.auth.dns import DnsTemporaryError, Resolver
-from qsift.auth.signing import DkimSigner, SigningKey, domain_name, load_signing_keys, selector_name
+from qsift.auth.settings import DEFAULT_RSA_BITS
+from qsift.auth.signing import DkimSigner, SigningKey, load_signing_keys
 from qsift.config import Config, load
 from qsift.errors import ConfigError
-
-DEFAULT_BITS = 2048
-_Parser = TypeVar("_Parser", bound=argparse.ArgumentParser)
-
-
-def add_parser(commands: argparse._SubParsersAction[_Parser]) -> None:
-    tools = commands.add_parser("dkim", help="DKIM signing keys: make one, print its DNS record, test it")
-    actions = tools.add_subparsers(dest="dkim_command", required=True)
-    genkey = actions.add_parser("genkey", help="write a new private key (0600) and print its TXT record")
-    genkey.add_argument("domain", metavar="DOMAIN", type=_checked(domain_name))
-    genkey.add_argument("selector", metavar="SELECTOR", type=_checked(selector_name))
-    genkey.add_argument("--ed25519", action="store_true", help="an Ed25519 key (RFC 8463) instead of RSA")
-    genkey.add_argument(
-        "--bits", type=_bits, default=DEFAULT_BITS, help="RSA key size, 1024 to 4096 (default: %(default)s)"
-    )
-    genkey.add_argument("--out", metavar="FILE", help="the key file (default: DOMAIN.SELECTOR.pem here)")
-    for name, text in (
-        ("showkey", "print the TXT record of every configured key"),
-        ("testkey", "look each configured key up in DNS: does the published record match?"),
-    ):
-        action = actions.add_parser(name, help=text)
-        action.add_argument("--config", metavar="FILE", required=True)
 
 
 def run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
@@ -58,22 +36,6 @@ def run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     if args.dkim_command == "showkey":
         return showkey(config, out)
     return asyncio.run(testkey(config, out))
-
-
-def _checked(parse: Callable[[str], str]) -> Callable[[str], str]:
-    def checked(text: str) -> str:
-        try:
-            return parse(text)
-        except ValueError as exc:
-            raise argparse.ArgumentTypeError(str(exc)) from None
-
-    return checked
-
-
-def _bits(text: str) -> int:
-    if not text.isdigit() or not 1024 <= int(text) <= 4096:
-        raise argparse.ArgumentTypeError(f"must be 1024 to 4096, not {text}")
-    return int(text)
 
 
 def genkey(
@@ -95,8 +57,8 @@ def genkey(
         f'[[dkim.keys]]\ndomain = "{domain}"\nselector = "{selector}"\n'
         f'key_file = "{os.path.abspath(path)}"\n'
     )
-    if key.type is KeyType.RSA and key.bits < DEFAULT_BITS:
-        err.write(f"qsift: note: RFC 8301 says signers SHOULD use {DEFAULT_BITS} bits or more\n")
+    if key.type is KeyType.RSA and key.bits < DEFAULT_RSA_BITS:
+        err.write(f"qsift: note: RFC 8301 says signers SHOULD use {DEFAULT_RSA_BITS} bits or more\n")
     out.write(zone_entry(selector, domain, key) + "\n")
     return 0
 

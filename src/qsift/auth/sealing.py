@@ -13,7 +13,6 @@ One key, RSA: dkimpy seals with rsa-sha256 alone (RFC 8617 §5.1.1.2 names no ot
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import dkim
@@ -22,40 +21,8 @@ from qsift.auth.arc import ArcKey, sign_arc
 from qsift.auth.dkim_keys import KeyType, read_private_key
 from qsift.auth.headers import remove_authentication_results, render_authentication_results
 from qsift.auth.results import AuthResults
-from qsift.auth.signing import domain_name, selector_name
-from qsift.declare import section, setting
+from qsift.auth.settings import ArcSettings
 from qsift.errors import ConfigError
-
-
-def _or_empty(parse: Callable[[str], str]) -> Callable[[str], str]:
-    return lambda text: parse(text) if text else ""
-
-
-@dataclass(frozen=True)
-class SealingSwitches:
-    """The policy's part in sealing, which a policy bank may change (`arc = { seal = true }`)."""
-
-    seal: bool = setting(
-        False,
-        "Add an ARC set (RFC 8617) to checked inbound mail as it is passed on, carrying qsift's "
-        "Authentication-Results to the next receiver: for a bank of list or forwarding traffic.",
-    )
-
-
-@dataclass(frozen=True)
-class ArcSettings:
-    """`[arc]`: the sealing key and whether the base policy seals."""
-
-    domain: str = setting(
-        "",
-        "The sealing domain (d=); the public key is at SELECTOR._domainkey.DOMAIN.",
-        parse=_or_empty(domain_name),
-    )
-    selector: str = setting("", "The selector (s=).", parse=_or_empty(selector_name))
-    key_file: str = setting(
-        "", "The PEM RSA private key (dkimpy seals with rsa-sha256 only); empty: nothing is sealed."
-    )
-    switches: SealingSwitches = section(SealingSwitches, "", flat=True)
 
 
 def load_arc_key(settings: ArcSettings) -> ArcKey | None:

@@ -1,6 +1,7 @@
-"""`[auth]` and `[dns]`: the checks of inbound mail's authentication (DKIM, SPF, DMARC, ARC), what they
-are called, and whom they ask. Declared apart from the checks so that loading the configuration does not
-load dnspython, dkimpy or OpenSSL: a site without the checks never does.
+"""`[auth]`, `[dns]`, `[dkim]` and `[arc]`: the checks of inbound mail's authentication (DKIM, SPF, DMARC,
+ARC) and whom they ask, and the keys that sign and seal. Declared apart from the code that uses them so
+that loading the configuration does not load dnspython, dkimpy or OpenSSL: a site that neither checks,
+signs nor seals never does.
 
 Off by default, as amavisd-new's DKIM verification is: the checks ask DNS for every message, and a host
 whose resolver is unreachable would wait out the timeout on each one. A site turns them on with
@@ -12,9 +13,12 @@ it is signed (`[dkim]`).
 from __future__ import annotations
 
 import ipaddress
+import re
+from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass
+from typing import Any
 
-from qsift.declare import COUNT, STRINGS, section, setting
+from qsift.declare import COUNT, STRINGS, section, setting, tables
 
 
 def _domains(entries: list[str]) -> tuple[str, ...]:
@@ -89,3 +93,106 @@ class DnsSettings:
     cache_size: int = setting(
         10_000, "Answers kept per worker (each for its TTL, at most an hour).", kind=COUNT
     )
+
+
+#: RFC 8301: signers SHOULD use keys of at least 2048 bits.
+DEFAULT_RSA_BITS = 2048
+_LABEL = re.compile(r"(?!-)[a-z0-9_-]{1,63}(?<!-)")
+
+
+def domain_name(text: str) -> str:
+    name = text.strip().rstrip(".").lower()
+    if not name or not all(_LABEL.fullmatch(label) for label in name.split(".")):
+        raise ValueError(f"not a domain name: {text!r}")
+    return name
+
+
+def selector_name(text: str) -> str:
+    name = text.strip().lower()
+    if not name or not all(_LABEL.fullmatch(label) for label in name.split(".")):
+        raise ValueError(f"not a selector (DNS labels): {text!r}")
+    return name
+
+
+@dataclass(frozen=True)
+class DkimKeyEntry:
+    """One `[[dkim.keys]]` table: a private key and where its public half is published."""
+
+    domain: str = setting(
+        doc="The signing domain (d=): mail whose From: domain is this one or under it.", parse=domain_name
+    )
+    selector: str = setting(
+        doc="The selector (s=): the record is at SELECTOR._domainkey.DOMAIN.", parse=selector_name
+    )
+    key_file: str = setting(
+        doc="The PEM private key (RSA or Ed25519, the file says which), readable by qsift alone."
+    )
+
+
+@dataclass(frozen=True)
+class SigningSwitches:
+    """The policy's part in signing, which a policy bank may change (`dkim = { sign = false }`)."""
+
+    sign: bool = setting(
+        True,
+        "Sign originating mail (the ORIGINATING bank's, or a bank with originating = true) whose From: "
+        "domain or a parent of it has a key.",
+    )
+
+
+@dataclass(frozen=True)
+class DkimSettings:
+    """`[dkim]`: the signing keys and whether the base policy signs."""
+
+    keys: tuple[DkimKeyEntry, ...] = tables(
+        DkimKeyEntry,
+        "The signing keys. Per domain, the first RSA and the first Ed25519 key listed sign; the others are "
+        "only shown and tested (a key being rotated in or out).",
+    )
+    switches: SigningSwitches = section(SigningSwitches, "", flat=True)
+
+    @staticmethod
+    def config_rules(
+        values: Mapping[str, Any], written: Collection[str]
+    ) -> Iterator[tuple[tuple[str | int, ...], str]]:
+        """A selector names one key per domain."""
+        seen: dict[tuple[str, str], int] = {}
+        for index, entry in enumerate(values.get("keys", ())):
+            where = (entry.domain, entry.selector)
+            if where in seen:
+                yield (
+                    ("keys", index, "selector"),
+                    f"{entry.selector} for {entry.domain} is [[dkim.keys]] #{seen[where] + 1}'s too",
+                )
+            seen.setdefault(where, index)
+
+
+def _or_empty(parse: Callable[[str], str]) -> Callable[[str], str]:
+    return lambda text: parse(text) if text else ""
+
+
+@dataclass(frozen=True)
+class SealingSwitches:
+    """The policy's part in sealing, which a policy bank may change (`arc = { seal = true }`)."""
+
+    seal: bool = setting(
+        False,
+        "Add an ARC set (RFC 8617) to checked inbound mail as it is passed on, carrying qsift's "
+        "Authentication-Results to the next receiver: for a bank of list or forwarding traffic.",
+    )
+
+
+@dataclass(frozen=True)
+class ArcSettings:
+    """`[arc]`: the sealing key and whether the base policy seals."""
+
+    domain: str = setting(
+        "",
+        "The sealing domain (d=); the public key is at SELECTOR._domainkey.DOMAIN.",
+        parse=_or_empty(domain_name),
+    )
+    selector: str = setting("", "The selector (s=).", parse=_or_empty(selector_name))
+    key_file: str = setting(
+        "", "The PEM RSA private key (dkimpy seals with rsa-sha256 only); empty: nothing is sealed."
+    )
+    switches: SealingSwitches = section(SealingSwitches, "", flat=True)

@@ -19,15 +19,13 @@ from __future__ import annotations
 
 import email.utils
 import re
-from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
 
 import dkim
 
 from qsift.auth import rsa_openssl
 from qsift.auth.dkim_keys import KeyType, PrivateKey, read_private_key
-from qsift.declare import section, setting, tables
+from qsift.auth.settings import DkimSettings
 from qsift.errors import ConfigError
 
 rsa_openssl.install()
@@ -60,74 +58,6 @@ OVERSIGNED_ALWAYS = ("from", "subject", "date", "reply-to", "to", "cc", "content
 #: Signed once more than they occur when present (rspamd's "oversign existing"): not when absent, since
 #: a mailing list adding its own List-Unsubscribe to our user's post must not break the signature.
 OVERSIGNED_IF_PRESENT = ("list-unsubscribe", "list-unsubscribe-post", "mime-version", "message-id")
-_LABEL = re.compile(r"(?!-)[a-z0-9_-]{1,63}(?<!-)")
-
-
-def domain_name(text: str) -> str:
-    name = text.strip().rstrip(".").lower()
-    if not name or not all(_LABEL.fullmatch(label) for label in name.split(".")):
-        raise ValueError(f"not a domain name: {text!r}")
-    return name
-
-
-def selector_name(text: str) -> str:
-    name = text.strip().lower()
-    if not name or not all(_LABEL.fullmatch(label) for label in name.split(".")):
-        raise ValueError(f"not a selector (DNS labels): {text!r}")
-    return name
-
-
-@dataclass(frozen=True)
-class DkimKeyEntry:
-    """One `[[dkim.keys]]` table: a private key and where its public half is published."""
-
-    domain: str = setting(
-        doc="The signing domain (d=): mail whose From: domain is this one or under it.", parse=domain_name
-    )
-    selector: str = setting(
-        doc="The selector (s=): the record is at SELECTOR._domainkey.DOMAIN.", parse=selector_name
-    )
-    key_file: str = setting(
-        doc="The PEM private key (RSA or Ed25519, the file says which), readable by qsift alone."
-    )
-
-
-@dataclass(frozen=True)
-class SigningSwitches:
-    """The policy's part in signing, which a policy bank may change (`dkim = { sign = false }`)."""
-
-    sign: bool = setting(
-        True,
-        "Sign originating mail (the ORIGINATING bank's, or a bank with originating = true) whose From: "
-        "domain or a parent of it has a key.",
-    )
-
-
-@dataclass(frozen=True)
-class DkimSettings:
-    """`[dkim]`: the signing keys and whether the base policy signs."""
-
-    keys: tuple[DkimKeyEntry, ...] = tables(
-        DkimKeyEntry,
-        "The signing keys. Per domain, the first RSA and the first Ed25519 key listed sign; the others are "
-        "only shown and tested (a key being rotated in or out).",
-    )
-    switches: SigningSwitches = section(SigningSwitches, "", flat=True)
-
-    @staticmethod
-    def config_rules(
-        values: Mapping[str, Any], written: Collection[str]
-    ) -> Iterator[tuple[tuple[str | int, ...], str]]:
-        """A selector names one key per domain."""
-        seen: dict[tuple[str, str], int] = {}
-        for index, entry in enumerate(values.get("keys", ())):
-            where = (entry.domain, entry.selector)
-            if where in seen:
-                yield (
-                    ("keys", index, "selector"),
-                    f"{entry.selector} for {entry.domain} is [[dkim.keys]] #{seen[where] + 1}'s too",
-                )
-            seen.setdefault(where, index)
 
 
 @dataclass(frozen=True)

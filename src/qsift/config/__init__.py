@@ -18,9 +18,7 @@ from dataclasses import dataclass, replace
 from functools import cached_property
 from typing import Any
 
-from qsift.auth.sealing import ArcSettings
-from qsift.auth.settings import AuthSettings, DnsSettings
-from qsift.auth.signing import DkimSettings
+from qsift.auth.settings import ArcSettings, AuthSettings, DkimSettings, DnsSettings
 from qsift.checks.banned import DEFAULT_RULES, BannedRule
 from qsift.checks.content import CheckSettings
 from qsift.checks.scanner_config import SpamSettings, VirusSettings

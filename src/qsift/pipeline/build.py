@@ -16,19 +16,20 @@ from typing import TYPE_CHECKING
 from qsift.act.bounce import DsnBouncer
 from qsift.act.forward import make_forwarder
 from qsift.act.notices import Notices
-from qsift.auth.arc import ArcKey
-from qsift.auth.signing import DkimSigner, SigningKey
 from qsift.checks.scanner_set import ScannerSet
 from qsift.config import Config
 from qsift.pipeline.blocked import Keeper, NoQuarantine, QuarantineKeeper
 from qsift.pipeline.checking import ContentChecks
 from qsift.pipeline.parts import NoOutcomeRecord, OutcomeLedger
+from qsift.pipeline.signing import NoSigner, Signer
 from qsift.pipeline.slots import MessageSlots
 from qsift.pipeline.stages import Pipeline
 from qsift.store.outcomes import LocalOutcomes, OutcomeStore
 from qsift.store.quarantine import Quarantine
 
 if TYPE_CHECKING:
+    from qsift.auth.arc import ArcKey
+    from qsift.auth.signing import SigningKey
     from qsift.checks.authentication import MailAuthentication
 
 OUTCOMES_FILE = "outcomes.sqlite"
@@ -85,7 +86,7 @@ def build_pipeline(
         slots=MessageSlots(-(-config.max_servers // max(1, workers)), config.limits.busy_wait),
         client_key=client_key,
         mark_key=mark_key if config.mark.enabled else None,
-        signer=DkimSigner(dkim_keys),
+        signer=_signer(dkim_keys),
         sealer=arc_key,
         hostname=config.myhostname,
         dedupe_window=config.dedupe_window,
@@ -112,3 +113,11 @@ def _shared_outcomes(config: Config) -> OutcomeLedger:
     from qsift.store.pg_outcomes import SharedOutcomes
 
     return SharedOutcomes(config.store)
+
+
+def _signer(keys: tuple[SigningKey, ...]) -> Signer:
+    if not keys:
+        return NoSigner()
+    from qsift.auth.signing import DkimSigner  # dkimpy and OpenSSL: only where a key is configured
+
+    return DkimSigner(keys)

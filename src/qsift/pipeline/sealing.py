@@ -10,14 +10,17 @@ failed for now) leaves unsealed, and log_level 2 says why.
 from __future__ import annotations
 
 import asyncio
+from typing import TYPE_CHECKING
 
-from qsift.auth.arc import ArcKey
 from qsift.auth.results import AuthResults
-from qsift.auth.sealing import Sealed, seal
 from qsift.observe.log import level, logger
 from qsift.pipeline.signing import SignedMessage
 from qsift.policy.settings import Policy
 from qsift.spool import MessageBody
+
+if TYPE_CHECKING:
+    from qsift.auth.arc import ArcKey
+    from qsift.auth.sealing import Sealed
 
 #: Copies up to this size are sealed on the event loop; larger ones in a thread (as DKIM signing).
 _SEAL_INLINE = 256 * 1024
@@ -41,4 +44,6 @@ async def sealed_copy(
 
 
 def _seal(key: ArcKey, copy: MessageBody, auth: AuthResults) -> Sealed:
+    from qsift.auth.sealing import seal  # dkimpy: only where a key is configured
+
     return seal(key, b"".join(copy.chunks()), auth)

@@ -12,15 +12,34 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
 
-from qsift.auth.signing import DkimSigner, Signed
 from qsift.observe.log import level, logger
 from qsift.policy.settings import Policy
 from qsift.spool import DEFAULT_CHUNK, MessageBody, head_of_chunks
 
+if TYPE_CHECKING:
+    from qsift.auth.signing import Signed
+
 #: Copies up to this size are signed on the event loop; larger ones in a thread (an RSA-2048 signature
 #: takes a few milliseconds, hashing a large body more).
 _SIGN_INLINE = 256 * 1024
+
+
+class Signer(Protocol):
+    """auth/signing.py's DkimSigner, or NoSigner: a site without keys never loads dkimpy."""
+
+    @property
+    def has_keys(self) -> bool: ...
+
+    def sign(self, message: bytes) -> Signed: ...
+
+
+class NoSigner:
+    has_keys = False
+
+    def sign(self, message: bytes) -> Signed:
+        raise AssertionError("NoSigner signs nothing: has_keys is False")
 
 
 @dataclass(frozen=True)
@@ -42,7 +61,7 @@ class SignedMessage:
         return head_of_chunks(self.chunks(), limit)
 
 
-async def signed_copy(signer: DkimSigner, policy: Policy, copy: MessageBody, mail_id: str) -> MessageBody:
+async def signed_copy(signer: Signer, policy: Policy, copy: MessageBody, mail_id: str) -> MessageBody:
     """`copy` signed if its policy says so and its From: domain has a key; else `copy` as it is."""
     if not signer.has_keys or not policy.originating or not policy.dkim.sign:
         return copy
@@ -57,5 +76,5 @@ async def signed_copy(signer: DkimSigner, policy: Policy, copy: MessageBody, mai
     return SignedMessage(copy, signed.fields)
 
 
-def _sign(signer: DkimSigner, copy: MessageBody) -> Signed:
+def _sign(signer: Signer, copy: MessageBody) -> Signed:
     return signer.sign(b"".join(copy.chunks()))

@@ -20,14 +20,12 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import ParamSpec, Protocol, TypeVar
+from typing import TYPE_CHECKING, ParamSpec, Protocol, TypeVar
 
 from qsift.act.forward import Forwarder
 from qsift.act.headers import EditedMessage, edit_message, header_fields, subject_tag
 from qsift.act.long_lines import FittedMessage, plan_fit
 from qsift.answers import Row, reply_for_error
-from qsift.auth.arc import ArcKey
-from qsift.auth.signing import DkimSigner
 from qsift.checks.content import Verdict
 from qsift.checks.headers import header_section
 from qsift.errors import ScannerFailure, SpoolError, StoreUnreachable
@@ -50,7 +48,7 @@ from qsift.pipeline.deliveries import Deliveries
 from qsift.pipeline.inflight import InFlight
 from qsift.pipeline.parts import OutcomeLedger, RefusalNotice
 from qsift.pipeline.sealing import sealed_copy
-from qsift.pipeline.signing import signed_copy
+from qsift.pipeline.signing import Signer, signed_copy
 from qsift.pipeline.slots import MessageSlots
 from qsift.policy.bank import Policies
 from qsift.policy.destiny import Destiny
@@ -59,6 +57,9 @@ from qsift.spool import MessageBody, MessageSpool
 from qsift.store.outcomes import OutcomeRecord, body_fingerprint, delivery_key
 from qsift.wire import mark
 from qsift.wire.long_lines import LongLineFinder
+
+if TYPE_CHECKING:
+    from qsift.auth.arc import ArcKey
 
 _P = ParamSpec("_P")
 _T = TypeVar("_T")
@@ -105,7 +106,7 @@ class Pipeline:
     #: Makes and checks the X-Qsift-Scanned mark; None: no mark ([mark] enabled = false).
     mark_key: bytes | None
     #: Signs originating mail with the keys of its From: domain; with no keys, nothing.
-    signer: DkimSigner
+    signer: Signer
     #: Seals checked mail passed on for others, where the policy says so; None: nothing is sealed.
     sealer: ArcKey | None
     #: Named in X-Virus-Scanned.

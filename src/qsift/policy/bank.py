@@ -31,9 +31,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from qsift.auth.sealing import SealingSwitches
-from qsift.auth.settings import AuthPolicy
-from qsift.auth.signing import SigningSwitches
+from qsift.auth.settings import AuthPolicy, SealingSwitches, SigningSwitches
 from qsift.checks.spam_levels import SpamLevels
 from qsift.declare import BOOLEAN, STRINGS, overlay, setting
 from qsift.model import Client

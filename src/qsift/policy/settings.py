@@ -14,9 +14,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 
-from qsift.auth.sealing import SealingSwitches
-from qsift.auth.settings import AuthPolicy
-from qsift.auth.signing import SigningSwitches
+from qsift.auth.settings import AuthPolicy, SealingSwitches, SigningSwitches
 from qsift.checks.spam_levels import SpamLevels
 from qsift.declare import INTEGER, LEVEL, STRINGS, declared, laid_over, setting, tables
 from qsift.model import Category

@@ -20,12 +20,14 @@ import grp
 import os
 import stat
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from qsift.auth.arc import ArcKey
-from qsift.auth.sealing import load_arc_key
-from qsift.auth.signing import SigningKey, load_signing_keys
 from qsift.config import Config
 from qsift.errors import ConfigError
+
+if TYPE_CHECKING:
+    from qsift.auth.arc import ArcKey
+    from qsift.auth.signing import SigningKey
 
 KEY_BYTES = 32
 
@@ -58,8 +60,7 @@ def load_keys(config: Config, owner: tuple[int, int] | None = None) -> SiteKeys:
         )
     mark = _read(mark_path, "the mark key")
     _check_mark_mode(mark_path)
-    dkim = load_signing_keys(config.dkim)
-    arc = load_arc_key(config.arc)
+    dkim, arc = _signing_keys(config), _sealing_key(config)
     if not client_path:
         return SiteKeys(None, mark, dkim, arc)
     if not os.path.exists(client_path):
@@ -71,6 +72,24 @@ def load_keys(config: Config, owner: tuple[int, int] | None = None) -> SiteKeys:
     client = _read(client_path, "the client key")
     _check_client_mode(client_path)
     return SiteKeys(client, mark, dkim, arc)
+
+
+def _signing_keys(config: Config) -> tuple[SigningKey, ...]:
+    if not config.dkim.keys:
+        return ()
+    # Imported here, as the keys are read: a site that signs nothing never loads dkimpy or OpenSSL.
+    from qsift.auth.signing import load_signing_keys
+
+    return load_signing_keys(config.dkim)
+
+
+def _sealing_key(config: Config) -> ArcKey | None:
+    arc = config.arc
+    if not (arc.domain or arc.selector or arc.key_file):
+        return None
+    from qsift.auth.sealing import load_arc_key
+
+    return load_arc_key(arc)
 
 
 def _make(path: str, owner: tuple[int, int] | None) -> None:

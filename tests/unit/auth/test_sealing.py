@@ -18,8 +18,8 @@ from qsift.auth.dkim_keys import read_private_key
 from qsift.auth.dns import Resolver
 from qsift.auth.headers import render_authentication_results
 from qsift.auth.results import AuthResults, MethodResult
-from qsift.auth.sealing import ArcSettings, load_arc_key, seal
-from qsift.auth.settings import DnsSettings
+from qsift.auth.sealing import load_arc_key, seal
+from qsift.auth.settings import ArcSettings, DnsSettings
 from qsift.errors import ConfigError
 from tests.dns_server import running_knot, txt_strings
 

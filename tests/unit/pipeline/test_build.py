@@ -7,6 +7,8 @@ from __future__ import annotations
 import base64
 import gzip
 import os
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -238,3 +240,19 @@ async def test_a_copy_a_lenient_policy_passed_carries_no_mark(tmp_path: Path) ->
         finally:
             await pipeline.close()
     assert [b"X-Qsift-Scanned:" in copy.body for copy in mta.accepted] == [False]
+
+
+def test_a_site_without_authentication_loads_none_of_its_libraries() -> None:
+    """dnspython, dkimpy, pynacl, OpenSSL, authres and psycopg cost every worker about 11 MiB; a
+    configuration that neither checks, signs, seals nor shares a store must not load them."""
+    program = (
+        "import sys\n"
+        "from qsift import cli, config\n"
+        "from qsift.pipeline import build_pipeline\n"
+        "from qsift.serve import daemon, keys\n"
+        "build_pipeline(config.loads(''), durable=False)\n"
+        "heavy = ('dkim', 'dns', 'nacl', 'cryptography', 'authres', 'publicsuffixlist', 'psycopg')\n"
+        "print(sorted(name for name in heavy if name in sys.modules))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]", done.stdout + done.stderr

@@ -8,7 +8,7 @@ from dataclasses import replace
 from qsift.auth.arc import ArcKey
 from qsift.auth.headers import render_authentication_results
 from qsift.auth.results import AuthResults, MethodResult
-from qsift.auth.sealing import SealingSwitches
+from qsift.auth.settings import SealingSwitches
 from qsift.pipeline.sealing import sealed_copy
 from qsift.pipeline.signing import SignedMessage
 from qsift.policy.settings import Policy

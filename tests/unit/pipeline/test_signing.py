@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from qsift.auth.signing import DkimSigner, SigningKey, SigningSwitches
+from qsift.auth.settings import SigningSwitches
+from qsift.auth.signing import DkimSigner, SigningKey
 from qsift.pipeline.signing import SignedMessage, signed_copy
 from qsift.policy.settings import Policy
 from qsift.spool import MessageSpool
