@@ -7,62 +7,38 @@ from __future__ import annotations
 
 import subprocess
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from qsift.auth.arc import ArcKey, ArcValidation, sign_arc, validate_arc
-from qsift.auth.dkim_keys import read_private_key
-from qsift.auth.dns import Resolver
-from qsift.auth.settings import DnsSettings
-from tests.dns_server import running_knot, txt_strings
+from qsift.auth.arc import ArcValidation, sign_arc, validate_arc
 from tests.fakes.mta import fake_mta
 from tests.harness import free_port, qmqp_send, running_daemon
 from tests.integration.test_auth_inbound import SENDER, signed
-
-
-def genkey(path: Path, algorithm: str = "RSA") -> Path:
-    options = ["-pkeyopt", "rsa_keygen_bits:2048"] if algorithm == "RSA" else []
-    command = ["openssl", "genpkey", "-algorithm", algorithm, *options, "-out", str(path)]
-    subprocess.run(command, check=True, capture_output=True)
-    return path
-
-
-@dataclass(frozen=True)
-class World:
-    #: The author's DKIM key (s1._domainkey.signed.test), as test_auth_inbound signs with it.
-    author: Path
-    #: An earlier hop's ARC key (up._domainkey.example.test).
-    upstream: ArcKey
-    #: qsift's sealing key (seal._domainkey.forwarder.test).
-    ours: Path
-    address: str
+from tests.unit.auth.arc_world import ArcWorld, arc_world, ed25519_key
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
-    directory = tmp_path_factory.mktemp("arc-sealing")
-    paths = {name: genkey(directory / f"{name}.pem") for name in ("author", "upstream", "ours")}
-    keys = {name: read_private_key(str(path)) for name, path in paths.items()}
-    zones = {
-        "signed.test": f"s1._domainkey TXT {txt_strings(keys['author'].record)}\n"
-        '_dmarc TXT "v=DMARC1; p=reject"\n',
-        "example.test": f"up._domainkey TXT {txt_strings(keys['upstream'].record)}\n",
-        "forwarder.test": f"seal._domainkey TXT {txt_strings(keys['ours'].record)}\n",
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ArcWorld]:
+    """The author's DKIM key (s1._domainkey.signed.test, as test_auth_inbound signs with it), an earlier
+    hop's ARC key (up._domainkey.example.test) and qsift's sealing key (seal._domainkey.forwarder.test)."""
+    keys = {
+        "author": ("signed.test", "s1"),
+        "upstream": ("example.test", "up"),
+        "ours": ("forwarder.test", "seal"),
     }
-    with running_knot(zones) as server:
-        upstream = ArcKey("example.test", "up", keys["upstream"].signing)
-        yield World(paths["author"], upstream, paths["ours"], server.address)
+    dmarc = {"signed.test": '_dmarc TXT "v=DMARC1; p=reject"\n'}
+    with arc_world(tmp_path_factory.mktemp("arc-sealing"), keys, dmarc) as made:
+        yield made
 
 
-async def delivered(tmp_path: Path, world: World, raw: bytes, *, bank: bool = True) -> bytes:
+async def delivered(tmp_path: Path, world: ArcWorld, raw: bytes, *, bank: bool = True) -> bytes:
     """The copy the downstream got of `raw`, sent over QMQP to a listener of the LISTS bank (or not)."""
     top: dict[str, Any] = {
         "dns": {"nameservers": [world.address], "timeout": 2.0},
         "auth": {"check": True},
-        "arc": {"domain": "forwarder.test", "selector": "seal", "key_file": str(world.ours)},
+        "arc": {"domain": "forwarder.test", "selector": "seal", "key_file": str(world.paths["ours"])},
         "policy_bank": {"LISTS": {"arc": {"seal": True}}},
     }
     listen = {"policy_bank": "LISTS"} if bank else None
@@ -78,12 +54,12 @@ async def delivered(tmp_path: Path, world: World, raw: bytes, *, bank: bool = Tr
     return body
 
 
-async def validate(world: World, message: bytes) -> ArcValidation:
-    return await validate_arc(Resolver(DnsSettings(nameservers=(world.address,), timeout=2.0)), message)
+async def validate(world: ArcWorld, message: bytes) -> ArcValidation:
+    return await validate_arc(world.resolver(), message)
 
 
-async def test_signed_mail_without_a_chain_leaves_sealed_i1_cv_none(tmp_path: Path, world: World) -> None:
-    body = await delivered(tmp_path, world, signed(world.author))
+async def test_signed_mail_without_a_chain_leaves_sealed_i1_cv_none(tmp_path: Path, world: ArcWorld) -> None:
+    body = await delivered(tmp_path, world, signed(world.paths["author"]))
     assert body.startswith(b"ARC-Seal: i=1; cv=none; a=rsa-sha256; d=forwarder.test; s=seal;"), body[:300]
     aar = body[body.index(b"ARC-Authentication-Results:") :].split(b"\r\n")[0]
     assert aar.startswith(b"ARC-Authentication-Results: i=1; qsift.test;"), aar
@@ -92,10 +68,10 @@ async def test_signed_mail_without_a_chain_leaves_sealed_i1_cv_none(tmp_path: Pa
     assert (found.result.result, found.sealer) == ("pass", "forwarder.test"), found
 
 
-async def test_mail_with_a_valid_chain_leaves_sealed_i2_cv_pass(tmp_path: Path, world: World) -> None:
-    raw = signed(world.author)
+async def test_mail_with_a_valid_chain_leaves_sealed_i2_cv_pass(tmp_path: Path, world: ArcWorld) -> None:
+    raw = signed(world.paths["author"])
     upstream_field = b"Authentication-Results: mx.example.test; dkim=pass header.d=signed.test"
-    arrived = b"".join(sign_arc(raw, "mx.example.test", upstream_field, world.upstream)) + raw
+    arrived = b"".join(sign_arc(raw, "mx.example.test", upstream_field, world.keys["upstream"])) + raw
     body = await delivered(tmp_path, world, arrived)
     assert body.startswith(b"ARC-Seal: i=2; cv=pass;"), body[:300]
     found = await validate(world, body)
@@ -103,16 +79,16 @@ async def test_mail_with_a_valid_chain_leaves_sealed_i2_cv_pass(tmp_path: Path, 
     assert b"ARC-Seal: i=1;" in body
 
 
-async def test_the_base_policy_seals_nothing(tmp_path: Path, world: World) -> None:
-    body = await delivered(tmp_path, world, signed(world.author), bank=False)
+async def test_the_base_policy_seals_nothing(tmp_path: Path, world: ArcWorld) -> None:
+    body = await delivered(tmp_path, world, signed(world.paths["author"]), bank=False)
     assert b"ARC-" not in body and b"Authentication-Results: qsift.test;" in body
 
 
-def test_a_bad_key_file_stops_the_start(tmp_path: Path, world: World) -> None:
+def test_a_bad_key_file_stops_the_start(tmp_path: Path, world: ArcWorld) -> None:
     from tests.integration.test_workers import QSIFT, config_text
 
     for path, why in (
-        (genkey(tmp_path / "ed.pem", "ED25519"), "is an Ed25519 key: ARC seals are rsa-sha256"),
+        (ed25519_key(tmp_path / "ed.pem"), "is an Ed25519 key: ARC seals are rsa-sha256"),
         (tmp_path / "missing.pem", "cannot read the ARC key"),
     ):
         extra = f'[arc]\ndomain = "forwarder.test"\nselector = "seal"\nkey_file = "{path}"\n'

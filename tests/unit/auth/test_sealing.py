@@ -5,23 +5,19 @@ where the checks cannot vouch for the chain."""
 from __future__ import annotations
 
 import asyncio
-import subprocess
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from qsift import config
-from qsift.auth.arc import ArcKey, ArcValidation, sign_arc, validate_arc
-from qsift.auth.dkim_keys import read_private_key
-from qsift.auth.dns import Resolver
+from qsift.auth.arc import ArcValidation, sign_arc, validate_arc
 from qsift.auth.headers import render_authentication_results
 from qsift.auth.results import AuthResults, MethodResult
 from qsift.auth.sealing import load_arc_key, seal
-from qsift.auth.settings import ArcSettings, DnsSettings
+from qsift.auth.settings import ArcSettings
 from qsift.errors import ConfigError
-from tests.dns_server import running_knot, txt_strings
+from tests.unit.auth.arc_world import ArcWorld, arc_world, ed25519_key
 
 MESSAGE = (
     b"From: Alice <alice@example.test>\n"
@@ -35,44 +31,19 @@ MESSAGE = (
 DKIM_PASS = MethodResult("dkim", "pass", "", (("header.d", "example.test"),))
 
 
-def genkey(path: Path, algorithm: str = "RSA") -> Path:
-    options = ["-pkeyopt", "rsa_keygen_bits:2048"] if algorithm == "RSA" else []
-    command = ["openssl", "genpkey", "-algorithm", algorithm, *options, "-out", str(path)]
-    subprocess.run(command, check=True, capture_output=True)
-    return path
-
-
-@dataclass(frozen=True)
-class World:
-    #: The sender side's earlier hop, which sealed i=1.
-    upstream: ArcKey
-    #: qsift's sealing key.
-    ours: ArcKey
-    path: Path
-    address: str
-
-
 @pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
-    directory = tmp_path_factory.mktemp("arc-seal")
-    upstream_path, our_path = genkey(directory / "upstream.pem"), genkey(directory / "ours.pem")
-    upstream, ours = read_private_key(str(upstream_path)), read_private_key(str(our_path))
-    zones = {
-        "example.test": f"up._domainkey TXT {txt_strings(upstream.record)}",
-        "forwarder.test": f"seal._domainkey TXT {txt_strings(ours.record)}",
-    }
-    with running_knot(zones) as server:
-        yield World(
-            ArcKey("example.test", "up", upstream.signing),
-            ArcKey("forwarder.test", "seal", ours.signing),
-            our_path,
-            server.address,
-        )
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ArcWorld]:
+    """The sender side's earlier hop, which sealed i=1 (up._domainkey.example.test), and qsift's sealing
+    key (seal._domainkey.forwarder.test)."""
+    keys = {"upstream": ("example.test", "up"), "ours": ("forwarder.test", "seal")}
+    with arc_world(tmp_path_factory.mktemp("arc-seal"), keys) as made:
+        yield made
 
 
-def validate(world: World, message: bytes) -> ArcValidation:
-    resolver = Resolver(DnsSettings(nameservers=(world.address,), timeout=2.0))
-    return asyncio.run(validate_arc(resolver, message.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")))
+def validate(world: ArcWorld, message: bytes) -> ArcValidation:
+    return asyncio.run(
+        validate_arc(world.resolver(), message.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n"))
+    )
 
 
 def checked(arc: ArcValidation, temporary: bool = False) -> AuthResults:
@@ -86,10 +57,10 @@ def as_forwarded(auth: AuthResults, message: bytes) -> bytes:
     return render_authentication_results(auth.authserv_id, auth.all, linesep=b"\n") + message
 
 
-def test_mail_without_a_chain_gets_i1_cv_none_that_validates(world: World) -> None:
+def test_mail_without_a_chain_gets_i1_cv_none_that_validates(world: ArcWorld) -> None:
     auth = checked(validate(world, MESSAGE))
     copy = as_forwarded(auth, MESSAGE)
-    sealed = seal(world.ours, copy, auth)
+    sealed = seal(world.keys["ours"], copy, auth)
     assert sealed.reason == ""
     assert sealed.fields.startswith(b"ARC-Seal: i=1; cv=none; a=rsa-sha256; d=forwarder.test; s=seal;")
     assert b"\r" not in sealed.fields  # the copy's own line ends
@@ -101,49 +72,49 @@ def test_mail_without_a_chain_gets_i1_cv_none_that_validates(world: World) -> No
     assert (found.result.result, found.cv, found.sealer) == ("pass", "pass", "forwarder.test")
 
 
-def test_mail_with_a_valid_chain_gets_i2_cv_pass(world: World) -> None:
+def test_mail_with_a_valid_chain_gets_i2_cv_pass(world: ArcWorld) -> None:
     upstream_field = b"Authentication-Results: mx.example.test; spf=pass smtp.mailfrom=example.test"
-    arrived = b"".join(sign_arc(MESSAGE, "mx.example.test", upstream_field, world.upstream)) + MESSAGE
+    arrived = b"".join(sign_arc(MESSAGE, "mx.example.test", upstream_field, world.keys["upstream"])) + MESSAGE
     auth = checked(validate(world, arrived))
     assert auth.arc_cv == "pass"
     copy = as_forwarded(auth, arrived)
-    sealed = seal(world.ours, copy, auth)
+    sealed = seal(world.keys["ours"], copy, auth)
     assert sealed.fields.startswith(b"ARC-Seal: i=2; cv=pass;")
     found = validate(world, sealed.fields + copy)
     assert (found.result.result, found.sealer) == ("pass", "forwarder.test")
 
 
-def test_a_chain_that_failed_only_on_dns_is_not_sealed_with_cv_fail(world: World) -> None:
+def test_a_chain_that_failed_only_on_dns_is_not_sealed_with_cv_fail(world: ArcWorld) -> None:
     failed = ArcValidation(MethodResult("arc", "fail", "key lookup: timeout"), "fail", "x.test", True)
     auth = checked(failed, temporary=True)
-    sealed = seal(world.ours, as_forwarded(auth, MESSAGE), auth)
+    sealed = seal(world.keys["ours"], as_forwarded(auth, MESSAGE), auth)
     assert sealed.fields == b""
     assert "failed for now (key lookup: timeout)" in sealed.reason
 
 
-def test_a_chain_that_failed_is_sealed_with_cv_fail(world: World) -> None:
+def test_a_chain_that_failed_is_sealed_with_cv_fail(world: ArcWorld) -> None:
     failed = ArcValidation(MethodResult("arc", "fail", "ARC-Seal[1] did not validate"), "fail", "x.test")
     auth = checked(failed)
     copy = as_forwarded(auth, b"ARC-Seal: i=1; cv=none; d=x.test; s=a; b=AAAA\n" + MESSAGE)
-    assert seal(world.ours, copy, auth).fields.startswith(b"ARC-Seal: i=2; cv=fail;")
+    assert seal(world.keys["ours"], copy, auth).fields.startswith(b"ARC-Seal: i=2; cv=fail;")
 
 
-def test_nothing_to_carry_nothing_sealed(world: World) -> None:
-    assert "did not run" in seal(world.ours, MESSAGE, AuthResults()).reason
+def test_nothing_to_carry_nothing_sealed(world: ArcWorld) -> None:
+    assert "did not run" in seal(world.keys["ours"], MESSAGE, AuthResults()).reason
     too_large = AuthResults(dkim=(DKIM_PASS,), authserv_id="qsift.test")
-    assert "not validated" in seal(world.ours, as_forwarded(too_large, MESSAGE), too_large).reason
+    assert "not validated" in seal(world.keys["ours"], as_forwarded(too_large, MESSAGE), too_large).reason
 
 
 def settings(key_file: Path | str) -> ArcSettings:
     return ArcSettings(domain="forwarder.test", selector="seal", key_file=str(key_file))
 
 
-def test_the_key_is_read_and_an_unusable_one_refused(world: World, tmp_path: Path) -> None:
+def test_the_key_is_read_and_an_unusable_one_refused(world: ArcWorld, tmp_path: Path) -> None:
     assert load_arc_key(ArcSettings()) is None
-    key = load_arc_key(settings(world.path))
+    key = load_arc_key(settings(world.paths["ours"]))
     assert key is not None and (key.domain, key.selector) == ("forwarder.test", "seal")
     with pytest.raises(ConfigError, match="Ed25519 key: ARC seals are rsa-sha256"):
-        load_arc_key(settings(genkey(tmp_path / "ed.pem", "ED25519")))
+        load_arc_key(settings(ed25519_key(tmp_path / "ed.pem")))
     with pytest.raises(ConfigError, match=r"cannot read the ARC key .*missing\.pem"):
         load_arc_key(settings(tmp_path / "missing.pem"))
     (tmp_path / "text.pem").write_text("hello\n")
