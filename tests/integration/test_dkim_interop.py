@@ -31,41 +31,12 @@ from qsift.auth.dns import Resolver
 from qsift.auth.settings import DnsSettings
 from qsift.auth.signing import DkimSigner, SigningKey
 from tests.dns_server import DnsServer, running_knot, txt_strings
-from tests.unit.auth.test_dkim_keys import RFC8463_ED25519_PUBLIC, RFC8463_RSA_RECORD
+from tests.unit.auth.rfc8463 import RFC8463_MESSAGE, RFC8463_ZONE
 
 TESTKEY = shutil.which("opendkim-testkey")
 TESTMSG = shutil.which("opendkim-testmsg")
 UNSHARE = shutil.which("unshare")
 KNOTD = shutil.which("knotd") or "/usr/sbin/knotd"
-
-RFC8463_MESSAGE = b"""\
-DKIM-Signature: v=1; a=ed25519-sha256; c=relaxed/relaxed;
- d=football.example.com; i=@football.example.com;
- q=dns/txt; s=brisbane; t=1528637909; h=from : to :
- subject : date : message-id : from : subject : date;
- bh=2jUSOH9NhtVGCQWNr9BrIAPreKQjO6Sn7XIkfJVOzv8=;
- b=/gCrinpcQOoIfuHNQIbq4pgh9kyIK3AQUdt9OdqQehSwhEIug4D11Bus
- Fa3bT3FY5OsU7ZbnKELq+eXdp1Q1Dw==
-DKIM-Signature: v=1; a=rsa-sha256; c=relaxed/relaxed;
- d=football.example.com; i=@football.example.com;
- q=dns/txt; s=test; t=1528637909; h=from : to : subject :
- date : message-id : from : subject : date;
- bh=2jUSOH9NhtVGCQWNr9BrIAPreKQjO6Sn7XIkfJVOzv8=;
- b=F45dVWDfMbQDGHJFlXUNB2HKfbCeLRyhDXgFpEL8GwpsRe0IeIixNTe3
- DhCVlUrSjV4BwcVcOF6+FF3Zo9Rpo1tFOeS9mPYQTnGdaSGsgeefOsk2Jz
- dA+L10TeYt9BgDfQNZtKdN1WO//KgIqXP7OdEFE4LjFYNcUxZQ4FADY+8=
-From: Joe SixPack <joe@football.example.com>
-To: Suzie Q <suzie@shopping.example.net>
-Subject: Is dinner ready?
-Date: Fri, 11 Jul 2003 21:00:37 -0700 (PDT)
-Message-ID: <20030712040037.46341.5F8J@football.example.com>
-
-Hi.
-
-We lost the game.  Are you hungry yet?
-
-Joe.
-""".replace(b"\n", b"\r\n")
 
 MESSAGE = (
     b"From: Alice <alice@example.test>\n"
@@ -131,10 +102,7 @@ def server(keys: Keys) -> Iterator[DnsServer]:
             f"stale._domainkey TXT ( {_record(other.key)} )\n"
         ),
         "dmarc.test": '_dmarc TXT "v=DMARC1; p=none"\n',
-        "football.example.com": (
-            f'brisbane._domainkey TXT "v=DKIM1; k=ed25519; p={RFC8463_ED25519_PUBLIC}"\n'
-            f"test._domainkey TXT {txt_strings(RFC8463_RSA_RECORD)}\n"
-        ),
+        "football.example.com": RFC8463_ZONE,
     }
     with running_knot(zones) as running:
         yield running

@@ -19,7 +19,8 @@ from qsift.auth.signing import (
     load_signing_keys,
 )
 from qsift.errors import ConfigError
-from tests.unit.auth.test_dkim_keys import RFC8463_ED25519_SEED, RFC8463_RSA, ed25519_pem
+from tests.unit.auth.rfc8463 import RFC8463_ED25519_SEED, RFC8463_RSA
+from tests.unit.auth.test_dkim_keys import ed25519_pem
 
 RSA = parse_private_key(RFC8463_RSA)
 ED = parse_private_key(ed25519_pem(base64.b64decode(RFC8463_ED25519_SEED)))

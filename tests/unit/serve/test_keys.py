@@ -80,7 +80,7 @@ def test_the_shared_key_of_before_is_refused_with_the_way_out(tmp_path: Path) ->
 
 
 def test_the_arc_key_is_read_with_the_others(tmp_path: Path) -> None:
-    from tests.unit.auth.test_dkim_keys import RFC8463_RSA
+    from tests.unit.auth.rfc8463 import RFC8463_RSA
 
     assert load_keys(settings(tmp_path)).arc is None
     path = key_file(tmp_path / "arc.pem", 0o600, RFC8463_RSA)
