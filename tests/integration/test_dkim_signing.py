@@ -11,6 +11,7 @@ import io
 import logging
 import subprocess
 from collections.abc import Iterator
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +23,8 @@ from qsift.auth.dns import Resolver
 from qsift.auth.settings import DnsSettings
 from qsift.dkim_tools import genkey
 from tests.dns_server import DnsServer, running_knot, txt_strings
-from tests.fakes.mta import Delivery, fake_mta
-from tests.harness import free_port, qmqp_send, running_daemon, smtp_send
+from tests.fakes.mta import Delivery, FakeMta, fake_mta
+from tests.harness import RunningDaemon, free_port, qmqp_send, running_daemon, smtp_send
 from tests.integration.test_destinies import SENDER
 from tests.integration.test_recipient_policy import client_field, client_key
 
@@ -75,8 +76,23 @@ def _verdicts(delivery: Delivery, server: DnsServer) -> list[tuple[bytes, bool]]
     return [(a, bool(verifier.verify(i, dnsfunc=lookup))) for i, a in enumerate(algorithms)]
 
 
-def configuration(keys: dict[str, Any], **top: Any) -> dict[str, Any]:
-    return {"dkim": {"keys": keys["entries"]}, **top}
+def signing_daemon(
+    tmp_path: Path,
+    mta: FakeMta,
+    keys: dict[str, Any],
+    *,
+    bank: str = "",
+    protocols: tuple[str, ...] = ("qmqp",),
+    **top: Any,
+) -> AbstractAsyncContextManager[RunningDaemon]:
+    """qsift with `keys` to sign with, forwarding to `mta`; its listeners in `bank` (else the base policy)."""
+    return running_daemon(
+        tmp_path,
+        f"smtp:[127.0.0.1]:{mta.port}",
+        protocols=protocols,
+        listen_extra={"policy_bank": bank} if bank else None,
+        top={"dkim": {"keys": keys["entries"]}, **top},
+    )
 
 
 async def test_originating_mail_arrives_signed_and_verifies(
@@ -84,13 +100,7 @@ async def test_originating_mail_arrives_signed_and_verifies(
 ) -> None:
     async with (
         fake_mta() as mta,
-        running_daemon(
-            tmp_path,
-            f"smtp:[127.0.0.1]:{mta.port}",
-            protocols=("qmqp", "smtp"),
-            listen_extra={"policy_bank": "ORIGINATING"},
-            top=configuration(keys),
-        ) as daemon,
+        signing_daemon(tmp_path, mta, keys, bank="ORIGINATING", protocols=("qmqp", "smtp")) as daemon,
     ):
         assert (await qmqp_send(daemon.qmqp, MESSAGE, SENDER, [BOB])).startswith("K")
         assert (await smtp_send(daemon.smtp, LONG, SENDER, [BOB])).final[0][0] == 250
@@ -108,12 +118,7 @@ async def test_relayclient_in_the_client_context_signs(
 ) -> None:
     async with (
         fake_mta() as mta,
-        running_daemon(
-            tmp_path,
-            f"smtp:[127.0.0.1]:{mta.port}",
-            protocols=("qmqp",),
-            top=configuration(keys, **client_key(tmp_path)),
-        ) as daemon,
+        signing_daemon(tmp_path, mta, keys, **client_key(tmp_path)) as daemon,
     ):
         relayed = client_field(tmp_path, [BOB]) + MESSAGE
         assert (await qmqp_send(daemon.qmqp, relayed, SENDER, [BOB])).startswith("K")
@@ -131,23 +136,9 @@ async def test_inbound_unknown_domain_and_a_quiet_bank_stay_unsigned(
     quiet = {"QUIET": {"originating": True, "dkim": {"sign": False}}}
     async with (
         fake_mta() as mta,
-        running_daemon(
-            tmp_path / "base", f"smtp:[127.0.0.1]:{mta.port}", protocols=("qmqp",), top=configuration(keys)
-        ) as inbound,
-        running_daemon(
-            tmp_path / "originating",
-            f"smtp:[127.0.0.1]:{mta.port}",
-            protocols=("qmqp",),
-            listen_extra={"policy_bank": "ORIGINATING"},
-            top=configuration(keys),
-        ) as originating,
-        running_daemon(
-            tmp_path / "quiet",
-            f"smtp:[127.0.0.1]:{mta.port}",
-            protocols=("qmqp",),
-            listen_extra={"policy_bank": "QUIET"},
-            top=configuration(keys, policy_bank=quiet),
-        ) as quiet_one,
+        signing_daemon(tmp_path / "base", mta, keys) as inbound,
+        signing_daemon(tmp_path / "originating", mta, keys, bank="ORIGINATING") as originating,
+        signing_daemon(tmp_path / "quiet", mta, keys, bank="QUIET", policy_bank=quiet) as quiet_one,
     ):
         assert (await qmqp_send(inbound.qmqp, MESSAGE, SENDER, [BOB])).startswith("K")
         other = MESSAGE.replace(b"alice@example.test", b"alice@example.org")
