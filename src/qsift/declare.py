@@ -158,6 +158,11 @@ def pattern(flags: int = 0) -> Callable[[str], re.Pattern[str]]:
     return compiled
 
 
+def optional(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    """The parse function of a key where "" means none: "" is kept, anything else parsed."""
+    return lambda text: parse(text) if text else text
+
+
 def declared(kind: type) -> list[tuple[str, Setting]]:
     """The declared fields of a section, in order."""
     return [(f.name, f.metadata[META]) for f in dataclasses.fields(kind) if META in f.metadata]

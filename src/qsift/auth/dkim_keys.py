@@ -19,6 +19,8 @@ import dkim.crypto
 import dkim.util
 import nacl.signing
 
+from qsift.errors import ConfigError
+
 #: RSA keys below this are refused: RFC 8301 3.2 says signers MUST use at least 1024 bits.
 MIN_RSA_BITS = 1024
 #: A TXT character-string holds at most 255 octets (RFC 1035 3.3.14).
@@ -80,6 +82,17 @@ def read_private_key(path: str) -> PrivateKey:
     """The key in the file at `path`; OSError if it cannot be read, ValueError if it is not a key."""
     with open(path, "rb") as stream:
         return parse_private_key(stream.read())
+
+
+def load_configured_key(path: str, where: str) -> PrivateKey:
+    """A key the configuration names, for the start: a file missing, unreadable or not a key is a
+    ConfigError saying `where` (which key, which record)."""
+    try:
+        return read_private_key(path)
+    except OSError as exc:
+        raise ConfigError(f"cannot read {where}: {exc.strerror}") from None
+    except ValueError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
 
 
 def _ed25519(seed: bytes) -> PrivateKey:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import dkim
 
 from qsift.auth.arc import ArcKey, sign_arc
-from qsift.auth.dkim_keys import KeyType, read_private_key
+from qsift.auth.dkim_keys import KeyType, load_configured_key
 from qsift.auth.headers import remove_authentication_results, render_authentication_results
 from qsift.auth.results import AuthResults
 from qsift.auth.settings import ArcSettings
@@ -40,12 +40,7 @@ def load_arc_key(settings: ArcSettings) -> ArcKey | None:
             f"[arc] {' and '.join(missing)} unset: a sealing key needs domain, selector and key_file"
         )
     where = f"the ARC key {settings.key_file} ({settings.selector}._domainkey.{settings.domain})"
-    try:
-        key = read_private_key(settings.key_file)
-    except OSError as exc:
-        raise ConfigError(f"cannot read {where}: {exc.strerror}") from None
-    except ValueError as exc:
-        raise ConfigError(f"{where}: {exc}") from None
+    key = load_configured_key(settings.key_file, where)
     if key.type is not KeyType.RSA:
         raise ConfigError(f"{where} is an {key.describe()} key: ARC seals are rsa-sha256, give an RSA key")
     return ArcKey(settings.domain, settings.selector, key.signing)

@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Callable, Collection, Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from qsift.declare import COUNT, STRINGS, section, setting, tables
+from qsift.declare import COUNT, STRINGS, optional, section, setting, tables
 
 
 def _domains(entries: list[str]) -> tuple[str, ...]:
@@ -167,10 +167,6 @@ class DkimSettings:
             seen.setdefault(where, index)
 
 
-def _or_empty(parse: Callable[[str], str]) -> Callable[[str], str]:
-    return lambda text: parse(text) if text else ""
-
-
 @dataclass(frozen=True)
 class SealingSwitches:
     """The policy's part in sealing, which a policy bank may change (`arc = { seal = true }`)."""
@@ -189,9 +185,9 @@ class ArcSettings:
     domain: str = setting(
         "",
         "The sealing domain (d=); the public key is at SELECTOR._domainkey.DOMAIN.",
-        parse=_or_empty(domain_name),
+        parse=optional(domain_name),
     )
-    selector: str = setting("", "The selector (s=).", parse=_or_empty(selector_name))
+    selector: str = setting("", "The selector (s=).", parse=optional(selector_name))
     key_file: str = setting(
         "", "The PEM RSA private key (dkimpy seals with rsa-sha256 only); empty: nothing is sealed."
     )

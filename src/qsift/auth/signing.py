@@ -24,9 +24,8 @@ from dataclasses import dataclass
 import dkim
 
 from qsift.auth import rsa_openssl
-from qsift.auth.dkim_keys import KeyType, PrivateKey, read_private_key
+from qsift.auth.dkim_keys import KeyType, PrivateKey, load_configured_key
 from qsift.auth.settings import DkimSettings
-from qsift.errors import ConfigError
 
 rsa_openssl.install()
 
@@ -75,12 +74,7 @@ def load_signing_keys(settings: DkimSettings) -> tuple[SigningKey, ...]:
     loaded = []
     for entry in settings.keys:
         where = f"the DKIM key {entry.key_file} ({entry.selector}._domainkey.{entry.domain})"
-        try:
-            key = read_private_key(entry.key_file)
-        except OSError as exc:
-            raise ConfigError(f"cannot read {where}: {exc.strerror}") from None
-        except ValueError as exc:
-            raise ConfigError(f"{where}: {exc}") from None
+        key = load_configured_key(entry.key_file, where)
         loaded.append(SigningKey(entry.domain, entry.selector, key, entry.key_file))
     return tuple(loaded)
 

@@ -22,7 +22,7 @@ from qsift.auth.settings import ArcSettings, AuthSettings, DkimSettings, DnsSett
 from qsift.checks.banned import DEFAULT_RULES, BannedRule
 from qsift.checks.content import CheckSettings
 from qsift.checks.scanner_config import SpamSettings, VirusSettings
-from qsift.declare import COUNT, STRING, named, pattern, section, setting, tables
+from qsift.declare import COUNT, STRING, named, optional, pattern, section, setting, tables
 from qsift.decode.walk import DecodeLimits
 from qsift.errors import ConfigError
 from qsift.policy.bank import ORIGINATING, Bank, Network, Policies, networks
@@ -79,11 +79,6 @@ def forward_method(method: str) -> str:
             "qmail-queue:/path or maildir:/path"
         )
     return method
-
-
-def _optional(parse: Any) -> Any:
-    """For keys where "" means none."""
-    return lambda value: parse(value) if value else value
 
 
 def _tcp_address(text: str) -> str:
@@ -221,7 +216,7 @@ class NotifySettings:
     method: str = setting(
         "",
         "Where DSNs and notices go, as [forward] method; empty: the forward method.",
-        parse=_optional(forward_method),
+        parse=optional(forward_method),
     )
     templates: str = setting("", "A directory with the site's own <kind>.txt notice templates.")
     who: NotifyPolicy = section(NotifyPolicy, "", flat=True)
@@ -262,7 +257,7 @@ class ClientContextSettings:
 
 @dataclass(frozen=True)
 class MetricsSettings:
-    address: str = setting("", "host:port to serve metrics on; empty: none.", parse=_optional(_tcp_address))
+    address: str = setting("", "host:port to serve metrics on; empty: none.", parse=optional(_tcp_address))
 
 
 @dataclass(frozen=True)
