@@ -1,9 +1,11 @@
 """`qsift quarantine list|show` and `qsift release`: look into the quarantine, and let a message out.
 
-A release sends the message as it was quarantined (the X-Qsift-Envelope block is not part of it; lines
-over 998 octets fitted as on any forward, act/long_lines.py) through the configured forward method, to all
-its recipients or to those given, bypassing every check: the postmaster has decided. The release is
-recorded in the index, with the recipients it went to.
+The quarantine is the one the configuration names: local, or shared in PostgreSQL when `[store] url` is set,
+so any node lists, shows and releases what any node kept. A release sends the message as it was
+quarantined (the envelope fields the quarantine put before it are not part of it; lines over 998 octets
+fitted as on any forward, act/long_lines.py) through the configured forward method, to all its recipients
+or to those given, bypassing every check: the postmaster has decided. The release is recorded in the
+quarantine, with the recipients it went to.
 """
 
 from __future__ import annotations
@@ -19,13 +21,13 @@ from typing import TextIO
 from qsift.act.long_lines import fitted
 from qsift.config import Config
 from qsift.model import Answer, Envelope, Recipient
-from qsift.pipeline import build_pipeline
+from qsift.pipeline import build_pipeline, open_quarantine
 from qsift.spool import MessageSpool
-from qsift.store.quarantine import Quarantine, QuarantineEntry
+from qsift.store.quarantine import QuarantineEntry
 
 
 def list_quarantine(config: Config, *, category: str | None, as_json: bool, limit: int, out: TextIO) -> int:
-    quarantine = Quarantine(config.quarantine_dir)
+    quarantine = open_quarantine(config)
     try:
         for entry in quarantine.list(limit=limit, category=category):
             out.write(_entry_json(entry) + "\n" if as_json else _entry_line(entry) + "\n")
@@ -36,7 +38,7 @@ def list_quarantine(config: Config, *, category: str | None, as_json: bool, limi
 
 def purge(config: Config, days: float, out: TextIO) -> int:
     """Delete what was quarantined more than `days` days ago (for cron, when max_age_days is not set)."""
-    quarantine = Quarantine(config.quarantine_dir)
+    quarantine = open_quarantine(config)
     try:
         gone = quarantine.purge(time.time() - days * 86400)
     finally:
@@ -46,7 +48,7 @@ def purge(config: Config, days: float, out: TextIO) -> int:
 
 
 def show(config: Config, mail_id: str, out: TextIO) -> int:
-    quarantine = Quarantine(config.quarantine_dir)
+    quarantine = open_quarantine(config)
     try:
         entry = quarantine.get(mail_id)
         if entry is None:
@@ -62,7 +64,7 @@ def show(config: Config, mail_id: str, out: TextIO) -> int:
 
 def release(config: Config, mail_id: str, recipients: Sequence[str], out: TextIO) -> int:
     """Forward the quarantined message; 0 when every recipient took it, 1 otherwise."""
-    quarantine = Quarantine(config.quarantine_dir)
+    quarantine = open_quarantine(config)
     try:
         try:
             sender, original, message = quarantine.read(mail_id)

@@ -14,7 +14,7 @@ import pytest
 
 from qsift import cli, config
 from qsift.store.pg_migrate import Migrated, migrate
-from qsift.store.pg_schema import LATEST
+from qsift.store.pg_schema import LATEST, MIGRATIONS
 from qsift.store.postgres import worker_pool
 from tests.postgres_server import PostgresServer
 
@@ -96,7 +96,7 @@ DOCUMENTED_INDEXES = {
     ("quarantine", "quarantine_idx_mail_id", ("mail_id",)),
 }
 
-QSIFT_TABLES = {"qsift_schema_version", "qsift_outcomes"}
+QSIFT_TABLES = {"qsift_schema_version", "qsift_outcomes", "qsift_quarantine", "qsift_release"}
 _names = (f"mail{n}" for n in itertools.count())
 
 
@@ -161,11 +161,13 @@ def test_init_on_an_empty_database_creates_every_table(
     assert (code, err) == (0, [])
     assert out == [
         f"schema upgraded from an empty database to version {LATEST} "
-        "(1: amavisd-new's maddr, msgs, msgrcpt and quarantine; qsift_outcomes)"
+        "(1: amavisd-new's maddr, msgs, msgrcpt and quarantine; qsift_outcomes; "
+        "2: qsift_quarantine and qsift_release, the shared quarantine's own facts)"
     ]
     assert tables(url) == set(DOCUMENTED) | QSIFT_TABLES
     with psycopg.connect(url) as db:
-        assert db.execute("SELECT version FROM qsift_schema_version").fetchall() == [(LATEST,)]
+        versions = db.execute("SELECT version FROM qsift_schema_version ORDER BY version").fetchall()
+        assert versions == [(migration.version,) for migration in MIGRATIONS]
 
 
 def test_init_twice_changes_nothing_the_second_time(
@@ -177,7 +179,7 @@ def test_init_twice_changes_nothing_the_second_time(
     assert init(url, tmp_path, capsys) == (0, [f"schema up to date (version {LATEST})"], [])
     with psycopg.connect(url) as db:
         after = {table: columns(db, table) for table in tables(url)}, keys(db), indexes(db)
-        assert db.execute("SELECT count(*) FROM qsift_schema_version").fetchone() == (1,)
+        assert db.execute("SELECT count(*) FROM qsift_schema_version").fetchone() == (LATEST,)
     assert after == before
 
 
@@ -242,7 +244,9 @@ def test_two_nodes_running_init_at_once_apply_each_migration_once(url: str) -> N
         thread.start()
     for thread in threads:
         thread.join()
-    assert sorted(len(result.applied) for result in results) == [0, LATEST]
+    # The two may take turns, migration by migration; each is applied by one of them.
+    applied = sorted(step.version for result in results for step in result.applied)
+    assert applied == [migration.version for migration in MIGRATIONS]
     assert {result.after for result in results} == {LATEST}
 
 

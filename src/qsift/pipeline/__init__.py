@@ -7,7 +7,7 @@ part it works with (parts.py, checking.py, blocked.py: each with a null object f
 slots.py is its one mutable part, the messages in progress.
 """
 
-from qsift.pipeline.build import build_pipeline
+from qsift.pipeline.build import build_pipeline, open_quarantine
 from qsift.pipeline.stages import Pipeline
 
-__all__ = ["Pipeline", "build_pipeline"]
+__all__ = ["Pipeline", "build_pipeline", "open_quarantine"]

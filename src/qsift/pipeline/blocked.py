@@ -25,7 +25,7 @@ from qsift.policy.destiny import Destiny
 from qsift.policy.recipients import Decision
 from qsift.policy.settings import Policy
 from qsift.spool import MessageBody
-from qsift.store.quarantine import Quarantine
+from qsift.store.quarantine import KeptFacts, QuarantineStore
 
 
 class Bouncer(Protocol):
@@ -79,7 +79,7 @@ class Keeper(Protocol):
 
 @dataclass(frozen=True)
 class QuarantineKeeper:
-    quarantine: Quarantine
+    quarantine: QuarantineStore
     #: A retry within this many seconds finds the copy it left and is not kept twice.
     dedupe_window: float
     clock: Callable[[], float]
@@ -114,6 +114,7 @@ class QuarantineKeeper:
             message.body.chunks(),
             self.clock(),
             message.fingerprint,
+            _facts(message, kept),
         )
         metrics.quarantined(view.category.value)
         return os.path.basename(entry.file)
@@ -202,6 +203,21 @@ def _groups(blocked: list[Decision]) -> dict[tuple[Destiny, Category, float], li
         key = (decision.destiny, decision.view.category, decision.settings.levels.dsn_cutoff_level)
         groups.setdefault(key, []).append(decision)
     return groups
+
+
+#: amavisd-new's msgrcpt.ds letter for a blocked recipient's destiny (reference amavisd-sql.md §1.4).
+_DELIVERY_STATUS = {Destiny.PASS: "P", Destiny.REJECT: "R", Destiny.BOUNCE: "B", Destiny.DISCARD: "D"}
+
+
+def _facts(message: InFlight, kept: list[Decision]) -> KeptFacts:
+    """What a shared quarantine writes beside the message into amavisd-new's msgs and msgrcpt rows."""
+    spam = kept[0].view.spam
+    return KeptFacts(
+        delivery_status=tuple(_DELIVERY_STATUS[d.destiny] for d in kept),
+        local=tuple(d.settings.local for d in kept),
+        spam_level=spam.score if spam is not None else None,
+        client_address=message.client.client.ip or "",
+    )
 
 
 def _keeps(policy: Policy, decision: Decision) -> bool:

@@ -25,7 +25,7 @@ from qsift.pipeline.signing import NoSigner, Signer
 from qsift.pipeline.slots import MessageSlots
 from qsift.pipeline.stages import Pipeline
 from qsift.store.outcomes import LocalOutcomes, OutcomeStore
-from qsift.store.quarantine import Quarantine
+from qsift.store.quarantine import Quarantine, QuarantineStore
 
 if TYPE_CHECKING:
     from qsift.auth.arc import ArcKey
@@ -50,8 +50,8 @@ def build_pipeline(
 
     `client_key`, `mark_key`, `dkim_keys` and `arc_key` are the site's keys (serve/keys.py); without them
     no X-Qsift-Client field is believed, no mark is made and nothing is DKIM-signed or ARC-sealed. With
-    `durable` the outcome record (in state_dir, made if missing, or in PostgreSQL when `[store] url` is
-    set) and the quarantine are opened: `Pipeline.close` closes them.
+    `durable` the outcome record and the quarantine are opened (in state_dir, made if missing, or in
+    PostgreSQL when `[store] url` is set): `Pipeline.close` closes them.
     """
     notifier = make_forwarder(config.notify_forward, config.myhostname)
     bouncer = DsnBouncer(
@@ -63,7 +63,7 @@ def build_pipeline(
         os.makedirs(config.state_dir, mode=0o700, exist_ok=True)
         local = None if config.store.url else OutcomeStore(os.path.join(config.state_dir, OUTCOMES_FILE))
         try:
-            kept = Quarantine(config.quarantine_dir)
+            kept = open_quarantine(config)
         except BaseException:
             if local is not None:
                 local.close()
@@ -92,6 +92,17 @@ def build_pipeline(
         dedupe_window=config.dedupe_window,
         clock=clock,
     )
+
+
+def open_quarantine(config: Config) -> QuarantineStore:
+    """The quarantine `config` names: in PostgreSQL when `[store] url` is set, so every node lists and
+    releases every message; otherwise the gzip files and their index under quarantine_dir."""
+    if not config.store.url:
+        return Quarantine(config.quarantine_dir)
+    # Imported here: a site without a shared store never loads the driver.
+    from qsift.store.pg_quarantine import SharedQuarantine
+
+    return SharedQuarantine(config.store, config.myhostname)
 
 
 def _authentication(config: Config) -> MailAuthentication | None:

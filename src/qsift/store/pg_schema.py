@@ -122,12 +122,40 @@ _QSIFT_TABLES = (
     "CREATE INDEX qsift_outcomes_created ON qsift_outcomes (created)",
 )
 
+# The shared quarantine's own facts (store/pg_quarantine.py): the message itself is amavisd-new's msgs,
+# msgrcpt and quarantine rows; what they have no column for sits here, keyed by the same mail_id.
+_QSIFT_QUARANTINE = (
+    """
+    CREATE TABLE qsift_quarantine (
+      mail_id      bytea            PRIMARY KEY,  -- msgs.mail_id (partition_tag 0)
+      category     text             NOT NULL,     -- Category.value: "virus", "banned", ...
+      reasons      text             NOT NULL,     -- "INFECTED: Eicar-Test-Signature"
+      sender       bytea            NOT NULL,     -- the envelope's, exactly (maddr.email is lowercased)
+      recipients   bytea[]          NOT NULL,     -- the kept recipients, exactly, in order
+      created      double precision NOT NULL,     -- Unix seconds, as time.time() gives them
+      fingerprint  text             NOT NULL DEFAULT ''  -- finds the copy a retry left
+    )
+    """,
+    "CREATE INDEX qsift_quarantine_created ON qsift_quarantine (created)",
+    "CREATE INDEX qsift_quarantine_fingerprint ON qsift_quarantine (fingerprint)",
+    # A release per recipient, idempotent: two nodes given the same release record it once.
+    """
+    CREATE TABLE qsift_release (
+      mail_id    bytea            NOT NULL,
+      recipient  bytea            NOT NULL,
+      released   double precision NOT NULL,
+      PRIMARY KEY (mail_id, recipient)
+    )
+    """,
+)
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         1,
         "amavisd-new's maddr, msgs, msgrcpt and quarantine; qsift_outcomes",
         _QSIFT_TABLES + _AMAVISD_TABLES,
     ),
+    Migration(2, "qsift_quarantine and qsift_release, the shared quarantine's own facts", _QSIFT_QUARANTINE),
 )
 
 LATEST = MIGRATIONS[-1].version

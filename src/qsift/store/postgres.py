@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
-from psycopg_pool import AsyncConnectionPool
+from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
 from qsift.errors import StoreUnreachable
 from qsift.store.settings import StoreSettings
@@ -53,6 +53,22 @@ def worker_pool(
         kwargs={"autocommit": True, "connect_timeout": _whole_seconds(settings.connect_timeout)}
         | _writable(settings.url),
         # A message waits no longer for a free connection than for a new one.
+        timeout=settings.connect_timeout,
+    )
+
+
+def blocking_pool(settings: StoreSettings) -> ConnectionPool[psycopg.Connection[TupleRow]]:
+    """A pool of blocking connections for calls made in threads (the shared quarantine), not yet open:
+    open it on first use, after the fork. Each connection is tried before it is handed out, so a call
+    after a PostgreSQL restart gets a working one."""
+    return ConnectionPool(
+        settings.url,
+        min_size=1,
+        max_size=settings.max_connections,
+        open=False,
+        check=ConnectionPool.check_connection,
+        kwargs={"autocommit": True, "connect_timeout": _whole_seconds(settings.connect_timeout)}
+        | _writable(settings.url),
         timeout=settings.connect_timeout,
     )
 

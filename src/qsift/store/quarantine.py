@@ -29,7 +29,7 @@ import sqlite3
 import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from qsift.errors import SpoolError
 from qsift.model import address_bytes
@@ -82,6 +82,51 @@ class QuarantineEntry:
     file: str
     #: Recipients it was released to, in the order of release.
     released: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class KeptFacts:
+    """What the pipeline knows of a kept message beyond its envelope, for amavisd-new's `msgs` and
+    `msgrcpt` rows (store/pg_quarantine.py); the local quarantine has no place for them."""
+
+    #: Per recipient, in order: amavisd-new's delivery status letter (P/R/B/D, reference §1.4).
+    delivery_status: tuple[str, ...] = ()
+    #: Per recipient, in order: whether it is one of this site's.
+    local: tuple[bool, ...] = ()
+    spam_level: float | None = None
+    client_address: str = ""
+
+
+class QuarantineStore(Protocol):
+    """What the pipeline and the commands need of a quarantine: local (Quarantine) or shared in
+    PostgreSQL (store/pg_quarantine.py's SharedQuarantine). Calls block; the daemon runs them in threads."""
+
+    def store(
+        self,
+        mail_id: str,
+        category: str,
+        reasons: str,
+        sender: str,
+        recipients: Sequence[str],
+        chunks: Iterable[bytes],
+        now: float,
+        fingerprint: str = "",
+        facts: KeptFacts | None = None,
+    ) -> QuarantineEntry: ...
+
+    def mark_released(self, mail_id: str, recipients: Sequence[str]) -> None: ...
+
+    def list(self, *, limit: int = 100, category: str | None = None) -> list[QuarantineEntry]: ...
+
+    def kept_before(self, fingerprint: str, sender: str, not_before: float) -> QuarantineEntry | None: ...
+
+    def purge(self, older_than: float) -> int: ...
+
+    def get(self, mail_id: str) -> QuarantineEntry | None: ...
+
+    def read(self, mail_id: str) -> tuple[str, tuple[str, ...], bytes]: ...
+
+    def close(self) -> None: ...
 
 
 def check_mail_id(mail_id: str) -> str:
@@ -171,11 +216,13 @@ class Quarantine:
         chunks: Iterable[bytes],
         now: float,
         fingerprint: str = "",
+        facts: KeptFacts | None = None,
     ) -> QuarantineEntry:
         """Keep a message durably; SpoolError if it cannot be kept (the caller answers "try later").
 
         Storing the same mail_id again replaces the earlier copy (an idempotent retry). `fingerprint`
-        (the outcome record's body fingerprint) lets a retry of the same message find this copy.
+        (the outcome record's body fingerprint) lets a retry of the same message find this copy. `facts`
+        has no place in the local index and is not kept.
         """
         check_mail_id(mail_id)
         if not _CATEGORY.fullmatch(category):

@@ -48,15 +48,15 @@ def database_url(url: str) -> str:
 
 @dataclass(frozen=True)
 class StoreSettings:
-    """`[store]`: the shared state of several filter nodes (so far the outcome record)."""
+    """`[store]`: the shared state of several filter nodes (the outcome record and the quarantine)."""
 
     url: str = setting(
         "",
         'The shared PostgreSQL database, "postgresql://USER@HOST:PORT/DB" (a unix socket: '
         '"postgresql:///DB?host=/run/postgresql"); the password goes in ~/.pgpass. Empty: SQLite files '
         "under state_dir, nothing shared (one node needs nothing else). `qsift store init` creates its "
-        "tables, amavisd-new's among them. In progress: only the outcome record is shared so far, the "
-        "quarantine stays in state_dir (docs/cluster.md).",
+        "tables, amavisd-new's among them. The outcome record and the quarantine (in amavisd-new's msgs, "
+        "msgrcpt, maddr and quarantine tables) are then shared by every node (docs/cluster.md).",
         parse=database_url,
     )
     max_connections: int = setting(

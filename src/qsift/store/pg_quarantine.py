@@ -1,0 +1,446 @@
+"""The quarantine in PostgreSQL, in amavisd-new's tables: every node lists, shows and releases every message.
+
+A kept message is written as amavisd-new's `sql:` quarantine writes it (reference: amavisd-sql.md §1.3-1.5,
+§2.2-2.3), so the web front ends made for amavisd-new list and show it: one `msgs` row (quar_type 'Q',
+quar_loc the mail_id, content the category's letter), a `msgrcpt` row per kept recipient, a `maddr` row
+per address, and the text as `quarantine` rows of 16384-byte bytea chunks numbered from 1. The text starts
+with amavisd-new's X-Envelope-From, X-Envelope-To, X-Envelope-To-Blocked and X-Quarantine-ID fields; a
+release takes them off again, and what goes out is the message byte for byte as it came. What amavisd-new
+has no column for (the category's name, the reasons, the exact envelope, the fingerprint, the releases)
+sits in `qsift_quarantine` and `qsift_release` (store/pg_schema.py).
+
+The addresses are found or added first, in autocommit as amavisd-new does (a SELECT, and an INSERT ... ON
+CONFLICT DO NOTHING only for the new ones); then the message's rows are written in one transaction, sent in
+one pipeline: a message counts as kept only once that commits, before its answer (DESIGN.md: nothing is
+lost). Every failure is StoreUnreachable, a SpoolError, which the pipeline answers with "try later".
+"""
+
+from __future__ import annotations
+
+import datetime
+import email.header
+import email.parser
+import re
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import psycopg
+import psycopg_pool
+
+from qsift.errors import SpoolError, StoreUnreachable
+from qsift.model import address_bytes
+from qsift.store.pg_migrate import StoreNotWritable, require_version
+from qsift.store.postgres import blocking_pool
+from qsift.store.quarantine import KeptFacts, QuarantineEntry, check_mail_id
+from qsift.store.settings import StoreSettings
+
+if TYPE_CHECKING:
+    from psycopg.rows import TupleRow
+
+    Connection = psycopg.Connection[TupleRow]
+
+_T = TypeVar("_T")
+
+#: amavisd-new's $sql_quarantine_chunksize_max (§1.5): every chunk this long but the last.
+CHUNK_SIZE = 16384
+
+#: msgs.content and msgrcpt.content (§1.4); a category amavisd-new lacks is its catch-all "?".
+CONTENT_CODES = {
+    "virus": "V",
+    "banned": "B",
+    "unchecked": "U",
+    "spam": "S",
+    "spammy": "Y",
+    "bad-header": "H",
+    "oversized": "O",
+    "clean": "C",
+}
+
+_HEADER_LIMIT = 256 * 1024
+_VARCHAR = 255
+
+_ENTRY = (
+    "SELECT q.mail_id, q.created, q.sender, q.recipients, q.category, q.reasons, m.size, "
+    "ARRAY(SELECT r.recipient FROM qsift_release r WHERE r.mail_id = q.mail_id "
+    "ORDER BY r.released, r.recipient) "
+    "FROM qsift_quarantine q JOIN msgs m ON m.partition_tag = 0 AND m.mail_id = q.mail_id "
+)
+
+
+class SharedQuarantine:
+    """The quarantine in a shared PostgreSQL database; the same calls as the local Quarantine."""
+
+    def __init__(self, settings: StoreSettings, host: str) -> None:
+        """Connect on first use (after the daemon's fork). `host` goes into msgs.host: the name under which
+        the front ends reach this node."""
+        self._pool = blocking_pool(settings)
+        self._host = host[:_VARCHAR]
+        self._pool_started = False
+        self._opened = False
+
+    # --- writing ------------------------------------------------------------------------------------
+
+    def store(
+        self,
+        mail_id: str,
+        category: str,
+        reasons: str,
+        sender: str,
+        recipients: Sequence[str],
+        chunks: Iterable[bytes],
+        now: float,
+        fingerprint: str = "",
+        facts: KeptFacts | None = None,
+    ) -> QuarantineEntry:
+        """Keep a message in one transaction; StoreUnreachable if it cannot be kept. Storing the same
+        mail_id again replaces the earlier copy (an idempotent retry)."""
+        check_mail_id(mail_id)
+        recipients = tuple(recipients)
+        facts = facts or KeptFacts()
+        message = b"".join(chunks)
+        text = envelope_fields(mail_id, sender, recipients) + message
+        key = mail_id.encode("ascii")
+        code = CONTENT_CODES.get(category, "?")
+        from_addr, subject, message_id = header_fields(message)
+        reasons = _text(reasons, len(reasons))
+
+        def write(db: Connection) -> None:
+            ids = address_ids(db, [sender, *recipients])
+            with db.pipeline(), db.transaction():
+                db.execute("DELETE FROM quarantine WHERE partition_tag = 0 AND mail_id = %s", (key,))
+                db.execute("DELETE FROM msgrcpt WHERE partition_tag = 0 AND mail_id = %s", (key,))
+                db.execute("DELETE FROM msgs WHERE partition_tag = 0 AND mail_id = %s", (key,))
+                db.execute("DELETE FROM qsift_quarantine WHERE mail_id = %s", (key,))
+                db.execute(
+                    "INSERT INTO msgs (partition_tag, mail_id, secret_id, am_id, time_num, time_iso, sid, "
+                    "policy, client_addr, size, content, quar_type, quar_loc, dsn_sent, spam_level, "
+                    "message_id, from_addr, subject, host) "
+                    "VALUES (0, %s, '', %s, %s, %s, %s, '', %s, %s, %s, 'Q', %s, %s, %s, %s, %s, %s, %s)",
+                    (
+                        key,
+                        mail_id[:20],
+                        int(now),
+                        datetime.datetime.fromtimestamp(now, datetime.UTC),
+                        ids[maddr_email(sender)],
+                        facts.client_address[:_VARCHAR],
+                        len(message),
+                        code,
+                        mail_id,
+                        "Y" if "B" in facts.delivery_status else "N",
+                        facts.spam_level,
+                        message_id,
+                        from_addr,
+                        subject,
+                        self._host,
+                    ),
+                )
+                with db.cursor() as cursor:
+                    cursor.executemany(
+                        "INSERT INTO msgrcpt (partition_tag, mail_id, rseqnum, rid, is_local, content, ds, "
+                        "rs, bl, wl, bspam_level) VALUES (0, %s, %s, %s, %s, %s, %s, ' ', 'N', 'N', %s)",
+                        [
+                            (
+                                key,
+                                seqnum,
+                                ids[maddr_email(recipient)],
+                                _flag(facts.local, seqnum - 1),
+                                code,
+                                _at(facts.delivery_status, seqnum - 1, "?"),
+                                facts.spam_level,
+                            )
+                            for seqnum, recipient in enumerate(recipients, 1)
+                        ],
+                    )
+                    # %b: the chunks go as binary, not as twice as long hex text.
+                    cursor.executemany(
+                        "INSERT INTO quarantine (partition_tag, mail_id, chunk_ind, mail_text) "
+                        "VALUES (0, %b, %b, %b)",
+                        [(key, index, chunk) for index, chunk in enumerate(split_chunks(text), 1)],
+                    )
+                db.execute(
+                    "INSERT INTO qsift_quarantine (mail_id, category, reasons, sender, recipients, created, "
+                    "fingerprint) VALUES (%s, %s, %s, %s, %s, %s, %s)",
+                    (
+                        key,
+                        category,
+                        reasons,
+                        address_bytes(sender),
+                        [address_bytes(r) for r in recipients],
+                        now,
+                        fingerprint,
+                    ),
+                )
+
+        self._run(write, "keep the message")
+        return QuarantineEntry(mail_id, now, sender, recipients, category, reasons, len(message), mail_id)
+
+    def mark_released(self, mail_id: str, recipients: Sequence[str]) -> None:
+        """Record that the message went to `recipients` (msgrcpt.rs 'R', as the front ends mark it);
+        KeyError if it is not quarantined."""
+        check_mail_id(mail_id)
+        key = mail_id.encode("ascii")
+        targets = [address_bytes(r) for r in dict.fromkeys(recipients)]
+
+        def record(db: Connection) -> bool:
+            with db.transaction():
+                found = db.execute("SELECT recipients FROM qsift_quarantine WHERE mail_id = %s", (key,))
+                row = found.fetchone()
+                if row is None:
+                    return False
+                # amavisd-new's own release never touches msgrcpt; its front ends set rs = 'R' (§2.4).
+                seqnums = [n for n, kept in enumerate(row[0], 1) if bytes(kept) in targets]
+                db.execute(
+                    "UPDATE msgrcpt SET rs = 'R' "
+                    "WHERE partition_tag = 0 AND mail_id = %s AND rseqnum = ANY(%s)",
+                    (key, seqnums),
+                )
+                db.execute(
+                    "INSERT INTO qsift_release (mail_id, recipient, released) "
+                    "SELECT %s, unnest(%s::bytea[]), extract(epoch FROM now()) ON CONFLICT DO NOTHING",
+                    (key, targets),
+                )
+                return True
+
+        if not self._run(record, f"record the release of {mail_id}"):
+            raise KeyError(mail_id)
+
+    def purge(self, older_than: float) -> int:
+        """Delete what qsift quarantined before `older_than`, every table's rows at once; how many went.
+        Rows amavisd-new or another tool wrote are theirs to purge (reference §1.8)."""
+
+        def delete(db: Connection) -> int:
+            cursor = db.execute(
+                "WITH gone AS (DELETE FROM qsift_quarantine WHERE created < %s RETURNING mail_id), "
+                "m AS (DELETE FROM msgs WHERE partition_tag = 0 AND mail_id IN (SELECT mail_id FROM gone)), "
+                "r AS (DELETE FROM msgrcpt WHERE partition_tag = 0 "
+                "AND mail_id IN (SELECT mail_id FROM gone)), "
+                "q AS (DELETE FROM quarantine WHERE partition_tag = 0 "
+                "AND mail_id IN (SELECT mail_id FROM gone)), "
+                "x AS (DELETE FROM qsift_release WHERE mail_id IN (SELECT mail_id FROM gone)) "
+                "SELECT count(*) FROM gone",
+                (older_than,),
+            )
+            row = cursor.fetchone()
+            return int(row[0]) if row is not None else 0
+
+        return self._run(delete, "purge the quarantine")
+
+    # --- reading ------------------------------------------------------------------------------------
+
+    def list(self, *, limit: int = 100, category: str | None = None) -> list[QuarantineEntry]:
+        """The newest `limit` entries, newest first, of one category or all."""
+        if limit < 0:
+            raise ValueError(f"negative limit {limit}")
+
+        def select(db: Connection) -> list[tuple[Any, ...]]:
+            if category is None:
+                return db.execute(_ENTRY + "ORDER BY q.created DESC LIMIT %s", (limit,)).fetchall()
+            return db.execute(
+                _ENTRY + "WHERE q.category = %s ORDER BY q.created DESC LIMIT %s", (category, limit)
+            ).fetchall()
+
+        return [_entry(row) for row in self._run(select, "list the quarantine")]
+
+    def kept_before(self, fingerprint: str, sender: str, not_before: float) -> QuarantineEntry | None:
+        """The newest copy of the same message from the same sender kept at or after `not_before`."""
+        if not fingerprint:
+            return None
+
+        def select(db: Connection) -> list[tuple[Any, ...]]:
+            return db.execute(
+                _ENTRY + "WHERE q.fingerprint = %s AND q.sender = %s AND q.created >= %s "
+                "ORDER BY q.created DESC LIMIT 1",
+                (fingerprint, address_bytes(sender), not_before),
+            ).fetchall()
+
+        rows = self._run(select, "look for an earlier copy")
+        return _entry(rows[0]) if rows else None
+
+    def get(self, mail_id: str) -> QuarantineEntry | None:
+        """The entry of one message, or None if it is not quarantined."""
+        key = check_mail_id(mail_id).encode("ascii")
+
+        def select(db: Connection) -> list[tuple[Any, ...]]:
+            return db.execute(_ENTRY + "WHERE q.mail_id = %s", (key,)).fetchall()
+
+        rows = self._run(select, f"read {mail_id}")
+        return _entry(rows[0]) if rows else None
+
+    def read(self, mail_id: str) -> tuple[str, tuple[str, ...], bytes]:
+        """(sender, recipients, the message as it came); KeyError if it is not quarantined. The chunks
+        must start with the envelope fields the index gives and add up to its size, or SpoolError."""
+        key = check_mail_id(mail_id).encode("ascii")
+
+        def select(db: Connection) -> tuple[list[tuple[Any, ...]], bytes]:
+            entry = db.execute(_ENTRY + "WHERE q.mail_id = %s", (key,)).fetchall()
+            chunks = db.execute(
+                # amavisd-new's sel_quar (§2.2), the chunks in order.
+                "SELECT mail_text FROM quarantine "
+                "WHERE partition_tag = 0 AND mail_id = %s ORDER BY chunk_ind",
+                (key,),
+                binary=True,
+            )
+            return entry, b"".join(bytes(chunk) for (chunk,) in chunks)
+
+        rows, text = self._run(select, f"read {mail_id}")
+        if not rows:
+            raise KeyError(mail_id)
+        entry = _entry(rows[0])
+        fields = envelope_fields(mail_id, entry.sender, entry.recipients)
+        if not text.startswith(fields) or len(text) - len(fields) != entry.size:
+            raise SpoolError(f"quarantined message {mail_id} does not match its msgs row")
+        return entry.sender, entry.recipients, text[len(fields) :]
+
+    def close(self) -> None:
+        if self._pool_started:
+            self._pool.close()
+
+    # --- the connection -----------------------------------------------------------------------------
+
+    def _run(self, work: Callable[[Connection], _T], what: str) -> _T:
+        """`work` on a pooled connection, opened (and the schema checked) on first use; every driver or
+        pool failure comes out as StoreUnreachable. Each unit is idempotent, so one that met a connection
+        the server dropped (a restart) goes again on a fresh one."""
+        try:
+            if not self._opened:
+                self._open()
+            for attempt in range(2):
+                with self._pool.connection() as db:
+                    try:
+                        return work(db)
+                    except psycopg.OperationalError:
+                        if attempt or not db.broken:
+                            raise
+            raise AssertionError("unreachable")  # pragma: no cover
+        except (psycopg.OperationalError, psycopg_pool.PoolTimeout) as exc:
+            raise StoreUnreachable(f"cannot {what} in PostgreSQL: {_first_line(exc)}") from exc
+        except psycopg.Error as exc:
+            raise StoreUnreachable(f"PostgreSQL refused to {what}: {_first_line(exc)}") from exc
+        except StoreNotWritable as exc:
+            raise StoreUnreachable(f"cannot {what} in PostgreSQL: {exc}") from exc
+
+    def _open(self) -> None:
+        if not self._pool_started:
+            self._pool_started = True
+            self._pool.open(wait=False)
+        with self._pool.connection() as db:
+            row = db.execute("SELECT to_regclass('qsift_schema_version') IS NOT NULL").fetchone()
+            version = 0
+            if row is not None and row[0]:
+                row = db.execute("SELECT coalesce(max(version), 0) FROM qsift_schema_version").fetchone()
+                version = int(row[0]) if row is not None else 0
+        require_version(version)
+        self._opened = True
+
+
+# --- amavisd-new's forms -----------------------------------------------------------------------------
+
+
+def envelope_fields(mail_id: str, sender: str, recipients: Sequence[str]) -> bytes:
+    """The fields amavisd-new puts before a quarantined message (§1.5), without its Received field: every
+    kept recipient was blocked, so X-Envelope-To and X-Envelope-To-Blocked name the same ones."""
+    listed = b",\n ".join(b"<" + address_bytes(r) + b">" for r in recipients)
+    return (
+        b"X-Envelope-From: <" + address_bytes(sender) + b">\n"
+        b"X-Envelope-To: " + listed + b"\n"
+        b"X-Envelope-To-Blocked: " + listed + b"\n"
+        b"X-Quarantine-ID: <" + mail_id.encode("ascii") + b">\n"
+    )
+
+
+def split_chunks(text: bytes) -> Iterator[bytes]:
+    """`text` as amavisd-new stores it: CHUNK_SIZE bytes a chunk, the last shorter (at least one chunk)."""
+    yield text[:CHUNK_SIZE]
+    for start in range(CHUNK_SIZE, len(text), CHUNK_SIZE):
+        yield text[start : start + CHUNK_SIZE]
+
+
+def maddr_email(address: str) -> bytes:
+    """maddr.email as amavisd-new writes it by default: lowercased, at most 255 bytes; "" for <>."""
+    return address_bytes(address).lower()[:_VARCHAR]
+
+
+def maddr_domain(email: bytes) -> str:
+    """maddr.domain: the domain's labels reversed, "com.example" for user@example.com."""
+    _, at, domain = email.rpartition(b"@")
+    labels = domain.rstrip(b".").decode("utf-8", "replace").split(".") if at else []
+    return ".".join(reversed(labels))[:_VARCHAR]
+
+
+def address_ids(db: Connection, addresses: Sequence[str]) -> dict[bytes, int]:
+    """maddr.id of each address, rows added for new ones: a SELECT, and for the new ones an INSERT
+    that leaves a row another node added meanwhile alone, and a SELECT again for those (§5). Sorted, so
+    two nodes adding the same addresses take their locks in the same order."""
+    emails = sorted({maddr_email(a) for a in addresses})
+    find = "SELECT email, id FROM maddr WHERE partition_tag = 0 AND email = ANY(%s)"
+    ids = {bytes(e): int(i) for e, i in db.execute(find, (emails,)).fetchall()}
+    new = [e for e in emails if e not in ids]
+    if new:
+        added = db.execute(
+            "INSERT INTO maddr (partition_tag, email, domain) "
+            "SELECT 0, email, domain FROM unnest(%s::bytea[], %s::text[]) AS t(email, domain) ORDER BY email "
+            "ON CONFLICT (partition_tag, email) DO NOTHING RETURNING email, id",
+            (new, [maddr_domain(e) for e in new]),
+        ).fetchall()
+        ids.update((bytes(e), int(i)) for e, i in added)
+        raced = [e for e in new if e not in ids]
+        if raced:
+            ids.update((bytes(e), int(i)) for e, i in db.execute(find, (raced,)).fetchall())
+    return ids
+
+
+def header_fields(message: bytes) -> tuple[str, str, str]:
+    """(from_addr, subject, message_id) for msgs: From and Subject unfolded and MIME-decoded, the
+    Message-ID 7-bit, each at most 255 characters."""
+    head = re.split(rb"\r?\n\r?\n", message[:_HEADER_LIMIT], maxsplit=1)[0]
+    fields = email.parser.BytesHeaderParser().parsebytes(head + b"\n\n")
+    message_id = "".join(c for c in str(fields.get("Message-ID", "")) if " " < c < "\x7f")
+    return _decoded(fields.get("From")), _decoded(fields.get("Subject")), message_id[:_VARCHAR]
+
+
+def _decoded(value: object) -> str:
+    if value is None:
+        return ""
+    raw = str(value)
+    try:
+        text = str(email.header.make_header(email.header.decode_header(raw)))
+    except (ValueError, LookupError, UnicodeError):
+        text = raw
+    return _text(" ".join(text.split()), _VARCHAR)
+
+
+def _text(value: str, limit: int) -> str:
+    """Valid UTF-8 without NUL (PostgreSQL text takes nothing else), at most `limit` characters."""
+    return value.encode("utf-8", "replace").decode("utf-8").replace("\0", "")[:limit]
+
+
+def _flag(values: Sequence[bool], index: int) -> str:
+    return " " if index >= len(values) else "Y" if values[index] else "N"
+
+
+def _at(values: Sequence[str], index: int, default: str) -> str:
+    return values[index] if index < len(values) else default
+
+
+def _entry(row: tuple[Any, ...]) -> QuarantineEntry:
+    mail_id, created, sender, recipients, category, reasons, size, released = row
+    return QuarantineEntry(
+        mail_id=bytes(mail_id).decode("ascii"),
+        time=float(created),
+        sender=_address(sender),
+        recipients=tuple(_address(r) for r in recipients),
+        category=str(category),
+        reasons=str(reasons),
+        size=int(size),
+        file=bytes(mail_id).decode("ascii"),
+        released=tuple(_address(r) for r in released),
+    )
+
+
+def _address(value: bytes | memoryview) -> str:
+    return bytes(value).decode("utf-8", "surrogateescape")
+
+
+def _first_line(exc: Exception) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
