@@ -120,7 +120,8 @@ class SharedQuarantine:
                         key,
                         mail_id[:20],
                         int(now),
-                        datetime.datetime.fromtimestamp(now, datetime.UTC),
+                        # Whole seconds, as amavisd-new's YYYYMMDDTHHMMSSZ: the same instant as time_num.
+                        datetime.datetime.fromtimestamp(int(now), datetime.UTC),
                         ids[maddr_email(sender)],
                         facts.client_address[:_VARCHAR],
                         len(message),
