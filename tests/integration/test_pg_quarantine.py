@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import itertools
+import time
 from collections.abc import Iterator
 
 import psycopg
 import pytest
 
-from qsift.errors import StoreUnreachable
+from qsift.errors import SpoolError, StoreUnreachable
 from qsift.store.pg_migrate import migrate
 from qsift.store.pg_quarantine import CHUNK_SIZE, SharedQuarantine, header_fields, maddr_domain, split_chunks
 from qsift.store.quarantine import KeptFacts
@@ -92,3 +93,25 @@ def test_amavisd_forms() -> None:
     assert maddr_domain(b"") == ""
     head = b"From: =?utf-8?q?J=C3=B6rg?= <j@x.org>\nSubject: a\n  folded\nMessage-ID:  <id@x> \n\nbody"
     assert header_fields(head) == ("Jörg <j@x.org>", "a folded", "<id@x>")
+
+
+def test_postgresql_down_is_store_unreachable_and_passes_once_it_is_back(
+    shared: SharedQuarantine, postgres: PostgresServer
+) -> None:
+    """StoreUnreachable is a SpoolError: the pipeline answers it Z, as a full disk (test_quarantine.py)."""
+    shared.store("up0000000001", "virus", "x", "a@x.org", ["b@x.org"], [b"m"], 1.0)
+    postgres.stop()
+    try:
+        with pytest.raises(SpoolError, match="PostgreSQL"):
+            shared.store("down00000001", "virus", "x", "a@x.org", ["b@x.org"], [b"m"], 2.0)
+    finally:
+        postgres.start()
+    deadline = time.monotonic() + 30
+    while True:  # the pool reconnects in the background, with backoff
+        try:
+            shared.store("down00000001", "virus", "x", "a@x.org", ["b@x.org"], [b"m"], 2.0)
+            break
+        except StoreUnreachable:
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+    assert [e.mail_id for e in shared.list()] == ["down00000001", "up0000000001"]

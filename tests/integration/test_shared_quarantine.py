@@ -14,6 +14,7 @@ import itertools
 import json
 import subprocess
 import sys
+import time
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -186,19 +187,23 @@ async def test_postgresql_down_at_quarantine_time_means_try_later_and_nothing_lo
             tmp_path, f"smtp:[127.0.0.1]:{mta.port}", protocols=("qmqp",), top=store(store_url)
         ) as daemon,
     ):
+        # The table the chunks go to refuses them: the message's rows are rolled back together.
+        execute(store_url, "ALTER TABLE quarantine RENAME TO quarantine_away")
+        refused = await qmqp_send(daemon.qmqp, message, SENDER, RECIPIENTS)
+        execute(store_url, "ALTER TABLE quarantine_away RENAME TO quarantine")
         await asyncio.to_thread(postgres.stop)
         try:
             stopped = await qmqp_send(daemon.qmqp, message, SENDER, RECIPIENTS)
         finally:
             await asyncio.to_thread(postgres.start)  # the module's cluster is shared
-        # The table the chunks go to refuses them: the message's rows are rolled back together.
-        execute(store_url, "ALTER TABLE quarantine RENAME TO quarantine_away")
-        refused = await qmqp_send(daemon.qmqp, message, SENDER, RECIPIENTS)
         assert rows(store_url, "SELECT count(*) FROM msgs") == [(0,)]
         assert rows(store_url, "SELECT count(*) FROM qsift_quarantine") == [(0,)]
         assert mta.deliveries == []  # neither delivered nor bounced: the client keeps it
-        execute(store_url, "ALTER TABLE quarantine_away RENAME TO quarantine")
-        again = await qmqp_send(daemon.qmqp, message, SENDER, RECIPIENTS)
+        deadline = time.monotonic() + 30
+        # The client retries, as qmail would, until the pool has reconnected.
+        while not (again := await qmqp_send(daemon.qmqp, message, SENDER, RECIPIENTS)).startswith("K"):
+            assert again.startswith("Z") and time.monotonic() < deadline, again
+            await asyncio.sleep(0.2)
     assert stopped.startswith("Z"), stopped
     assert refused.startswith("Z451 4.3.0") and "quarantine" in refused, refused
     assert again.startswith("K") and "BOUNCE" in again, again

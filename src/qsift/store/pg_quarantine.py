@@ -106,7 +106,7 @@ class SharedQuarantine:
 
         def write(db: Connection) -> None:
             ids = address_ids(db, [sender, *recipients])
-            with db.pipeline(), db.transaction():
+            with db.transaction(), db.pipeline():
                 db.execute("DELETE FROM quarantine WHERE partition_tag = 0 AND mail_id = %s", (key,))
                 db.execute("DELETE FROM msgrcpt WHERE partition_tag = 0 AND mail_id = %s", (key,))
                 db.execute("DELETE FROM msgs WHERE partition_tag = 0 AND mail_id = %s", (key,))
