@@ -22,6 +22,7 @@ import pytest
 from psycopg import sql
 
 from qsift.store.pg_migrate import migrate
+from qsift.store.pg_schema import LATEST
 from tests.fakes.mta import FakeMta, Script, fake_mta
 from tests.harness import RunningDaemon, free_port, qmqp_send, running_daemon
 from tests.integration.test_qsift_queue import QSIFT_QUEUE, run_queue, servers_env
@@ -190,7 +191,7 @@ def test_the_daemon_refuses_to_start_on_an_old_schema(tmp_path: Path, postgres: 
     assert "qsift ready" not in log
     refusal = [line for line in log.splitlines() if line.startswith("qsift: cannot start:")]
     assert refusal == [
-        "qsift: cannot start: the database's schema is at version 0, not 1: run `qsift store init`"
+        f"qsift: cannot start: the database's schema is at version 0, not {LATEST}: run `qsift store init`"
     ], log
 
 
