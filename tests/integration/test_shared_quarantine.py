@@ -116,6 +116,10 @@ async def test_kept_on_node_a_listed_shown_and_released_byte_exact_from_node_b(
     relisted = json.loads(qsift("quarantine", "list", "--json", "--config", config).stdout)
     assert relisted["released"] == ["carol@example.net"]
     assert rows(store_url, "SELECT rseqnum, rs FROM msgrcpt ORDER BY rseqnum") == [(1, " "), (2, "R")]
+    purged = qsift("quarantine", "purge", "--older-than", "0", "--config", config)
+    assert purged.stdout.startswith("1 quarantined message(s)"), purged.stdout + purged.stderr
+    for table in ("msgs", "msgrcpt", "quarantine", "qsift_quarantine", "qsift_release"):
+        assert rows(store_url, f"SELECT count(*) FROM {table}") == [(0,)], table  # noqa: S608
 
 
 async def test_the_rows_are_amavisd_news(tmp_path: Path, store_url: str) -> None:
