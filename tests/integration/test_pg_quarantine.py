@@ -10,8 +10,9 @@ import psycopg
 import pytest
 
 from qsift.errors import SpoolError, StoreUnreachable
+from qsift.store.amavisd_forms import CHUNK_SIZE
 from qsift.store.pg_migrate import migrate
-from qsift.store.pg_quarantine import CHUNK_SIZE, SharedQuarantine, header_fields, maddr_domain, split_chunks
+from qsift.store.pg_quarantine import SharedQuarantine
 from qsift.store.quarantine import KeptFacts
 from qsift.store.settings import StoreSettings
 from tests.postgres_server import PostgresServer
@@ -84,15 +85,6 @@ def test_a_database_not_at_the_latest_schema_is_refused(postgres: PostgresServer
             quarantine.list()
     finally:
         quarantine.close()
-
-
-def test_amavisd_forms() -> None:
-    assert [len(c) for c in split_chunks(b"x" * (2 * CHUNK_SIZE + 1))] == [CHUNK_SIZE, CHUNK_SIZE, 1]
-    assert list(split_chunks(b"")) == [b""]
-    assert maddr_domain(b"user@Mail.Example.COM.") == "COM.Example.Mail"
-    assert maddr_domain(b"") == ""
-    head = b"From: =?utf-8?q?J=C3=B6rg?= <j@x.org>\nSubject: a\n  folded\nMessage-ID:  <id@x> \n\nbody"
-    assert header_fields(head) == ("Jörg <j@x.org>", "a folded", "<id@x>")
 
 
 def test_postgresql_down_is_store_unreachable_and_passes_once_it_is_back(

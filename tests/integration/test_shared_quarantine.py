@@ -22,8 +22,8 @@ from typing import Any
 import psycopg
 import pytest
 
+from qsift.store.amavisd_forms import CHUNK_SIZE
 from qsift.store.pg_migrate import migrate
-from qsift.store.pg_quarantine import CHUNK_SIZE
 from tests.fakes.mta import fake_mta
 from tests.harness import qmqp_send, running_daemon
 from tests.integration.test_destinies import PROGRAM, mail_to_bob

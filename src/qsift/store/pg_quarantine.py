@@ -18,10 +18,7 @@ lost). Every failure is StoreUnreachable, a SpoolError, which the pipeline answe
 from __future__ import annotations
 
 import datetime
-import email.header
-import email.parser
-import re
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import psycopg
@@ -29,6 +26,16 @@ import psycopg_pool
 
 from qsift.errors import SpoolError, StoreUnreachable
 from qsift.model import address_bytes
+from qsift.store.amavisd_forms import (
+    CONTENT_CODES,
+    VARCHAR,
+    address_ids,
+    column_text,
+    envelope_fields,
+    header_fields,
+    maddr_email,
+    split_chunks,
+)
 from qsift.store.pg_migrate import StoreNotWritable, require_version
 from qsift.store.postgres import blocking_pool
 from qsift.store.quarantine import KeptFacts, QuarantineEntry, check_mail_id
@@ -41,23 +48,6 @@ if TYPE_CHECKING:
 
 _T = TypeVar("_T")
 
-#: amavisd-new's $sql_quarantine_chunksize_max (§1.5): every chunk this long but the last.
-CHUNK_SIZE = 16384
-
-#: msgs.content and msgrcpt.content (§1.4); a category amavisd-new lacks is its catch-all "?".
-CONTENT_CODES = {
-    "virus": "V",
-    "banned": "B",
-    "unchecked": "U",
-    "spam": "S",
-    "spammy": "Y",
-    "bad-header": "H",
-    "oversized": "O",
-    "clean": "C",
-}
-
-_HEADER_LIMIT = 256 * 1024
-_VARCHAR = 255
 
 _ENTRY = (
     "SELECT q.mail_id, q.created, q.sender, q.recipients, q.category, q.reasons, m.size, "
@@ -74,7 +64,7 @@ class SharedQuarantine:
         """Connect on first use (after the daemon's fork). `host` goes into msgs.host: the name under which
         the front ends reach this node."""
         self._pool = blocking_pool(settings)
-        self._host = host[:_VARCHAR]
+        self._host = host[:VARCHAR]
         self._pool_started = False
         self._opened = False
 
@@ -102,7 +92,7 @@ class SharedQuarantine:
         key = mail_id.encode("ascii")
         code = CONTENT_CODES.get(category, "?")
         from_addr, subject, message_id = header_fields(message)
-        reasons = _text(reasons, len(reasons))
+        reasons = column_text(reasons, len(reasons))
 
         def write(db: Connection) -> None:
             ids = address_ids(db, [sender, *recipients])
@@ -123,7 +113,7 @@ class SharedQuarantine:
                         # Whole seconds, as amavisd-new's YYYYMMDDTHHMMSSZ: the same instant as time_num.
                         datetime.datetime.fromtimestamp(int(now), datetime.UTC),
                         ids[maddr_email(sender)],
-                        facts.client_address[:_VARCHAR],
+                        facts.client_address[:VARCHAR],
                         len(message),
                         code,
                         mail_id,
@@ -332,87 +322,6 @@ class SharedQuarantine:
                 version = int(row[0]) if row is not None else 0
         require_version(version)
         self._opened = True
-
-
-# --- amavisd-new's forms -----------------------------------------------------------------------------
-
-
-def envelope_fields(mail_id: str, sender: str, recipients: Sequence[str]) -> bytes:
-    """The fields amavisd-new puts before a quarantined message (§1.5), without its Received field: every
-    kept recipient was blocked, so X-Envelope-To and X-Envelope-To-Blocked name the same ones."""
-    listed = b",\n ".join(b"<" + address_bytes(r) + b">" for r in recipients)
-    return (
-        b"X-Envelope-From: <" + address_bytes(sender) + b">\n"
-        b"X-Envelope-To: " + listed + b"\n"
-        b"X-Envelope-To-Blocked: " + listed + b"\n"
-        b"X-Quarantine-ID: <" + mail_id.encode("ascii") + b">\n"
-    )
-
-
-def split_chunks(text: bytes) -> Iterator[bytes]:
-    """`text` as amavisd-new stores it: CHUNK_SIZE bytes a chunk, the last shorter (at least one chunk)."""
-    yield text[:CHUNK_SIZE]
-    for start in range(CHUNK_SIZE, len(text), CHUNK_SIZE):
-        yield text[start : start + CHUNK_SIZE]
-
-
-def maddr_email(address: str) -> bytes:
-    """maddr.email as amavisd-new writes it by default: lowercased, at most 255 bytes; "" for <>."""
-    return address_bytes(address).lower()[:_VARCHAR]
-
-
-def maddr_domain(email: bytes) -> str:
-    """maddr.domain: the domain's labels reversed, "com.example" for user@example.com."""
-    _, at, domain = email.rpartition(b"@")
-    labels = domain.rstrip(b".").decode("utf-8", "replace").split(".") if at else []
-    return ".".join(reversed(labels))[:_VARCHAR]
-
-
-def address_ids(db: Connection, addresses: Sequence[str]) -> dict[bytes, int]:
-    """maddr.id of each address, rows added for new ones: a SELECT, and for the new ones an INSERT
-    that leaves a row another node added meanwhile alone, and a SELECT again for those (§5). Sorted, so
-    two nodes adding the same addresses take their locks in the same order."""
-    emails = sorted({maddr_email(a) for a in addresses})
-    find = "SELECT email, id FROM maddr WHERE partition_tag = 0 AND email = ANY(%s)"
-    ids = {bytes(e): int(i) for e, i in db.execute(find, (emails,)).fetchall()}
-    new = [e for e in emails if e not in ids]
-    if new:
-        added = db.execute(
-            "INSERT INTO maddr (partition_tag, email, domain) "
-            "SELECT 0, email, domain FROM unnest(%s::bytea[], %s::text[]) AS t(email, domain) ORDER BY email "
-            "ON CONFLICT (partition_tag, email) DO NOTHING RETURNING email, id",
-            (new, [maddr_domain(e) for e in new]),
-        ).fetchall()
-        ids.update((bytes(e), int(i)) for e, i in added)
-        raced = [e for e in new if e not in ids]
-        if raced:
-            ids.update((bytes(e), int(i)) for e, i in db.execute(find, (raced,)).fetchall())
-    return ids
-
-
-def header_fields(message: bytes) -> tuple[str, str, str]:
-    """(from_addr, subject, message_id) for msgs: From and Subject unfolded and MIME-decoded, the
-    Message-ID 7-bit, each at most 255 characters."""
-    head = re.split(rb"\r?\n\r?\n", message[:_HEADER_LIMIT], maxsplit=1)[0]
-    fields = email.parser.BytesHeaderParser().parsebytes(head + b"\n\n")
-    message_id = "".join(c for c in str(fields.get("Message-ID", "")) if " " < c < "\x7f")
-    return _decoded(fields.get("From")), _decoded(fields.get("Subject")), message_id[:_VARCHAR]
-
-
-def _decoded(value: object) -> str:
-    if value is None:
-        return ""
-    raw = str(value)
-    try:
-        text = str(email.header.make_header(email.header.decode_header(raw)))
-    except (ValueError, LookupError, UnicodeError):
-        text = raw
-    return _text(" ".join(text.split()), _VARCHAR)
-
-
-def _text(value: str, limit: int) -> str:
-    """Valid UTF-8 without NUL (PostgreSQL text takes nothing else), at most `limit` characters."""
-    return value.encode("utf-8", "replace").decode("utf-8").replace("\0", "")[:limit]
 
 
 def _flag(values: Sequence[bool], index: int) -> str:
