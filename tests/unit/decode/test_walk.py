@@ -138,6 +138,18 @@ def test_uuencoded_file_with_bare_cr_line_ends() -> None:
     assert member.detected_type == "exe-ms" and member.size == len(EXE)
 
 
+def test_uuencoded_file_at_the_start_of_a_body_and_begin_in_prose() -> None:
+    # "begin " in running text is no uuencoded file; one on the body's first line is.
+    import binascii
+
+    lines = b"".join(binascii.b2a_uu(EXE[i : i + 45]) for i in range(0, len(EXE), 45))
+    first = b"begin 644 run.exe\n" + lines + b"`\nend\n"
+    prose = b"Let us begin 644 times over.\n" * 50
+    assert "1/run.exe" in leaves(decode_message(b"From: a@x\nSubject: uu\n\n" + first))
+    only_prose = leaves(decode_message(b"From: a@x\nSubject: uu\n\n" + prose))
+    assert list(only_prose) == ["1"] and only_prose["1"].detected_type == "asc"
+
+
 # --- archives, each format from real bytes ---------------------------------------------------------------
 
 
