@@ -234,20 +234,26 @@ class _Walker:
         # line, which cost more than the rest of the walk on a 60 kB text part.
         head: list[bytes] = []
         head_size = 0
+        # Read once, not once a block: a text part comes a line at a time.
+        max_member_bytes = self.limits.max_member_bytes
+        memory_threshold = self.limits.memory_threshold
+        deadline = self.deadline
         try:
             for block in blocks:
-                size += len(block)
-                self.quota_left -= len(block)
+                length = len(block)
+                size += length
+                self.quota_left -= length
                 if self.quota_left < 0:
                     raise _OverLimit("expanded past the decoding quota (archive bomb?)")
-                if size > self.limits.max_member_bytes:
-                    raise _OverLimit(f"a member larger than {self.limits.max_member_bytes} bytes")
-                self._check_time()
+                if size > max_member_bytes:
+                    raise _OverLimit(f"a member larger than {max_member_bytes} bytes")
+                if time.monotonic() >= deadline:
+                    self._check_time()  # raises: the clock only goes forward
                 digest.update(block)
                 if head_size < MAGIC_BYTES:
                     head.append(block[: MAGIC_BYTES - head_size])
                     head_size += len(head[-1])
-                if kept is not None and size > self.limits.memory_threshold:
+                if kept is not None and size > memory_threshold:
                     fd, path = tempfile.mkstemp(dir=self.work_dir())
                     stream = os.fdopen(fd, "wb")
                     stream.writelines(kept)
