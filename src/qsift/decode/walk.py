@@ -171,6 +171,18 @@ def _has_uuencoded(text: bytes) -> bool:
     return b"begin " in text and _UUENCODE_BEGIN.search(text) is not None
 
 
+def _first_bytes(blocks: list[bytes], limit: int) -> list[bytes]:
+    """The first `limit` bytes of `blocks`, as blocks (the last one cut)."""
+    first: list[bytes] = []
+    taken = 0
+    for block in blocks:
+        if taken >= limit:
+            break
+        first.append(block[: limit - taken])
+        taken += len(first[-1])
+    return first
+
+
 class _Walker:
     def __init__(self, limits: DecodeLimits, message_size: int, tmp_dir: str | None) -> None:
         self.limits = limits
@@ -230,8 +242,9 @@ class _Walker:
         stream = None
         path = None
         size = 0
-        # Joined once at the end: adding line-sized blocks to one bytes object copied the head once a
-        # line, which cost more than the rest of the walk on a 60 kB text part.
+        # The head of a part kept in memory is cut from its bytes at the end; only a part spilled to a
+        # file keeps its head aside, in blocks joined once (adding line-sized blocks to one bytes
+        # object copied the head once a line).
         head: list[bytes] = []
         head_size = 0
         # Read once, not once a block: a text part comes a line at a time.
@@ -250,24 +263,28 @@ class _Walker:
                 if time.monotonic() >= deadline:
                     self._check_time()  # raises: the clock only goes forward
                 digest.update(block)
-                if head_size < MAGIC_BYTES:
-                    head.append(block[: MAGIC_BYTES - head_size])
-                    head_size += len(head[-1])
-                if kept is not None and size > memory_threshold:
-                    fd, path = tempfile.mkstemp(dir=self.work_dir())
-                    stream = os.fdopen(fd, "wb")
-                    stream.writelines(kept)
-                    kept = None
-                if stream is not None:
-                    stream.write(block)
-                else:
-                    assert kept is not None
+                if kept is not None:
                     kept.append(block)
+                    if size > memory_threshold:
+                        fd, path = tempfile.mkstemp(dir=self.work_dir())
+                        stream = os.fdopen(fd, "wb")
+                        stream.writelines(kept)
+                        head = _first_bytes(kept, MAGIC_BYTES)
+                        head_size = sum(map(len, head))
+                        kept = None
+                else:
+                    assert stream is not None
+                    stream.write(block)
+                    if head_size < MAGIC_BYTES:
+                        head.append(block[: MAGIC_BYTES - head_size])
+                        head_size += len(head[-1])
         finally:
             if stream is not None:
                 stream.close()
-        data = b"".join(kept) if kept is not None else None
-        return _Blob(data, path, size, digest.hexdigest(), b"".join(head))
+        if kept is not None:
+            data = b"".join(kept)
+            return _Blob(data, None, size, digest.hexdigest(), data[:MAGIC_BYTES])
+        return _Blob(None, path, size, digest.hexdigest(), b"".join(head))
 
     # -- MIME: decode/mime.py reads, these callbacks decide
 

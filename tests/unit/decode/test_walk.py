@@ -374,6 +374,17 @@ def test_large_members_spill_to_a_private_dir_that_is_removed(tmp_path: Path) ->
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("threshold", [0, 100, 32_768, 65_535, 65_536, 65_537, 100_000])
+def test_a_spilled_part_is_typed_from_the_same_head_as_one_kept_in_memory(threshold: int) -> None:
+    # The ISO 9660 mark sits at 32 KiB: a head cut at the spill, or short of MAGIC_BYTES, would miss it.
+    iso = b"\x00" * 32_769 + b"CD001" + b"\x00" * 40_000
+    text = "".join(f"line {i} of a long text part\n" for i in range(4_000))
+    raw = mail_with(iso, "disc.iso", text=text)
+    in_memory = decode_message(raw).parts
+    assert {p.detected_type for p in in_memory} == {"asc", "iso"}
+    assert decode_message(raw, DecodeLimits(memory_threshold=threshold)).parts == in_memory
+
+
 def test_a_file_and_a_stream_give_the_same_parts(tmp_path: Path) -> None:
     raw = mail_with(zip_of({"run.exe": EXE}), "a.zip")
     (tmp_path / "m").write_bytes(raw)
