@@ -96,8 +96,12 @@ class _Lines:
     def _read_piece(self) -> bytes:
         if self._split:
             return self._split.popleft()
-        carry, self._carry = self._carry, b""
-        piece = carry + self._stream.readline(max(1, LINE_CHUNK - len(carry)))
+        carry = self._carry
+        if carry:
+            self._carry = b""
+            piece = carry + self._stream.readline(max(1, LINE_CHUNK - len(carry)))
+        else:
+            piece = self._stream.readline(LINE_CHUNK)
         if piece.endswith(b"\r"):
             # Cut at the size bound, or the file's last octet: the next one says whether it is a CR LF.
             piece += self._stream.read(1)
@@ -281,7 +285,11 @@ class _Body:
                     return
             if held:
                 yield held
-            body, held = _split_line_end(piece)
+            # _split_line_end, spelled out: this runs once a line of every body.
+            if piece.endswith(b"\n"):
+                body, held = (piece[:-2], b"\r\n") if piece.endswith(b"\r\n") else (piece[:-1], b"\n")
+            else:
+                body, held = _split_line_end(piece)
             if body:
                 yield body
         if held:

@@ -138,6 +138,18 @@ def test_uuencoded_file_with_bare_cr_line_ends() -> None:
     assert member.detected_type == "exe-ms" and member.size == len(EXE)
 
 
+def test_uuencoded_file_at_the_start_of_a_body_and_begin_in_prose() -> None:
+    # "begin " in running text is no uuencoded file; one on the body's first line is.
+    import binascii
+
+    lines = b"".join(binascii.b2a_uu(EXE[i : i + 45]) for i in range(0, len(EXE), 45))
+    first = b"begin 644 run.exe\n" + lines + b"`\nend\n"
+    prose = b"Let us begin 644 times over.\n" * 50
+    assert "1/run.exe" in leaves(decode_message(b"From: a@x\nSubject: uu\n\n" + first))
+    only_prose = leaves(decode_message(b"From: a@x\nSubject: uu\n\n" + prose))
+    assert list(only_prose) == ["1"] and only_prose["1"].detected_type == "asc"
+
+
 # --- archives, each format from real bytes ---------------------------------------------------------------
 
 
@@ -360,6 +372,17 @@ def test_large_members_spill_to_a_private_dir_that_is_removed(tmp_path: Path) ->
     limits = DecodeLimits(memory_threshold=1000)
     decode_message(mail_with(zip_of({"big.bin": os.urandom(50_000)}), "a.zip"), limits, str(tmp_path))
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("threshold", [0, 100, 32_768, 65_535, 65_536, 65_537, 100_000])
+def test_a_spilled_part_is_typed_from_the_same_head_as_one_kept_in_memory(threshold: int) -> None:
+    # The ISO 9660 mark sits at 32 KiB: a head cut at the spill, or short of MAGIC_BYTES, would miss it.
+    iso = b"\x00" * 32_769 + b"CD001" + b"\x00" * 40_000
+    text = "".join(f"line {i} of a long text part\n" for i in range(4_000))
+    raw = mail_with(iso, "disc.iso", text=text)
+    in_memory = decode_message(raw).parts
+    assert {p.detected_type for p in in_memory} == {"asc", "iso"}
+    assert decode_message(raw, DecodeLimits(memory_threshold=threshold)).parts == in_memory
 
 
 def test_a_file_and_a_stream_give_the_same_parts(tmp_path: Path) -> None:
