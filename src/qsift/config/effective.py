@@ -25,6 +25,7 @@ def effective(raw: Mapping[str, Any], config: Config) -> dict[str, Any]:
     values["workers"] = config.worker_count
     values["quarantine"]["dir"] = config.quarantine_dir
     values["notify"]["method"] = config.notify_forward.method
+    values["auth"]["authserv_id"] = config.authserv_id
     for listener in values["listen"]:
         if listener["protocol"] == "qmqp":
             del listener["xforward_hosts"]
