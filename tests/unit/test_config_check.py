@@ -240,13 +240,14 @@ def test_the_configuration_in_effect_reads_back_as_the_same_configuration() -> N
         assert validate(tomllib.loads(again)) == []
         first, second = config.loads(text), config.loads(again)
         # Said as what they come to: "" (the forward method, <state_dir>/quarantine, one per CPU).
-        computed = {"notify", "quarantine", "workers", "policy_bank"}
+        computed = {"notify", "quarantine", "workers", "policy_bank", "auth"}
         for item in fields(config.Config):
             if item.name not in computed:
                 assert getattr(first, item.name) == getattr(second, item.name), item.name
         assert first.notify_forward == second.notify_forward
         assert first.notify.who == second.notify.who
         assert first.quarantine.keep == second.quarantine.keep
+        assert first.authserv_id == second.authserv_id and first.auth.policy == second.auth.policy
         assert first.policies.base == second.policies.base
         assert set(first.policies.banks) == set(second.policies.banks)
         assert first.quarantine_dir == second.quarantine_dir
