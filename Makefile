@@ -52,7 +52,7 @@ test: $(STAMP) lint typecheck
 	$(BIN)/coverage report --include='src/qsift/pipeline/*' --fail-under=90
 
 # The fast loop: the unit tests and the fuzz entries' hypothesis wrappers, without the tests marked slow
-# (about a minute here on 2 shared cores); `make test` runs everything, lint and type checks too.
+# (about 50 s here on 2 shared cores); `make test` runs everything, lint and type checks too.
 unit: $(STAMP)
 	HYPOTHESIS_PROFILE=repeatable $(BIN)/python -m pytest -q -m 'not slow' tests/unit tests/fuzz
 

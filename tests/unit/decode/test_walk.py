@@ -414,6 +414,7 @@ def corpus_files() -> list[Path]:
     return sorted(p for p in CORPUS.rglob("*") if p.is_file() and p.name not in ("MANIFEST.tsv", "README.md"))
 
 
+@pytest.mark.slow  # the whole corpus: `make test` runs it, `make unit` leaves it
 @pytest.mark.skipif(not corpus_files(), reason="../shared/corpus is not here")
 def test_the_whole_corpus_decodes_within_bounds() -> None:
     slowest = 0.0
@@ -425,6 +426,7 @@ def test_the_whole_corpus_decodes_within_bounds() -> None:
     assert slowest < 10
 
 
+@pytest.mark.slow  # the whole corpus, twice over
 @pytest.mark.skipif(not corpus_files(), reason="../shared/corpus is not here")
 def test_every_attachment_name_the_email_package_sees_is_seen() -> None:
     import email
