@@ -42,6 +42,20 @@ def test_a_message_comes_back_byte_for_byte(shared: SharedQuarantine, size: int)
     assert shared.get("msg000000001") == entry
 
 
+@pytest.mark.parametrize(
+    ("category", "recipient"),
+    [("virus", "b@x.org\nX-Envelope-To: <thief@x.org>"), ("virus", "b@x.org\r"), ("../virus", "b@x.org")],
+)
+def test_a_line_break_in_an_address_or_a_bad_category_keeps_nothing(
+    shared: SharedQuarantine, category: str, recipient: str
+) -> None:
+    """The same last line of defence as the local quarantine: the envelope fields written before the
+    message cannot be forged."""
+    with pytest.raises(ValueError, match=r"line break or NUL|invalid category"):
+        shared.store("forged000001", category, "x", "a@x.org", [recipient], [b"m"], 1.0)
+    assert shared.list() == []
+
+
 def test_storing_again_replaces_the_copy_and_a_retry_finds_it(shared: SharedQuarantine) -> None:
     facts = KeptFacts(("D",), (True,), 7.5, "192.0.2.1")
     shared.store("retry0000001", "spam", "score 7.5", "a@x.org", ["b@x.org"], [b"one"], 100.0, "fp", facts)

@@ -38,7 +38,7 @@ from qsift.store.amavisd_forms import (
 )
 from qsift.store.pg_migrate import StoreNotWritable, require_version
 from qsift.store.postgres import blocking_pool
-from qsift.store.quarantine import KeptFacts, QuarantineEntry, check_mail_id
+from qsift.store.quarantine import KeptFacts, QuarantineEntry, check_kept, check_mail_id
 from qsift.store.settings import StoreSettings
 
 if TYPE_CHECKING:
@@ -84,8 +84,8 @@ class SharedQuarantine:
     ) -> QuarantineEntry:
         """Keep a message in one transaction; StoreUnreachable if it cannot be kept. Storing the same
         mail_id again replaces the earlier copy (an idempotent retry)."""
-        check_mail_id(mail_id)
         recipients = tuple(recipients)
+        check_kept(mail_id, category, sender, recipients)
         facts = facts or KeptFacts()
         message = b"".join(chunks)
         text = envelope_fields(mail_id, sender, recipients) + message

@@ -145,11 +145,17 @@ def envelope_block(mail_id: str, category: str, sender: str, recipients: Sequenc
     return b"\n".join(lines) + b"\n\n"
 
 
-def _check_address(address: str) -> None:
-    # A line break would end the envelope block early (and could forge a field in it). The protocol
-    # layers refuse such addresses already (BadAddress); this is the last line of defence.
-    if any(c in address for c in "\r\n\0"):
-        raise ValueError(f"address with a line break or NUL: {address!r}")
+def check_kept(mail_id: str, category: str, sender: str, recipients: Sequence[str]) -> None:
+    """What any quarantine checks before it keeps a message: the mail_id and category are names it
+    writes, and a line break in an address would end the envelope block written before the message
+    early (and could forge a field in it). The protocol layers refuse such addresses already
+    (BadAddress); this is the last line of defence."""
+    check_mail_id(mail_id)
+    if not _CATEGORY.fullmatch(category):
+        raise ValueError(f"invalid category {category!r}")
+    for address in (sender, *recipients):
+        if any(c in address for c in "\r\n\0"):
+            raise ValueError(f"address with a line break or NUL: {address!r}")
 
 
 def _encode_addresses(addresses: Sequence[str]) -> str:
@@ -224,12 +230,8 @@ class Quarantine:
         (the outcome record's body fingerprint) lets a retry of the same message find this copy. `facts`
         has no place in the local index and is not kept.
         """
-        check_mail_id(mail_id)
-        if not _CATEGORY.fullmatch(category):
-            raise ValueError(f"invalid category {category!r}")
         recipients = tuple(recipients)
-        for address in (sender, *recipients):
-            _check_address(address)
+        check_kept(mail_id, category, sender, recipients)
         name = f"{category}-{mail_id}.gz"
         path = os.path.join(self.directory, name)
         # SQLite TEXT must be valid UTF-8: lone surrogates (a file name from the message) become \udcxx.
