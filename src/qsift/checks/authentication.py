@@ -27,6 +27,8 @@ from qsift.spool import DEFAULT_CHUNK
 
 #: The head read for the From: field when a message is too large to read whole.
 _HEAD = 256 * 1024
+#: Messages larger than this are checked one at a time per worker (their copies in memory add up).
+LARGE = 1024 * 1024
 
 
 class MailAuthentication:
@@ -36,9 +38,18 @@ class MailAuthentication:
         self.resolver = resolver
         self.settings = settings
         self.authserv_id = authserv_id
+        # A message is held whole in memory to verify it, and dkimpy makes about four copies: at up to
+        # 40 MiB a message, a worker's 64 messages in progress could take gigabytes. Large ones take turns.
+        self._large = asyncio.Semaphore(1)
 
     async def results(self, opener: Callable[[], IO[bytes]], size: int, client: Client) -> AuthResults:
         """`opener` gives a reader of the whole message of its own (so the decoder may read beside it)."""
+        if size <= LARGE:
+            return await self._results(opener, size, client)
+        async with self._large:
+            return await self._results(opener, size, client)
+
+    async def _results(self, opener: Callable[[], IO[bytes]], size: int, client: Client) -> AuthResults:
         whole = size <= MAX_VERIFY_SIZE
         message = await asyncio.to_thread(_read, opener, size if whole else _HEAD)
         resolver = self.resolver

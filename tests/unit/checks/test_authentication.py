@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -15,7 +16,7 @@ from qsift.auth.dns import Resolver
 from qsift.auth.results import AuthResults, DmarcVerdict, MethodResult
 from qsift.auth.settings import AuthSettings, DnsSettings
 from qsift.checks.auth_verdict import DMARC_QUARANTINE, Client, findings
-from qsift.checks.authentication import MailAuthentication
+from qsift.checks.authentication import LARGE, MailAuthentication
 from qsift.model import Category
 from tests.dns_server import running_knot, silent_nameserver, txt_strings
 from tests.unit.auth import opendkim
@@ -100,3 +101,41 @@ def test_p_quarantine_is_a_spammy_finding_of_its_own() -> None:
     )
     [finding] = findings(results)
     assert (finding.category, finding.minor) == (Category.SPAMMY, DMARC_QUARANTINE)
+
+
+def test_large_messages_are_checked_one_at_a_time_and_small_ones_side_by_side(world: World) -> None:
+    """A large message is held whole in memory while it is verified: two at once would double that."""
+    reading = 0
+    most = {"large": 0, "small": 0}
+
+    class Counted(io.BytesIO):
+        """A reader that counts the readers open at once, and holds each open a moment."""
+
+        def __init__(self, data: bytes, kind: str) -> None:
+            super().__init__(data)
+            self.kind = kind
+
+        def __enter__(self) -> Counted:
+            nonlocal reading
+            reading += 1
+            most[self.kind] = max(most[self.kind], reading)
+            time.sleep(0.05)
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            nonlocal reading
+            reading -= 1
+
+    resolver = Resolver(DnsSettings(nameservers=(world.address,), timeout=2.0))
+    checks = MailAuthentication(resolver, AuthSettings(), "mx.test")
+    client = Client("", "", "billing@strict.test")
+
+    async def four(kind: str, size: int) -> None:
+        message = FORGED + b"x" * (size - len(FORGED))
+        await asyncio.gather(
+            *(checks.results(lambda: Counted(message, kind), len(message), client) for _ in range(4))
+        )
+
+    asyncio.run(four("large", LARGE + 1))
+    asyncio.run(four("small", LARGE))
+    assert most == {"large": 1, "small": 4}
