@@ -27,15 +27,22 @@ _SEAL_INLINE = 256 * 1024
 
 
 async def sealed_copy(
-    key: ArcKey | None, policy: Policy, auth: AuthResults, copy: MessageBody, mail_id: str
+    key: ArcKey | None,
+    policy: Policy,
+    auth: AuthResults,
+    copy: MessageBody,
+    mail_id: str,
+    large: asyncio.Semaphore,
 ) -> MessageBody:
-    """`copy` with an ARC set on top if its policy says seal and there is a key; else `copy` as it is."""
+    """`copy` with an ARC set on top if its policy says seal and there is a key; else `copy` as it is.
+    A large copy is sealed in a thread, holding `large`, as signing does (pipeline/signing.py)."""
     if key is None or not policy.arc.seal:
         return copy
     if copy.size <= _SEAL_INLINE:
         sealed = _seal(key, copy, auth)
     else:
-        sealed = await asyncio.to_thread(_seal, key, copy, auth)
+        async with large:
+            sealed = await asyncio.to_thread(_seal, key, copy, auth)
     if not sealed.fields:
         logger.log(level(2), "id=%s not ARC-sealed: %s", mail_id, sealed.reason)
         return copy

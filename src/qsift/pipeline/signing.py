@@ -61,14 +61,19 @@ class SignedMessage:
         return head_of_chunks(self.chunks(), limit)
 
 
-async def signed_copy(signer: Signer, policy: Policy, copy: MessageBody, mail_id: str) -> MessageBody:
-    """`copy` signed if its policy says so and its From: domain has a key; else `copy` as it is."""
+async def signed_copy(
+    signer: Signer, policy: Policy, copy: MessageBody, mail_id: str, large: asyncio.Semaphore
+) -> MessageBody:
+    """`copy` signed if its policy says so and its From: domain has a key; else `copy` as it is. A large
+    copy is signed in a thread, holding `large`: it is read whole into memory, and dkimpy copies it
+    about six times over, so large ones take turns."""
     if not signer.has_keys or not policy.originating or not policy.dkim.sign:
         return copy
     if copy.size <= _SIGN_INLINE:
         signed = _sign(signer, copy)
     else:
-        signed = await asyncio.to_thread(_sign, signer, copy)
+        async with large:
+            signed = await asyncio.to_thread(_sign, signer, copy)
     if not signed.fields:
         logger.log(level(2), "id=%s not DKIM-signed: %s", mail_id, signed.reason)
         return copy

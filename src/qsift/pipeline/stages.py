@@ -19,7 +19,7 @@ import secrets
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, ParamSpec, Protocol, TypeVar
 
 from qsift.act.forward import Forwarder
@@ -113,6 +113,9 @@ class Pipeline:
     hostname: str
     dedupe_window: float
     clock: Callable[[], float]
+    #: Held while a large copy is signed or sealed: each is read whole into memory, the library copies
+    #: it several times over, and a worker's messages in progress must not all do that at once.
+    large_copies: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(1))
 
     @property
     def handled(self) -> int:
@@ -325,8 +328,11 @@ class Pipeline:
                 edit_message(message.spool, list(fields), tag, message.client.ranges + message.cut),
                 message.fit,
             )
-            signed = await signed_copy(self.signer, message.policy, fitted, message.mail_id)
-            body = await sealed_copy(self.sealer, message.policy, message.auth, signed, message.mail_id)
+            large = self.large_copies
+            signed = await signed_copy(self.signer, message.policy, fitted, message.mail_id, large)
+            body = await sealed_copy(
+                self.sealer, message.policy, message.auth, signed, message.mail_id, large
+            )
             envelope = _outgoing(message, tuple(recipients))
             started = time.monotonic()
             results.append(await self.forwarder.forward(envelope, body, message.client_gone, deliveries))
