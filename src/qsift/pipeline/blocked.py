@@ -217,6 +217,7 @@ def _facts(message: InFlight, kept: list[Decision]) -> KeptFacts:
         local=tuple(d.settings.local for d in kept),
         spam_level=spam.score if spam is not None else None,
         client_address=message.client.client.ip or "",
+        secret_id=message.secret_id,
     )
 
 

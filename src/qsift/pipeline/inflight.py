@@ -42,3 +42,5 @@ class InFlight:
     cut: tuple[tuple[int, int], ...] = ()
     #: The authentication results, once the checks ran: every copy's seal carries them (pipeline/sealing.py).
     auth: AuthResults = field(default_factory=AuthResults)
+    #: Authorizes a release of mail_id over AM.PDP (mail_ids.py); written only to the shared quarantine.
+    secret_id: str = ""

@@ -15,7 +15,6 @@ or discarded, then notices go out (blocked.py says why in this order).
 from __future__ import annotations
 
 import asyncio
-import secrets
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -29,6 +28,7 @@ from qsift.answers import Row, reply_for_error
 from qsift.checks.content import Verdict
 from qsift.checks.headers import header_section
 from qsift.errors import ScannerFailure, SpoolError, StoreUnreachable
+from qsift.mail_ids import new_mail_ids
 from qsift.model import (
     Answer,
     Category,
@@ -70,13 +70,8 @@ _HEAD = 256 * 1024
 
 
 def new_mail_id() -> str:
-    """A short random id for logs, answers and quarantine file names, as amavisd-new's mail_id.
-
-    Never starting with "-": `qsift quarantine show MAIL_ID` and `qsift release MAIL_ID` must not take
-    one for an option (about one id in 64 did)."""
-    while (mail_id := secrets.token_urlsafe(9)).startswith("-"):
-        pass
-    return mail_id
+    """A mail_id for an answer given before a message is taken in (its secret is never needed)."""
+    return new_mail_ids().mail_id
 
 
 @dataclass(frozen=True)
@@ -153,7 +148,8 @@ class Pipeline:
     async def _handle(
         self, envelope: Envelope, spool: MessageSpool, client_gone: asyncio.Event | None
     ) -> Outcome:
-        mail_id = new_mail_id()
+        ids = new_mail_ids()
+        mail_id = ids.mail_id
         head = header_section(spool.head(_HEAD))
         now = int(self.clock())
         fields = client_fields(envelope, head, self.client_key, now)
@@ -184,6 +180,7 @@ class Pipeline:
             client_gone,
             digest,
             reading_digest=mark.reading_digest(head) if marking is not None else "",
+            secret_id=ids.secret_id,
         )
         message = replace(message, scanned_before=self._scanned_here_before(message, head, now))
         if long_lines.found:

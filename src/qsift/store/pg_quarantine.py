@@ -105,9 +105,10 @@ class SharedQuarantine:
                     "INSERT INTO msgs (partition_tag, mail_id, secret_id, am_id, time_num, time_iso, sid, "
                     "policy, client_addr, size, content, quar_type, quar_loc, dsn_sent, spam_level, "
                     "message_id, from_addr, subject, host) "
-                    "VALUES (0, %s, '', %s, %s, %s, %s, '', %s, %s, %s, 'Q', %s, %s, %s, %s, %s, %s, %s)",
+                    "VALUES (0, %s, %s, %s, %s, %s, %s, '', %s, %s, %s, 'Q', %s, %s, %s, %s, %s, %s, %s)",
                     (
                         key,
+                        facts.secret_id.encode("ascii"),
                         mail_id[:20],
                         int(now),
                         # Whole seconds, as amavisd-new's YYYYMMDDTHHMMSSZ: the same instant as time_num.

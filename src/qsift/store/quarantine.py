@@ -95,6 +95,8 @@ class KeptFacts:
     local: tuple[bool, ...] = ()
     spam_level: float | None = None
     client_address: str = ""
+    #: amavisd-new's msgs.secret_id: whoever can read it may release the message (mail_ids.py).
+    secret_id: str = ""
 
 
 class QuarantineStore(Protocol):
