@@ -20,7 +20,7 @@ from qsift.checks.scanner_set import ScannerSet
 from qsift.config import Config
 from qsift.pipeline.blocked import Keeper, NoQuarantine, QuarantineKeeper
 from qsift.pipeline.checking import ContentChecks
-from qsift.pipeline.parts import NoOutcomeRecord, OutcomeLedger
+from qsift.pipeline.parts import NoLookups, NoOutcomeRecord, OutcomeLedger, RecipientLookups
 from qsift.pipeline.signing import NoSigner, Signer
 from qsift.pipeline.slots import MessageSlots
 from qsift.pipeline.stages import Pipeline
@@ -91,6 +91,7 @@ def build_pipeline(
         hostname=config.myhostname,
         dedupe_window=config.dedupe_window,
         clock=clock,
+        lookups=_sql_lookups(config),
     )
 
 
@@ -124,6 +125,16 @@ def _shared_outcomes(config: Config) -> OutcomeLedger:
     from qsift.store.pg_outcomes import SharedOutcomes
 
     return SharedOutcomes(config.store)
+
+
+def _sql_lookups(config: Config) -> RecipientLookups:
+    """amavisd-new's lookup tables when `[store] sql_lookups` is on; its pool connects on first use."""
+    if not (config.store.url and config.store.sql_lookups):
+        return NoLookups()
+    # Imported here: a site without a shared store never loads the driver.
+    from qsift.store.pg_lookups import SqlLookups
+
+    return SqlLookups(config.store)
 
 
 def _signer(keys: tuple[SigningKey, ...]) -> Signer:

@@ -1,5 +1,6 @@
-"""The pipeline's record of outcomes and its notice about refused recipients, as protocols, with the null
-object that stands for each where a setup goes without (`qsift scan`, `qsift release`, tests).
+"""The pipeline's record of outcomes, its SQL lookups and its notice about refused recipients, as
+protocols, with the null object that stands for each where a setup goes without (`qsift scan`,
+`qsift release`, tests).
 
 The blocked acts (quarantine, bounce, notices) have theirs in blocked.py, the checks in checking.py.
 """
@@ -10,6 +11,7 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from qsift.model import Envelope, Outcome, RecipientResult
+from qsift.policy.sql_rows import FoundSettings
 from qsift.spool import MessageBody
 from qsift.store.outcomes import OutcomeRecord
 
@@ -39,6 +41,29 @@ class NoOutcomeRecord:
 
     async def purge(self, older_than: float) -> int:
         return 0
+
+    async def close(self) -> None:
+        pass
+
+
+class RecipientLookups(Protocol):
+    """Per-recipient settings and sender lists from amavisd-new's SQL tables (store/pg_lookups.py); raises
+    StoreUnreachable when it cannot answer."""
+
+    async def found(
+        self, sender: str, recipients: Sequence[str], delimiter: str = ""
+    ) -> dict[str, FoundSettings]: ...
+
+    async def close(self) -> None: ...
+
+
+class NoLookups:
+    """No SQL lookups: the TOML alone decides."""
+
+    async def found(
+        self, sender: str, recipients: Sequence[str], delimiter: str = ""
+    ) -> dict[str, FoundSettings]:
+        return {}
 
     async def close(self) -> None:
         pass

@@ -46,13 +46,14 @@ from qsift.pipeline.checking import Checks
 from qsift.pipeline.client import client_fields
 from qsift.pipeline.deliveries import Deliveries
 from qsift.pipeline.inflight import InFlight
-from qsift.pipeline.parts import OutcomeLedger, RefusalNotice
+from qsift.pipeline.parts import NoLookups, OutcomeLedger, RecipientLookups, RefusalNotice
 from qsift.pipeline.sealing import sealed_copy
 from qsift.pipeline.signing import Signer, signed_copy
 from qsift.pipeline.slots import MessageSlots
 from qsift.policy.bank import Policies
 from qsift.policy.destiny import Destiny
 from qsift.policy.recipients import Decision, decide_recipients
+from qsift.policy.settings import Policy
 from qsift.spool import MessageBody, MessageSpool
 from qsift.store.outcomes import OutcomeRecord, body_fingerprint, delivery_key
 from qsift.wire import mark
@@ -111,6 +112,8 @@ class Pipeline:
     #: Held while a large copy is signed or sealed: each is read whole into memory, the library copies
     #: it several times over, and a worker's messages in progress must not all do that at once.
     large_copies: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(1))
+    #: Per-recipient settings and sender lists from SQL ([store] sql_lookups), or none.
+    lookups: RecipientLookups = field(default_factory=NoLookups)
 
     @property
     def handled(self) -> int:
@@ -142,6 +145,7 @@ class Pipeline:
     async def close(self) -> None:
         """Close what the pipeline holds open: the outcome record, the quarantine, the scanners' sessions."""
         await self.outcomes.close()
+        await self.lookups.close()
         self.quarantine.close()
         await self.checks.close()
 
@@ -231,6 +235,10 @@ class Pipeline:
         self, message: InFlight, owed: tuple[Recipient, ...], already: int, deliveries: Deliveries
     ) -> Outcome:
         mail_id = message.mail_id
+        policy = await self._looked_up(message, owed)
+        if isinstance(policy, Outcome):
+            return policy
+        message = replace(message, policy=policy)
         try:
             verdict, virus_scanned = await self._check(message, owed)
         except ScannerFailure as exc:
@@ -359,6 +367,22 @@ class Pipeline:
             # K was earned by the others; the refused ones would otherwise vanish without a word.
             outcome = await self.refusal_notice(outcome, message.envelope, refused, message.body)
         return outcome
+
+    async def _looked_up(self, message: InFlight, owed: tuple[Recipient, ...]) -> Policy | Outcome:
+        """The message's policy with its sender and what SQL says of its recipients; or Z when the
+        lookup fails (amavisd-new's 451 when a lookup dies, reference amavisd-sql.md §2.7)."""
+        policy, sender = message.policy, message.envelope.sender
+        try:
+            found = await self.lookups.found(
+                sender, [r.address for r in owed], policy.rules.recipient_delimiter
+            )
+        except StoreUnreachable as exc:
+            mail_id = message.mail_id
+            logger.error("id=%s SQL lookup failed, the message waits (try later): %s", mail_id, exc)
+            reply = Row.LOOKUP_UNREACHABLE.reply(mail_id=mail_id, error=exc)
+            metrics.message_fate(Category.UNCHECKED.value, "tempfail", len(owed))
+            return Outcome(mail_id, reply, Disposition.TEMPFAILED)
+        return policy.for_message(sender, found)
 
     async def _delivered_before(
         self, mail_id: str, keys: Sequence[str]

@@ -65,3 +65,15 @@ class StoreSettings:
     connect_timeout: float = setting(
         10.0, "How long a new connection to PostgreSQL may take before the attempt fails, in seconds."
     )
+    sql_lookups: bool = setting(
+        False,
+        "Read per-recipient settings (amavisd-new's users and policy tables) and sender allow/block lists "
+        "(mailaddr and wblist) from the database at `url`, before the TOML's (docs/cluster.md). A lookup "
+        "that fails answers try later (Z / 451).",
+    )
+    sql_lookup_ttl: float = setting(
+        60.0,
+        "How long each worker keeps what a lookup found (per recipient, and per recipient and sender), in "
+        "seconds; 0: every message asks the database.",
+        check=lambda v: None if v >= 0 else "must be 0 or more",
+    )
