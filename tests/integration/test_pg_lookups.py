@@ -14,7 +14,7 @@ from psycopg import sql
 
 from qsift.errors import StoreUnreachable
 from qsift.model import Category
-from qsift.policy.sql_rows import NOT_LISTED, SenderListing
+from qsift.store.amavisd_lookups import NOT_LISTED, SenderListing
 from qsift.store.pg_lookups import SqlLookups
 from qsift.store.pg_migrate import migrate
 from qsift.store.settings import StoreSettings

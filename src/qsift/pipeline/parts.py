@@ -11,8 +11,8 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from qsift.model import Envelope, Outcome, RecipientResult
-from qsift.policy.sql_rows import FoundSettings
 from qsift.spool import MessageBody
+from qsift.store.amavisd_lookups import FoundSettings
 from qsift.store.outcomes import OutcomeRecord
 
 

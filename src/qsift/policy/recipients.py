@@ -2,11 +2,11 @@
 
 amavisd-new's per-recipient categories: a recipient who bypasses a check does not see its findings; the
 spam category follows the recipient's own tag2 and kill levels; a message larger than the recipient's
-`message_size_limit` is OVERSIZED for it. A sender the recipient blacklists makes the
-message spam for it, one it whitelists makes it not spam, and a soft listing adds to the score (sql_rows.py).
-The recipient is blocked by the most severe category whose
-destiny is not pass and which the recipient does not love; a virus lover blocked for a banned file sees
-the banned file, not the virus, in its DSN and notices. Pure functions: no I/O, easy to test exhaustively.
+`message_size_limit` is OVERSIZED for it. A sender the recipient blacklists makes the message spam for
+it, one it whitelists makes it not spam, and a soft listing adds to the score (store/amavisd_lookups.py).
+The recipient is blocked by the most severe category whose destiny is not pass and which the recipient
+does not love; a virus lover blocked for a banned file sees the banned file, not the virus, in its DSN and
+notices. Pure functions: no I/O, easy to test exhaustively.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from qsift.checks.spam_levels import spam_findings
 from qsift.model import Category, Finding, Recipient
 from qsift.policy.destiny import Destiny
 from qsift.policy.settings import Policy, RecipientSettings
-from qsift.policy.sql_rows import SenderListing
+from qsift.store.amavisd_lookups import SenderListing
 
 _SPAM_CATEGORIES = (Category.SPAM, Category.SPAMMY)
 

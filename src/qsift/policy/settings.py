@@ -20,7 +20,7 @@ from qsift.declare import INTEGER, LEVEL, STRINGS, declared, laid_over, setting,
 from qsift.model import Category
 from qsift.policy.destiny import DestinySettings
 from qsift.policy.lookup import AddressTable
-from qsift.policy.sql_rows import NOT_LISTED, NOTHING_FOUND, FoundSettings, SenderListing
+from qsift.store.amavisd_lookups import NOT_LISTED, NOTHING_FOUND, FoundSettings, SenderListing
 
 #: `[policy]` list keys naming the recipients who accept a category (amavisd-new's @*_lovers_maps).
 LOVERS = {

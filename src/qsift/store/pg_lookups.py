@@ -5,7 +5,7 @@ message's: `sel_policy` takes every key of every recipient in one `= ANY(...)`, 
 user those keys match, with the sender's keys; the two go out together in one pipeline, so a message costs
 one round trip however many recipients it has. Keys are bound as bytea parameters (users.email and
 mailaddr.email are bytea), never spliced and never matched with LIKE, so no address can change a statement.
-What the rows mean is policy/sql_rows.py's business.
+What the rows mean is store/amavisd_lookups.py's business.
 
 Each worker keeps what it found for `sql_lookup_ttl` seconds (amavisd-new keeps it for one message): per
 recipient for its settings, per recipient and sender for its lists, at most _MAX_ENTRIES of each. A
@@ -25,7 +25,7 @@ import psycopg
 import psycopg_pool
 
 from qsift.errors import StoreUnreachable
-from qsift.policy.sql_rows import (
+from qsift.store.amavisd_lookups import (
     FoundSettings,
     PolicyRow,
     SenderListing,

@@ -1,7 +1,8 @@
 """What amavisd-new's lookup tables say about one recipient: its `users` rows joined with `policy`, and the
 `wblist` rows of those users for the sender (reference: amavisd-sql.md §1.1, §2.2).
 
-Pure: the rows come from store/pg_lookups.py, in the order amavisd-new's statements give them (highest
+Pure, and below the policy (policy/settings.py lays these values over the TOML's): the rows come from
+store/pg_lookups.py, in the order amavisd-new's statements give them (highest
 `priority` first), and are read here as amavisd-new reads them:
 - a `policy` column that is NULL (or missing) says nothing: the next row, then the TOML, decides;
 - booleans are false for N, n, F, f, 0, NUL or space, and true for any other character;

@@ -1,4 +1,4 @@
-"""What amavisd-new's lookup rows mean (policy/sql_rows.py), what they change in a recipient's settings
+"""What amavisd-new's lookup rows mean (store/amavisd_lookups.py), what they change in a recipient's settings
 before the TOML's, and what a white- or blacklisted sender, or a score boost, does to a recipient's lot;
 also the TOML's own whitelist_sender / blacklist_sender lists, for a site without SQL."""
 
@@ -15,7 +15,7 @@ from qsift.model import Category, Recipient
 from qsift.policy.destiny import Destiny
 from qsift.policy.recipients import Decision, decide_recipient
 from qsift.policy.settings import Policy
-from qsift.policy.sql_rows import (
+from qsift.store.amavisd_lookups import (
     NOT_LISTED,
     FoundSettings,
     PolicyRow,
