@@ -8,7 +8,9 @@ answers is `qsift store init`'s business.
 
 from __future__ import annotations
 
+from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlsplit
 
 from qsift.declare import COUNT, setting
@@ -74,6 +76,11 @@ class StoreSettings:
     sql_lookup_ttl: float = setting(
         60.0,
         "How long each worker keeps what a lookup found (per recipient, and per recipient and sender), in "
-        "seconds; 0: every message asks the database.",
-        check=lambda v: None if v >= 0 else "must be 0 or more",
+        "seconds: a change in the tables reaches every node within this time.",
     )
+
+    @staticmethod
+    def config_rules(values: Mapping[str, Any], written: Collection[str]) -> Iterator[tuple[tuple[str], str]]:
+        """SQL lookups need the database they read."""
+        if values.get("sql_lookups") and not values.get("url"):
+            yield ("sql_lookups",), "needs [store] url: the lookup tables are in that database"
