@@ -372,6 +372,8 @@ class Pipeline:
         """The message's policy with its sender and what SQL says of its recipients; or Z when the
         lookup fails (amavisd-new's 451 when a lookup dies, reference amavisd-sql.md §2.7)."""
         policy, sender = message.policy, message.envelope.sender
+        if message.scanned_before:
+            return policy  # passed on unchecked: no recipient's settings count
         try:
             found = await self.lookups.found(
                 sender, [r.address for r in owed], policy.rules.recipient_delimiter

@@ -258,28 +258,32 @@ class Policy:
             # amavisd-new's "first table with a defined value wins"
             return next((v for o in override if (v := getattr(o, key)) is not None), default)
 
-        def listed(tables: Mapping[str, Category], sql_flags: Mapping[Category, bool]) -> frozenset[Category]:
+        def flagged(
+            tables: Mapping[str, Category], sql_flags: Mapping[Category, bool]
+        ) -> frozenset[Category]:
             return frozenset(
                 c
                 for key, c in tables.items()
                 if sql_flags.get(c, getattr(rules, key).matches(address, delimiter))
             )
 
-        found = {
+        chosen = {
             f.name: sql.levels.get(f.name, first(f.name, getattr(self.levels, f.name)))
             for f in fields(SpamLevels)
         }
-        levels = SpamLevels(**found)  # type: ignore[arg-type]
-        static_local = rules.local_domains is None or rules.local_domains.matches(address, delimiter)
+        levels = SpamLevels(**chosen)  # type: ignore[arg-type]
+        local = sql.local
+        if local is None:
+            local = rules.local_domains is None or rules.local_domains.matches(address, delimiter)
         size = sql.message_size_limit
+        if size is None:
+            size = int(first("message_size_limit", rules.message_size_limit) or 0)
         return RecipientSettings(
-            local=static_local if sql.local is None else sql.local,
+            local=local,
             levels=levels,
-            loves=listed(LOVERS, sql.loves),
-            bypasses=listed(BYPASS, sql.bypasses),
-            message_size_limit=int(first("message_size_limit", rules.message_size_limit) or 0)
-            if size is None
-            else size,
+            loves=flagged(LOVERS, sql.loves),
+            bypasses=flagged(BYPASS, sql.bypasses),
+            message_size_limit=size,
             listing=self._listing(sql.listing, override),
         )
 
