@@ -20,7 +20,7 @@ from qsift.checks.scanner_set import ScannerSet
 from qsift.config import Config
 from qsift.pipeline.blocked import Keeper, NoQuarantine, QuarantineKeeper
 from qsift.pipeline.checking import ContentChecks
-from qsift.pipeline.parts import NoOutcomeRecord, OutcomeLedger
+from qsift.pipeline.parts import MessageLog, NoMessageLog, NoOutcomeRecord, OutcomeLedger
 from qsift.pipeline.signing import NoSigner, Signer
 from qsift.pipeline.slots import MessageSlots
 from qsift.pipeline.stages import Pipeline
@@ -51,13 +51,14 @@ def build_pipeline(
     `client_key`, `mark_key`, `dkim_keys` and `arc_key` are the site's keys (serve/keys.py); without them
     no X-Qsift-Client field is believed, no mark is made and nothing is DKIM-signed or ARC-sealed. With
     `durable` the outcome record and the quarantine are opened (in state_dir, made if missing, or in
-    PostgreSQL when `[store] url` is set): `Pipeline.close` closes them.
+    PostgreSQL when `[store] url` is set, with the message log): `Pipeline.close` closes them.
     """
     notifier = make_forwarder(config.notify_forward, config.myhostname)
     bouncer = DsnBouncer(
         notifier, config.myhostname, re.compile(config.dsn.viruses_that_fake_sender, re.IGNORECASE)
     )
     outcomes: OutcomeLedger = NoOutcomeRecord()
+    message_log: MessageLog = NoMessageLog()
     quarantine: Keeper = NoQuarantine()
     if durable:
         os.makedirs(config.state_dir, mode=0o700, exist_ok=True)
@@ -68,7 +69,10 @@ def build_pipeline(
             if local is not None:
                 local.close()
             raise
-        outcomes = LocalOutcomes(local) if local is not None else _shared_outcomes(config)
+        if local is not None:
+            outcomes = LocalOutcomes(local)
+        else:
+            outcomes, message_log = _shared_record_and_log(config)
         quarantine = QuarantineKeeper(kept, config.dedupe_window, clock)
     return Pipeline(
         forwarder=make_forwarder(config.forward, config.myhostname),
@@ -80,6 +84,7 @@ def build_pipeline(
         policies=config.policies,
         outcomes=outcomes,
         quarantine=quarantine,
+        message_log=message_log,
         bounce=bouncer,
         notices=Notices(notifier, config.myhostname, config.notify.templates),
         refusal_notice=bouncer.refused,
@@ -118,12 +123,16 @@ def _authentication(config: Config) -> MailAuthentication | None:
     return MailAuthentication(Resolver(config.dns), config.auth, config.authserv_id)
 
 
-def _shared_outcomes(config: Config) -> OutcomeLedger:
-    """The outcome record in PostgreSQL; its pool connects on first use, in the worker, after the fork."""
+def _shared_record_and_log(config: Config) -> tuple[OutcomeLedger, MessageLog]:
+    """The outcome record and the message log in PostgreSQL, on one pool that connects on first use, in
+    the worker, after the fork."""
     # Imported here: a site without a shared store never loads the driver.
+    from qsift.store.pg_log import SharedMessageLog
     from qsift.store.pg_outcomes import SharedOutcomes
+    from qsift.store.pg_worker import WorkerDatabase
 
-    return SharedOutcomes(config.store)
+    database = WorkerDatabase(config.store)
+    return SharedOutcomes(database), SharedMessageLog(database, config.myhostname)
 
 
 def _signer(keys: tuple[SigningKey, ...]) -> Signer:

@@ -140,7 +140,8 @@ class Daemon:
 
     async def _housekeeping(self, pipeline: Pipeline) -> None:
         """Keep the durable state bounded: outcome records past the dedupe window go (they can no longer
-        answer a retry), and quarantined mail past `[quarantine] max_age_days` when that is set."""
+        answer a retry), the message log past `[store] log_days`, and quarantined mail past `[quarantine]
+        max_age_days` when that is set."""
         config = self.config
         while True:
             now = time.time()
@@ -149,6 +150,12 @@ class Daemon:
                 gone = await pipeline.outcomes.purge(now - config.dedupe_window)
                 if gone:
                     logger.info("outcome record: %d entries past the dedupe window removed", gone)
+                days = config.store.log_days
+                if days:
+                    # Shared as the record is: one node at a time.
+                    gone = await pipeline.message_log.purge(now - days * 86400)
+                    if gone:
+                        logger.info("message log: %d messages older than %d days deleted", gone, days)
                 days = config.quarantine.max_age_days
                 if days:
                     gone = await asyncio.to_thread(pipeline.quarantine.purge, now - days * 86400)

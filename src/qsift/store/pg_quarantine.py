@@ -133,14 +133,14 @@ class SharedQuarantine:
                         [
                             (
                                 key,
-                                seqnum,
+                                _at(facts.numbers, index, index + 1),
                                 ids[maddr_email(recipient)],
-                                _flag(facts.local, seqnum - 1),
+                                _flag(facts.local, index),
                                 code,
-                                _at(facts.delivery_status, seqnum - 1, "?"),
+                                _at(facts.delivery_status, index, "?"),
                                 facts.spam_level,
                             )
-                            for seqnum, recipient in enumerate(recipients, 1)
+                            for index, recipient in enumerate(recipients)
                         ],
                     )
                     # %b: the chunks go as binary, not as twice as long hex text.
@@ -175,16 +175,15 @@ class SharedQuarantine:
 
         def record(db: Connection) -> bool:
             with db.transaction():
-                found = db.execute("SELECT recipients FROM qsift_quarantine WHERE mail_id = %s", (key,))
-                row = found.fetchone()
-                if row is None:
+                found = db.execute("SELECT 1 FROM qsift_quarantine WHERE mail_id = %s", (key,))
+                if found.fetchone() is None:
                     return False
-                # amavisd-new's own release never touches msgrcpt; its front ends set rs = 'R' (§2.4).
-                seqnums = [n for n, kept in enumerate(row[0], 1) if bytes(kept) in targets]
+                # amavisd-new's own release never touches msgrcpt; its front ends set rs = 'R' (§2.4). The
+                # rows are found by address: the message log numbers them among all the recipients.
                 db.execute(
-                    "UPDATE msgrcpt SET rs = 'R' "
-                    "WHERE partition_tag = 0 AND mail_id = %s AND rseqnum = ANY(%s)",
-                    (key, seqnums),
+                    "UPDATE msgrcpt SET rs = 'R' WHERE partition_tag = 0 AND mail_id = %s AND rid IN "
+                    "(SELECT id FROM maddr WHERE partition_tag = 0 AND email = ANY(%s))",
+                    (key, [maddr_email(r) for r in dict.fromkeys(recipients)]),
                 )
                 db.execute(
                     "INSERT INTO qsift_release (mail_id, recipient, released) "
@@ -329,7 +328,7 @@ def _flag(values: Sequence[bool], index: int) -> str:
     return " " if index >= len(values) else "Y" if values[index] else "N"
 
 
-def _at(values: Sequence[str], index: int, default: str) -> str:
+def _at(values: Sequence[_T], index: int, default: _T) -> _T:
     return values[index] if index < len(values) else default
 
 

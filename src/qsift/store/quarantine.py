@@ -97,6 +97,9 @@ class KeptFacts:
     client_address: str = ""
     #: amavisd-new's msgs.secret_id: whoever can read it may release the message (mail_ids.py).
     secret_id: str = ""
+    #: Per recipient, in order: its msgrcpt.rseqnum, its place among the envelope's recipients, so the
+    #: message log's rows of the same message meet these (store/pg_log.py); 1, 2, ... when not given.
+    numbers: tuple[int, ...] = ()
 
 
 class QuarantineStore(Protocol):
