@@ -55,7 +55,8 @@ def logged_message(
         size=message.body.size,
         content=content_code(worst.view),
         policy=",".join(outcome.banks),
-        client_address=message.client.client.ip or message.envelope.client_address or "",
+        # As the shared quarantine writes it: the client qsift-queue vouched for, else the peer.
+        client_address=message.client.client.ip,
         originating=message.policy.originating,
         spam_level=min(levels) if levels else None,
         dsn_sent=dsn_sent(message.mail_id, fates),
