@@ -195,6 +195,12 @@ async def test_a_quarantined_message_has_one_msgs_row_and_every_recipient(
     assert recipients[0][-1].startswith("250 2.0.0 Ok: queued as ")
     assert recipients[1][-1] == f"250 2.5.0 Ok, id={mail_id.decode()}, BOUNCE"
     assert mta.accepted[0].recipients == [BOB]
+    quarantine = SharedQuarantine(StoreSettings(url=store_url, connect_timeout=1.0), "qsift.test")
+    try:  # a release to both marks the kept one's row: Bob's copy was never kept
+        await asyncio.to_thread(quarantine.mark_released, mail_id.decode(), [BOB.decode(), CAROL.decode()])
+    finally:
+        quarantine.close()
+    assert rows(store_url, "SELECT rseqnum, rs FROM msgrcpt ORDER BY rseqnum") == [(1, " "), (2, "R")]
 
 
 async def test_two_nodes_logging_at_once_share_the_addresses(

@@ -175,15 +175,18 @@ class SharedQuarantine:
 
         def record(db: Connection) -> bool:
             with db.transaction():
-                found = db.execute("SELECT 1 FROM qsift_quarantine WHERE mail_id = %s", (key,))
-                if found.fetchone() is None:
+                found = db.execute("SELECT recipients FROM qsift_quarantine WHERE mail_id = %s", (key,))
+                row = found.fetchone()
+                if row is None:
                     return False
                 # amavisd-new's own release never touches msgrcpt; its front ends set rs = 'R' (§2.4). The
-                # rows are found by address: the message log numbers them among all the recipients.
+                # kept recipients' rows are found by address: their rseqnum is their place among all the
+                # message's recipients, whose rows the message log adds (store/pg_log.py).
+                released = [maddr_email(_address(kept)) for kept in row[0] if bytes(kept) in targets]
                 db.execute(
                     "UPDATE msgrcpt SET rs = 'R' WHERE partition_tag = 0 AND mail_id = %s AND rid IN "
                     "(SELECT id FROM maddr WHERE partition_tag = 0 AND email = ANY(%s))",
-                    (key, [maddr_email(r) for r in dict.fromkeys(recipients)]),
+                    (key, released),
                 )
                 db.execute(
                     "INSERT INTO qsift_release (mail_id, recipient, released) "
