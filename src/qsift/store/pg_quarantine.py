@@ -260,6 +260,21 @@ class SharedQuarantine:
         rows = self._run(select, f"read {mail_id}")
         return _entry(rows[0]) if rows else None
 
+    def secret_id(self, mail_id: str) -> str:
+        """msgs.secret_id of a message qsift keeps ("" if it has none, or is not kept): what the front ends
+        read and send back in an AM.PDP release."""
+        key = check_mail_id(mail_id).encode("ascii")
+
+        def select(db: Connection) -> list[tuple[Any, ...]]:
+            return db.execute(
+                "SELECT m.secret_id FROM msgs m JOIN qsift_quarantine q ON q.mail_id = m.mail_id "
+                "WHERE m.partition_tag = 0 AND m.mail_id = %s",
+                (key,),
+            ).fetchall()
+
+        rows = self._run(select, f"read {mail_id}")
+        return bytes(rows[0][0] or b"").decode("ascii", "replace") if rows else ""
+
     def read(self, mail_id: str) -> tuple[str, tuple[str, ...], bytes]:
         """(sender, recipients, the message as it came); KeyError if it is not quarantined. The chunks
         must start with the envelope fields the index gives and add up to its size, or SpoolError."""
