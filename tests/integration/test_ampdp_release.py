@@ -14,6 +14,7 @@ import contextlib
 import itertools
 import re
 import shutil
+import signal
 import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -29,6 +30,7 @@ from tests.fakes.mta import FakeMta, Script, fake_mta
 from tests.harness import RunningDaemon, free_port, qmqp_send, running_daemon
 from tests.integration.test_shared_outcomes import store
 from tests.integration.test_shared_quarantine import RECIPIENTS, SENDER, big_banned_message, rows
+from tests.integration.test_workers import serving
 from tests.postgres_server import PostgresServer
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -314,3 +316,37 @@ async def test_debians_amavisd_release_over_the_unix_socket_and_tcp(tmp_path: Pa
     ]
     assert [d.recipients for d in n.mta.deliveries] == [[b"carol@example.net"], [b"Bob@Example.NET"]]
     assert released_to(store_url, mail_id) == [(b"bob@example.net", "R"), (b"carol@example.net", "R")]
+
+
+async def test_qsift_serve_shares_the_release_sockets_and_a_reload_moves_them(
+    tmp_path: Path, store_url: str
+) -> None:
+    unix, port, moved = tmp_path / "amavisd.sock", free_port(), free_port()
+
+    def release_section(tcp: int) -> str:
+        return f'[store]\nurl = "{store_url}"\n[release]\nlisten = ["unix:{unix}", "127.0.0.1:{tcp}"]\n'
+
+    async with fake_mta() as mta:
+        with serving(tmp_path, f"smtp:[127.0.0.1]:{mta.port}", release_section(port)) as served:
+            served.wait_for_log(rf"qsift ready: .*am\.pdp:127\.0\.0\.1:{port}")
+            answer = await qmqp_send(served.port, big_banned_message(), SENDER, RECIPIENTS)
+            assert "BOUNCE" in answer, answer
+            mail_id = answer.split("id=")[1].split(",")[0]
+            [(secret,)] = rows(store_url, "SELECT secret_id FROM msgs WHERE mail_id = %s", mail_id.encode())
+            over_tcp = amavisd_release(tmp_path / "tcp", f"127.0.0.1:{port}")
+            first = await asyncio.to_thread(
+                run, over_tcp, mail_id, bytes(secret).decode(), "carol@example.net"
+            )
+            assert first.stderr.startswith("250 2.0.0 Ok"), first.stderr + served.log_text()
+
+            config = served.config.read_text().replace(f'127.0.0.1:{port}"]', f'127.0.0.1:{moved}"]')
+            served.config.write_text(config)
+            served.process.send_signal(signal.SIGHUP)
+            served.wait_for_log(rf"qsift ready: .*am\.pdp:127\.0\.0\.1:{moved}")
+            over_unix = amavisd_release(tmp_path / "unix", str(unix))
+            second = await asyncio.to_thread(run, over_unix, mail_id, "Bob@Example.NET")
+            assert second.stderr.startswith("250 2.0.0 Ok"), second.stderr + served.log_text()
+            over_moved = amavisd_release(tmp_path / "moved", f"127.0.0.1:{moved}")
+            third = await asyncio.to_thread(run, over_moved, mail_id, bytes(secret).decode())
+    assert [d.recipients for d in mta.deliveries[1:]] == [[b"carol@example.net"], [b"Bob@Example.NET"]]
+    assert third.stderr.count("earlier") == 2, third.stderr

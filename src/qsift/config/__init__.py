@@ -289,7 +289,9 @@ class ReleaseSettings:
         "Over TCP a secret_id is always needed.",
     )
     timeout: float = setting(
-        60.0, "Longest silence while reading a release request, and longest a release may take, in seconds."
+        60.0,
+        "Longest silence while reading a release request, in seconds; the release itself is bounded by the "
+        "forward's own timeouts (one cut short could go out unrecorded).",
     )
 
 
