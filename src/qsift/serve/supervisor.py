@@ -90,6 +90,11 @@ class Supervisor:
         privileges.prepare_private_dirs(self.config, user)
         self.keys = load_keys(self.config, (user.uid, user.gid) if user is not None else None)
         self.sockets = {name: bind_address(*how) for name, how in _sockets_wanted(self.config).items()}
+        if user is not None:
+            # As amavisd-new's amavisd.sock is amavis:amavis: the group qsift runs as may release.
+            for address in self.config.release.listen:
+                if address.path is not None:
+                    os.chown(address.path, user.uid, user.gid)
         _write_pid_file(self.config)
         if user is not None:
             privileges.import_before_drop()
