@@ -17,6 +17,7 @@ from qsift.model import Category
 from qsift.store.amavisd_lookups import NOT_LISTED, SenderListing
 from qsift.store.pg_lookups import SqlLookups
 from qsift.store.pg_migrate import migrate
+from qsift.store.pg_worker import WorkerDatabase
 from qsift.store.settings import StoreSettings
 from tests.postgres_server import PostgresServer
 
@@ -42,7 +43,7 @@ class Clock:
 
 def lookups(url: str, clock: Clock | None = None, ttl: float = 60.0) -> SqlLookups:
     settings = StoreSettings(url=url, connect_timeout=1.0, sql_lookups=True, sql_lookup_ttl=ttl)
-    return SqlLookups(settings, clock or Clock())
+    return SqlLookups(WorkerDatabase(settings), settings, clock or Clock())
 
 
 def policy(db: Db, **columns: object) -> int:
@@ -272,8 +273,9 @@ async def test_a_database_that_does_not_answer_fails_the_lookup_but_fresh_entrie
         await found.close()
 
 
-async def test_missing_tables_fail_the_lookup(postgres: PostgresServer) -> None:
-    found = lookups(postgres.create_database(f"lookups{next(_databases)}"))
+async def test_a_missing_table_fails_the_lookup(url: str, db: Db) -> None:
+    db.execute("DROP TABLE wblist")
+    found = lookups(url)
     try:
         with pytest.raises(StoreUnreachable, match="refused the lookup"):
             await found.found("", ["rcpt@example.com"])

@@ -20,7 +20,14 @@ from qsift.checks.scanner_set import ScannerSet
 from qsift.config import Config
 from qsift.pipeline.blocked import Keeper, NoQuarantine, QuarantineKeeper
 from qsift.pipeline.checking import ContentChecks
-from qsift.pipeline.parts import NoLookups, NoOutcomeRecord, OutcomeLedger, RecipientLookups
+from qsift.pipeline.parts import (
+    MessageLog,
+    NoLookups,
+    NoMessageLog,
+    NoOutcomeRecord,
+    OutcomeLedger,
+    RecipientLookups,
+)
 from qsift.pipeline.signing import NoSigner, Signer
 from qsift.pipeline.slots import MessageSlots
 from qsift.pipeline.stages import Pipeline
@@ -51,13 +58,15 @@ def build_pipeline(
     `client_key`, `mark_key`, `dkim_keys` and `arc_key` are the site's keys (serve/keys.py); without them
     no X-Qsift-Client field is believed, no mark is made and nothing is DKIM-signed or ARC-sealed. With
     `durable` the outcome record and the quarantine are opened (in state_dir, made if missing, or in
-    PostgreSQL when `[store] url` is set): `Pipeline.close` closes them.
+    PostgreSQL when `[store] url` is set, with the message log): `Pipeline.close` closes them.
     """
     notifier = make_forwarder(config.notify_forward, config.myhostname)
     bouncer = DsnBouncer(
         notifier, config.myhostname, re.compile(config.dsn.viruses_that_fake_sender, re.IGNORECASE)
     )
     outcomes: OutcomeLedger = NoOutcomeRecord()
+    message_log: MessageLog = NoMessageLog()
+    lookups: RecipientLookups = NoLookups()
     quarantine: Keeper = NoQuarantine()
     if durable:
         os.makedirs(config.state_dir, mode=0o700, exist_ok=True)
@@ -68,7 +77,10 @@ def build_pipeline(
             if local is not None:
                 local.close()
             raise
-        outcomes = LocalOutcomes(local) if local is not None else _shared_outcomes(config)
+        if local is not None:
+            outcomes = LocalOutcomes(local)
+        else:
+            outcomes, message_log, lookups = _shared_parts(config)
         quarantine = QuarantineKeeper(kept, config.dedupe_window, clock)
     return Pipeline(
         forwarder=make_forwarder(config.forward, config.myhostname),
@@ -80,6 +92,7 @@ def build_pipeline(
         policies=config.policies,
         outcomes=outcomes,
         quarantine=quarantine,
+        message_log=message_log,
         bounce=bouncer,
         notices=Notices(notifier, config.myhostname, config.notify.templates),
         refusal_notice=bouncer.refused,
@@ -91,7 +104,7 @@ def build_pipeline(
         hostname=config.myhostname,
         dedupe_window=config.dedupe_window,
         clock=clock,
-        lookups=_sql_lookups(config),
+        lookups=lookups,
     )
 
 
@@ -119,22 +132,20 @@ def _authentication(config: Config) -> MailAuthentication | None:
     return MailAuthentication(Resolver(config.dns), config.auth, config.authserv_id)
 
 
-def _shared_outcomes(config: Config) -> OutcomeLedger:
-    """The outcome record in PostgreSQL; its pool connects on first use, in the worker, after the fork."""
+def _shared_parts(config: Config) -> tuple[OutcomeLedger, MessageLog, RecipientLookups]:
+    """The outcome record, the message log and (with `[store] sql_lookups`) the lookups in PostgreSQL, on
+    one pool that connects on first use, in the worker, after the fork."""
     # Imported here: a site without a shared store never loads the driver.
-    from qsift.store.pg_outcomes import SharedOutcomes
-
-    return SharedOutcomes(config.store)
-
-
-def _sql_lookups(config: Config) -> RecipientLookups:
-    """amavisd-new's lookup tables when `[store] sql_lookups` is on; its pool connects on first use."""
-    if not (config.store.url and config.store.sql_lookups):
-        return NoLookups()
-    # Imported here: a site without a shared store never loads the driver.
+    from qsift.store.pg_log import SharedMessageLog
     from qsift.store.pg_lookups import SqlLookups
+    from qsift.store.pg_outcomes import SharedOutcomes
+    from qsift.store.pg_worker import WorkerDatabase
 
-    return SqlLookups(config.store)
+    database = WorkerDatabase(config.store)
+    lookups: RecipientLookups = (
+        SqlLookups(database, config.store) if config.store.sql_lookups else NoLookups()
+    )
+    return SharedOutcomes(database), SharedMessageLog(database, config.myhostname), lookups
 
 
 def _signer(keys: tuple[SigningKey, ...]) -> Signer:

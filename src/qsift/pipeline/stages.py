@@ -46,7 +46,8 @@ from qsift.pipeline.checking import Checks
 from qsift.pipeline.client import client_fields
 from qsift.pipeline.deliveries import Deliveries
 from qsift.pipeline.inflight import InFlight
-from qsift.pipeline.parts import NoLookups, OutcomeLedger, RecipientLookups, RefusalNotice
+from qsift.pipeline.logged import logged_message, unchecked
+from qsift.pipeline.parts import MessageLog, NoLookups, OutcomeLedger, RecipientLookups, RefusalNotice
 from qsift.pipeline.sealing import sealed_copy
 from qsift.pipeline.signing import Signer, signed_copy
 from qsift.pipeline.slots import MessageSlots
@@ -55,6 +56,7 @@ from qsift.policy.destiny import Destiny
 from qsift.policy.recipients import Decision, decide_recipients
 from qsift.policy.settings import Policy
 from qsift.spool import MessageBody, MessageSpool
+from qsift.store.message_log import LoggedMessage
 from qsift.store.outcomes import OutcomeRecord, body_fingerprint, delivery_key
 from qsift.wire import mark
 from qsift.wire.long_lines import LongLineFinder
@@ -89,6 +91,8 @@ class Pipeline:
     outcomes: OutcomeLedger
     #: Where blocked messages of the kept categories go.
     quarantine: Keeper
+    #: Every finished message's rows in amavisd-new's log tables, or nothing (a single node).
+    message_log: MessageLog
     #: Sends the DSN for bounced recipients and says what to answer.
     bounce: Bouncer
     #: Tells the postmaster (and warned recipients) about blocked mail.
@@ -143,8 +147,10 @@ class Pipeline:
             self.slots.give_back()
 
     async def close(self) -> None:
-        """Close what the pipeline holds open: the outcome record, the quarantine, the scanners' sessions."""
+        """Close what the pipeline holds open: the outcome record, the message log, the quarantine, the
+        scanners' sessions."""
         await self.outcomes.close()
+        await self.message_log.close()
         await self.lookups.close()
         self.quarantine.close()
         await self.checks.close()
@@ -190,8 +196,11 @@ class Pipeline:
         if long_lines.found:
             message = await self._fitted(message)
         deliveries = Deliveries(keys, lambda settled, answer: self._record(settled, mail_id, answer))
+        decisions: Sequence[Decision] = ()
         try:
-            outcome = await self._judge(message, owed, len(envelope.recipients) - len(owed), deliveries)
+            outcome, decisions = await self._judge(
+                message, owed, len(envelope.recipients) - len(owed), deliveries
+            )
         except Exception as exc:
             if not deliveries.accepted:
                 raise  # nothing delivered: the dropped connection makes the client retry, as it should
@@ -204,6 +213,8 @@ class Pipeline:
         )
         if settled and outcome.reply.answer is not Answer.REJECT:
             await self._record(settled, mail_id, outcome.reply.smtp_line())
+        if decisions:  # each recipient's fate is known: not a message held back before the checks decided
+            await self._log(logged_message(message, decisions, outcome, head, now))
         return outcome
 
     async def _fitted(self, message: InFlight) -> InFlight:
@@ -233,11 +244,13 @@ class Pipeline:
 
     async def _judge(
         self, message: InFlight, owed: tuple[Recipient, ...], already: int, deliveries: Deliveries
-    ) -> Outcome:
+    ) -> tuple[Outcome, Sequence[Decision]]:
+        """The outcome, and each owed recipient's fate; no fates for a message held back before they
+        were decided (a scanner failed, the quarantine could not keep it)."""
         mail_id = message.mail_id
         policy = await self._looked_up(message, owed)
         if isinstance(policy, Outcome):
-            return policy
+            return policy, ()
         message = replace(message, policy=policy)
         try:
             verdict, virus_scanned = await self._check(message, owed)
@@ -245,9 +258,10 @@ class Pipeline:
             logger.error("id=%s %s; the message is held back (try later)", mail_id, exc)
             reply = reply_for_error(exc, mail_id=mail_id)
             metrics.message_fate(Category.UNCHECKED.value, "tempfail", len(owed))
-            return Outcome(mail_id, reply, Disposition.TEMPFAILED, category="UNCHECKED")
+            return Outcome(mail_id, reply, Disposition.TEMPFAILED, category="UNCHECKED"), ()
         if verdict is None:
-            return await self._pass_unchecked(message, owed, already, deliveries)
+            passed = await self._pass_unchecked(message, owed, already, deliveries)
+            return passed, unchecked(message, owed)
         message = replace(message, virus_scanned=virus_scanned, cut=verdict.auth.forged, auth=verdict.auth)
         decisions = decide_recipients(verdict, message.policy, owed, message.spool.size)
         category = _log_category(decisions)
@@ -260,7 +274,7 @@ class Pipeline:
             reply = Row.QUARANTINE_FAILED.reply(mail_id=mail_id, error=exc)
             held = Outcome(mail_id, reply, Disposition.TEMPFAILED, category=category)
             _count_fates(held, _fates(decisions))
-            return held
+            return held, ()
         passing = [d for d in decisions if not d.blocked]
         forwarded = await self._forward(message, self._edited_groups(message, passing), already, deliveries)
         if forwarded is not None:
@@ -276,7 +290,7 @@ class Pipeline:
         _count_fates(outcome, _fates(decisions))
         said = verdict.auth.summary()
         notes = (*(f"auth: {said}",) * bool(said), *(f"quarantine: {kept}",) * bool(kept))
-        return replace(outcome, category=category, notes=(*outcome.notes, *notes))
+        return replace(outcome, category=category, notes=(*outcome.notes, *notes)), decisions
 
     async def _check(self, message: InFlight, owed: tuple[Recipient, ...]) -> tuple[Verdict | None, bool]:
         """The verdict (None without content checks, or for mail this site scanned before), and whether a
@@ -403,6 +417,12 @@ class Pipeline:
         except Exception as exc:  # a broken record on this node must not stop mail
             logger.error("outcome record lookup failed, forwarding anyway: %s", exc)
             return {}
+
+    async def _log(self, logged: LoggedMessage) -> None:
+        try:
+            await self.message_log.log(logged)
+        except Exception as exc:  # whatever it is: the message's fate is settled and its answer stands
+            logger.error("id=%s not logged to SQL: %s", logged.mail_id, exc)
 
     async def _record(self, keys: Sequence[str], mail_id: str, answer: str) -> None:
         try:

@@ -10,21 +10,18 @@ What the rows mean is store/amavisd_lookups.py's business.
 Each worker keeps what it found for `sql_lookup_ttl` seconds (amavisd-new keeps it for one message): per
 recipient for its settings, per recipient and sender for its lists, at most _MAX_ENTRIES of each. A
 lookup the cache cannot answer and the database does not either is StoreUnreachable, and the message is
-answered Z, as amavisd-new tempfails when a lookup dies (§2.7).
+answered Z, as amavisd-new tempfails when a lookup dies (§2.7). The statements run on the worker's
+pool (store/pg_worker.py), shared with the outcome record and the message log.
 """
 
 from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-import psycopg
-import psycopg_pool
-
-from qsift.errors import StoreUnreachable
 from qsift.store.amavisd_lookups import (
     FoundSettings,
     PolicyRow,
@@ -33,17 +30,17 @@ from qsift.store.amavisd_lookups import (
     sender_listing,
     sql_keys,
 )
-from qsift.store.postgres import worker_pool
+from qsift.store.pg_worker import WorkerDatabase
 from qsift.store.settings import StoreSettings
 
 if TYPE_CHECKING:
+    import psycopg
     from psycopg.rows import TupleRow
 
     Connection = psycopg.AsyncConnection[TupleRow]
 
 _K = TypeVar("_K", bound=Hashable)
 _V = TypeVar("_V")
-_T = TypeVar("_T")
 
 #: Entries each cache of a worker keeps at most: a few thousand recipients are a few MB.
 _MAX_ENTRIES = 10_000
@@ -90,12 +87,14 @@ class SqlLookups:
     caches cannot answer."""
 
     def __init__(
-        self, settings: StoreSettings, clock: Callable[[], float] = time.monotonic, size: int = _MAX_ENTRIES
+        self,
+        database: WorkerDatabase,
+        settings: StoreSettings,
+        clock: Callable[[], float] = time.monotonic,
+        size: int = _MAX_ENTRIES,
     ) -> None:
-        # No check on each checkout: a connection the server dropped fails, and the lookup goes again.
-        self._pool = worker_pool(settings, check=False)
-        self._stale_at_most = settings.max_connections + 1
-        self._pool_started = False
+        #: The worker's pool, shared with the outcome record and the message log.
+        self._database = database
         self._clock = clock
         self._settings: TtlCache[tuple[str, str], FoundSettings] = TtlCache(settings.sql_lookup_ttl, size)
         self._listings: TtlCache[tuple[str, str, str], SenderListing] = TtlCache(
@@ -118,7 +117,9 @@ class SqlLookups:
         unsettled = [a for a in dict.fromkeys(recipients) if a not in settings]
         unlisted = [a for a in dict.fromkeys(recipients) if a not in listings]
         if unsettled or unlisted:
-            rows, wb = await self._run(lambda db: self._select(db, sender, unsettled, unlisted, delimiter))
+            rows, wb = await self._database.run(
+                lambda db: self._select(db, sender, unsettled, unlisted, delimiter), "the lookup"
+            )
             for address in unsettled:
                 settings[address] = found_settings(_rows_of(address, rows, delimiter))
                 self._settings.put((address, delimiter), settings[address], now)
@@ -128,8 +129,7 @@ class SqlLookups:
         return {a: replace(settings[a], listing=listings[a]) for a in recipients}
 
     async def close(self) -> None:
-        if self._pool_started:
-            await self._pool.close()
+        await self._database.close()
 
     async def _select(
         self, db: Connection, sender: str, unsettled: list[str], unlisted: list[str], delimiter: str
@@ -160,28 +160,6 @@ class SqlLookups:
                 wb.setdefault(int(rid), str(value))
         return rows, wb
 
-    async def _run(self, work: Callable[[Connection], Awaitable[_T]]) -> _T:
-        """`work` on a pooled connection, opened on first use (after the fork); a connection the server
-        dropped (a restart) is replaced and the lookup, which changes nothing, goes again."""
-        try:
-            if not self._pool_started:
-                self._pool_started = True
-                await self._pool.open()
-            for _ in range(self._stale_at_most):
-                async with self._pool.connection() as db:
-                    try:
-                        return await work(db)
-                    except psycopg.OperationalError:
-                        if not db.broken:
-                            raise
-            async with self._pool.connection() as db:
-                return await work(db)
-        except (psycopg.OperationalError, psycopg_pool.PoolTimeout) as exc:
-            raise StoreUnreachable(f"PostgreSQL: {_first_line(exc)}") from exc
-        except psycopg.Error as exc:
-            # A missing table or privilege: no lookup answers until the site fixes it.
-            raise StoreUnreachable(f"PostgreSQL refused the lookup: {_first_line(exc)}") from exc
-
 
 def _rows_of(address: str, rows: Sequence[PolicyRow], delimiter: str) -> list[PolicyRow]:
     """The rows matching `address`'s keys, highest priority first, then the most specific key."""
@@ -198,8 +176,3 @@ def _priority(columns: Mapping[str, Any]) -> int:
 def _bytes(key: str) -> bytes:
     # users.email and mailaddr.email are bytea: psycopg would parse a str with bytea escapes.
     return key.encode("utf-8", "surrogateescape")
-
-
-def _first_line(exc: Exception) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0] if lines else type(exc).__name__
