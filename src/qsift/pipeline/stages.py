@@ -264,6 +264,7 @@ class Pipeline:
             return passed, unchecked(message, owed)
         message = replace(message, virus_scanned=virus_scanned, cut=verdict.auth.forged, auth=verdict.auth)
         decisions = decide_recipients(verdict, message.policy, owed, message.spool.size)
+        _log_listings(mail_id, message.envelope.sender, decisions)
         category = _log_category(decisions)
         blocked = [d for d in decisions if d.blocked]
         try:
@@ -444,6 +445,18 @@ def _outgoing(message: InFlight, recipients: tuple[Recipient, ...]) -> Envelope:
         client = vouched.client
         envelope = replace(envelope, client_address=client.ip or None, client_name=client.host or None)
     return envelope
+
+
+def _log_listings(mail_id: str, sender: str, decisions: Iterable[Decision]) -> None:
+    """amavisd-new's `wbl:` lines: which recipients white- or blacklist the sender, or soft-list it."""
+    for decision in decisions:
+        listing = decision.settings.listing
+        said = "whitelisted" if listing.whitelisted else "blacklisted" if listing.blacklisted else ""
+        if listing.score_boost:
+            said = f"{said} score {listing.score_boost:+g}".strip()
+        if said:
+            address = decision.recipient.address
+            logger.info("id=%s wbl: sender <%s> %s by <%s>", mail_id, sender, said, address)
 
 
 def _fates(decisions: Iterable[Decision]) -> Iterator[tuple[Recipient, Category, Destiny]]:
