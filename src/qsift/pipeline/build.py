@@ -20,7 +20,14 @@ from qsift.checks.scanner_set import ScannerSet
 from qsift.config import Config
 from qsift.pipeline.blocked import Keeper, NoQuarantine, QuarantineKeeper
 from qsift.pipeline.checking import ContentChecks
-from qsift.pipeline.parts import MessageLog, NoMessageLog, NoOutcomeRecord, OutcomeLedger
+from qsift.pipeline.parts import (
+    MessageLog,
+    NoMessageLog,
+    NoOutcomeRecord,
+    NoPenPals,
+    OutcomeLedger,
+    PenPalLog,
+)
 from qsift.pipeline.signing import NoSigner, Signer
 from qsift.pipeline.slots import MessageSlots
 from qsift.pipeline.stages import Pipeline
@@ -60,6 +67,7 @@ def build_pipeline(
     outcomes: OutcomeLedger = NoOutcomeRecord()
     message_log: MessageLog = NoMessageLog()
     quarantine: Keeper = NoQuarantine()
+    penpals: PenPalLog = NoPenPals()
     if durable:
         os.makedirs(config.state_dir, mode=0o700, exist_ok=True)
         local = None if config.store.url else OutcomeStore(os.path.join(config.state_dir, OUTCOMES_FILE))
@@ -72,7 +80,7 @@ def build_pipeline(
         if local is not None:
             outcomes = LocalOutcomes(local)
         else:
-            outcomes, message_log = _shared_record_and_log(config)
+            outcomes, message_log, penpals = _shared_record_log_and_penpals(config)
         quarantine = QuarantineKeeper(kept, config.dedupe_window, clock)
     return Pipeline(
         forwarder=make_forwarder(config.forward, config.myhostname),
@@ -96,6 +104,7 @@ def build_pipeline(
         hostname=config.myhostname,
         dedupe_window=config.dedupe_window,
         clock=clock,
+        penpals=penpals,
     )
 
 
@@ -123,16 +132,18 @@ def _authentication(config: Config) -> MailAuthentication | None:
     return MailAuthentication(Resolver(config.dns), config.auth, config.authserv_id)
 
 
-def _shared_record_and_log(config: Config) -> tuple[OutcomeLedger, MessageLog]:
-    """The outcome record and the message log in PostgreSQL, on one pool that connects on first use, in
-    the worker, after the fork."""
+def _shared_record_log_and_penpals(config: Config) -> tuple[OutcomeLedger, MessageLog, PenPalLog]:
+    """The outcome record, the message log and the pen pals lookup in PostgreSQL, on one pool that
+    connects on first use, in the worker, after the fork."""
     # Imported here: a site without a shared store never loads the driver.
     from qsift.store.pg_log import SharedMessageLog
     from qsift.store.pg_outcomes import SharedOutcomes
+    from qsift.store.pg_penpals import SharedPenPals
     from qsift.store.pg_worker import WorkerDatabase
 
     database = WorkerDatabase(config.store)
-    return SharedOutcomes(database), SharedMessageLog(database, config.myhostname)
+    log = SharedMessageLog(database, config.myhostname)
+    return SharedOutcomes(database), log, SharedPenPals(database)
 
 
 def _signer(keys: tuple[SigningKey, ...]) -> Signer:

@@ -12,7 +12,7 @@ variables. Everything per recipient is answered by
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 
 from qsift.auth.settings import AuthPolicy, SealingSwitches, SigningSwitches
 from qsift.checks.spam_levels import SpamLevels
@@ -113,6 +113,11 @@ class RecipientOverride:
     message_size_limit: int | None = setting(
         None, "As [policy] message_size_limit, for these recipients.", kind=INTEGER
     )
+
+
+#: The levels a `[[policy.recipient]]` table may set; the pen pals settings are the message's (the
+#: policy banks'), as amavisd-new's are.
+_RECIPIENT_LEVELS = tuple(f.name for f in fields(RecipientOverride) if f.name in dict(declared(SpamLevels)))
 
 
 @dataclass(frozen=True)
@@ -219,10 +224,10 @@ class Policy:
             # amavisd-new's "first table with a defined value wins"
             return next((v for o in override if (v := getattr(o, key)) is not None), default)
 
-        found = {f.name: first(f.name, getattr(self.levels, f.name)) for f in fields(SpamLevels)}
-        levels = SpamLevels(**found)  # type: ignore[arg-type]
+        found = {name: first(name, getattr(self.levels, name)) for name in _RECIPIENT_LEVELS}
+        levels = replace(self.levels, **found)  # type: ignore[arg-type]
         return RecipientSettings(
-            local=rules.local_domains is None or rules.local_domains.matches(address, delimiter),
+            local=self.is_local(address),
             levels=levels,
             loves=frozenset(
                 c for key, c in LOVERS.items() if getattr(rules, key).matches(address, delimiter)
@@ -232,6 +237,11 @@ class Policy:
             ),
             message_size_limit=int(first("message_size_limit", rules.message_size_limit) or 0),
         )
+
+    def is_local(self, address: str) -> bool:
+        """Whether the address is in a local domain (`[policy] local_domains`; unset: every address)."""
+        table = self.rules.local_domains
+        return table is None or table.matches(address, self.rules.recipient_delimiter)
 
     def bypassed_by_all(self, category: Category, addresses: tuple[str, ...]) -> bool:
         """Whether no recipient needs this check: then it is not run at all."""
