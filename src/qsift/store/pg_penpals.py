@@ -9,8 +9,9 @@ statement, so one round trip a message: each branch is one amavisd-new statement
 README.sql-pg gives for it (`msgs_idx_mess_id` for the Message-IDs, `msgs_idx_sid` for the recipient as
 sender, `msgrcpt_idx_rid` and msgrcpt's primary key for the rows it went to).
 
-qsift writes `partition_tag` 0; an amavisd-new site that sets `$partition_tag` (by week, say) has a maddr
-row per partition for an address, and mail of every partition counts, as it does for amavisd-new's
+Addresses are looked up in `partition_tag` 0, the one qsift writes (amavisd-sql.md §0): maddr's only
+index on `email` leads with `partition_tag`, so a lookup in every partition would read the whole table.
+The mail found may be of any partition (maddr.id is unique across them), as with amavisd-new's
 partition-blind statements.
 """
 
@@ -29,29 +30,29 @@ if TYPE_CHECKING:
 
     Connection = psycopg.AsyncConnection[TupleRow]
 
-# r: the recipient's address row, as the sender of earlier mail; s: this message's sender, in r's partition.
+# r: the recipient's address row, as the sender of earlier mail; s: this message's sender.
 # Each branch takes at most one row; of the two, a row found by Message-ID wins (amavisd-new asks
 # sel_penpals only when sel_penpals_msgid found nothing).
 _FIND = """
 SELECT DISTINCT ON (r.email) r.email, found.mail_id, found.time_num, found.subject, found.by_reference
   FROM maddr AS r
-  LEFT JOIN maddr AS s ON s.partition_tag = r.partition_tag AND s.email = %(sender)s::bytea
+  LEFT JOIN maddr AS s ON s.partition_tag = 0 AND s.email = %(sender)s::bytea
  CROSS JOIN LATERAL (
        (SELECT m.mail_id, m.time_num, m.subject, true AS by_reference
           FROM msgs AS m JOIN msgrcpt AS c USING (partition_tag, mail_id)
-         WHERE m.partition_tag = r.partition_tag AND m.sid = r.id AND m.content != 'V' AND c.ds = 'P'
+         WHERE m.sid = r.id AND m.content != 'V' AND c.ds = 'P'
            AND m.message_id = ANY(%(references)s::text[]) AND c.rid != m.sid
          ORDER BY c.rid = s.id DESC, m.time_num DESC
          LIMIT 1)
        UNION ALL
        (SELECT m.mail_id, m.time_num, m.subject, false
           FROM msgs AS m JOIN msgrcpt AS c USING (partition_tag, mail_id)
-         WHERE m.partition_tag = r.partition_tag AND m.sid = r.id AND c.rid = s.id
+         WHERE m.sid = r.id AND c.rid = s.id
            AND m.content != 'V' AND c.ds = 'P'
          ORDER BY m.time_num DESC
          LIMIT 1)
        ) AS found
- WHERE r.email = ANY(%(recipients)s::bytea[])
+ WHERE r.partition_tag = 0 AND r.email = ANY(%(recipients)s::bytea[])
  ORDER BY r.email, found.by_reference DESC, found.time_num DESC
 """
 
