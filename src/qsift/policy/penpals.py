@@ -118,6 +118,8 @@ def with_penpal(spam: SpamResult, penpal: PenPal) -> SpamResult:
 
 
 def _days(seconds: float) -> str:
+    if seconds < 3600:
+        return f"{seconds:.0f} s"
     if seconds < 86400:
         return f"{seconds / 3600:.1f} h"
     return f"{seconds / 86400:.1f} days"

@@ -233,6 +233,7 @@ def test_the_log_line_note() -> None:
         "penpals: <bob@example.net> AM.PENPAL=-4.000 (mail_id mailid000001, 7.0 days old, by Message-ID)"
     )
     assert PenPal(-8.0, 5400, sent(NOW)).note(BOB).endswith("(mail_id mailid000001, 1.5 h old, by address)")
+    assert PenPal(-8.0, 59.6, sent(NOW)).note(BOB).endswith("(mail_id mailid000001, 60 s old, by address)")
 
 
 # --- In-Reply-To and References ----------------------------------------------------------------------
