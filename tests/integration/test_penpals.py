@@ -25,8 +25,8 @@ from qsift.policy.penpals import penpal_bonus
 from qsift.store.amavisd_forms import maddr_domain, maddr_email
 from qsift.store.penpals import PenPalQuery, SentMail
 from qsift.store.pg_migrate import migrate
-from qsift.store.pg_outcomes import SharedOutcomes
 from qsift.store.pg_penpals import _FIND, SharedPenPals
+from qsift.store.pg_worker import WorkerDatabase
 from qsift.store.settings import StoreSettings
 from tests.fakes.mta import Delivery, fake_mta
 from tests.harness import free_port, qmqp_send, running_daemon
@@ -106,11 +106,11 @@ def log_sent(
 
 
 async def find(url: str, query: PenPalQuery) -> dict[str, SentMail]:
-    outcomes = SharedOutcomes(StoreSettings(url=url, connect_timeout=2.0))
+    database = WorkerDatabase(StoreSettings(url=url, connect_timeout=2.0))
     try:
-        return await SharedPenPals(outcomes).find(query)
+        return await SharedPenPals(database).find(query)
     finally:
-        await outcomes.close()
+        await database.close()
 
 
 # --- the lookup -------------------------------------------------------------------------------------
@@ -305,6 +305,31 @@ async def test_a_reply_to_a_local_user_is_scored_lower_for_that_user_alone(
     said = r"penpals: <bob@example.net> AM\.PENPAL=-8\.000 \(mail_id bobtoalice09, 6\d s old, by Message-ID\)"
     assert re.search(said, lines[0]), lines[0]
     assert "<carol@example.net> AM.PENPAL" not in lines[0]
+
+
+async def test_qsift_s_own_log_makes_the_pen_pal(tmp_path: Path, store_url: str, spamd: Spamd) -> None:
+    """bob writes to alice through qsift, which logs it (store/pg_log.py); alice's reply gets the bonus."""
+    note = (
+        b"From: bob@example.net\nTo: alice@example.org\nDate: Thu, 03 Dec 2026 11:00:00 +0000\n"
+        b"Message-ID: <bob-1@example.net>\nSubject: lunch\n\nThursday at noon?\n"
+    )
+    async with (
+        fake_mta() as mta,
+        running_daemon(
+            tmp_path, f"smtp:[127.0.0.1]:{mta.port}", protocols=("qmqp",), top=settings(spamd, store_url)
+        ) as daemon,
+    ):
+        sent = await qmqp_send(daemon.qmqp, note, BOB.encode(), [ALICE.encode()])
+        reply = await qmqp_send(daemon.qmqp, REPLY, ALICE.encode(), [BOB.encode()])
+    assert sent.startswith("K") and reply.startswith("K"), (sent, reply)
+    status = str(fields(mta.accepted[1])["X-Spam-Status"]).replace("\n", "")
+    assert re.search(r"tests=\[AM\.PENPAL=-8\.000,", status), status
+    with psycopg.connect(store_url, autocommit=True) as db:
+        row = db.execute(
+            "SELECT bspam_level FROM msgrcpt JOIN msgs USING (partition_tag, mail_id) "
+            "WHERE message_id = '<reply-1@example.org>'"
+        ).fetchone()
+    assert row is not None and row[0] == pytest.approx(score_of(mta.accepted[1]), abs=0.001)
 
 
 async def test_a_log_qsift_may_not_read_holds_the_message_back(
