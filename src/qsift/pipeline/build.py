@@ -25,7 +25,9 @@ from qsift.pipeline.parts import (
     NoLookups,
     NoMessageLog,
     NoOutcomeRecord,
+    NoPenPals,
     OutcomeLedger,
+    PenPalLog,
     RecipientLookups,
 )
 from qsift.pipeline.signing import NoSigner, Signer
@@ -68,6 +70,7 @@ def build_pipeline(
     message_log: MessageLog = NoMessageLog()
     lookups: RecipientLookups = NoLookups()
     quarantine: Keeper = NoQuarantine()
+    penpals: PenPalLog = NoPenPals()
     if durable:
         os.makedirs(config.state_dir, mode=0o700, exist_ok=True)
         local = None if config.store.url else OutcomeStore(os.path.join(config.state_dir, OUTCOMES_FILE))
@@ -80,7 +83,7 @@ def build_pipeline(
         if local is not None:
             outcomes = LocalOutcomes(local)
         else:
-            outcomes, message_log, lookups = _shared_parts(config)
+            outcomes, message_log, penpals, lookups = _shared_parts(config)
         quarantine = QuarantineKeeper(kept, config.dedupe_window, clock)
     return Pipeline(
         forwarder=make_forwarder(config.forward, config.myhostname),
@@ -104,6 +107,7 @@ def build_pipeline(
         hostname=config.myhostname,
         dedupe_window=config.dedupe_window,
         clock=clock,
+        penpals=penpals,
         lookups=lookups,
     )
 
@@ -132,20 +136,23 @@ def _authentication(config: Config) -> MailAuthentication | None:
     return MailAuthentication(Resolver(config.dns), config.auth, config.authserv_id)
 
 
-def _shared_parts(config: Config) -> tuple[OutcomeLedger, MessageLog, RecipientLookups]:
-    """The outcome record, the message log and (with `[store] sql_lookups`) the lookups in PostgreSQL, on
-    one pool that connects on first use, in the worker, after the fork."""
+def _shared_parts(config: Config) -> tuple[OutcomeLedger, MessageLog, PenPalLog, RecipientLookups]:
+    """The outcome record, the message log, the pen pals lookup and (with `[store] sql_lookups`) the
+    per-recipient lookups in PostgreSQL, on one pool that connects on first use, in the worker, after the
+    fork."""
     # Imported here: a site without a shared store never loads the driver.
     from qsift.store.pg_log import SharedMessageLog
     from qsift.store.pg_lookups import SqlLookups
     from qsift.store.pg_outcomes import SharedOutcomes
+    from qsift.store.pg_penpals import SharedPenPals
     from qsift.store.pg_worker import WorkerDatabase
 
     database = WorkerDatabase(config.store)
     lookups: RecipientLookups = (
         SqlLookups(database, config.store) if config.store.sql_lookups else NoLookups()
     )
-    return SharedOutcomes(database), SharedMessageLog(database, config.myhostname), lookups
+    log = SharedMessageLog(database, config.myhostname)
+    return SharedOutcomes(database), log, SharedPenPals(database), lookups
 
 
 def _signer(keys: tuple[SigningKey, ...]) -> Signer:

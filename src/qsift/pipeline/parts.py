@@ -1,6 +1,6 @@
-"""The pipeline's record of outcomes, its message log, its SQL lookups and its notice about refused
-recipients, as protocols, with the null object that stands for each where a setup goes without (`qsift
-scan`, `qsift release`, a single node without `[store] url`, tests).
+"""The pipeline's record of outcomes, its message log (written, and asked for pen pals), its SQL lookups
+and its notice about refused recipients, as protocols, with the null object that stands for each where a
+setup goes without (`qsift scan`, `qsift release`, a single node without `[store] url`, tests).
 
 The blocked acts (quarantine, bounce, notices) have theirs in blocked.py, the checks in checking.py.
 """
@@ -15,6 +15,7 @@ from qsift.spool import MessageBody
 from qsift.store.amavisd_lookups import FoundSettings
 from qsift.store.message_log import LoggedMessage
 from qsift.store.outcomes import OutcomeRecord
+from qsift.store.penpals import PenPalQuery, SentMail
 
 
 class OutcomeLedger(Protocol):
@@ -92,6 +93,20 @@ class NoLookups:
 
     async def close(self) -> None:
         pass
+
+
+class PenPalLog(Protocol):
+    """amavisd-new's message log, asked whether recipients wrote to the sender before (store/pg_penpals.py).
+    Raises StoreUnreachable when it cannot answer."""
+
+    async def find(self, query: PenPalQuery) -> dict[str, SentMail]: ...
+
+
+class NoPenPals:
+    """No message log to ask (no `[store] url`): nobody is anyone's pen pal."""
+
+    async def find(self, query: PenPalQuery) -> dict[str, SentMail]:
+        return {}
 
 
 class RefusalNotice(Protocol):

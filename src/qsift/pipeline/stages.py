@@ -47,12 +47,22 @@ from qsift.pipeline.client import client_fields
 from qsift.pipeline.deliveries import Deliveries
 from qsift.pipeline.inflight import InFlight
 from qsift.pipeline.logged import logged_message, unchecked
-from qsift.pipeline.parts import MessageLog, NoLookups, OutcomeLedger, RecipientLookups, RefusalNotice
+from qsift.pipeline.parts import (
+    MessageLog,
+    NoLookups,
+    NoPenPals,
+    OutcomeLedger,
+    PenPalLog,
+    RecipientLookups,
+    RefusalNotice,
+)
+from qsift.pipeline.penpals import penpal_bonuses
 from qsift.pipeline.sealing import sealed_copy
 from qsift.pipeline.signing import Signer, signed_copy
 from qsift.pipeline.slots import MessageSlots
 from qsift.policy.bank import Policies
 from qsift.policy.destiny import Destiny
+from qsift.policy.penpals import PenPal
 from qsift.policy.recipients import Decision, decide_recipients
 from qsift.policy.settings import Policy
 from qsift.spool import MessageBody, MessageSpool
@@ -113,6 +123,8 @@ class Pipeline:
     hostname: str
     dedupe_window: float
     clock: Callable[[], float]
+    #: amavisd-new's message log, asked for pen pals; without `[store] url`, nobody is a pen pal.
+    penpals: PenPalLog = field(default_factory=NoPenPals)
     #: Held while a large copy is signed or sealed: each is read whole into memory, the library copies
     #: it several times over, and a worker's messages in progress must not all do that at once.
     large_copies: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(1))
@@ -263,7 +275,10 @@ class Pipeline:
             passed = await self._pass_unchecked(message, owed, already, deliveries)
             return passed, unchecked(message, owed)
         message = replace(message, virus_scanned=virus_scanned, cut=verdict.auth.forged, auth=verdict.auth)
-        decisions = decide_recipients(verdict, message.policy, owed, message.spool.size)
+        penpals = await self._penpals(message, verdict, owed)
+        if isinstance(penpals, Outcome):
+            return penpals, ()
+        decisions = decide_recipients(verdict, message.policy, owed, message.spool.size, penpals)
         _log_listings(mail_id, message.envelope.sender, decisions)
         category = _log_category(decisions)
         blocked = [d for d in decisions if d.blocked]
@@ -290,8 +305,27 @@ class Pipeline:
         await send_notices(self.notices, message, [d for d in blocked if d.recipient not in held_back], kept)
         _count_fates(outcome, _fates(decisions))
         said = verdict.auth.summary()
-        notes = (*(f"auth: {said}",) * bool(said), *(f"quarantine: {kept}",) * bool(kept))
+        notes = (
+            *(f"auth: {said}",) * bool(said),
+            *(penpal.note(address) for address, penpal in penpals.items()),
+            *(f"quarantine: {kept}",) * bool(kept),
+        )
         return replace(outcome, category=category, notes=(*outcome.notes, *notes)), decisions
+
+    async def _penpals(
+        self, message: InFlight, verdict: Verdict, owed: tuple[Recipient, ...]
+    ) -> dict[str, PenPal] | Outcome:
+        """Each recipient's pen pals bonus; or Z when the message log does not answer."""
+        try:
+            return await penpal_bonuses(self.penpals, message, verdict, owed, self.clock())
+        except StoreUnreachable as exc:
+            # As amavisd-new: without the bonus a reply could be judged spam and refused, and a verdict
+            # must not depend on whether the database answered. The client retries (docs/cluster.md).
+            mail_id = message.mail_id
+            logger.error("id=%s pen pals lookup failed, the message waits (try later): %s", mail_id, exc)
+            reply = Row.PENPALS_UNREACHABLE.reply(mail_id=mail_id, error=exc)
+            metrics.message_fate(verdict.category.value, "tempfail", len(owed))
+            return Outcome(mail_id, reply, Disposition.TEMPFAILED, category=verdict.log_text())
 
     async def _check(self, message: InFlight, owed: tuple[Recipient, ...]) -> tuple[Verdict | None, bool]:
         """The verdict (None without content checks, or for mail this site scanned before), and whether a

@@ -1,18 +1,20 @@
 """What becomes of a message for each recipient: the checks' findings seen through that recipient's policy.
 
 amavisd-new's per-recipient categories: a recipient who bypasses a check does not see its findings; the
-spam category follows the recipient's own tag2 and kill levels; a message larger than the recipient's
-`message_size_limit` is OVERSIZED for it. A sender the recipient blacklists makes the message spam for
-it, one it whitelists makes it not spam, and a soft listing adds to the score (store/amavisd_lookups.py).
-The recipient is blocked by the most severe category whose destiny is not pass and which the recipient
-does not love; a virus lover blocked for a banned file sees the banned file, not the virus, in its DSN and
-notices. Pure functions: no I/O, easy to test exhaustively.
+spam category follows the recipient's own tag2 and kill levels, and its own score with a pen pals bonus
+(penpals.py); a message larger than the recipient's `message_size_limit` is OVERSIZED for it. A sender
+the recipient blacklists makes the message spam for it, one it whitelists makes it not spam, and a soft
+listing adds to the score (store/amavisd_lookups.py). The recipient is blocked by the most severe category
+whose destiny is not pass and which the recipient does not love; a virus lover blocked for a banned file
+sees the banned file, not the virus, in its DSN and notices. Pure functions: no I/O, easy to test
+exhaustively.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
+from types import MappingProxyType
 
 from qsift.checks.auth_verdict import DMARC_QUARANTINE
 from qsift.checks.content import Verdict
@@ -20,10 +22,12 @@ from qsift.checks.scanners import SpamResult
 from qsift.checks.spam_levels import spam_findings
 from qsift.model import Category, Finding, Recipient
 from qsift.policy.destiny import Destiny
+from qsift.policy.penpals import PenPal, with_penpal
 from qsift.policy.settings import Policy, RecipientSettings
 from qsift.store.amavisd_lookups import SenderListing
 
 _SPAM_CATEGORIES = (Category.SPAM, Category.SPAMMY)
+_NO_PENPALS: Mapping[str, PenPal] = MappingProxyType({})
 
 
 @dataclass(frozen=True)
@@ -52,13 +56,26 @@ class Decision:
 
 
 def decide_recipients(
-    verdict: Verdict, policy: Policy, recipients: Sequence[Recipient], size: int
+    verdict: Verdict,
+    policy: Policy,
+    recipients: Sequence[Recipient],
+    size: int,
+    penpals: Mapping[str, PenPal] = _NO_PENPALS,
 ) -> list[Decision]:
-    return [decide_recipient(verdict, policy, recipient, size) for recipient in recipients]
+    """Each recipient's decision; `penpals` are the bonuses the message log earned them (penpals.py)."""
+    return [
+        decide_recipient(verdict, policy, recipient, size, penpals.get(recipient.address))
+        for recipient in recipients
+    ]
 
 
-def decide_recipient(verdict: Verdict, policy: Policy, recipient: Recipient, size: int) -> Decision:
+def decide_recipient(
+    verdict: Verdict, policy: Policy, recipient: Recipient, size: int, penpal: PenPal | None = None
+) -> Decision:
     settings = policy.for_recipient(recipient.address)
+    if penpal is not None and verdict.spam is not None:
+        # Its own score, as amavisd-new's per-recipient spam level: the others keep the message's.
+        verdict = replace(verdict, spam=with_penpal(verdict.spam, penpal))
     view = recipient_view(verdict, settings, size)
     for category in view.categories:
         destiny = policy.destinies.of(category)

@@ -130,6 +130,11 @@ class RecipientOverride:
     )
 
 
+#: The levels a `[[policy.recipient]]` table may set; the pen pals settings are the message's (the
+#: policy banks'), as amavisd-new's are.
+_RECIPIENT_LEVELS = tuple(f.name for f in fields(RecipientOverride) if f.name in dict(declared(SpamLevels)))
+
+
 @dataclass(frozen=True)
 class PolicySettings:
     """`[policy]`: who is local, who loves or bypasses what, size limits, per-recipient levels."""
@@ -268,13 +273,10 @@ class Policy:
             )
 
         chosen = {
-            f.name: sql.levels.get(f.name, first(f.name, getattr(self.levels, f.name)))
-            for f in fields(SpamLevels)
+            name: sql.levels.get(name, first(name, getattr(self.levels, name))) for name in _RECIPIENT_LEVELS
         }
-        levels = SpamLevels(**chosen)  # type: ignore[arg-type]
-        local = sql.local
-        if local is None:
-            local = rules.local_domains is None or rules.local_domains.matches(address, delimiter)
+        levels = replace(self.levels, **chosen)  # type: ignore[arg-type]
+        local = self.is_local(address)
         size = sql.message_size_limit
         if size is None:
             size = int(first("message_size_limit", rules.message_size_limit) or 0)
@@ -301,6 +303,15 @@ class Policy:
             if black is not None and black.matches(sender, delimiter):
                 return replace(sql, blacklisted=True)
         return sql
+
+    def is_local(self, address: str) -> bool:
+        """Whether the address is local: SQL's users row for a recipient where it says so, else `[policy]
+        local_domains` (unset: every address)."""
+        sql = self.found.get(address, NOTHING_FOUND).local
+        if sql is not None:
+            return sql
+        table = self.rules.local_domains
+        return table is None or table.matches(address, self.rules.recipient_delimiter)
 
     def bypassed_by_all(self, category: Category, addresses: tuple[str, ...]) -> bool:
         """Whether no recipient needs this check: then it is not run at all. The spam check is not needed
