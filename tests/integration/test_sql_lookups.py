@@ -71,6 +71,7 @@ async def test_a_whitelisting_row_lets_spam_through_to_its_recipient_alone(
     got = header(mail[0])
     assert got["Subject"] == "offer"  # not spam for bob: no tag
     assert got.get("X-Spam-Flag") is None  # at most 0 for a whitelisted sender: under tag_level
+    assert listed_in_the_log(store_url) == {("bob@example.net", "N", "Y"), ("carol@example.org", "Y", "N")}
 
 
 @needs_spamd
@@ -86,6 +87,20 @@ async def test_a_blacklisting_row_or_a_score_boost_makes_clean_mail_spam(
     assert [d.recipients for d in mail] == [[BOB]]
     # carol: blacklisted, so spam at 64 points, over the DSN cutoff (10): no DSN for her.
     assert all(b"carol@example.org" not in n.body for n in notices)
+    assert listed_in_the_log(store_url) == {
+        ("bob@example.net", "N", "Y"),
+        ("carol@example.org", "Y", "N"),
+        ("dave@example.org", "N", "N"),  # a score boost is neither
+    }
+
+
+def listed_in_the_log(url: str) -> set[tuple[str, str, str]]:
+    """The message log's (recipient, bl, wl) of every msgrcpt row (amavisd-new's columns)."""
+    with psycopg.connect(url, autocommit=True) as db:
+        rows = db.execute(
+            "SELECT convert_from(m.email, 'UTF8'), r.bl, r.wl FROM msgrcpt r JOIN maddr m ON m.id = r.rid"
+        ).fetchall()
+    return {(str(email), str(bl), str(wl)) for email, bl, wl in rows}
 
 
 async def test_sql_settings_beat_the_toml_without_any_scanner(tmp_path: Path, store_url: str) -> None:

@@ -42,6 +42,8 @@ def logged_message(
                 delivery_status=delivery_status(decision.destiny, reply),
                 spam_level=spam.score if spam is not None else None,
                 reply=reply.smtp_line(),
+                blacklisted=decision.blacklisted,
+                whitelisted=decision.whitelisted,
             )
         )
     levels = [r.spam_level for r in recipients if r.spam_level is not None]

@@ -26,6 +26,9 @@ class LoggedRecipient:
     spam_level: float | None
     #: smtp_resp: the reply given for it.
     reply: str
+    #: bl, wl: the recipient's sender lists blacklisted or whitelisted the sender.
+    blacklisted: bool = False
+    whitelisted: bool = False
 
 
 @dataclass(frozen=True)

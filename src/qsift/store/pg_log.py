@@ -62,11 +62,11 @@ WITH wanted (email, domain) AS (
 ), rcpt AS (
     INSERT INTO msgrcpt (partition_tag, mail_id, rseqnum, rid, is_local, content, ds, rs, bl, wl,
         bspam_level, smtp_resp)
-    SELECT 0, %(mail_id)s, r.rseqnum, ids.id, r.is_local, r.content, r.ds, ' ', 'N', 'N', r.bspam_level,
+    SELECT 0, %(mail_id)s, r.rseqnum, ids.id, r.is_local, r.content, r.ds, ' ', r.bl, r.wl, r.bspam_level,
         r.smtp_resp
     FROM unnest(%(rseqnums)s::int[], %(recipients)s::bytea[], %(locals)s::text[], %(contents)s::text[],
-        %(statuses)s::text[], %(spam_levels)s::real[], %(replies)s::text[])
-        AS r(rseqnum, email, is_local, content, ds, bspam_level, smtp_resp)
+        %(statuses)s::text[], %(spam_levels)s::real[], %(replies)s::text[], %(bls)s::text[], %(wls)s::text[])
+        AS r(rseqnum, email, is_local, content, ds, bspam_level, smtp_resp, bl, wl)
     LEFT JOIN ids ON ids.email = r.email
     ON CONFLICT (partition_tag, mail_id, rseqnum) DO UPDATE SET
         rid = EXCLUDED.rid, is_local = EXCLUDED.is_local, content = EXCLUDED.content, ds = EXCLUDED.ds,
@@ -168,6 +168,8 @@ class SharedMessageLog:
             "statuses": [r.delivery_status for r in recipients],
             "spam_levels": [r.spam_level for r in recipients],
             "replies": [_seven_bit(r.reply) for r in recipients],
+            "bls": ["Y" if r.blacklisted else "N" for r in recipients],
+            "wls": ["Y" if r.whitelisted else "N" for r in recipients],
         }
 
 
