@@ -7,36 +7,36 @@ so that `d=` aligns with the author domain for DMARC (RFC 7489 3.1.1, relaxed al
 per key type the domain has: RSA for every verifier, Ed25519 (RFC 8463) beside it when configured, since
 not every deployed verifier knows Ed25519 yet.
 
-dkimpy makes the signatures (canonicalization, hashes, RSA and Ed25519 through pynacl). It takes the
-message as one bytes object and has no streaming body hash, so a copy is read into memory to be signed:
-about six times its size at the peak (the bytes, their CRLF form, dkimpy's lines and body, the
-canonical body; measured: 48 MiB besides a 10 MiB copy), while it is signed; `[limits] message_size`
-bounds it. A copy over 256 KiB is signed in a thread so the event loop keeps serving
-(pipeline/signing.py).
+auth/dkim_signature.py makes the signatures (canonicalization, hashes; RSA and Ed25519 by OpenSSL, each
+key parsed once, when the signer is made). It reads the copy as chunks and hashes the body as it
+streams past, so only the header section is held in memory, however large the copy.
 """
 
 from __future__ import annotations
 
 import email.utils
-import re
+import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 
-import dkim
-
-from qsift.auth import rsa_openssl
 from qsift.auth.dkim_keys import KeyType, PrivateKey, load_configured_key
+from qsift.auth.dkim_signature import (
+    DkimKey,
+    HeaderSectionError,
+    parse_header_section,
+    read_message,
+    signature_field,
+)
 from qsift.auth.settings import DkimSettings
 
-rsa_openssl.install()
-
-#: relaxed/simple, amavisd-new's default and the reference's recommendation. Relaxed header
-#: canonicalization survives what relays do to header fields (refolding, white space around the colon, case
-#: of the name). For the body, relaxed (rspamd's choice) would also survive trailing white space stripped
-#: on the way, but in dkimpy, the one maintained Python implementation, it costs five to six times as much
-#: CPU as simple (66 against 12 ms for 1 MiB, measured with bench/dkim_sign.py): more than the rest of a
-#: message's handling. The body qsift signs is the body it forwards, after every edit of its own, to an MTA
-#: that queues it as it is; what relaxed body would forgive (white space inside lines changed by a later
-#: relay) is rare, and a list that edits the body breaks either.
+#: relaxed/simple (auth/dkim_signature.py makes no other), amavisd-new's default and the reference's
+#: recommendation. Relaxed header canonicalization survives what relays do to header fields (refolding,
+#: white space around the colon, case of the name). For the body, relaxed (rspamd's choice) would also
+#: survive trailing white space stripped on the way, but costs more CPU: in dkimpy five to six times as
+#: much as simple (66 against 12 ms for 1 MiB, measured with bench/dkim_sign.py). The body qsift signs is
+#: the body it forwards, after every edit of its own, to an MTA that queues it as it is; what relaxed body
+#: would forgive (white space inside lines changed by a later relay) is rare, and a list that edits the
+#: body breaks either.
 CANONICALIZATION = (b"relaxed", b"simple")
 #: Signed once per instance present (RFC 6376 5.4.1's SHOULD list and amavisd-new's %signed_header_fields
 #: value 1, plus List-Unsubscribe-Post for RFC 8058). Not Received, Return-Path, Authentication-Results or
@@ -100,6 +100,7 @@ class DkimSigner:
                 chosen.append(key)
         for chosen in self._by_domain.values():
             chosen.sort(key=lambda k: k.key.type is not KeyType.RSA)  # RSA on top: some verifiers read one
+        self._parsed = {k: DkimKey.from_private(k.key) for chosen in self._by_domain.values() for k in chosen}
 
     @property
     def has_keys(self) -> bool:
@@ -116,37 +117,31 @@ class DkimSigner:
 
     def sign(self, message: bytes) -> Signed:
         """The DKIM-Signature fields for `message` (as it will leave), or why there are none."""
-        newline = b"\r\n" if b"\r\n" in message[:4096] else b"\n"
+        return self.sign_chunks((message,))
+
+    def sign_chunks(self, chunks: Iterable[bytes]) -> Signed:
+        """`sign` for a message read as chunks: only its header section is held."""
+        # One pass over the message serves the From: lookup and every signature.
+        message = read_message(chunks)
         try:
-            # One parse of the message serves the From: lookup and every signature.
-            signer = dkim.DKIM(_crlf(message), linesep=newline)
-        except dkim.MessageFormatError as exc:
+            headers = parse_header_section(message.header_section)
+        except HeaderSectionError as exc:
             return Signed(b"", f"the header section cannot be read: {exc}")
-        domain, why = author_domain(signer.headers)
+        domain, why = author_domain(headers)
         if domain is None:
             return Signed(b"", why)
         keys = self.keys_for(domain)
         if not keys:
             return Signed(b"", f"no DKIM key for {domain} or a parent domain")
-        names = header_names(signer.headers)
-        try:
-            fields = [_signature(signer, key, names) for key in keys]
-        except dkim.DKIMException as exc:
-            return Signed(b"", f"dkimpy cannot sign it: {exc}")
+        names, body_hash, now = header_names(headers), message.body_hash(), int(time.time())
+        fields = [
+            signature_field(
+                headers, body_hash, names, k.domain, k.selector, self._parsed[k], now, message.newline
+            )
+            for k in keys
+        ]
         made = tuple(f"d={k.domain} s={k.selector} a={k.key.type.algorithm}" for k in keys)
         return Signed(b"".join(fields), made=made)
-
-
-def _signature(signer: dkim.DKIM, key: SigningKey, names: list[bytes]) -> bytes:
-    signature: bytes = signer.sign(
-        key.selector.encode(),
-        key.domain.encode(),
-        key.key.signing,
-        signature_algorithm=key.key.type.algorithm.encode(),
-        canonicalize=CANONICALIZATION,
-        include_headers=names,
-    )
-    return signature
 
 
 def header_names(headers: list[list[bytes]]) -> list[bytes]:
@@ -173,9 +168,3 @@ def author_domain(headers: list[list[bytes]]) -> tuple[str | None, str]:
     if len(domains) != 1:
         return None, "From: has no address" if not domains else "From: has addresses in several domains"
     return domains.pop(), ""
-
-
-def _crlf(message: bytes) -> bytes:
-    """Every line end as CRLF, bare CRs too, as the SMTP forward sends them (and qmail stores LF):
-    the signature is over the transport form (RFC 6376 5.3)."""
-    return re.sub(rb"\r\n|\r|\n", b"\r\n", message)
