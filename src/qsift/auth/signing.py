@@ -15,6 +15,7 @@ streams past, so only the header section is held in memory, however large the co
 from __future__ import annotations
 
 import email.utils
+import re
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -57,6 +58,16 @@ OVERSIGNED_ALWAYS = ("from", "subject", "date", "reply-to", "to", "cc", "content
 #: Signed once more than they occur when present (rspamd's "oversign existing"): not when absent, since
 #: a mailing list adding its own List-Unsubscribe to our user's post must not break the signature.
 OVERSIGNED_IF_PRESENT = ("list-unsubscribe", "list-unsubscribe-post", "mime-version", "message-id")
+
+
+#: A From: value that is one plain address, bare or after a plain display name, as most are: its domain
+#: read without RFC 5322's full parser (email.utils.getaddresses, which takes longer than all the rest of
+#: signing but the key's step), to the same result (tests/unit/auth/test_signing.py).
+PLAIN_FROM = re.compile(
+    rb"[ \t]*(?:[A-Za-z0-9 _-]*<(?P<named>[A-Za-z0-9_+-]+(?:\.[A-Za-z0-9_+-]+)*@[A-Za-z0-9.-]+)>"
+    rb"|(?P<bare>[A-Za-z0-9_+-]+(?:\.[A-Za-z0-9_+-]+)*@[A-Za-z0-9.-]+))[ \t]*(?:\r\n)?"
+)
+_PLAIN_DOMAIN = re.compile(rb"[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.?")
 
 
 @dataclass(frozen=True)
@@ -161,6 +172,11 @@ def author_domain(headers: list[list[bytes]]) -> tuple[str | None, str]:
         return None, "no From: field"
     if len(values) > 1:
         return None, f"{len(values)} From: fields"
+    plain = PLAIN_FROM.fullmatch(values[0])
+    if plain:
+        domain = (plain.group("named") or plain.group("bare")).partition(b"@")[2]
+        if _PLAIN_DOMAIN.fullmatch(domain):
+            return domain.rstrip(b".").lower().decode(), ""
     text = values[0].decode("utf-8", "replace")
     addresses = [address for _, address in email.utils.getaddresses([text]) if "@" in address]
     domains = {address.rpartition("@")[2].strip().rstrip(".").lower() for address in addresses}
