@@ -233,23 +233,20 @@ def signature_field(
     newline: bytes = CRLF,
 ) -> bytes:
     """The DKIM-Signature field, `newline`-ended, signing `names` of `fields` and the body."""
-    tags = [
-        (b"v", b"1"),
-        (b"a", key.algorithm),
-        (b"c", b"relaxed/simple"),
-        (b"d", domain.encode()),
-        (b"i", b"@" + domain.encode()),
-        (b"q", b"dns/txt"),
-        (b"s", selector.encode()),
-        (b"t", str(timestamp).encode()),
-        (b"h", b" : ".join(names)),
-        (b"bh", base64.b64encode(body_hash)),
-        (b"b", _B_PLACEHOLDER),
-    ]
-    unsigned = _without_b_value(fold(_tag_list(tags), len(FIELD_NAME)))
+    # RFC 6376 3.5's tags, in dkimpy's order; b= last.
+    tags = b"v=1; a=%s; c=relaxed/simple; d=%s; i=@%s; q=dns/txt; s=%s; t=%d; h=%s; bh=%s; b=" % (
+        key.algorithm,
+        domain.encode(),
+        domain.encode(),
+        selector.encode(),
+        timestamp,
+        b" : ".join(names),
+        base64.b64encode(body_hash),
+    )
+    unsigned = _without_b_value(fold(tags + _B_PLACEHOLDER, len(FIELD_NAME)))
     hashed = signed_fields(fields, names) + b"dkim-signature:" + relaxed_value(b" " + unsigned)
-    tags[-1] = (b"b", base64.b64encode(key.sign(hashlib.sha256(hashed).digest())))
-    return FIELD_NAME + b": " + fold(_tag_list(tags) + newline, len(FIELD_NAME), newline)
+    signature = base64.b64encode(key.sign(hashlib.sha256(hashed).digest()))
+    return FIELD_NAME + b": " + fold(tags + signature + newline, len(FIELD_NAME), newline)
 
 
 def _without_b_value(folded: bytes) -> bytes:
@@ -259,10 +256,6 @@ def _without_b_value(folded: bytes) -> bytes:
     if at >= 0 and folded[at + 3 :] == _B_PLACEHOLDER:
         return folded[: at + 3]
     return _B_VALUE.sub(rb"\1", folded)
-
-
-def _tag_list(tags: list[tuple[bytes, bytes]]) -> bytes:
-    return b"; ".join(name + b"=" + value for name, value in tags)
 
 
 def fold(value: bytes, name_length: int = 0, newline: bytes = CRLF) -> bytes:
