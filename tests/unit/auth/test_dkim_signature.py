@@ -4,6 +4,7 @@ dkimpy and with libopendkim, RSA and Ed25519 (the RFC 8463 Appendix A keys)."""
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import re
 from pathlib import Path
@@ -188,12 +189,18 @@ def test_every_signature_verifies_with_dkimpy_and_opendkim(
     ],
 )
 def test_the_body_hash_is_over_the_simple_canonical_body(body: bytes, canonical: bytes) -> None:
-    import hashlib
-
     whole = b"From: a@x.test\n\n" + body
     for at in range(len(whole) + 1):  # every place the chunks may be cut, a CR|LF pair split included
         reader = read_message([whole[:at], whole[at:]])
         assert reader.body_hash() == hashlib.sha256(canonical).digest(), at
+
+
+@given(st.lists(st.sampled_from([b"a", b" ", b"\r", b"\n", b"\r\n", b"\n\r", b"\xff"]), max_size=30))
+def test_every_line_end_is_crlf_in_the_transport_form(parts: list[bytes]) -> None:
+    body = b"".join(parts)
+    whole = b"From: a@x.test\r\n\r\n" + body
+    canonical = transport(body).rstrip(b"\r\n") + b"\r\n"
+    assert read_message([whole]).body_hash() == hashlib.sha256(canonical).digest()
 
 
 def test_duplicate_fields_are_signed_bottom_up_and_absent_ones_add_nothing() -> None:
