@@ -60,6 +60,9 @@ OVERSIGNED_ALWAYS = ("from", "subject", "date", "reply-to", "to", "cc", "content
 OVERSIGNED_IF_PRESENT = ("list-unsubscribe", "list-unsubscribe-post", "mime-version", "message-id")
 
 
+_SIGNED = frozenset(name.encode() for name in SIGNED)
+_OVERSIGNED_ALWAYS = [name.encode() for name in OVERSIGNED_ALWAYS]
+_OVERSIGNED_IF_PRESENT = [name.encode() for name in OVERSIGNED_IF_PRESENT]
 #: A From: value that is one plain address, bare or after a plain display name, as most are: its domain
 #: read without RFC 5322's full parser (email.utils.getaddresses, which takes longer than all the rest of
 #: signing but the key's step), to the same result (tests/unit/auth/test_signing.py).
@@ -158,11 +161,11 @@ class DkimSigner:
 def header_names(headers: list[list[bytes]]) -> list[bytes]:
     """The `h=` list for a message with these fields: each signed field once per instance, the
     oversigned ones once more."""
-    present = [name.lower().decode("ascii", "replace") for name, _ in headers]
-    names = [name for name in present if name in SIGNED]
-    names += list(OVERSIGNED_ALWAYS)
-    names += [name for name in OVERSIGNED_IF_PRESENT if name in present]
-    return [name.encode() for name in names]
+    present = [name.lower() for name, _ in headers]
+    names = [name for name in present if name in _SIGNED]
+    names += _OVERSIGNED_ALWAYS
+    names += [name for name in _OVERSIGNED_IF_PRESENT if name in present]
+    return names
 
 
 def author_domain(headers: list[list[bytes]]) -> tuple[str | None, str]:
