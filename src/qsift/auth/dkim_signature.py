@@ -22,6 +22,7 @@ section is skipped; the header section ends at the first empty line or with the 
 from __future__ import annotations
 
 import base64
+import binascii
 import hashlib
 import re
 from collections.abc import Callable, Iterable
@@ -72,8 +73,10 @@ class DkimKey:
         if not isinstance(loaded, rsa.RSAPrivateKey):
             raise TypeError("not an RSA private key")
 
+        pkcs1, sha256 = padding.PKCS1v15(), utils.Prehashed(hashes.SHA256())
+
         def sign_rsa(digest: bytes) -> bytes:
-            return loaded.sign(digest, padding.PKCS1v15(), utils.Prehashed(hashes.SHA256()))
+            return loaded.sign(digest, pkcs1, sha256)
 
         return cls(b"rsa-sha256", sign_rsa)
 
@@ -250,11 +253,11 @@ def signature_field(
         selector.encode(),
         timestamp,
         b" : ".join(names),
-        base64.b64encode(body_hash),
+        binascii.b2a_base64(body_hash, newline=False),
     )
     unsigned = _without_b_value(fold(tags + _B_PLACEHOLDER, len(FIELD_NAME)))
     hashed = signed_fields(fields, names) + b"dkim-signature:" + relaxed_value(b" " + unsigned)
-    signature = base64.b64encode(key.sign(hashlib.sha256(hashed).digest()))
+    signature = binascii.b2a_base64(key.sign(hashlib.sha256(hashed).digest()), newline=False)
     return FIELD_NAME + b": " + fold(tags + signature + newline, len(FIELD_NAME), newline)
 
 

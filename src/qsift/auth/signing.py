@@ -19,6 +19,7 @@ import re
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from qsift.auth.dkim_keys import KeyType, PrivateKey, load_configured_key
 from qsift.auth.dkim_signature import (
@@ -103,6 +104,13 @@ class Signed:
     made: tuple[str, ...] = ()
 
 
+class _Loaded(NamedTuple):
+    key: SigningKey
+    parsed: DkimKey
+    #: "d=... s=... a=..." for the log.
+    made: str
+
+
 class DkimSigner:
     """Signs a message with the keys of its From: domain."""
 
@@ -114,7 +122,16 @@ class DkimSigner:
                 chosen.append(key)
         for chosen in self._by_domain.values():
             chosen.sort(key=lambda k: k.key.type is not KeyType.RSA)  # RSA on top: some verifiers read one
-        self._parsed = {k: DkimKey.from_private(k.key) for chosen in self._by_domain.values() for k in chosen}
+        # Each key parsed and described once: it is used for every message of its domain.
+        self._loaded = {
+            domain: [
+                _Loaded(
+                    k, DkimKey.from_private(k.key), f"d={k.domain} s={k.selector} a={k.key.type.algorithm}"
+                )
+                for k in chosen
+            ]
+            for domain, chosen in self._by_domain.items()
+        }
 
     @property
     def has_keys(self) -> bool:
@@ -122,9 +139,12 @@ class DkimSigner:
 
     def keys_for(self, domain: str) -> list[SigningKey]:
         """The keys of `domain`, else of its nearest parent that has any."""
+        return [loaded.key for loaded in self._loaded_for(domain)]
+
+    def _loaded_for(self, domain: str) -> list[_Loaded]:
         labels = domain.lower().rstrip(".").split(".")
         for at in range(len(labels)):
-            found = self._by_domain.get(".".join(labels[at:]))
+            found = self._loaded.get(".".join(labels[at:]))
             if found:
                 return found
         return []
@@ -144,18 +164,15 @@ class DkimSigner:
         domain, why = author_domain(headers)
         if domain is None:
             return Signed(b"", why)
-        keys = self.keys_for(domain)
+        keys = self._loaded_for(domain)
         if not keys:
             return Signed(b"", f"no DKIM key for {domain} or a parent domain")
         names, body_hash, now = header_names(headers), message.body_hash(), int(time.time())
         fields = [
-            signature_field(
-                headers, body_hash, names, k.domain, k.selector, self._parsed[k], now, message.newline
-            )
-            for k in keys
+            signature_field(headers, body_hash, names, k.domain, k.selector, dkim_key, now, message.newline)
+            for k, dkim_key, _ in keys
         ]
-        made = tuple(f"d={k.domain} s={k.selector} a={k.key.type.algorithm}" for k in keys)
-        return Signed(b"".join(fields), made=made)
+        return Signed(b"".join(fields), made=tuple(loaded.made for loaded in keys))
 
 
 def header_names(headers: list[list[bytes]]) -> list[bytes]:
