@@ -38,8 +38,6 @@ FIELD_NAME = b"DKIM-Signature"
 #: The first bytes of a message looked at to choose the line end of the field made for it.
 NEWLINE_PROBE = 4096
 _LINE_END = re.compile(rb"\r\n|\r|\n")
-_CR_AT = bytes(1 if octet == ord("\r") else 0 for octet in range(256))
-_LF_AT = bytes(1 if octet == ord("\n") else 0 for octet in range(256))
 _FIELD_NAME = re.compile(rb"([\x21-\x7e]+?):")
 _WSP = re.compile(rb"[\t ]+")
 # dkimpy's RE_BTAG: the b= tag's value, folded or not, removed for the header hash (RFC 6376 3.7).
@@ -130,7 +128,9 @@ class MessageReader:
             chunk = chunk[:-1]
         if b"\r" not in chunk:
             return chunk.replace(b"\n", CRLF)
-        if _crlf_only(chunk):
+        # Every CR dropped and every LF made CRLF gives the chunk back only if all its line ends were
+        # CRLF (measured: a third of the time of counting CRLF, CR and LF, which was as long as hashing).
+        if chunk.replace(b"\r", b"").replace(b"\n", CRLF) == chunk:
             return chunk
         return _LINE_END.sub(CRLF, chunk)
 
@@ -172,13 +172,6 @@ class MessageReader:
             self._body.update(CRLF * self._trailing_crlfs)
         self._body.update(memoryview(data)[start:text_end])
         self._trailing_crlfs = (len(data) - text_end) // 2
-
-
-def _crlf_only(data: bytes) -> bool:
-    """Whether every CR in `data` is followed by an LF and every LF follows a CR: the CRs' places, one
-    on, are the LFs' (measured: half the time of counting CRLF, CR and LF)."""
-    crs, lfs = data.translate(_CR_AT), data.translate(_LF_AT)
-    return crs[:-1] == lfs[1:] and not lfs.startswith(b"\x01") and not crs.endswith(b"\x01")
 
 
 def read_message(chunks: Iterable[bytes]) -> MessageReader:
