@@ -98,7 +98,7 @@ async def main_async(args: argparse.Namespace) -> None:
     qmqp_port = free_port()
     (workdir / "qsift.toml").write_text(
         f'log_level = 0\nallow_root = true\nstate_dir = "{workdir}/state"\n'
-        f'[forward]\nmethod = "smtp:[127.0.0.1]:{sink_port}"\n'
+        f'[forward]\nmethod = "smtp:[127.0.0.1]:{sink_port}"\nidle_sessions = {args.idle_sessions}\n'
         f'[[listen]]\nprotocol = "qmqp"\naddress = "127.0.0.1:{qmqp_port}"\n'
     )
     qsift = subprocess.Popen(
@@ -176,6 +176,9 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--messages", type=int, default=2000)
     parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument(
+        "--idle-sessions", type=int, default=4, help="[forward] idle_sessions; 0: a connection per message"
+    )
     asyncio.run(main_async(parser.parse_args()))
 
 

@@ -198,6 +198,11 @@ class Forward:
     final_timeout: float = setting(
         600.0, "Seconds to wait for the answer after the final dot (RFC 5321 4.5.3.2.6: 10 minutes)."
     )
+    idle_sessions: int = setting(
+        4,
+        "SMTP and LMTP sessions each worker keeps open between messages for the next one (checked with "
+        "RSET first, closed after 5 s unused); 0 opens a connection per message and ends it with QUIT.",
+    )
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ import os
 import re
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from qsift.act.bounce import DsnBouncer
@@ -62,7 +63,8 @@ def build_pipeline(
     `durable` the outcome record and the quarantine are opened (in state_dir, made if missing, or in
     PostgreSQL when `[store] url` is set, with the message log): `Pipeline.close` closes them.
     """
-    notifier = make_forwarder(config.notify_forward, config.myhostname)
+    # Notices are few and far between: a session kept for the next one would mostly wait to expire.
+    notifier = make_forwarder(replace(config.notify_forward, idle_sessions=0), config.myhostname)
     bouncer = DsnBouncer(
         notifier, config.myhostname, re.compile(config.dsn.viruses_that_fake_sender, re.IGNORECASE)
     )

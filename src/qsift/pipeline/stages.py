@@ -159,8 +159,9 @@ class Pipeline:
             self.slots.give_back()
 
     async def close(self) -> None:
-        """Close what the pipeline holds open: the outcome record, the message log, the quarantine, the
-        scanners' sessions."""
+        """Close what the pipeline holds open: the forward's idle sessions, the outcome record, the message
+        log, the quarantine, the scanners' sessions."""
+        self.forwarder.close()
         await self.outcomes.close()
         await self.message_log.close()
         await self.lookups.close()
