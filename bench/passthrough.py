@@ -6,7 +6,8 @@ Starts a real `qsift serve` process (log_level 0) forwarding to a counting SMTP 
 its own (bench/sink.py), sends the same corpus of messages through it with N concurrent QMQP clients,
 then sends the same messages straight to the sink with N concurrent SMTP clients (qsift's own SMTP
 client: the forward path without the filter), and prints messages/s and p50/p99 latency for both, and
-their ratio; then the CPU time per message of qsift's process tree, of the sink and of the clients (from
+their ratio (`--idle-sessions 0`: qsift opens a connection per message, as the direct run does); then
+the CPU time per message of qsift's process tree, of the sink and of the clients (from
 /proc), and qsift's CPU per message as a multiple of the sink's.
 
 The sink is bare asyncio and costs a fraction of a millisecond a message. Its cost is printed beside

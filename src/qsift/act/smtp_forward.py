@@ -18,7 +18,8 @@ Rules this module keeps, because each one costs mail when broken:
   closed after `IDLE_SECONDS` unused). Before it does, RSET must be answered 250: a session the server
   closed or broke while idle (Postfix's smtpd_timeout, a 421) is dropped and the next one tried, or a
   new connection opened, all before any of the message was sent; from then on it is any connection.
-  It saves the connect, the greeting, EHLO and QUIT: about 0.3 ms of CPU a message (bench/passthrough.py).
+  It saves the connect, the greeting, EHLO and QUIT: about 0.6 ms of qsift's CPU a message on
+  bench/passthrough.py, and half the sink's (docs/benchmarks.md).
 
 The order of the dialogue (EHLO or HELO, XFORWARD, pipelining, 452, LMTP's replies) is kept by the
 sans-IO wire/smtp_dialogue; this module is the I/O shell around it: the connection, the timeout each
