@@ -114,3 +114,18 @@ async def test_no_session_is_kept_while_a_new_connection_waits_for_its_greeting(
         sessions.close()
     assert all(r.all_accepted for r in results), [r.per_recipient for r in results]
     assert mta.peak == 1
+
+
+async def test_an_lmtp_session_is_kept_too() -> None:
+    async with fake_mta(Script(lmtp=True)) as mta:
+        sessions = IdleSessions(2)
+        target = SmtpTarget(True, host="127.0.0.1", port=mta.port)
+        for number in range(2):
+            with MessageSpool.from_bytes(b"Subject: %d\n\nbody\n" % number) as spool:
+                result = await forward_via_smtp(
+                    target, ENVELOPE, spool, helo_name="qsift.test", timeouts=QUICK, sessions=sessions
+                )
+            assert result.all_accepted
+        sessions.close()
+    assert mta.connections == 1
+    assert verbs(mta)[:1] == [b"LHLO"] and b"RSET" in verbs(mta)
