@@ -27,7 +27,7 @@ from qsift.act.long_lines import FittedMessage, plan_fit
 from qsift.answers import Row, reply_for_error
 from qsift.checks.content import Verdict
 from qsift.checks.headers import header_section
-from qsift.errors import ScannerFailure, SpoolError, StoreUnreachable
+from qsift.errors import ScannerFailure, SpoolError
 from qsift.mail_ids import new_mail_ids
 from qsift.model import (
     Answer,
@@ -56,17 +56,20 @@ from qsift.pipeline.parts import (
     RecipientLookups,
     RefusalNotice,
 )
-from qsift.pipeline.penpals import penpal_bonuses
 from qsift.pipeline.sealing import sealed_copy
+from qsift.pipeline.shared_state import (
+    delivered_before,
+    log_finished,
+    looked_up,
+    penpals_found,
+    record_delivery,
+)
 from qsift.pipeline.signing import Signer, signed_copy
 from qsift.pipeline.slots import MessageSlots
 from qsift.policy.bank import Policies
 from qsift.policy.destiny import Destiny
-from qsift.policy.penpals import PenPal
 from qsift.policy.recipients import Decision, decide_recipients
-from qsift.policy.settings import Policy
 from qsift.spool import MessageBody, MessageSpool
-from qsift.store.message_log import LoggedMessage
 from qsift.store.outcomes import OutcomeRecord, body_fingerprint, delivery_key
 from qsift.wire import mark
 from qsift.wire.long_lines import LongLineFinder
@@ -184,7 +187,9 @@ class Pipeline:
         chunks = _feeding(body.chunks(), long_lines, marking)
         digest = await _off_the_loop_if_large(body.size, body_fingerprint, chunks)
         keys = {r.address: delivery_key(digest, envelope.sender, r.address) for r in envelope.recipients}
-        already = await self._delivered_before(mail_id, list(keys.values()))
+        already = await delivered_before(
+            self.outcomes, mail_id, list(keys.values()), self.clock() - self.dedupe_window
+        )
         if isinstance(already, Outcome):
             return already  # the shared record does not answer: try later
         owed = tuple(r for r in envelope.recipients if keys[r.address] not in already)
@@ -208,7 +213,10 @@ class Pipeline:
         message = replace(message, scanned_before=self._scanned_here_before(message, head, now))
         if long_lines.found:
             message = await self._fitted(message)
-        deliveries = Deliveries(keys, lambda settled, answer: self._record(settled, mail_id, answer))
+        deliveries = Deliveries(
+            keys,
+            lambda settled, answer: record_delivery(self.outcomes, settled, mail_id, answer, self.clock()),
+        )
         decisions: Sequence[Decision] = ()
         try:
             outcome, decisions = await self._judge(
@@ -225,9 +233,9 @@ class Pipeline:
             [keys[r.recipient.address] for r in outcome.per_recipient if r.reply.answer is Answer.ACCEPT]
         )
         if settled and outcome.reply.answer is not Answer.REJECT:
-            await self._record(settled, mail_id, outcome.reply.smtp_line())
+            await record_delivery(self.outcomes, settled, mail_id, outcome.reply.smtp_line(), self.clock())
         if decisions:  # each recipient's fate is known: not a message held back before the checks decided
-            await self._log(logged_message(message, decisions, outcome, head, now))
+            await log_finished(self.message_log, logged_message(message, decisions, outcome, head, now))
         return outcome
 
     async def _fitted(self, message: InFlight) -> InFlight:
@@ -261,7 +269,7 @@ class Pipeline:
         """The outcome, and each owed recipient's fate; no fates for a message held back before they
         were decided (a scanner failed, the quarantine could not keep it)."""
         mail_id = message.mail_id
-        policy = await self._looked_up(message, owed)
+        policy = await looked_up(self.lookups, message, owed)
         if isinstance(policy, Outcome):
             return policy, ()
         message = replace(message, policy=policy)
@@ -276,7 +284,7 @@ class Pipeline:
             passed = await self._pass_unchecked(message, owed, already, deliveries)
             return passed, unchecked(message, owed)
         message = replace(message, virus_scanned=virus_scanned, cut=verdict.auth.forged, auth=verdict.auth)
-        penpals = await self._penpals(message, verdict, owed)
+        penpals = await penpals_found(self.penpals, message, verdict, owed, self.clock())
         if isinstance(penpals, Outcome):
             return penpals, ()
         decisions = decide_recipients(verdict, message.policy, owed, message.spool.size, penpals)
@@ -312,21 +320,6 @@ class Pipeline:
             *(f"quarantine: {kept}",) * bool(kept),
         )
         return replace(outcome, category=category, notes=(*outcome.notes, *notes)), decisions
-
-    async def _penpals(
-        self, message: InFlight, verdict: Verdict, owed: tuple[Recipient, ...]
-    ) -> dict[str, PenPal] | Outcome:
-        """Each recipient's pen pals bonus; or Z when the message log does not answer."""
-        try:
-            return await penpal_bonuses(self.penpals, message, verdict, owed, self.clock())
-        except StoreUnreachable as exc:
-            # As amavisd-new: without the bonus a reply could be judged spam and refused, and a verdict
-            # must not depend on whether the database answered. The client retries (docs/cluster.md).
-            mail_id = message.mail_id
-            logger.error("id=%s pen pals lookup failed, the message waits (try later): %s", mail_id, exc)
-            reply = Row.PENPALS_UNREACHABLE.reply(mail_id=mail_id, error=exc)
-            metrics.message_fate(verdict.category.value, "tempfail", len(owed))
-            return Outcome(mail_id, reply, Disposition.TEMPFAILED, category=verdict.log_text())
 
     async def _check(self, message: InFlight, owed: tuple[Recipient, ...]) -> tuple[Verdict | None, bool]:
         """The verdict (None without content checks, or for mail this site scanned before), and whether a
@@ -417,57 +410,6 @@ class Pipeline:
             # K was earned by the others; the refused ones would otherwise vanish without a word.
             outcome = await self.refusal_notice(outcome, message.envelope, refused, message.body)
         return outcome
-
-    async def _looked_up(self, message: InFlight, owed: tuple[Recipient, ...]) -> Policy | Outcome:
-        """The message's policy with its sender and what SQL says of its recipients; or Z when the
-        lookup fails (amavisd-new's 451 when a lookup dies, reference amavisd-sql.md §2.7)."""
-        policy, sender = message.policy, message.envelope.sender
-        if message.scanned_before:
-            return policy  # passed on unchecked: no recipient's settings count
-        try:
-            found = await self.lookups.found(
-                sender, [r.address for r in owed], policy.rules.recipient_delimiter
-            )
-        except StoreUnreachable as exc:
-            mail_id = message.mail_id
-            logger.error("id=%s SQL lookup failed, the message waits (try later): %s", mail_id, exc)
-            reply = Row.LOOKUP_UNREACHABLE.reply(mail_id=mail_id, error=exc)
-            metrics.message_fate(Category.UNCHECKED.value, "tempfail", len(owed))
-            return Outcome(mail_id, reply, Disposition.TEMPFAILED)
-        return policy.for_message(sender, found)
-
-    async def _delivered_before(
-        self, mail_id: str, keys: Sequence[str]
-    ) -> dict[str, OutcomeRecord] | Outcome:
-        """The records of these keys; or Z when the shared record does not answer."""
-        not_before = self.clock() - self.dedupe_window
-        try:
-            return await self.outcomes.lookup(keys, not_before)
-        except StoreUnreachable as exc:
-            # It cannot say whether another node delivered this already, and could not record this
-            # delivery either: the client keeps the message and tries again (amavisd-new's 451 when its
-            # database is down before acceptance).
-            logger.error("id=%s outcome record unreachable, the message waits (try later): %s", mail_id, exc)
-            reply = Row.OUTCOME_RECORD_UNREACHABLE.reply(mail_id=mail_id, error=exc)
-            return Outcome(mail_id, reply, Disposition.TEMPFAILED)
-        except Exception as exc:  # a broken record on this node must not stop mail
-            logger.error("outcome record lookup failed, forwarding anyway: %s", exc)
-            return {}
-
-    async def _log(self, logged: LoggedMessage) -> None:
-        try:
-            await self.message_log.log(logged)
-        except Exception as exc:  # whatever it is: the message's fate is settled and its answer stands
-            logger.error("id=%s not logged to SQL: %s", logged.mail_id, exc)
-
-    async def _record(self, keys: Sequence[str], mail_id: str, answer: str) -> None:
-        try:
-            await self.outcomes.record(keys, mail_id, answer, self.clock())
-        except Exception as exc:  # whatever it is (a full disk, a thread that cannot start)
-            # The downstream has the message: answering Z (or dropping the connection) now would make the
-            # retry a duplicate for sure, while a missing record only makes a duplicate possible if the
-            # client also loses our K.
-            logger.error("id=%s delivered but not recorded for dedupe: %s", mail_id, exc)
 
 
 def _outgoing(message: InFlight, recipients: tuple[Recipient, ...]) -> Envelope:
