@@ -120,17 +120,9 @@ class SharedMessageLog:
         """Delete the rows of messages logged before `older_than` whose copy is not kept; how many went
         (0 while another node purges)."""
 
-        async def delete(db: Connection) -> int:
-            async with db.transaction():
-                cursor = await db.execute("SELECT pg_try_advisory_xact_lock(%s)", (_PURGE_LOCK,))
-                row = await cursor.fetchone()
-                if row is None or not row[0]:
-                    return 0
-                cursor = await db.execute(_PURGE, (int(older_than),))
-                row = await cursor.fetchone()
-                return int(row[0]) if row is not None else 0
-
-        return await self._database.run(delete, "the message log's purge")
+        return await self._database.purge_alone(
+            _PURGE_LOCK, _PURGE, int(older_than), "the message log's purge"
+        )
 
     async def close(self) -> None:
         await self._database.close()

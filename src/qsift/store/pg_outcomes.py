@@ -71,16 +71,9 @@ class SharedOutcomes:
     async def purge(self, older_than: float) -> int:
         """Forget records past the window; returns how many went (0 while another node purges)."""
 
-        async def delete(db: Connection) -> int:
-            async with db.transaction():
-                cursor = await db.execute("SELECT pg_try_advisory_xact_lock(%s)", (_PURGE_LOCK,))
-                row = await cursor.fetchone()
-                if row is None or not row[0]:
-                    return 0
-                cursor = await db.execute("DELETE FROM qsift_outcomes WHERE created < %s", (older_than,))
-                return cursor.rowcount
-
-        return await self._run(delete)
+        return await self._database.purge_alone(
+            _PURGE_LOCK, "DELETE FROM qsift_outcomes WHERE created < %s", older_than, "the record's purge"
+        )
 
     async def close(self) -> None:
         await self._database.close()

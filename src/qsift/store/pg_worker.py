@@ -65,6 +65,25 @@ class WorkerDatabase:
             # A refused statement (a missing privilege, a read-only standby).
             raise StoreUnreachable(f"PostgreSQL refused {what}: {first_line(exc)}") from exc
 
+    async def purge_alone(self, lock: int, statement: str, older_than: float, what: str) -> int:
+        """Run a purge `statement` (one parameter, the cut-off; it returns a count or affects rows) while
+        holding the advisory lock `lock` for its transaction; 0 without running it when another node
+        holds the lock: the nodes purge one at a time on the same schedule, and the others skip a round."""
+
+        async def delete(db: Connection) -> int:
+            async with db.transaction():
+                cursor = await db.execute("SELECT pg_try_advisory_xact_lock(%s)", (lock,))
+                row = await cursor.fetchone()
+                if row is None or not row[0]:
+                    return 0
+                cursor = await db.execute(statement, (older_than,))
+                if cursor.description is None:
+                    return cursor.rowcount
+                row = await cursor.fetchone()
+                return int(row[0]) if row is not None else 0
+
+        return await self.run(delete, what)
+
     async def close(self) -> None:
         """Close the pool; the outcome record and the message log both call it, the first one counts."""
         if self._pool_started and not self._closed:
