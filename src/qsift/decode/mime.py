@@ -1,11 +1,11 @@
 """A streaming MIME walk: entities read line by line from a file, bodies decoded as they pass.
 
 The standard `email` package parses a whole message into memory, several times over (the raw bytes,
-the lines, the joined payload, the decoded payload): a 40 MB message peaked at 375 MB. Here only one
-line (at most `LINE_CHUNK` bytes of it) is held at a time; each leaf's decoded bytes go to a sink that
-counts them against the decoder's bounds and spills them to disk. Headers of each entity, which are
-small, are still parsed by the `email` package, so content types, parameters (RFC 2231) and file
-names mean exactly what they mean there.
+the lines, the joined payload, the decoded payload): a 40 MB message peaked at 375 MB. Here the file is
+read a block at a time and a body is handed on in pieces of at most `LINE_CHUNK` bytes; each leaf's
+decoded bytes go to a sink that counts them against the decoder's bounds and spills them to disk.
+Headers of each entity, which are small, are still parsed by the `email` package, so content types,
+parameters (RFC 2231) and file names mean exactly what they mean there.
 
 Boundaries follow RFC 2046 §5.1.1: a delimiter is `--boundary` at the start of a line, possibly
 followed by white space; the line break before it belongs to the delimiter. Any enclosing boundary also
