@@ -37,7 +37,7 @@ from qsift.config import Config, ListenAddress
 from qsift.errors import ConfigError, StoreUnreachable
 from qsift.observe import log, metrics
 from qsift.observe.log import logger
-from qsift.serve import privileges
+from qsift.serve import memory, privileges
 from qsift.serve.daemon import Daemon
 from qsift.serve.keys import SiteKeys, load_keys
 from qsift.serve.release_server import release_socket_name
@@ -102,6 +102,7 @@ class Supervisor:
         if self.config.store.url:
             _check_shared_store(self.config.store)  # as the run user, who has the ~/.pgpass
         signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
+        memory.prepare_workers()
         if self.config.metrics.address:
             # After the drop (the files must be the workers'), before the first fork.
             metrics.setup(os.path.join(self.config.state_dir, "metrics"))
