@@ -8,6 +8,10 @@ send: PDF-like and JPEG-like binaries, zips of documents, Office-style zips and 
 in every `LARGE_EVERY` carries one more attachment of 1 to 10 MB. Everything comes from a seeded
 `random.Random` and fixed dates, so a run can be repeated byte for byte.
 
+The side-by-side with amavisd-new (bench/amavisd/compare.py) adds EICAR_MAILS messages carrying the EICAR
+test string, as the issue's mix did (`message_pool(eicar=True)`), so that both filters must find a virus while
+they are measured: in the body, base64 as a program, in a zip, and as a text attachment.
+
 Every message sent gets a header of its own (`X-Bench-Id`), so no two are byte-identical: qsift answers an
 identical retry from its outcome record without scanning it again, and the benchmark must not measure that.
 """
@@ -140,9 +144,49 @@ def business_mails(count: int = GENERATED) -> list[tuple[str, bytes]]:
     return [(f"generated/mix-{index}.eml", business_mail(index, rng)) for index in range(count)]
 
 
-def message_pool() -> list[tuple[str, bytes]]:
+#: The standard anti-virus test string (https://www.eicar.org), which every scanner reports.
+EICAR = rb"X5O!P%@AP[4\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*"
+EICAR_MAILS = 4
+#: Where `stamped` names a message (its X-Bench-Id line) that carries EICAR.
+EICAR_PREFIX = "eicar/"
+
+
+def eicar_mail(index: int) -> bytes:
+    """The EICAR string in one of four places, by `index` modulo 4."""
+    message = EmailMessage()
+    message["From"] = "Someone <someone@example.org>"
+    message["To"] = "b@example.net"
+    message["Subject"] = f"Test file {index}"
+    message["Date"] = format_datetime(datetime(2024, 5, 2, 9, index % 60, tzinfo=UTC))
+    message["Message-ID"] = f"<eicar-{index}@example.org>"
+    place = index % 4
+    if place == 0:
+        message.set_content("Here it is:\n\n" + EICAR.decode() + "\n")
+        return message.as_bytes()
+    message.set_content("Please run the attached file.\n")
+    if place == 1:
+        message.add_attachment(EICAR, maintype="application", subtype="octet-stream", filename="eicar.com")
+    elif place == 2:
+        zipped = _zip([("eicar.com", EICAR)])
+        message.add_attachment(zipped, maintype="application", subtype="zip", filename="eicar.zip")
+    else:
+        message.add_attachment(EICAR.decode(), subtype="plain", filename="eicar.txt", cte="base64")
+    message.set_boundary(f"=_eicar-{index}")
+    return message.as_bytes()
+
+
+def eicar_mails(count: int = EICAR_MAILS) -> list[tuple[str, bytes]]:
+    return [(f"{EICAR_PREFIX}eicar-{index}.eml", eicar_mail(index)) for index in range(count)]
+
+
+def carries_eicar(message: bytes) -> bool:
+    """Whether a message from `stamped` is one of `eicar_mails`."""
+    return b"(" + EICAR_PREFIX.encode() in message.split(b"\n", 1)[0]
+
+
+def message_pool(*, eicar: bool = False) -> list[tuple[str, bytes]]:
     """Every candidate message, shuffled once with a fixed seed so any prefix mixes the sources."""
-    pool = corpus_messages() + business_mails()
+    pool = corpus_messages() + business_mails() + (eicar_mails() if eicar else [])
     random.Random(0).shuffle(pool)
     return pool
 

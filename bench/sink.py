@@ -1,6 +1,7 @@
 """A counting SMTP sink on bare asyncio, in its own process, so neither measured path shares a GIL with it.
 
-python -m bench.sink PORT   # prints "ready" when listening; SIGTERM prints the count and exits
+python -m bench.sink PORT           # prints "ready" when listening; SIGTERM prints the count and exits
+python -m bench.sink --tally PORT   # the same, then a line of JSON: how many headers bore each MARKS entry
 
 The sink must cost next to nothing, or it hides the cost of what is measured in front of it: the
 aiosmtpd sink the benches used before spent several times the CPU per message of this one, enough to bound
@@ -11,11 +12,17 @@ from /proc and print it beside qsift's, so a slow sink shows.
 It offers PIPELINING, 8BITMIME and SMTPUTF8, as Postfix does, and takes lines of any length: amavisd-new
 and qsift fold header lines over 998 octets before they forward, but a message counted here must not
 depend on it. It takes DATA only after an accepted RCPT and counts a message at its final dot.
+
+With `--tally` it also keeps each message's header (up to HEADER_LIMIT octets) until the blank line and counts
+the MARKS found there, so a benchmark that passes every category can check what the filter decided: every
+EICAR found, the same spam flags (issue 14). amavisd-new (X-Amavis-Alert) and qsift (X-Qsift-Alert) word their
+alerts alike.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 import sys
 
@@ -37,9 +44,27 @@ REPLIES = {
 }
 
 
+#: What `--tally` counts, once per message whose header holds it.
+MARKS = {
+    "virus": b"-Alert: INFECTED",
+    "banned": b"-Alert: BANNED",
+    "spam": b"X-Spam-Flag: YES",
+}
+HEADER_LIMIT = 256 * 1024
+END_OF_HEADER = b"\r\n\r\n"
+
+
 class Counter:
-    def __init__(self) -> None:
+    def __init__(self, tally: bool = False) -> None:
         self.messages = 0
+        #: None: headers are not looked at.
+        self.marks: dict[str, int] | None = dict.fromkeys(MARKS, 0) if tally else None
+
+    def note_header(self, header: bytes) -> None:
+        assert self.marks is not None
+        for name, mark in MARKS.items():
+            if mark in header:
+                self.marks[name] += 1
 
 
 class SinkSession(asyncio.Protocol):
@@ -50,6 +75,7 @@ class SinkSession(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.pending = b""
         self.in_data = False
+        self.header_seen = False
         self.recipients = 0
         self.quitting = False
 
@@ -64,6 +90,18 @@ class SinkSession(asyncio.Protocol):
         replies: list[bytes] = []
         while not self.quitting:
             if self.in_data:
+                if not self.header_seen and self.counter.marks is not None:
+                    # `pending` still holds all of this message so far (it starts with DATA's own CRLF).
+                    # A message without a body ends at its final dot; what follows belongs to the next one.
+                    ends = [
+                        at
+                        for at in (self.pending.find(END_OF_HEADER), self.pending.find(END_OF_DATA))
+                        if at >= 0
+                    ]
+                    if not ends and len(self.pending) < HEADER_LIMIT:
+                        break
+                    self.counter.note_header(self.pending[: min(ends, default=HEADER_LIMIT)])
+                    self.header_seen = True
                 end = self.pending.find(END_OF_DATA)
                 if end < 0:
                     # Only the last four octets can begin a terminator that the next read completes.
@@ -71,6 +109,7 @@ class SinkSession(asyncio.Protocol):
                     break
                 self.pending = self.pending[end + len(END_OF_DATA) :]
                 self.in_data = False
+                self.header_seen = False
                 self.recipients = 0
                 self.counter.messages += 1
                 replies.append(b"250 2.0.0 Ok: queued\r\n")
@@ -109,9 +148,9 @@ async def listen(counter: Counter, port: int = 0) -> asyncio.Server:
     return await loop.create_server(lambda: SinkSession(counter), "127.0.0.1", port, backlog=1024)
 
 
-async def serve(port: int) -> int:
-    """Sink on 127.0.0.1:`port` until SIGTERM; the number of messages taken."""
-    counter = Counter()
+async def serve(port: int, tally: bool = False) -> Counter:
+    """Sink on 127.0.0.1:`port` until SIGTERM; what it took."""
+    counter = Counter(tally)
     loop = asyncio.get_running_loop()
     server = await listen(counter, port)
     stop = asyncio.Event()
@@ -119,11 +158,14 @@ async def serve(port: int) -> int:
     print("ready", flush=True)
     await stop.wait()
     server.close()
-    return counter.messages
+    return counter
 
 
 def main() -> None:
-    print(asyncio.run(serve(int(sys.argv[-1]))), flush=True)
+    counter = asyncio.run(serve(int(sys.argv[-1]), tally="--tally" in sys.argv[1:-1]))
+    print(counter.messages, flush=True)
+    if counter.marks is not None:
+        print(json.dumps(counter.marks), flush=True)
 
 
 if __name__ == "__main__":

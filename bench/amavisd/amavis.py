@@ -78,7 +78,7 @@ $enable_dkim_verification = 0;
 $enable_dkim_signing = 0;
 
 @bypass_virus_checks_maps = (0);
-@bypass_spam_checks_maps = (0);
+@bypass_spam_checks_maps = ({bypass_spam});   # (1): SpamAssassin is not even loaded
 @bypass_banned_checks_maps = (0);
 @bypass_header_checks_maps = (0);
 $final_virus_destiny      = D_PASS;
@@ -134,7 +134,15 @@ class Amavisd:
     """One amavisd master and its children, under `workdir/amavis`."""
 
     def __init__(
-        self, workdir: Path, *, port: int, sink_port: int, servers: int, clamd_socket: str, sa_site: Path
+        self,
+        workdir: Path,
+        *,
+        port: int,
+        sink_port: int,
+        servers: int,
+        clamd_socket: str,
+        sa_site: Path,
+        spam: bool = True,
     ) -> None:
         self.home = workdir / "amavis"
         self.port = port
@@ -153,6 +161,7 @@ class Amavisd:
                 sink=sink_port,
                 sa_site=sa_site,
                 clamd_socket=clamd_socket,
+                bypass_spam=0 if spam else 1,
             )
         )
         for path in [self.home, *self.home.rglob("*")]:

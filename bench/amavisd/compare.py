@@ -1,6 +1,7 @@
-"""qsift beside amavisd-new: same machine, same messages, same scanners, one run, ratios.
+"""qsift beside amavisd-new: same machine, same messages, same scanners, interleaved rounds, ratios.
 
-    .venv/bin/python -m bench.amavisd.compare --messages 300 --concurrency 4 --workers 4
+    .venv/bin/python -m bench.amavisd.compare --messages 300 --concurrency 4 --workers 2 --rounds 3 --spam off
+    .venv/bin/python -m bench.amavisd.compare --messages 200 --concurrency 4 --workers 2 --rounds 3 --spam sa
 
 Both filters run the same number of worker processes: qsift's `workers` is amavisd-new's `$max_servers`
 (`--workers`, by default as many as clients). Left to its default (one per CPU), qsift ran 2 workers
@@ -8,14 +9,20 @@ beside amavisd-new's 4 children and the memory ratio compared unequal setups (is
 states how many each side was given and how many were running after the load, and a mismatch makes the
 run invalid.
 
-Starts one real clamd (tests/clamd_daemon.py, the test signature database) and one real spamd
-(tests/spamd_daemon.py, local tests only, as many children as clients), then for each filter in turn:
-a counting SMTP sink in its own process (bench/sink.py, bare asyncio), the
-filter with an SMTP listener on loopback forwarding to the sink, a warm-up, and the same N messages sent
-by C concurrent SMTP clients (qsift's own client). It checks every message was accepted and the sink
-counted them all, reads both filters' summary log lines to show what each made of the messages, and prints
-messages/s, p50/p99 latency, CPU time and resident memory of each filter's process tree, with the ratios
-qsift / amavisd-new. Figures on a small shared VM move by tens of percent from run to run.
+Each round runs both filters, one after the other (qsift first in odd rounds, amavisd-new first in even
+ones, so neither always gets the warmer machine). Every run has its own fresh clamd (tests/clamd_daemon.py,
+the test signature database), so neither filter finds the other's messages in clamd's cache, and with
+`--spam sa` qsift's own fresh spamd (tests/spamd_daemon.py, local tests only, as many children as clients);
+`--spam off` turns the spam checks off in both (amavisd-new then does not even load SpamAssassin). Each run
+has a counting SMTP sink in its own process (bench/sink.py, bare asyncio, `--tally`), the filter with an SMTP
+listener on loopback forwarding to the sink, a warm-up, and the same N messages (bench/mail_mix.py: the
+corpus, business mail with attachments and 4 EICAR messages) sent by C concurrent SMTP clients (qsift's own
+client). A run counts only if every message was accepted and counted once at the sink and the sink saw a
+virus alert on every EICAR message. Measured per run: messages/s, CPU seconds per message of the filter's
+process tree plus its scanners' (clamd; spamd for qsift, whose SpamAssassin runs there and not inside it),
+RSS and PSS (/proc/PID/smaps_rollup) of the filter's tree and of its workers alone. Reported: each round's
+ratios qsift / amavisd-new, then their median (min-max) over the rounds. Figures on a small shared VM move
+by tens of percent from run to run; the spread says how much.
 
 amavisd-new embeds SpamAssassin (the master loads and compiles the rules, each child checks in-process);
 qsift asks spamd. Both use the same SpamAssassin configuration (Debian's .pre files, no Bayes, no network
@@ -29,6 +36,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import contextlib
+import json
 import os
 import re
 import shutil
@@ -39,6 +48,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -49,7 +59,7 @@ from tests.spamd_daemon import LOCAL_CF, running_spamd
 from bench.amavisd import procs
 from bench.amavisd.amavis import Amavisd
 from bench.amavisd.qsift_daemon import Qsift
-from bench.mail_mix import message_pool, stamped
+from bench.mail_mix import carries_eicar, message_pool, stamped
 from qsift.act.smtp_forward import SmtpTimeouts, forward_via_smtp, parse_forward_method
 from qsift.model import Envelope, Recipient
 from qsift.spool import MessageSpool
@@ -76,9 +86,18 @@ class Result:
     refused: list[str] = field(default_factory=list)
     sink_count: int = 0
     expected: int = 0
+    #: Messages sent (warm-up included) that carry EICAR, and what the sink saw in the headers.
+    expected_viruses: int = 0
+    marks: dict[str, int] = field(default_factory=dict)
     rss: int = 0
     pss: int = 0
+    workers_rss: int = 0
+    workers_pss: int = 0
+    #: CPU seconds of the filter's tree, and of its scanners (clamd, and spamd for qsift), under the load.
     cpu: float = 0.0
+    scanner_cpu: float = 0.0
+    #: Memory of scanners that belong to one filter only (qsift's spamd); clamd serves either alike.
+    scanner_pss: int = 0
     workers: int = 0
     #: Worker processes found running (children of the parent or master) after the measured load.
     worker_processes: int = 0
@@ -89,6 +108,10 @@ class Result:
     def rate(self) -> float:
         return len(self.latencies) / self.elapsed
 
+    @property
+    def cpu_ms_per_message(self) -> float:
+        return (self.cpu + self.scanner_cpu) / len(self.latencies) * 1000
+
     def percentile(self, fraction: float) -> float:
         ordered = sorted(self.latencies)
         return ordered[max(0, int(len(ordered) * fraction) - 1)] * 1000
@@ -97,6 +120,22 @@ class Result:
     def p50(self) -> float:
         return statistics.median(self.latencies) * 1000
 
+    def problems(self) -> list[str]:
+        found = []
+        if self.sink_count != self.expected:
+            found.append(f"sink counted {self.sink_count}, expected {self.expected}")
+        if self.refused:
+            found.append(f"{len(self.refused)} refused, e.g. {self.refused[0]}")
+        if self.marks.get("virus") != self.expected_viruses:
+            found.append(
+                f"{self.marks.get('virus')} virus alerts at the sink, {self.expected_viruses} EICAR sent"
+            )
+        if self.trouble:
+            found.append(f"{len(self.trouble)} scanner failures, e.g. {self.trouble[0]}")
+        if self.worker_processes != self.workers:
+            found.append(f"{self.worker_processes} worker processes running, {self.workers} configured")
+        return [f"{self.name}: {what}" for what in found]
+
 
 def free_port() -> int:
     with socket.socket() as probe:
@@ -104,14 +143,14 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def running_workers(daemon: Filter, timeout: float = 5.0) -> int:
-    """How many children the daemon's parent has, given a moment to replace one that just retired
+def running_workers(daemon: Filter, timeout: float = 5.0) -> list[int]:
+    """The daemon parent's children, given a moment to replace one that just retired
     (amavisd-new's children leave after `$max_requests` messages)."""
     assert daemon.process is not None
     deadline = time.monotonic() + timeout
     while True:
-        found = len(procs.children(daemon.process.pid))
-        if found == daemon.workers or time.monotonic() > deadline:
+        found = procs.children(daemon.process.pid)
+        if len(found) == daemon.workers or time.monotonic() > deadline:
             return found
         time.sleep(0.1)
 
@@ -164,7 +203,7 @@ async def send_all(port: int, messages: list[bytes], concurrency: int, result: R
 def start_sink() -> tuple[subprocess.Popen[str], int]:
     port = free_port()
     sink = subprocess.Popen(
-        [sys.executable, "-m", "bench.sink", str(port)], stdout=subprocess.PIPE, text=True
+        [sys.executable, "-m", "bench.sink", "--tally", str(port)], stdout=subprocess.PIPE, text=True
     )
     assert sink.stdout is not None
     if sink.stdout.readline().strip() != "ready":
@@ -172,45 +211,54 @@ def start_sink() -> tuple[subprocess.Popen[str], int]:
     return sink, port
 
 
-def stop_sink(sink: subprocess.Popen[str]) -> int:
+def stop_sink(sink: subprocess.Popen[str]) -> tuple[int, dict[str, int]]:
+    """The number of messages the sink took, and how many headers bore each of its marks."""
     sink.send_signal(signal.SIGTERM)
     out, _ = sink.communicate(timeout=30)
-    return int(out.strip())
+    count, marks = out.strip().splitlines()
+    return int(count), json.loads(marks)
 
 
 def run_filter(
     name: str,
-    make: object,
+    make: Callable[[int, int], Filter],
     warmup: list[bytes],
     messages: list[bytes],
     concurrency: int,
-    extra_tree: int | None = None,
+    scanners: list[int],
 ) -> tuple[Result, Filter]:
-    """Start a sink and the filter (`make(port, sink_port)`), send warm-up and measured load, measure."""
-    result = Result(name, expected=len(warmup) + len(messages))
+    """Start a sink and the filter (`make(port, sink_port)`), send warm-up and measured load, measure.
+    `scanners`: the pids of the scanner daemons whose CPU time counts with the filter's."""
+    result = Result(
+        name,
+        expected=len(warmup) + len(messages),
+        expected_viruses=sum(carries_eicar(message) for message in warmup + messages),
+    )
     sink, sink_port = start_sink()
     port = free_port()
-    daemon: Filter = make(port, sink_port)  # type: ignore[operator]
+    daemon = make(port, sink_port)
     daemon.start()
     try:
         started_in = wait_for_port(port, daemon)
-        print(f"{name}: listening after {started_in:.1f} s", flush=True)
+        print(f"  {name}: listening after {started_in:.1f} s", flush=True)
         refused = asyncio.run(send_all(port, warmup, concurrency, None))
         assert daemon.process is not None
         cpu_before = procs.cpu_seconds(daemon.process.pid)
-        extra_before = procs.cpu_seconds(extra_tree) if extra_tree else 0.0
+        scanners_before = sum(procs.cpu_seconds(pid) for pid in scanners)
         refused += asyncio.run(send_all(port, messages, concurrency, result))
         result.cpu = procs.cpu_seconds(daemon.process.pid) - cpu_before
-        if extra_tree:
-            result.cpu += procs.cpu_seconds(extra_tree) - extra_before
+        result.scanner_cpu = sum(procs.cpu_seconds(pid) for pid in scanners) - scanners_before
         result.rss = procs.rss_bytes(daemon.process.pid)
         result.pss = procs.pss_bytes(daemon.process.pid)
         result.refused = refused
         result.workers = daemon.workers
-        result.worker_processes = running_workers(daemon)
+        workers = running_workers(daemon)
+        result.worker_processes = len(workers)
+        result.workers_rss = sum(procs.rss_bytes(pid) for pid in workers)
+        result.workers_pss = sum(procs.pss_bytes(pid) for pid in workers)
     finally:
         daemon.stop()
-        result.sink_count = stop_sink(sink)
+        result.sink_count, result.marks = stop_sink(sink)
     return result, daemon
 
 
@@ -227,47 +275,116 @@ def mib(value: int) -> str:
     return f"{value / (1 << 20):.0f} MiB"
 
 
-def print_report(
-    args: argparse.Namespace, results: list[Result], memory: dict[str, int], pool_size: int
-) -> None:
-    q, a = results
-    print()
+@dataclass
+class Bench:
+    """What every run of one invocation shares: the messages, the temporary directory, the settings."""
+
+    args: argparse.Namespace
+    workers: int
+    workdir: Path
+    sa_site: Path
+    warmup: list[bytes]
+    messages: list[bytes]
+
+    @contextlib.contextmanager
+    def clamd(self, label: str) -> Iterator[tuple[str, int]]:
+        """A fresh clamd for one run: its socket path and pid."""
+        with running_clamd(self.workdir / label, max_threads=max(4, self.args.concurrency)) as clamd:
+            # The helper's socket directory is root's 0700; amavisd's children (user amavis) connect too.
+            clamd.socket_path.parent.chmod(0o755)
+            clamd.socket_path.chmod(0o666)
+            assert clamd.process is not None
+            yield str(clamd.socket_path), clamd.process.pid
+
+    def run_qsift(self, label: str) -> Result:
+        spam = self.args.spam == "sa"
+        with contextlib.ExitStack() as stack:
+            clamd_socket, clamd_pid = stack.enter_context(self.clamd(f"{label}-clamd"))
+            spamd_socket: str | None = None
+            scanners = [clamd_pid]
+            if spam:
+                spamd = stack.enter_context(running_spamd(max_children=self.args.concurrency))
+                spamd_socket = spamd.socket_path
+                scanners.append(int((Path(spamd_socket).parent / "spamd.pid").read_text().split()[0]))
+            home = self.workdir / label
+            home.mkdir()
+
+            def make(port: int, sink_port: int) -> Filter:
+                return Qsift(
+                    home,
+                    port=port,
+                    sink_port=sink_port,
+                    clamd_socket=clamd_socket,
+                    spamd_socket=spamd_socket,
+                    concurrency=self.args.concurrency,
+                    workers=self.workers,
+                )
+
+            result, qsift = run_filter(
+                "qsift", make, self.warmup, self.messages, self.args.concurrency, scanners
+            )
+            if spam:
+                result.scanner_pss = procs.pss_bytes(scanners[1])
+        assert isinstance(qsift, Qsift)
+        result.categories = categories(qsift.log, r"\b(?:Passed|Blocked) ([A-Z0-9-]+)")
+        result.trouble = [
+            line for line in qsift.log.read_text(errors="replace").splitlines() if "fail" in line.lower()
+        ]
+        return result
+
+    def run_amavisd(self, label: str) -> Result:
+        with self.clamd(f"{label}-clamd") as (clamd_socket, clamd_pid):
+            home = self.workdir / label
+            home.mkdir()
+            home.chmod(0o755)
+
+            def make(port: int, sink_port: int) -> Filter:
+                return Amavisd(
+                    home,
+                    port=port,
+                    sink_port=sink_port,
+                    servers=self.workers,
+                    clamd_socket=clamd_socket,
+                    sa_site=self.sa_site,
+                    spam=self.args.spam == "sa",
+                )
+
+            result, amavis = run_filter(
+                "amavisd-new", make, self.warmup, self.messages, self.args.concurrency, [clamd_pid]
+            )
+        assert isinstance(amavis, Amavisd)
+        result.categories = categories(amavis.log, r"\b(?:Passed|Blocked) ([A-Z0-9-]+)[^,]* \{")
+        result.trouble = [
+            line for line in amavis.log.read_text(errors="replace").splitlines() if "FAILED" in line
+        ]
+        return result
+
+
+def print_run(r: Result) -> None:
     print(
-        f"{args.messages} messages ({pool_size} distinct bodies: SpamAssassin public corpus, rspamd test mail"
-        f" < 400 kB, generated business mail with attachments of 2-500 kB, a few up to 10 MB),"
-        f" {args.concurrency} concurrent SMTP clients, {os.cpu_count()} CPUs"
+        f"  {r.name:12s} {r.rate:7.1f} msg/s  p50 {r.p50:7.1f} ms  p99 {r.percentile(0.99):7.1f} ms"
+        f"  CPU {r.cpu:6.1f} s + scanners {r.scanner_cpu:6.1f} s = {r.cpu_ms_per_message:6.1f} ms/msg"
+        f"  tree RSS {mib(r.rss)} PSS {mib(r.pss)}  workers ({r.worker_processes}) RSS {mib(r.workers_rss)}"
+        f" PSS {mib(r.workers_pss)}" + (f"  spamd PSS {mib(r.scanner_pss)}" if r.scanner_pss else "")
     )
     print(
-        f"worker processes: qsift workers = {q.workers} ({q.worker_processes} running after the load),"
-        f" amavisd-new $max_servers = {a.workers} ({a.worker_processes} children running after the load)"
+        f"  {'':12s} sink: {r.sink_count} of {r.expected}, headers {r.marks}"
+        f" ({r.expected_viruses} EICAR sent); summary lines {dict(sorted(r.categories.items()))}"
     )
-    print(f"{'':34s} {'msg/s':>8s} {'p50 ms':>9s} {'p99 ms':>9s} {'CPU s':>7s} {'RSS':>9s} {'PSS':>9s}")
-    for r, label in (
-        (q, "qsift (+ spamd CPU)"),
-        (a, "amavisd-new (SA embedded)"),
-    ):
-        print(
-            f"{label:34s} {r.rate:8.1f} {r.p50:9.1f} {r.percentile(0.99):9.1f} {r.cpu:7.1f}"
-            f" {mib(r.rss):>9s} {mib(r.pss):>9s}"
-        )
-    print(
-        f"{'ratio qsift / amavisd-new':34s} {q.rate / a.rate:8.2f} {q.p50 / a.p50:9.2f}"
-        f" {q.percentile(0.99) / a.percentile(0.99):9.2f} {q.cpu / a.cpu:7.2f}"
-    )
-    print()
-    print("resident memory at the end (sum of each process tree's RSS; PSS splits shared pages):")
-    for label, value in memory.items():
-        print(f"  {label:44s} {mib(value):>9s}")
-    print(
-        f"  ratio (qsift + spamd) / amavisd-new: RSS {memory['qsift + spamd, RSS'] / a.rss:.2f},"
-        f" PSS {memory['qsift + spamd, PSS'] / a.pss:.2f}"
-    )
-    print()
-    for r in results:
-        print(f"{r.name}: sink counted {r.sink_count} of {r.expected}; refused {len(r.refused)}")
-        print(f"  summary lines: {dict(sorted(r.categories.items()))}")
-        for line in r.trouble[:5]:
-            print(f"  trouble: {line}")
+
+
+#: Each ratio qsift / amavisd-new: its label and how it is taken from the two results.
+RATIOS: dict[str, Callable[[Result, Result], float]] = {
+    "msgs/s": lambda q, a: q.rate / a.rate,
+    "CPU per msg (with scanners)": lambda q, a: q.cpu_ms_per_message / a.cpu_ms_per_message,
+    "workers' PSS": lambda q, a: q.workers_pss / a.workers_pss,
+    "workers' RSS": lambda q, a: q.workers_rss / a.workers_rss,
+    "tree PSS (qsift + its spamd)": lambda q, a: (q.pss + q.scanner_pss) / a.pss,
+}
+
+
+def spread(values: list[float]) -> str:
+    return f"{statistics.median(values):.2f} ({min(values):.2f}-{max(values):.2f})"
 
 
 def main() -> None:
@@ -282,6 +399,19 @@ def main() -> None:
         default=0,
         help="qsift's workers and amavisd-new's $max_servers, the same for both; default: --concurrency",
     )
+    parser.add_argument("--rounds", type=int, default=1, help="interleaved rounds of both filters")
+    parser.add_argument(
+        "--spam",
+        choices=("off", "sa"),
+        default="sa",
+        help="off: no spam checks in either; sa: SpamAssassin (embedded in amavisd-new, spamd for qsift)",
+    )
+    parser.add_argument(
+        "--mix",
+        choices=("corpus",),
+        default="corpus",
+        help="corpus: the public corpus, business mail with attachments and 4 EICAR (bench/mail_mix.py)",
+    )
     parser.add_argument("--warmup", type=int, default=0, help="default: 5 per client")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory (logs, configs)")
     args = parser.parse_args()
@@ -290,9 +420,7 @@ def main() -> None:
     if shutil.which("amavisd", path="/usr/sbin") is None:
         raise SystemExit("amavisd-new is not installed (apt-get install amavisd-new)")
     workers = args.workers or args.concurrency
-    pool = message_pool()
-    messages = stamped(pool, args.messages, "run")
-    warmup = stamped(pool[::-1], args.warmup or 5 * args.concurrency, "warmup")
+    pool = message_pool(eicar=True)
     workdir = Path(tempfile.mkdtemp(prefix="qsift-amavis-"))
     workdir.chmod(0o755)
     site = workdir / "sa-site"  # amavisd's SpamAssassin: the same site config as the spamd helper writes
@@ -301,77 +429,62 @@ def main() -> None:
         shutil.copy(pre, site)
     (site / "local.cf").write_text(LOCAL_CF)
     site.chmod(0o755)
+    bench = Bench(
+        args,
+        workers,
+        workdir,
+        site,
+        warmup=stamped(pool[::-1], args.warmup or 5 * args.concurrency, "warmup"),
+        messages=stamped(pool, args.messages, "run"),
+    )
+    spam = "SpamAssassin (amavisd-new embedded, qsift + spamd)" if args.spam == "sa" else "spam checks off"
+    print(
+        f"{args.messages} messages of {len(pool)} distinct bodies ({args.mix} mix), {spam}, {workers} workers"
+        f" each, {args.concurrency} concurrent SMTP clients, {args.rounds} rounds, {os.cpu_count()} CPUs,"
+        f" {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
+        flush=True,
+    )
+    rounds: list[tuple[Result, Result]] = []
+    problems: list[str] = []
     try:
-        with (
-            running_clamd(workdir / "clamd", max_threads=max(4, args.concurrency)) as clamd,
-            running_spamd(max_children=args.concurrency) as spamd,
-        ):
-            # The helper's socket directory is root's 0700; amavisd's children (user amavis) connect too.
-            clamd.socket_path.parent.chmod(0o755)
-            clamd.socket_path.chmod(0o666)
-            spamd_pid = int((Path(spamd.socket_path).parent / "spamd.pid").read_text().split()[0])
-
-            def make_qsift(port: int, sink_port: int) -> Qsift:
-                return Qsift(
-                    workdir,
-                    port=port,
-                    sink_port=sink_port,
-                    clamd_socket=str(clamd.socket_path),
-                    spamd_socket=spamd.socket_path,
-                    concurrency=args.concurrency,
-                    workers=workers,
+        for number in range(1, args.rounds + 1):
+            qsift_first = number % 2 == 1
+            print(f"round {number} ({'qsift' if qsift_first else 'amavisd-new'} first)", flush=True)
+            if qsift_first:
+                q = bench.run_qsift(f"r{number}-qsift")
+                a = bench.run_amavisd(f"r{number}-amavisd")
+            else:
+                a = bench.run_amavisd(f"r{number}-amavisd")
+                q = bench.run_qsift(f"r{number}-qsift")
+            for result in (q, a):
+                print_run(result)
+                problems += [f"round {number}, {what}" for what in result.problems()]
+            if q.marks.get("spam") != a.marks.get("spam"):
+                print(
+                    f"  note: spam flags differ, qsift {q.marks.get('spam')},"
+                    f" amavisd-new {a.marks.get('spam')}"
                 )
-
-            def make_amavis(port: int, sink_port: int) -> Amavisd:
-                return Amavisd(
-                    workdir,
-                    port=port,
-                    sink_port=sink_port,
-                    servers=workers,
-                    clamd_socket=str(clamd.socket_path),
-                    sa_site=site,
-                )
-
-            q, qsift = run_filter("qsift", make_qsift, warmup, messages, args.concurrency, spamd_pid)
-            assert isinstance(qsift, Qsift)
-            memory = {
-                "qsift, RSS": q.rss,
-                "spamd (qsift's spam scanner), RSS": procs.rss_bytes(spamd_pid),
-            }
-            memory["qsift + spamd, RSS"] = q.rss + memory["spamd (qsift's spam scanner), RSS"]
-            memory["qsift + spamd, PSS"] = q.pss + procs.pss_bytes(spamd_pid)
-            q.categories = categories(qsift.log, r"\b(?:Passed|Blocked) ([A-Z0-9-]+)")
-            q.trouble = [
-                line for line in qsift.log.read_text(errors="replace").splitlines() if "fail" in line.lower()
-            ]
-
-            a, amavis = run_filter("amavisd-new", make_amavis, warmup, messages, args.concurrency)
-            assert isinstance(amavis, Amavisd)
-            memory["amavisd-new (master + children), RSS"] = a.rss
-            memory["amavisd-new (master + children), PSS"] = a.pss
-            memory["clamd (shared by both), RSS"] = procs.rss_bytes(clamd.process.pid) if clamd.process else 0
-            a.categories = categories(amavis.log, r"\b(?:Passed|Blocked) ([A-Z0-9-]+)[^,]* \{")
-            a.trouble = [
-                line for line in amavis.log.read_text(errors="replace").splitlines() if "FAILED" in line
-            ]
+            print(
+                "  ratios qsift / amavisd-new: "
+                + ", ".join(f"{label} {ratio(q, a):.2f}" for label, ratio in RATIOS.items()),
+                flush=True,
+            )
+            rounds.append((q, a))
     finally:
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)
-    print_report(args, [q, a], memory, len(pool))
-    problems = [
-        f"{r.name}: {what}"
-        for r in (q, a)
-        for what in (
-            [f"sink counted {r.sink_count}, expected {r.expected}"] if r.sink_count != r.expected else []
+    print()
+    print(f"over {len(rounds)} rounds, ratio qsift / amavisd-new, median (min-max):")
+    for label, ratio in RATIOS.items():
+        print(f"  {label:30s} {spread([ratio(q, a) for q, a in rounds])}")
+    for index, name in ((0, "qsift"), (1, "amavisd-new")):
+        results = [pair[index] for pair in rounds]
+        print(
+            f"  {name}: msgs/s {spread([r.rate for r in results])},"
+            f" CPU ms/msg {spread([r.cpu_ms_per_message for r in results])},"
+            f" workers' PSS MiB {spread([r.workers_pss / (1 << 20) for r in results])},"
+            f" workers' RSS MiB {spread([r.workers_rss / (1 << 20) for r in results])}"
         )
-        + ([f"{len(r.refused)} refused, e.g. {r.refused[0]}"] if r.refused else [])
-        + ([f"{len(r.trouble)} scanner failures"] if r.trouble else [])
-        + (
-            [f"{r.worker_processes} worker processes running, {r.workers} configured"]
-            if r.worker_processes != r.workers
-            else []
-        )
-    ]
     if problems:
         raise SystemExit("NOT A VALID RUN: " + "; ".join(problems))
     if args.keep:

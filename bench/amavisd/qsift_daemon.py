@@ -1,4 +1,4 @@
-"""`qsift serve` with an SMTP listener, forwarding to the sink, scanning with clamd and spamd."""
+"""`qsift serve` with an SMTP listener, forwarding to the sink, scanning with clamd and spamd (or none)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ def config_text(
     port: int,
     sink_port: int,
     clamd_socket: str,
-    spamd_socket: str,
+    spamd_socket: str | None,
     concurrency: int,
     workers: int,
 ) -> str:
@@ -33,8 +33,9 @@ def config_text(
         # As many clamd sessions and spamd checks in flight as amavisd-new has children.
         f'[[virus.scanners]]\ntype = "clamd"\naddress = "unix:{clamd_socket}"\n'
         f"sessions = {concurrency}\nconcurrency = {concurrency}\n"
-        f'[spam]\ntype = "spamd"\naddress = "unix:{spamd_socket}"\nconcurrency = {concurrency}\n'
     )
+    if spamd_socket is not None:
+        text += f'[spam]\ntype = "spamd"\naddress = "unix:{spamd_socket}"\nconcurrency = {concurrency}\n'
     known = {f.name for f in dataclasses.fields(Config)}
     if "destiny" in known:
         # Every category passes, as amavisd-new's $final_*_destiny = D_PASS: throughput, not policy.
@@ -52,7 +53,7 @@ class Qsift:
         port: int,
         sink_port: int,
         clamd_socket: str,
-        spamd_socket: str,
+        spamd_socket: str | None,
         concurrency: int,
         workers: int,
     ) -> None:

@@ -119,3 +119,25 @@ async def test_qsift_forward_is_counted_once(sink: tuple[Counter, int]) -> None:
         )
     assert result.all_accepted
     assert counter.messages == 1
+
+
+async def test_a_tallying_sink_counts_each_mark_once_per_header_however_it_is_split() -> None:
+    counter = Counter(tally=True)
+    server = await listen(counter)
+    port = server.sockets[0].getsockname()[1]
+    infected = b"X-Qsift-Alert: INFECTED, message contains virus: Eicar\r\nX-Spam-Flag: YES\r\n"
+    body_mark = b"\r\n\r\nX-Spam-Flag: YES in the body is not counted\r\n.\r\n"
+    try:
+        data = await exchange(
+            port,
+            [
+                b"EHLO c\r\n" + TRANSACTION + infected[:20],
+                infected[20:] + b"Subject: s" + body_mark,
+                TRANSACTION + b"Subject: clean" + body_mark + b"QUIT\r\n",
+            ],
+        )
+    finally:
+        server.close()
+    assert replies(data)[-1] == b"221"
+    assert counter.messages == 2
+    assert counter.marks == {"virus": 1, "banned": 0, "spam": 1}
