@@ -12,17 +12,18 @@ run invalid.
 Each round runs both filters, one after the other (qsift first in odd rounds, amavisd-new first in even
 ones, so neither always gets the warmer machine). Every run has its own fresh clamd (tests/clamd_daemon.py,
 the test signature database), so neither filter finds the other's messages in clamd's cache, and with
-`--spam sa` qsift's own fresh spamd (tests/spamd_daemon.py, local tests only, as many children as clients);
-`--spam off` turns the spam checks off in both (amavisd-new then does not even load SpamAssassin). Each run
-has a counting SMTP sink in its own process (bench/sink.py, bare asyncio, `--tally`), the filter with an SMTP
-listener on loopback forwarding to the sink, a warm-up, and the same N messages (bench/mail_mix.py: the
-corpus, business mail with attachments and 4 EICAR messages) sent by C concurrent SMTP clients (qsift's own
-client). A run counts only if every message was accepted and counted once at the sink and the sink saw a
-virus alert on every EICAR message. Measured per run: messages/s, CPU seconds per message of the filter's
-process tree plus its scanners' (clamd; spamd for qsift, whose SpamAssassin runs there and not inside it),
-RSS and PSS (/proc/PID/smaps_rollup) of the filter's tree and of its workers alone. Reported: each round's
-ratios qsift / amavisd-new, then their median (min-max) over the rounds. Figures on a small shared VM move
-by tens of percent from run to run; the spread says how much.
+`--spam sa` qsift's own fresh spamd (tests/spamd_daemon.py, local tests only, as many children as clients),
+with `--spam rspamd` its own fresh rspamd (bench/amavisd/rspamd_daemon.py) beside amavisd-new with
+SpamAssassin; `--spam off` turns the spam checks off in both (amavisd-new then does not even load
+SpamAssassin). Each run has a counting SMTP sink in its own process (bench/sink.py, bare asyncio,
+`--tally`), the filter with an SMTP listener on loopback forwarding to the sink, a warm-up, and the same N
+messages (bench/mail_mix.py: the corpus, business mail with attachments and 4 EICAR messages) sent by C
+concurrent SMTP clients (qsift's own client). A run counts only if every message was accepted and counted
+once at the sink and the sink saw a virus alert on every EICAR message. Measured per run: messages/s, CPU
+seconds per message of the filter's process tree plus its scanners' (clamd; spamd or rspamd for qsift, whose
+spam checks run there and not inside it), RSS and PSS (/proc/PID/smaps_rollup) of the filter's tree and of
+its workers alone. Reported: each round's ratios qsift / amavisd-new, then their median (min-max) over the
+rounds. Figures on a small shared VM move by tens of percent from run to run; the spread says how much.
 
 amavisd-new embeds SpamAssassin (the master loads and compiles the rules, each child checks in-process);
 qsift asks spamd. Both use the same SpamAssassin configuration (Debian's .pre files, no Bayes, no network
@@ -59,6 +60,7 @@ from tests.spamd_daemon import LOCAL_CF, running_spamd
 from bench.amavisd import procs
 from bench.amavisd.amavis import Amavisd
 from bench.amavisd.qsift_daemon import Qsift
+from bench.amavisd.rspamd_daemon import running_rspamd
 from bench.mail_mix import carries_eicar, message_pool, stamped
 from qsift.act.smtp_forward import SmtpTimeouts, forward_via_smtp, parse_forward_method
 from qsift.model import Envelope, Recipient
@@ -297,15 +299,19 @@ class Bench:
             yield str(clamd.socket_path), clamd.process.pid
 
     def run_qsift(self, label: str) -> Result:
-        spam = self.args.spam == "sa"
         with contextlib.ExitStack() as stack:
             clamd_socket, clamd_pid = stack.enter_context(self.clamd(f"{label}-clamd"))
-            spamd_socket: str | None = None
+            spam: tuple[str, str] | None = None
             scanners = [clamd_pid]
-            if spam:
+            if self.args.spam == "sa":
                 spamd = stack.enter_context(running_spamd(max_children=self.args.concurrency))
-                spamd_socket = spamd.socket_path
-                scanners.append(int((Path(spamd_socket).parent / "spamd.pid").read_text().split()[0]))
+                spam = ("spamd", f"unix:{spamd.socket_path}")
+                scanners.append(int((Path(spamd.socket_path).parent / "spamd.pid").read_text().split()[0]))
+            elif self.args.spam == "rspamd":
+                # As many scanner processes as spamd gets children: one per client.
+                rspamd = stack.enter_context(running_rspamd(count=self.args.concurrency))
+                spam = ("rspamd", f"127.0.0.1:{rspamd.port}")
+                scanners.append(rspamd.pid)
             home = self.workdir / label
             home.mkdir()
 
@@ -315,7 +321,7 @@ class Bench:
                     port=port,
                     sink_port=sink_port,
                     clamd_socket=clamd_socket,
-                    spamd_socket=spamd_socket,
+                    spam=spam,
                     concurrency=self.args.concurrency,
                     workers=self.workers,
                 )
@@ -323,7 +329,7 @@ class Bench:
             result, qsift = run_filter(
                 "qsift", make, self.warmup, self.messages, self.args.concurrency, scanners
             )
-            if spam:
+            if spam is not None:
                 result.scanner_pss = procs.pss_bytes(scanners[1])
         assert isinstance(qsift, Qsift)
         result.categories = categories(qsift.log, r"\b(?:Passed|Blocked) ([A-Z0-9-]+)")
@@ -346,7 +352,7 @@ class Bench:
                     servers=self.workers,
                     clamd_socket=clamd_socket,
                     sa_site=self.sa_site,
-                    spam=self.args.spam == "sa",
+                    spam=self.args.spam != "off",
                 )
 
             result, amavis = run_filter(
@@ -379,7 +385,7 @@ RATIOS: dict[str, Callable[[Result, Result], float]] = {
     "CPU per msg (with scanners)": lambda q, a: q.cpu_ms_per_message / a.cpu_ms_per_message,
     "workers' PSS": lambda q, a: q.workers_pss / a.workers_pss,
     "workers' RSS": lambda q, a: q.workers_rss / a.workers_rss,
-    "tree PSS (qsift + its spamd)": lambda q, a: (q.pss + q.scanner_pss) / a.pss,
+    "tree PSS (qsift + its spam scanner)": lambda q, a: (q.pss + q.scanner_pss) / a.pss,
 }
 
 
@@ -402,9 +408,10 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=1, help="interleaved rounds of both filters")
     parser.add_argument(
         "--spam",
-        choices=("off", "sa"),
+        choices=("off", "sa", "rspamd"),
         default="sa",
-        help="off: no spam checks in either; sa: SpamAssassin (embedded in amavisd-new, spamd for qsift)",
+        help="off: no spam checks in either; sa: SpamAssassin (embedded in amavisd-new, spamd for qsift);"
+        " rspamd: qsift with rspamd beside amavisd-new with SpamAssassin",
     )
     parser.add_argument(
         "--mix",
@@ -437,7 +444,11 @@ def main() -> None:
         warmup=stamped(pool[::-1], args.warmup or 5 * args.concurrency, "warmup"),
         messages=stamped(pool, args.messages, "run"),
     )
-    spam = "SpamAssassin (amavisd-new embedded, qsift + spamd)" if args.spam == "sa" else "spam checks off"
+    spam = {
+        "off": "spam checks off",
+        "sa": "SpamAssassin (amavisd-new embedded, qsift + spamd)",
+        "rspamd": "amavisd-new with SpamAssassin embedded, qsift + rspamd",
+    }[args.spam]
     print(
         f"{args.messages} messages of {len(pool)} distinct bodies ({args.mix} mix), {spam}, {workers} workers"
         f" each, {args.concurrency} concurrent SMTP clients, {args.rounds} rounds, {os.cpu_count()} CPUs,"

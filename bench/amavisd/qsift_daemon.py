@@ -1,4 +1,5 @@
-"""`qsift serve` with an SMTP listener, forwarding to the sink, scanning with clamd and spamd (or none)."""
+"""`qsift serve` with an SMTP listener, forwarding to the sink, scanning with clamd and spamd, rspamd or
+no spam scanner."""
 
 from __future__ import annotations
 
@@ -19,10 +20,11 @@ def config_text(
     port: int,
     sink_port: int,
     clamd_socket: str,
-    spamd_socket: str | None,
+    spam: tuple[str, str] | None,
     concurrency: int,
     workers: int,
 ) -> str:
+    """`spam`: the spam scanner's type and address (spamd, unix:/path; rspamd, host:port), or None."""
     text = (
         f'log_level = 0\nstate_dir = "{workdir}/state"\ntmp_dir = "{workdir}/tmp"\n'
         # As many worker processes as amavisd-new has children ($max_servers): the default (one per CPU)
@@ -34,8 +36,9 @@ def config_text(
         f'[[virus.scanners]]\ntype = "clamd"\naddress = "unix:{clamd_socket}"\n'
         f"sessions = {concurrency}\nconcurrency = {concurrency}\n"
     )
-    if spamd_socket is not None:
-        text += f'[spam]\ntype = "spamd"\naddress = "unix:{spamd_socket}"\nconcurrency = {concurrency}\n'
+    if spam is not None:
+        kind, address = spam
+        text += f'[spam]\ntype = "{kind}"\naddress = "{address}"\nconcurrency = {concurrency}\n'
     known = {f.name for f in dataclasses.fields(Config)}
     if "destiny" in known:
         # Every category passes, as amavisd-new's $final_*_destiny = D_PASS: throughput, not policy.
@@ -53,7 +56,7 @@ class Qsift:
         port: int,
         sink_port: int,
         clamd_socket: str,
-        spamd_socket: str | None,
+        spam: tuple[str, str] | None,
         concurrency: int,
         workers: int,
     ) -> None:
@@ -70,7 +73,7 @@ class Qsift:
                 port=port,
                 sink_port=sink_port,
                 clamd_socket=clamd_socket,
-                spamd_socket=spamd_socket,
+                spam=spam,
                 concurrency=concurrency,
                 workers=workers,
             )

@@ -1,0 +1,134 @@
+"""Debian's rspamd in the foreground for the side-by-side: its stock rules, local checks only, on free ports.
+
+Many sites would put rspamd, not SpamAssassin, beside a content filter (issue 14), so the bench also runs
+qsift with rspamd beside amavisd-new with its embedded SpamAssassin. This starts the packaged rspamd on
+/etc/rspamd with a local configuration directory of its own (`LOCAL_CONFDIR`): the scanner, controller and
+proxy workers on free loopback ports, `count` scanner processes, and the modules that would ask the network
+(DNS lists, SPF, DKIM, DMARC, fuzzy hashes, map updates) turned off, as spamd runs with `--local`. Without a
+Redis server rspamd turns off Bayes and the other Redis-backed modules by itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+RSPAMD = "/usr/bin/rspamd"
+USER = "_rspamd"
+#: Modules that would look something up on the network; spamd's `--local` leaves out the like.
+NETWORK_MODULES = (
+    "asn",
+    "arc",
+    "dcc",
+    "dkim",
+    "dmarc",
+    "emails",
+    "fuzzy_check",
+    "mx_check",
+    "phishing",
+    "rbl",
+    "rspamd_update",
+    "spf",
+    "surbl",
+    "url_redirector",
+)
+
+
+@dataclass
+class Rspamd:
+    port: int
+    pid: int
+    log: Path
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def available() -> bool:
+    return Path(RSPAMD).exists()
+
+
+def _ping(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1) as connection:
+            connection.sendall(b"GET /ping HTTP/1.0\r\n\r\n")
+            return b"pong" in connection.recv(4096)
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def running_rspamd(*, count: int, start_timeout: float = 120.0) -> Iterator[Rspamd]:
+    workdir = Path(tempfile.mkdtemp(prefix="qsift-rspamd-"))
+    try:
+        port = free_port()
+        local = workdir / "local"
+        (local / "override.d").mkdir(parents=True)
+        (local / "local.d").mkdir()
+        for worker, bind in (
+            ("worker-normal.inc", f"127.0.0.1:{port}"),
+            ("worker-controller.inc", f"127.0.0.1:{free_port()}"),
+            ("worker-proxy.inc", f"127.0.0.1:{free_port()}"),
+        ):
+            extra = f"count = {count};\n" if worker == "worker-normal.inc" else ""
+            (local / "override.d" / worker).write_text(f'bind_socket = "{bind}";\n{extra}')
+        for module in NETWORK_MODULES:
+            (local / "local.d" / f"{module}.conf").write_text("enabled = false;\n")
+        for sub in ("db", "run", "log"):
+            (workdir / sub).mkdir()
+        entry = pwd.getpwnam(USER)
+        for path in [workdir, *workdir.rglob("*")]:
+            os.chown(path, entry.pw_uid, entry.pw_gid)
+        workdir.chmod(0o755)
+        log = workdir / "log" / "rspamd.log"
+        process = subprocess.Popen(
+            [
+                RSPAMD,
+                "-f",
+                "-u",
+                USER,
+                "-g",
+                USER,
+                "-c",
+                "/etc/rspamd/rspamd.conf",
+                f"--var=LOCAL_CONFDIR={local}",
+                f"--var=DBDIR={workdir / 'db'}",
+                f"--var=RUNDIR={workdir / 'run'}",
+                f"--var=LOGDIR={workdir / 'log'}",
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=(workdir / "rspamd.out").open("wb"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+            deadline = time.monotonic() + start_timeout
+            while not _ping(port):
+                if process.poll() is not None or time.monotonic() > deadline:
+                    output = (workdir / "rspamd.out").read_text(errors="replace")[-2000:]
+                    raise SystemExit(f"rspamd did not answer on port {port}: {output}")
+                time.sleep(0.2)
+            yield Rspamd(port, process.pid, log)
+        finally:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+                try:
+                    process.wait(30)
+                except subprocess.TimeoutExpired:
+                    os.killpg(process.pid, signal.SIGKILL)
+                    process.wait(5)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
