@@ -128,7 +128,8 @@ class Result:
             found.append(f"sink counted {self.sink_count}, expected {self.expected}")
         if self.refused:
             found.append(f"{len(self.refused)} refused, e.g. {self.refused[0]}")
-        if self.marks.get("virus") != self.expected_viruses:
+        # At least: the corpus holds a message with ClamAV's own test file besides the EICAR ones.
+        if self.marks.get("virus", 0) < self.expected_viruses:
             found.append(
                 f"{self.marks.get('virus')} virus alerts at the sink, {self.expected_viruses} EICAR sent"
             )
@@ -470,6 +471,11 @@ def main() -> None:
             for result in (q, a):
                 print_run(result)
                 problems += [f"round {number}, {what}" for what in result.problems()]
+            if q.marks.get("virus") != a.marks.get("virus"):
+                problems.append(
+                    f"round {number}: virus alerts differ, qsift {q.marks.get('virus')},"
+                    f" amavisd-new {a.marks.get('virus')}"
+                )
             if q.marks.get("spam") != a.marks.get("spam"):
                 print(
                     f"  note: spam flags differ, qsift {q.marks.get('spam')},"
