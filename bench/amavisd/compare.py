@@ -333,9 +333,13 @@ class Bench:
             if spam is not None:
                 result.scanner_pss = procs.pss_bytes(scanners[1])
         assert isinstance(qsift, Qsift)
-        result.categories = categories(qsift.log, r"\b(?:Passed|Blocked) ([A-Z0-9-]+)")
+        summary = r"\b(?:Passed|Blocked) ([A-Z0-9-]+)"
+        result.categories = categories(qsift.log, summary)
+        # Not the summary lines: a random mail_id may spell "fail" (rMTQDZLFaILl did).
         result.trouble = [
-            line for line in qsift.log.read_text(errors="replace").splitlines() if "fail" in line.lower()
+            line
+            for line in qsift.log.read_text(errors="replace").splitlines()
+            if "fail" in line.lower() and not re.search(summary, line)
         ]
         return result
 
