@@ -60,7 +60,7 @@ from tests.spamd_daemon import LOCAL_CF, running_spamd
 from bench.amavisd import procs
 from bench.amavisd.amavis import Amavisd
 from bench.amavisd.qsift_daemon import Qsift
-from bench.amavisd.rspamd_daemon import running_rspamd
+from bench.amavisd.rspamd_daemon import compile_rules, running_rspamd
 from bench.mail_mix import carries_eicar, message_pool, stamped
 from qsift.act.smtp_forward import SmtpTimeouts, forward_via_smtp, parse_forward_method
 from qsift.model import Envelope, Recipient
@@ -310,7 +310,9 @@ class Bench:
                 scanners.append(int((Path(spamd.socket_path).parent / "spamd.pid").read_text().split()[0]))
             elif self.args.spam == "rspamd":
                 # As many scanner processes as spamd gets children: one per client.
-                rspamd = stack.enter_context(running_rspamd(count=self.args.concurrency))
+                rspamd = stack.enter_context(
+                    running_rspamd(count=self.args.concurrency, db=self.workdir / "rspamd-db")
+                )
                 spam = ("rspamd", f"127.0.0.1:{rspamd.port}")
                 scanners.append(rspamd.pid)
             home = self.workdir / label
@@ -463,6 +465,8 @@ def main() -> None:
     rounds: list[tuple[Result, Result]] = []
     problems: list[str] = []
     try:
+        if args.spam == "rspamd":
+            print(f"rspamd compiled its rules in {compile_rules(workdir / 'rspamd-db'):.0f} s", flush=True)
         for number in range(1, args.rounds + 1):
             qsift_first = number % 2 == 1
             print(f"round {number} ({'qsift' if qsift_first else 'amavisd-new'} first)", flush=True)
