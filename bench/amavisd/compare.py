@@ -378,7 +378,7 @@ def print_run(r: Result) -> None:
         f"  {r.name:12s} {r.rate:7.1f} msg/s  p50 {r.p50:7.1f} ms  p99 {r.percentile(0.99):7.1f} ms"
         f"  CPU {r.cpu:6.1f} s + scanners {r.scanner_cpu:6.1f} s = {r.cpu_ms_per_message:6.1f} ms/msg"
         f"  tree RSS {mib(r.rss)} PSS {mib(r.pss)}  workers ({r.worker_processes}) RSS {mib(r.workers_rss)}"
-        f" PSS {mib(r.workers_pss)}" + (f"  spamd PSS {mib(r.scanner_pss)}" if r.scanner_pss else "")
+        f" PSS {mib(r.workers_pss)}" + (f"  spam scanner PSS {mib(r.scanner_pss)}" if r.scanner_pss else "")
     )
     print(
         f"  {'':12s} sink: {r.sink_count} of {r.expected}, headers {r.marks}"
