@@ -1,12 +1,17 @@
 """A counting SMTP sink on bare asyncio, in its own process, so neither measured path shares a GIL with it.
 
 python -m bench.sink PORT   # prints "ready" when listening; SIGTERM prints the count and exits
+python -m bench.sink --ids FILE PORT   # also writes each message's X-Bench-Id to FILE, one a line
 
 The sink must cost next to nothing, or it hides the cost of what is measured in front of it: the
 aiosmtpd sink the benches used before spent several times the CPU per message of this one, enough to bound
 the direct run and flatter "qsift / direct" (issue 14). This one is an `asyncio.Protocol` that
 parses command lines, finds the end of DATA and throws the content away; the benches read its CPU time
 from /proc and print it beside qsift's, so a slow sink shows.
+
+With `--ids` it also keeps the first `HEAD` octets of each message and notes its `X-Bench-Id`
+(bench/mail_mix.py stamps one on every message), so a bench can check that every message it sent arrived
+exactly once, not only that the totals agree (a duplicate and a loss would cancel out).
 
 It offers PIPELINING, 8BITMIME and SMTPUTF8, as Postfix does, and takes lines of any length: amavisd-new
 and qsift fold header lines over 998 octets before they forward, but a message counted here must not
@@ -16,6 +21,7 @@ depend on it. It takes DATA only after an accepted RCPT and counts a message at 
 from __future__ import annotations
 
 import asyncio
+import re
 import signal
 import sys
 
@@ -25,6 +31,9 @@ EHLO_REPLY = (
 )
 #: The end of DATA (RFC 5321 4.1.1.4); the CRLF before the dot is the last line's, or DATA's own.
 END_OF_DATA = b"\r\n.\r\n"
+#: How much of each message's start is searched for its X-Bench-Id (qsift adds its fields above it).
+HEAD = 8192
+BENCH_ID = re.compile(rb"^X-Bench-Id: (\S+)", re.MULTILINE)
 
 REPLIES = {
     b"HELO": b"250 sink.bench\r\n",
@@ -38,8 +47,10 @@ REPLIES = {
 
 
 class Counter:
-    def __init__(self) -> None:
+    def __init__(self, *, ids: bool = False) -> None:
         self.messages = 0
+        #: Each message's X-Bench-Id (b"?" for none), in arrival order; None unless asked for.
+        self.ids: list[bytes] | None = [] if ids else None
 
 
 class SinkSession(asyncio.Protocol):
@@ -52,6 +63,10 @@ class SinkSession(asyncio.Protocol):
         self.in_data = False
         self.recipients = 0
         self.quitting = False
+        #: The message's first octets, kept only when the counter notes ids.
+        self.head = b""
+        #: Octets at the start of `pending` that are already in `head` (kept back to find the final dot).
+        self.carried = 0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -65,14 +80,22 @@ class SinkSession(asyncio.Protocol):
         while not self.quitting:
             if self.in_data:
                 end = self.pending.find(END_OF_DATA)
+                if self.counter.ids is not None and len(self.head) < HEAD:
+                    fresh = self.pending[self.carried : end if end >= 0 else None]
+                    self.head += fresh[: HEAD - len(self.head)]
                 if end < 0:
                     # Only the last four octets can begin a terminator that the next read completes.
                     self.pending = self.pending[-4:]
+                    self.carried = len(self.pending)
                     break
                 self.pending = self.pending[end + len(END_OF_DATA) :]
                 self.in_data = False
                 self.recipients = 0
                 self.counter.messages += 1
+                if self.counter.ids is not None:
+                    stamp = BENCH_ID.search(self.head)
+                    self.counter.ids.append(stamp.group(1) if stamp else b"?")
+                    self.head = b""
                 replies.append(b"250 2.0.0 Ok: queued\r\n")
                 continue
             line, found, rest = self.pending.partition(b"\n")
@@ -91,6 +114,7 @@ class SinkSession(asyncio.Protocol):
             if not self.recipients:
                 return b"503 5.5.1 Need RCPT first\r\n"
             self.in_data = True
+            self.carried = 0
             # DATA's own CRLF, so that content which is only ".\r\n" ends at once.
             self.pending = b"\r\n" + self.pending
             return b"354 End data with <CR><LF>.<CR><LF>\r\n"
@@ -109,9 +133,10 @@ async def listen(counter: Counter, port: int = 0) -> asyncio.Server:
     return await loop.create_server(lambda: SinkSession(counter), "127.0.0.1", port, backlog=1024)
 
 
-async def serve(port: int) -> int:
-    """Sink on 127.0.0.1:`port` until SIGTERM; the number of messages taken."""
-    counter = Counter()
+async def serve(port: int, ids_file: str | None = None) -> int:
+    """Sink on 127.0.0.1:`port` until SIGTERM; the number of messages taken. With `ids_file`, each
+    message's X-Bench-Id is written there, one a line."""
+    counter = Counter(ids=ids_file is not None)
     loop = asyncio.get_running_loop()
     server = await listen(counter, port)
     stop = asyncio.Event()
@@ -119,11 +144,15 @@ async def serve(port: int) -> int:
     print("ready", flush=True)
     await stop.wait()
     server.close()
+    if ids_file is not None and counter.ids is not None:
+        with open(ids_file, "wb") as out:
+            out.write(b"".join(found + b"\n" for found in counter.ids))
     return counter.messages
 
 
 def main() -> None:
-    print(asyncio.run(serve(int(sys.argv[-1]))), flush=True)
+    ids_file = sys.argv[sys.argv.index("--ids") + 1] if "--ids" in sys.argv else None
+    print(asyncio.run(serve(int(sys.argv[-1]), ids_file)), flush=True)
 
 
 if __name__ == "__main__":
