@@ -16,10 +16,12 @@ The cluster is tests/postgres_server.py's, with production-like durability: `fsy
 machine's disk, and pg_stat_statements loaded to count statements. Every node starts once and stays up;
 then each round sends `--messages` fresh messages of bench/mail_mix.py (the shared corpus and generated
 business mail with attachments) through each setup in turn, the order rotated from round to round, from
-`--concurrency` QMQP clients. Per setup and round it prints messages/s, client latency p50/p95, CPU per
-message of qsift's process trees and of PostgreSQL's (the postmaster and every backend, from /proc), and
-the statements PostgreSQL ran per message (each one round trip: the workers use autocommit). Ratios are
-taken within a round, so a machine shared with other work moves them less than the absolute figures.
+`--concurrency` QMQP clients (`--mix small`: bench/passthrough.py's 2-60 kB text messages instead, where
+qsift's own work per message is least and the store's share the largest). Per setup and round it prints
+messages/s, client latency p50/p95, CPU per message of qsift's process trees and of PostgreSQL's (the
+postmaster and every backend, from /proc), and the statements PostgreSQL ran per message (each one round
+trip: the workers use autocommit). Ratios are taken within a round, so a machine shared with other work
+moves them less than the absolute figures.
 
 The run is void unless every answer was K and each sink saw every message sent to its setup exactly once
 (by the X-Bench-Id each message carries, not only by count).
@@ -50,11 +52,22 @@ from tests.postgres_server import PostgresServer, running_postgres
 from bench.amavisd import procs
 from bench.amavisd.qsift_daemon import DESTINIES
 from bench.mail_mix import message_pool, stamped
+from bench.passthrough import corpus
 from qsift.store.pg_migrate import migrate
 
 SENDER = b"a@example.org"
 RECIPIENTS = [b"b@example.net"]
 SETUPS = ("sqlite", "postgresql", "two nodes")
+#: With --async-commit: one node on a database with `synchronous_commit = off`, which takes the wait for
+#: the WAL's fsync out of each record's commit: the difference to "postgresql" is what that wait costs.
+ASYNC_COMMIT = "pg async"
+#: Each setup: its nodes, its database (None: SQLite), whether that database commits asynchronously.
+PLANS = {
+    "sqlite": (1, None, False),
+    "postgresql": (1, "one", False),
+    "two nodes": (2, "two", False),
+    ASYNC_COMMIT: (1, "async", True),
+}
 #: As in production: PostgreSQL's defaults, which tests/postgres_server.py overrides for speed.
 DURABLE = ("fsync=on", "synchronous_commit=on", "shared_preload_libraries=pg_stat_statements")
 
@@ -153,19 +166,20 @@ def wait_ready(nodes: list[Node], timeout: float = 60.0) -> None:
 
 
 @contextmanager
-def running_setups(workdir: Path, server: PostgresServer, workers: int) -> Iterator[dict[str, Setup]]:
+def running_setups(
+    workdir: Path, server: PostgresServer, workers: int, names: tuple[str, ...]
+) -> Iterator[dict[str, Setup]]:
     setups: dict[str, Setup] = {}
     try:
-        for name, node_count, database in (
-            ("sqlite", 1, None),
-            ("postgresql", 1, "one"),
-            ("two nodes", 2, "two"),
-        ):
+        for name in names:
+            node_count, database, async_commit = PLANS[name]
             url = None
             if database is not None:
                 url = server.create_database(database)
                 with psycopg.connect(url, autocommit=True) as db:
                     migrate(db)  # `qsift store init`
+                    if async_commit:
+                        db.execute(f"ALTER DATABASE {database} SET synchronous_commit = off")
             ids_file = workdir / f"{database or 'sqlite'}.ids"
             sink, sink_port = start_sink(ids_file)
             setup = Setup(name, [], sink, ids_file, database)
@@ -283,20 +297,27 @@ def spread(values: list[float]) -> str:
     return f"{statistics.median(values):.2f} ({min(values):.2f}-{max(values):.2f})"
 
 
-def report(results: list[Measure], args: argparse.Namespace, pool_size: int) -> None:
+def report(results: list[Measure], args: argparse.Namespace, pool_size: int, names: tuple[str, ...]) -> None:
     print()
     print(
-        f"{args.rounds} rounds x {args.messages} messages per setup ({pool_size} distinct bodies: the shared"
-        f" corpus and generated mail with attachments), {args.concurrency} QMQP clients, {args.workers}"
-        f" workers per node, no scanners, PostgreSQL fsync on, synchronous_commit on, {os.cpu_count()} CPUs"
+        f"{args.rounds} rounds x {args.messages} messages per setup ({pool_size} distinct bodies: "
+        + (
+            "the shared corpus and generated mail with attachments"
+            if args.mix == "mail"
+            else "text messages of 2-60 kB"
+        )
+        + f"), {args.concurrency} QMQP clients, {args.workers}"
+        f" workers per node, no scanners, PostgreSQL fsync on, synchronous_commit on"
+        f" (but for {ASYNC_COMMIT!r}),"
+        f" {os.cpu_count()} CPUs"
     )
     print(
-        f"{'round':>5} {'setup':11} {'msg/s':>7} {'p50 ms':>8} {'p95 ms':>8} {'qsift CPU ms':>12}"
+        f"{'round':>5} {'setup':10} {'msg/s':>7} {'p50 ms':>8} {'p95 ms':>8} {'qsift CPU ms':>12}"
         f" {'PG CPU ms':>9} {'statements':>10}"
     )
     for r in results:
         print(
-            f"{r.round:5d} {r.setup:11} {r.rate:7.1f} {r.p50:8.1f} {r.p95:8.1f} {r.qsift_cpu:12.2f}"
+            f"{r.round:5d} {r.setup:10} {r.rate:7.1f} {r.p50:8.1f} {r.p95:8.1f} {r.qsift_cpu:12.2f}"
             f" {r.pg_cpu:9.2f} {r.statements:10.2f}"
         )
     by_round: dict[int, dict[str, Measure]] = collections.defaultdict(dict)
@@ -304,27 +325,27 @@ def report(results: list[Measure], args: argparse.Namespace, pool_size: int) -> 
         by_round[r.round][r.setup] = r
     print()
     print("median (min-max) over the rounds; ratios within each round, against sqlite:")
-    for name in SETUPS:
+    for name in names:
         mine = [r for r in results if r.setup == name]
         rounds = [by_round[r.round] for r in mine]
         print(
-            f"  {name:11} msg/s {spread([r.rate for r in mine])}, p50 {spread([r.p50 for r in mine])} ms,"
+            f"  {name:10} msg/s {spread([r.rate for r in mine])}, p50 {spread([r.p50 for r in mine])} ms,"
             f" p95 {spread([r.p95 for r in mine])} ms, qsift CPU {spread([r.qsift_cpu for r in mine])} ms,"
             f" PG CPU {spread([r.pg_cpu for r in mine])} ms,"
             f" statements {spread([r.statements for r in mine])}"
         )
         if name != "sqlite":
             print(
-                f"  {'':11} throughput / sqlite {spread([b[name].rate / b['sqlite'].rate for b in rounds])},"
+                f"  {'':10} throughput / sqlite {spread([b[name].rate / b['sqlite'].rate for b in rounds])},"
                 f" p50 / sqlite {spread([b[name].p50 / b['sqlite'].p50 for b in rounds])},"
                 f" qsift + PG CPU / sqlite's qsift CPU"
                 f" {spread([(b[name].qsift_cpu + b[name].pg_cpu) / b['sqlite'].qsift_cpu for b in rounds])}"
             )
     print()
     print("statements per message, last round:")
-    for name in SETUPS[1:]:
+    for name in names[1:]:
         for query, calls in by_round[max(by_round)][name].top:
-            print(f"  {name:11} {calls:5.2f}  {' '.join(query.split())[:100]}")
+            print(f"  {name:10} {calls:5.2f}  {' '.join(query.split())[:100]}")
 
 
 def main() -> None:
@@ -336,8 +357,27 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--workers", type=int, default=2, help="per node")
     parser.add_argument("--warmup", type=int, default=0, help="per setup; default: 5 per client")
+    parser.add_argument(
+        "--mix",
+        choices=("mail", "small"),
+        default="mail",
+        help="mail: bench/mail_mix.py (the corpus and mail with attachments); small: bench/passthrough.py's"
+        " 2-60 kB text messages",
+    )
+    parser.add_argument(
+        "--async-commit",
+        action="store_true",
+        help=f"add {ASYNC_COMMIT!r}: one node on a database with synchronous_commit = off (a profile of the"
+        " commit's fsync wait, not a recommended setting)",
+    )
     args = parser.parse_args()
-    pool = message_pool()
+    names = SETUPS + ((ASYNC_COMMIT,) if args.async_commit else ())
+    # The small mix shows the store's cost where qsift's own work per message is least.
+    pool = (
+        message_pool()
+        if args.mix == "mail"
+        else [(f"small/{i}", message) for i, message in enumerate(corpus(400))]
+    )
     results: list[Measure] = []
     # On the machine's disk, so that fsync waits for it (a tmpfs would make fsync free).
     workdir = Path(tempfile.mkdtemp(prefix="qsift-cluster-", dir="/var/tmp"))
@@ -345,14 +385,15 @@ def main() -> None:
     try:
         with ExitStack() as stack:
             server = stack.enter_context(running_postgres(DURABLE))
-            setups = stack.enter_context(running_setups(workdir, server, args.workers))
+            setups = stack.enter_context(running_setups(workdir, server, args.workers, names))
             for name, setup in setups.items():
                 warmup = stamped(
                     pool[::-1], args.warmup or 5 * args.concurrency, f"warm-{name.replace(' ', '')}"
                 )
                 measure(setup, server, warmup, args.concurrency, 0)
             for number in range(1, args.rounds + 1):
-                order = SETUPS[number % 3 :] + SETUPS[: number % 3]
+                turn = number % len(names)
+                order = names[turn:] + names[:turn]
                 for name in order:
                     messages = stamped(
                         pool, args.messages, f"{name.replace(' ', '')}-{number}", start=number * args.messages
@@ -362,7 +403,7 @@ def main() -> None:
         problems = check_exactly_once(setups)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    report(results, args, len(pool))
+    report(results, args, len(pool), names)
     if problems:
         raise SystemExit("NOT A VALID RUN: " + "; ".join(problems))
 
