@@ -99,7 +99,9 @@ class Measure:
     qsift_cpu: float
     pg_cpu: float
     statements: float
-    top: list[tuple[str, float]]
+    #: Milliseconds the server spent executing the statements (pg_stat_statements), per message.
+    executing: float
+    top: list[tuple[str, float, float]]
 
 
 def node_config(home: Path, port: int, sink_port: int, workers: int, url: str | None) -> str:
@@ -228,17 +230,24 @@ def bench_id(message: bytes) -> str:
     return message.split(b"\n", 1)[0].split()[1].decode()
 
 
-def statements(server: PostgresServer, database: str | None) -> tuple[int, list[tuple[str, float]]]:
-    """Statements run in `database` since the last reset (0 for none), the busiest ones first."""
+def statements(
+    server: PostgresServer, database: str | None
+) -> tuple[int, float, list[tuple[str, float, float]]]:
+    """Statements run in `database` since the last reset (0 for none), the milliseconds the server spent
+    executing them, and each statement's calls and mean milliseconds, the busiest first."""
     if database is None:
-        return 0, []
+        return 0, 0.0, []
     with psycopg.connect(server.url(), autocommit=True) as db:
         rows = db.execute(
-            "SELECT query, calls FROM pg_stat_statements"
+            "SELECT query, calls, total_exec_time FROM pg_stat_statements"
             " WHERE dbid = (SELECT oid FROM pg_database WHERE datname = %s) ORDER BY calls DESC",
             (database,),
         ).fetchall()
-    return sum(int(calls) for _, calls in rows), [(str(query), float(calls)) for query, calls in rows]
+    return (
+        sum(int(calls) for _, calls, _ in rows),
+        sum(float(spent) for _, _, spent in rows),
+        [(str(query), float(calls), float(spent) / max(1, int(calls))) for query, calls, spent in rows],
+    )
 
 
 def reset_statements(server: PostgresServer) -> None:
@@ -260,7 +269,7 @@ def measure(
     setup.sent += [bench_id(message) for message in messages]
     if refused:
         raise SystemExit(f"NOT A VALID RUN: {setup.name}: {len(refused)} not K, e.g. {refused[0]}")
-    count, top = statements(server, setup.database)
+    count, executing, top = statements(server, setup.database)
     ordered = sorted(latencies)
     sent = len(messages)
     return Measure(
@@ -272,7 +281,8 @@ def measure(
         qsift_cpu * 1000 / sent,
         pg_cpu * 1000 / sent,
         count / sent,
-        [(query, calls / sent) for query, calls in top[:4]],
+        executing / sent,
+        [(query, calls / sent, mean) for query, calls, mean in top[:4]],
     )
 
 
@@ -332,7 +342,8 @@ def report(results: list[Measure], args: argparse.Namespace, pool_size: int, nam
             f"  {name:10} msg/s {spread([r.rate for r in mine])}, p50 {spread([r.p50 for r in mine])} ms,"
             f" p95 {spread([r.p95 for r in mine])} ms, qsift CPU {spread([r.qsift_cpu for r in mine])} ms,"
             f" PG CPU {spread([r.pg_cpu for r in mine])} ms,"
-            f" statements {spread([r.statements for r in mine])}"
+            f" statements {spread([r.statements for r in mine])},"
+            f" executing them {spread([r.executing for r in mine])} ms"
         )
         if name != "sqlite":
             print(
@@ -342,10 +353,10 @@ def report(results: list[Measure], args: argparse.Namespace, pool_size: int, nam
                 f" {spread([(b[name].qsift_cpu + b[name].pg_cpu) / b['sqlite'].qsift_cpu for b in rounds])}"
             )
     print()
-    print("statements per message, last round:")
+    print("statements per message and the server's mean time executing one, last round:")
     for name in names[1:]:
-        for query, calls in by_round[max(by_round)][name].top:
-            print(f"  {name:10} {calls:5.2f}  {' '.join(query.split())[:100]}")
+        for query, calls, mean in by_round[max(by_round)][name].top:
+            print(f"  {name:10} {calls:5.2f} {mean:6.3f} ms  {' '.join(query.split())[:90]}")
 
 
 def main() -> None:
