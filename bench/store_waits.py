@@ -109,13 +109,15 @@ async def main(args: argparse.Namespace) -> None:
         with psycopg.connect(url, autocommit=True) as db:
             migrate(db)
         rates = {}
-        for store, top in (("SQLite", {}), ("PostgreSQL", {"store": {"url": url}})):
+        shared = {"store": {"url": url, "max_connections": args.max_connections}}
+        for store, top in (("SQLite", {}), ("PostgreSQL", shared)):
             (Path(scratch) / store).mkdir()
             messages = stamped(pool, args.messages, store)
             rates[store] = await run(messages, args.concurrency, Path(scratch) / store, top)
     print(
         f"{args.messages} messages ({args.mix} mix), {args.concurrency} concurrent QMQP clients, one daemon"
-        " in this process; PostgreSQL with fsync and synchronous_commit on"
+        f" in this process; PostgreSQL with fsync on, synchronous_commit"
+        f" {'off' if args.async_commit else 'on'}, max_connections {args.max_connections}"
     )
     for store, rate in rates.items():
         print(f"{store:10} {rate:7.1f} msg/s")
@@ -128,4 +130,10 @@ if __name__ == "__main__":
     parser.add_argument("--messages", type=int, default=400)
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--mix", choices=("mail", "small"), default="small")
+    parser.add_argument("--max-connections", type=int, default=4, help="[store] max_connections (default 4)")
+    parser.add_argument(
+        "--async-commit",
+        action="store_true",
+        help="the database with synchronous_commit = off: the record's commit no longer waits for the fsync",
+    )
     asyncio.run(main(parser.parse_args()))
