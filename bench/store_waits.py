@@ -122,6 +122,8 @@ async def main(args: argparse.Namespace) -> None:
     for store, rate in rates.items():
         print(f"{store:10} {rate:7.1f} msg/s")
     for name, seconds in timings.items():
+        if not seconds:
+            continue
         print(f"  {name:18} {len(seconds):5d} calls, {summary(seconds)}")
 
 
