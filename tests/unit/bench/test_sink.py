@@ -66,8 +66,8 @@ class RecordingTransport(asyncio.Transport):
         self.closed = True
 
 
-def fed(pieces: list[bytes]) -> tuple[Counter, RecordingTransport]:
-    counter = Counter()
+def fed(pieces: list[bytes], *, ids: bool = False) -> tuple[Counter, RecordingTransport]:
+    counter = Counter(ids=ids)
     session, transport = SinkSession(counter), RecordingTransport()
     session.connection_made(transport)
     for piece in pieces:
@@ -119,3 +119,30 @@ async def test_qsift_forward_is_counted_once(sink: tuple[Counter, int]) -> None:
         )
     assert result.all_accepted
     assert counter.messages == 1
+
+
+def stamped_content(name: bytes) -> bytes:
+    """A message as qsift forwards it: its own fields first, the bench's X-Bench-Id under them."""
+    return b"X-Qsift-Scanned: yes\r\nX-Bench-Id: " + name + b" (corpus/a)\r\n" + CONTENT
+
+
+@pytest.mark.parametrize("size", [1, 3, 5, 17, 4096])
+def test_each_message_s_bench_id_is_noted_however_the_bytes_arrive(size: int) -> None:
+    session = (
+        b"EHLO c\r\n"
+        + TRANSACTION
+        + stamped_content(b"run-1")
+        + TRANSACTION
+        + stamped_content(b"run-22")
+        + TRANSACTION
+        + b".\r\n"
+        + b"QUIT\r\n"
+    )
+    counter, _ = fed([session[i : i + size] for i in range(0, len(session), size)], ids=True)
+    assert counter.messages == 3
+    assert counter.ids == [b"run-1", b"run-22", b"?"]  # the empty message has none
+
+
+def test_ids_are_not_kept_unless_asked_for() -> None:
+    counter, _ = fed([b"HELO c\r\n" + TRANSACTION + stamped_content(b"run-1") + b"QUIT\r\n"])
+    assert (counter.messages, counter.ids) == (1, None)
