@@ -13,8 +13,11 @@ STAMP  := $(VENV)/.installed
 # checks the unit qsift setup systemd writes; Knot DNS, which the tests run on a private loopback port with
 # their own zones, and OpenDKIM's tools, a second DKIM implementation; PostgreSQL for the shared store, whose
 # initdb and pg_ctl the tests run as a private cluster in a temp dir, never the system cluster the package sets
-# up). Installed only when missing.
-DEBS := libarchive13 libmagic1 p7zip-full clamav-testfiles clamav clamav-daemon spamassassin spamc rspamd daemontools ucspi-tcp shellcheck postfix systemd knot opendkim-tools postgresql
+# up; perl for amavisd-release, below). Installed only when missing.
+DEBS := libarchive13 libmagic1 p7zip-full clamav-testfiles clamav clamav-daemon spamassassin spamc rspamd daemontools ucspi-tcp shellcheck postfix systemd knot opendkim-tools postgresql perl
+# amavisd-new's release client, which the tests point at qsift's AM.PDP server: the Debian package is
+# fetched and unpacked under .venv, never installed (installing it would start an amavisd on port 10024).
+AMAVISD_RELEASE := $(VENV)/amavisd-new/usr/sbin/amavisd-release
 
 $(STAMP): pyproject.toml
 	@missing=$$(for p in $(DEBS); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \
@@ -29,7 +32,15 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q -e '.[test]'
 	touch $(STAMP)
 
-venv: $(STAMP)
+$(AMAVISD_RELEASE):
+	mkdir -p $(VENV)/amavisd-new
+	cd $(VENV)/amavisd-new && rm -f amavisd-new_*.deb && \
+		{ apt-get download -q amavisd-new 2>/dev/null || \
+		{ apt-get update -q >/dev/null && apt-get download -q amavisd-new; }; } && \
+		dpkg -x amavisd-new_*.deb . && rm -f amavisd-new_*.deb || \
+		echo "amavisd-new could not be fetched: the tests that run amavisd-release will be skipped"
+
+venv: $(STAMP) $(AMAVISD_RELEASE)
 
 demo: $(STAMP)
 	$(BIN)/python -m qsift.demo
@@ -42,7 +53,7 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-test: $(STAMP) lint typecheck
+test: $(STAMP) $(AMAVISD_RELEASE) lint typecheck
 	HYPOTHESIS_PROFILE=repeatable $(BIN)/coverage run -m pytest -q
 	$(BIN)/coverage report --include='src/qsift/wire/*,src/qsift/decode/mime.py,src/qsift/decode/filetype.py,src/qsift/checks/banned.py,src/qsift/checks/headers.py,src/qsift/config/*,src/qsift/declare.py' --fail-under=100
 	# The answer table and the rules that fold answers are walked whole by their case tables; the rest of
@@ -58,7 +69,7 @@ unit: $(STAMP)
 	HYPOTHESIS_PROFILE=repeatable $(BIN)/python -m pytest -q -n auto -m 'not slow' tests/unit tests/fuzz
 
 # Real daemons on loopback (clamd, spamd, Postfix, qsift's own workers): minutes, not seconds.
-integration: $(STAMP)
+integration: $(STAMP) $(AMAVISD_RELEASE)
 	HYPOTHESIS_PROFILE=repeatable $(BIN)/python -m pytest -q tests/integration
 
 # Every fuzz entry (tests/fuzz/) for FUZZ_SECONDS each under atheris, seeded, then a table of what each

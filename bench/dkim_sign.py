@@ -4,8 +4,8 @@
 
 Makes the keys with `qsift dkim genkey` in a temporary directory and signs each message with the signer
 the pipeline uses (auth/signing.py), in this process; prints the CPU time per message. This is what
-signing adds to a signed message's cost: the RSA operation (OpenSSL's, auth/rsa_openssl.py) and the body
-hash of the canonical body, once per signature.
+signing adds to a signed message's cost: the key's operation (OpenSSL's, auth/dkim_signature.py), the
+body hash of the canonical body (once for all signatures) and the header hash.
 """
 
 from __future__ import annotations

@@ -1,18 +1,24 @@
 """Pass-through throughput and latency: QMQP clients -> qsift -> SMTP sink, beside clients -> sink.
 
     .venv/bin/python -m bench.passthrough --messages 2000 --concurrency 8
+    .venv/bin/python -m bench.passthrough --mix corpus --messages 860 --concurrency 4
 
 Starts a real `qsift serve` process (log_level 0) forwarding to a counting SMTP sink in a process of
 its own (bench/sink.py), sends the same corpus of messages through it with N concurrent QMQP clients,
 then sends the same messages straight to the sink with N concurrent SMTP clients (qsift's own SMTP
 client: the forward path without the filter), and prints messages/s and p50/p99 latency for both, and
-their ratio; then the CPU time per message of qsift's process tree, of the sink and of the clients (from
+their ratio (`--idle-sessions 0`: qsift opens a connection per message, as the direct run does); then
+the CPU time per message of qsift's process tree, of the sink and of the clients (from
 /proc), and qsift's CPU per message as a multiple of the sink's.
 
 The sink is bare asyncio and costs a fraction of a millisecond a message. Its cost is printed beside
 qsift's because it decides what the ratio of rates means: the aiosmtpd sink used before cost several times
 as much, so the direct run was bound by the sink and the ratio (0.55) hid much of qsift's cost
 (issue 14). The run is void unless the sink counted every message exactly once.
+
+`--mix synthetic` (the default) sends generated text of 2-60 kB; `--mix corpus` sends bench/mail_mix.py's
+mix, the shared corpus and business mail with attachments (issue 14's target 4 names it), each message
+stamped with a header of its own so none is answered from the outcome record.
 """
 
 from __future__ import annotations
@@ -31,9 +37,17 @@ from pathlib import Path
 from tests.harness import free_port, qmqp_send
 
 from bench.amavisd import procs
+from bench.mail_mix import message_pool, stamped
 from qsift.act.smtp_forward import SmtpTimeouts, forward_via_smtp, parse_forward_method
 from qsift.model import Envelope, Recipient
 from qsift.spool import MessageSpool
+
+
+def bench_messages(mix: str, count: int, tag: str) -> list[bytes]:
+    """`count` messages of the mix, distinct from those of another `tag`."""
+    if mix == "corpus":
+        return stamped(message_pool(), count, tag)
+    return [m.replace(b"Subject: bench", b"Subject: " + tag.encode()) for m in corpus(count)]
 
 
 def corpus(count: int) -> list[bytes]:
@@ -98,14 +112,14 @@ async def main_async(args: argparse.Namespace) -> None:
     qmqp_port = free_port()
     (workdir / "qsift.toml").write_text(
         f'log_level = 0\nallow_root = true\nstate_dir = "{workdir}/state"\n'
-        f'[forward]\nmethod = "smtp:[127.0.0.1]:{sink_port}"\n'
+        f'[forward]\nmethod = "smtp:[127.0.0.1]:{sink_port}"\nidle_sessions = {args.idle_sessions}\n'
         f'[[listen]]\nprotocol = "qmqp"\naddress = "127.0.0.1:{qmqp_port}"\n'
     )
     qsift = subprocess.Popen(
         [str(Path(sys.executable).parent / "qsift"), "serve", "--config", str(workdir / "qsift.toml")],
         stderr=subprocess.DEVNULL,
     )
-    messages = corpus(args.messages)
+    messages = bench_messages(args.mix, args.messages, "bench")
     try:
         await _wait_port(qmqp_port)
         answers: list[str] = []
@@ -124,7 +138,7 @@ async def main_async(args: argparse.Namespace) -> None:
             assert result.all_accepted
 
         # Warm up with other messages: a repeat of a timed one would be answered from the outcome record.
-        warmup = [m.replace(b"Subject: bench", b"Subject: warm-up") for m in messages[:50]]
+        warmup = bench_messages(args.mix, 50, "warm-up")
         await run_clients(warmup, args.concurrency, via_qsift)
         before = cpu_counters(qsift.pid, sink.pid)
         elapsed_q, lat_q = await run_clients(messages, args.concurrency, via_qsift)
@@ -141,9 +155,11 @@ async def main_async(args: argparse.Namespace) -> None:
     expected = len(warmup) + 2 * len(messages)
     if int(counted.strip() or -1) != expected:
         raise SystemExit(f"NOT A VALID RUN: the sink counted {counted.strip()} of {expected} messages")
+    megabytes = sum(len(m) for m in messages) / 1e6
+    what = "the corpus mix" if args.mix == "corpus" else "synthetic text, 2-60 kB"
     print(
-        f"{len(messages)} messages (2-60 kB), {args.concurrency} concurrent clients, one qsift process"
-        f" tree ({workers} worker(s))"
+        f"{len(messages)} messages ({what}, {megabytes:.1f} MB), {args.concurrency} concurrent clients,"
+        f" one qsift process tree ({workers} worker(s))"
     )
     rate_q = report("QMQP -> qsift -> SMTP sink", elapsed_q, lat_q)
     rate_d = report("SMTP -> sink (direct)", elapsed_d, lat_d)
@@ -175,7 +191,16 @@ async def _wait_port(port: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--messages", type=int, default=2000)
+    parser.add_argument(
+        "--mix",
+        choices=("synthetic", "corpus"),
+        default="synthetic",
+        help="synthetic: generated text of 2-60 kB; corpus: bench/mail_mix.py's corpus and business mail",
+    )
     parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument(
+        "--idle-sessions", type=int, default=4, help="[forward] idle_sessions; 0: a connection per message"
+    )
     asyncio.run(main_async(parser.parse_args()))
 
 

@@ -98,6 +98,12 @@ class Row(enum.Enum):
     OUTCOME_RECORD_UNREACHABLE = _Row(
         "Z", 451, "4.3.0", "id={mail_id} - cannot read the shared outcome record: {error}"
     )
+    LOOKUP_UNREACHABLE = _Row(
+        "Z", 451, "4.3.0", "id={mail_id} - cannot read the per-recipient settings from SQL: {error}"
+    )
+    PENPALS_UNREACHABLE = _Row(
+        "Z", 451, "4.3.0", "id={mail_id} - cannot read the message log for pen pals: {error}"
+    )
     DSN_FAILED = _Row("Z", 451, "4.5.0", "id={mail_id} - BOUNCE: the DSN could not be sent ({text})")
     REFUSAL_DSN_FAILED = _Row(
         "Z",

@@ -16,14 +16,17 @@ import json
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TextIO
 
+from qsift.act.forward import Forwarder
 from qsift.act.long_lines import fitted
 from qsift.config import Config
-from qsift.model import Answer, Envelope, Recipient
+from qsift.errors import SpoolError
+from qsift.model import Answer, Envelope, ForwardResult, Recipient
 from qsift.pipeline import build_pipeline, open_quarantine
 from qsift.spool import MessageSpool
-from qsift.store.quarantine import QuarantineEntry
+from qsift.store.quarantine import QuarantineEntry, QuarantineStore
 
 
 def list_quarantine(config: Config, *, category: str | None, as_json: bool, limit: int, out: TextIO) -> int:
@@ -65,26 +68,66 @@ def show(config: Config, mail_id: str, out: TextIO) -> int:
 def release(config: Config, mail_id: str, recipients: Sequence[str], out: TextIO) -> int:
     """Forward the quarantined message; 0 when every recipient took it, 1 otherwise."""
     quarantine = open_quarantine(config)
+    forwarder = build_pipeline(config, durable=False).forwarder
     try:
         try:
-            sender, original, message = quarantine.read(mail_id)
+            released = asyncio.run(release_quarantined(quarantine, forwarder, mail_id, recipients))
         except (KeyError, ValueError):
             print(f"qsift: no quarantined message {mail_id}", file=sys.stderr)
             return 1
-        targets = tuple(recipients) or original
-        envelope = Envelope(sender, tuple(Recipient(r) for r in targets), protocol="ESMTP")
-        forwarder = build_pipeline(config, durable=False).forwarder
-        with MessageSpool.from_bytes(message) as spool:
-            result = asyncio.run(forwarder.forward(envelope, fitted(spool)))
-        delivered = [r.recipient.address for r in result.per_recipient if r.reply.answer is Answer.ACCEPT]
-        for item in result.per_recipient:
-            reply = item.reply
-            out.write(f"<{item.recipient.address}>: {reply.smtp_code} {reply.enhanced_status} {reply.text}\n")
-        if delivered:
-            quarantine.mark_released(mail_id, delivered)
     finally:
         quarantine.close()
-    return 0 if len(delivered) == len(targets) else 1
+    for item in released.result.per_recipient:
+        reply = item.reply
+        out.write(f"<{item.recipient.address}>: {reply.smtp_code} {reply.enhanced_status} {reply.text}\n")
+    if released.unrecorded is not None:
+        raise released.unrecorded
+    return 0 if released.result.all_accepted else 1
+
+
+@dataclass(frozen=True)
+class Released:
+    """What the downstream said per recipient, and whether the release could be recorded."""
+
+    result: ForwardResult
+    #: Why the recipients that took the message are not recorded as released (the store failed after
+    #: the forward); None when they are. The message went out either way.
+    unrecorded: SpoolError | None = None
+
+    @property
+    def delivered(self) -> tuple[str, ...]:
+        return tuple(
+            r.recipient.address for r in self.result.per_recipient if r.reply.answer is Answer.ACCEPT
+        )
+
+
+async def release_quarantined(
+    quarantine: QuarantineStore,
+    forwarder: Forwarder,
+    mail_id: str,
+    recipients: Sequence[str] = (),
+    sender: str | None = None,
+) -> Released:
+    """Forward a quarantined message to `recipients` (none: the ones it was kept for), from `sender` (None:
+    its own), and record the release. KeyError if it is not quarantined, ValueError for a mail_id that
+    cannot be one, SpoolError (StoreUnreachable) if it cannot be read. The store's calls block, so they run
+    in threads: the daemon's AM.PDP server shares its event loop with mail."""
+    stored_sender, kept_for, message = await asyncio.to_thread(quarantine.read, mail_id)
+    targets = tuple(recipients) or kept_for
+    envelope = Envelope(
+        stored_sender if sender is None else sender,
+        tuple(Recipient(r) for r in targets),
+        protocol="ESMTP",
+    )
+    with MessageSpool.from_bytes(message) as spool:
+        result = await forwarder.forward(envelope, fitted(spool))
+    released = Released(result)
+    if released.delivered:
+        try:
+            await asyncio.to_thread(quarantine.mark_released, mail_id, released.delivered)
+        except SpoolError as exc:
+            return Released(result, exc)
+    return released
 
 
 def _entry_line(entry: QuarantineEntry) -> str:

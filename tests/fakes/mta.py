@@ -50,6 +50,8 @@ class Script:
     #: The XFORWARD attributes offered after EHLO, as Postfix's smtpd to an authorized host; "" none.
     xforward: str = ""
     xforward_reply: str = "250 2.0.0 Ok"
+    #: The reply to RSET ("421 ..." as a server about to close says it).
+    rset_reply: str = "250 2.0.0 Ok"
 
 
 @dataclass
@@ -105,6 +107,12 @@ class FakeMta:
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
+        for task in list(self._sessions):
+            task.cancel()
+        await asyncio.gather(*self._sessions, return_exceptions=True)
+
+    async def drop_sessions(self) -> None:
+        """Close every open session at once, as a server timing out idle clients does."""
         for task in list(self._sessions):
             task.cancel()
         await asyncio.gather(*self._sessions, return_exceptions=True)
@@ -173,7 +181,7 @@ class FakeMta:
                 sender, recipients = None, []
             elif verb == b"RSET":
                 sender, recipients = None, []
-                await say("250 2.0.0 Ok")
+                await say(script.rset_reply)
             elif verb == b"QUIT":
                 self.quit_received.set()
                 if script.quit_reply is None:

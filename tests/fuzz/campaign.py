@@ -29,6 +29,7 @@ ROOT = Path(__file__).resolve().parents[2]
 MAX_LEN = dict.fromkeys(seeds.COMMITTED, 4096) | {"decode": 64 * 1024, "long_lines": 16 * 1024}
 # The modules each entry is there to exercise: the coverage column is theirs (lines and branches).
 TARGETS = {
+    "ampdp": ["wire/ampdp.py"],
     "clamd": ["wire/clamd.py"],
     "client_context": ["wire/client_context.py"],
     "decode": ["decode/*.py"],

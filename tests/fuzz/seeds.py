@@ -96,6 +96,23 @@ def _spamd() -> list[bytes]:
     ]
 
 
+# What amavisd-release 2.13 sends for `amavisd-release spam-AbCdEfGhIj12.gz SECRET <a@example.org>`.
+AMAVISD_RELEASE_REQUEST = (
+    b"request=release\r\nmail_id=AbCdEfGhIj12\r\nquar_type=Z\r\nsecret_id=SECRETSECRET\r\n"
+    b"mail_file=spam-AbCdEfGhIj12.gz\r\nrecipient=<a@example.org>\r\n\r\n"
+)
+
+
+def _ampdp() -> list[bytes]:
+    return [
+        *whole_and_bytewise(AMAVISD_RELEASE_REQUEST),
+        # modoboa-amavis: bare LF; iRedAdmin: two requests on one connection; `name: value`.
+        WHOLE + b"request=release\nmail_id=AbCdEfGhIj12\nsecret_id=S\nquar_type=Q\nrecipient=a%40b\n\n",
+        WHOLE + b"request=release\r\nmail_id=A1\r\n\r\nrequest=release\r\nmail_id=B2\r\n\r\n",
+        WHOLE + b"request: release\r\nre%71uest=a%20b%25\r\n\r\n",
+    ]
+
+
 # Postfix 3.7's replies to a whole SMTP transaction (as in tests/unit/wire/test_smtp_client.py).
 POSTFIX_SESSION = (
     b"220 mail.example.net ESMTP Postfix\r\n"
@@ -194,6 +211,7 @@ def _long_lines() -> list[bytes]:
 
 
 COMMITTED = {
+    "ampdp": _ampdp,
     "clamd": _clamd,
     "client_context": _client_context,
     "decode": _decode,

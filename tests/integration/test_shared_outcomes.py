@@ -259,9 +259,10 @@ async def test_the_shared_record_keeps_the_first_delivery_and_is_purged_by_one_n
     store_url: str,
 ) -> None:
     from qsift.store.pg_outcomes import SharedOutcomes
+    from qsift.store.pg_worker import WorkerDatabase
     from qsift.store.settings import StoreSettings
 
-    record = SharedOutcomes(StoreSettings(url=store_url, connect_timeout=1.0))
+    record = SharedOutcomes(WorkerDatabase(StoreSettings(url=store_url, connect_timeout=1.0)))
     try:
         await record.record(["k1", "k2"], "first", "250 ok", 100.0)
         await record.record(["k2", "k3"], "second", "250 ok", 200.0)

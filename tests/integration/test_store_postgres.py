@@ -21,7 +21,7 @@ from tests.postgres_server import PostgresServer
 if TYPE_CHECKING:
     from psycopg.rows import TupleRow
 
-# amavisd-new 2.13, README.sql-pg (reference: amavisd-sql.md §1.2): (column, type, NOT NULL), in order.
+# amavisd-new 2.13, README.sql-pg (reference: amavisd-sql.md §1.2, §1.1): (column, type, NOT NULL), in order.
 DOCUMENTED: dict[str, list[tuple[str, str, bool]]] = {
     "maddr": [
         ("id", "integer", True),
@@ -71,6 +71,71 @@ DOCUMENTED: dict[str, list[tuple[str, str, bool]]] = {
         ("chunk_ind", "integer", True),
         ("mail_text", "bytea", True),
     ],
+    # The lookup tables (§1.1).
+    "policy": [
+        ("id", "integer", True),
+        ("policy_name", "character varying(32)", False),
+        ("virus_lover", "character(1)", False),
+        ("spam_lover", "character(1)", False),
+        ("unchecked_lover", "character(1)", False),
+        ("banned_files_lover", "character(1)", False),
+        ("bad_header_lover", "character(1)", False),
+        ("bypass_virus_checks", "character(1)", False),
+        ("bypass_spam_checks", "character(1)", False),
+        ("bypass_banned_checks", "character(1)", False),
+        ("bypass_header_checks", "character(1)", False),
+        ("virus_quarantine_to", "character varying(64)", False),
+        ("spam_quarantine_to", "character varying(64)", False),
+        ("banned_quarantine_to", "character varying(64)", False),
+        ("unchecked_quarantine_to", "character varying(64)", False),
+        ("bad_header_quarantine_to", "character varying(64)", False),
+        ("clean_quarantine_to", "character varying(64)", False),
+        ("archive_quarantine_to", "character varying(64)", False),
+        ("spam_tag_level", "real", False),
+        ("spam_tag2_level", "real", False),
+        ("spam_tag3_level", "real", False),
+        ("spam_kill_level", "real", False),
+        ("spam_dsn_cutoff_level", "real", False),
+        ("spam_quarantine_cutoff_level", "real", False),
+        ("addr_extension_virus", "character varying(64)", False),
+        ("addr_extension_spam", "character varying(64)", False),
+        ("addr_extension_banned", "character varying(64)", False),
+        ("addr_extension_bad_header", "character varying(64)", False),
+        ("warnvirusrecip", "character(1)", False),
+        ("warnbannedrecip", "character(1)", False),
+        ("warnbadhrecip", "character(1)", False),
+        ("newvirus_admin", "character varying(64)", False),
+        ("virus_admin", "character varying(64)", False),
+        ("banned_admin", "character varying(64)", False),
+        ("bad_header_admin", "character varying(64)", False),
+        ("spam_admin", "character varying(64)", False),
+        ("spam_subject_tag", "character varying(64)", False),
+        ("spam_subject_tag2", "character varying(64)", False),
+        ("spam_subject_tag3", "character varying(64)", False),
+        ("message_size_limit", "integer", False),
+        ("banned_rulenames", "character varying(64)", False),
+        ("disclaimer_options", "character varying(64)", False),
+        ("forward_method", "character varying(64)", False),
+        ("sa_userconf", "character varying(64)", False),
+        ("sa_username", "character varying(64)", False),
+    ],
+    "users": [
+        ("id", "integer", True),
+        ("priority", "integer", True),
+        ("policy_id", "integer", True),
+        ("email", "bytea", True),
+        ("fullname", "character varying(255)", False),
+    ],
+    "mailaddr": [
+        ("id", "integer", True),
+        ("priority", "integer", True),
+        ("email", "bytea", True),
+    ],
+    "wblist": [
+        ("rid", "integer", True),
+        ("sid", "integer", True),
+        ("wb", "character varying(10)", True),
+    ],
 }
 
 # The keys README.sql-pg declares: (table, name, p(rimary)/u(nique), columns). PostgreSQL folds a UNIQUE
@@ -82,6 +147,12 @@ DOCUMENTED_KEYS = {
     ("msgs", "msgs_partition_mail", "p", ("partition_tag", "mail_id")),
     ("msgrcpt", "msgrcpt_partition_mail_rseq", "p", ("partition_tag", "mail_id", "rseqnum")),
     ("quarantine", "quarantine_pkey", "p", ("partition_tag", "mail_id", "chunk_ind")),
+    ("policy", "policy_pkey", "p", ("id",)),
+    ("users", "users_pkey", "p", ("id",)),
+    ("users", "users_email_key", "u", ("email",)),
+    ("mailaddr", "mailaddr_pkey", "p", ("id",)),
+    ("mailaddr", "mailaddr_email_key", "u", ("email",)),
+    ("wblist", "wblist_pkey", "p", ("rid", "sid")),
 }
 
 # README.sql-pg's indexes, and the two on mail_id alone that §1.6 of the reference says are needed.
@@ -162,7 +233,8 @@ def test_init_on_an_empty_database_creates_every_table(
     assert out == [
         f"schema upgraded from an empty database to version {LATEST} "
         "(1: amavisd-new's maddr, msgs, msgrcpt and quarantine; qsift_outcomes; "
-        "2: qsift_quarantine and qsift_release, the shared quarantine's own facts)"
+        "2: qsift_quarantine and qsift_release, the shared quarantine's own facts; "
+        "3: amavisd-new's lookup tables policy, users, mailaddr and wblist)"
     ]
     assert tables(url) == set(DOCUMENTED) | QSIFT_TABLES
     with psycopg.connect(url) as db:

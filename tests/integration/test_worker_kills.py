@@ -50,7 +50,8 @@ async def test_a_worker_killed_right_after_the_downstream_accepted_causes_no_dup
     the retry was delivered a second time.)"""
     script = Script(quit_reply=None)  # the worker waits for the goodbye: the kill comes in that wait
     async with fake_mta(script) as mta:
-        with serving(tmp_path, f"smtp:[127.0.0.1]:{mta.port}") as served:
+        # A connection per message, so that QUIT follows the 250 (a kept session would say nothing).
+        with serving(tmp_path, f"smtp:[127.0.0.1]:{mta.port}", forward_extra="idle_sessions = 0") as served:
             workers = await served.settled_workers()
             sending = asyncio.create_task(qmqp_send(served.port, CLEAN % 1, SENDER, [RECIPIENT]))
             await asyncio.wait_for(mta.quit_received.wait(), 30)

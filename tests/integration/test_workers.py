@@ -29,10 +29,10 @@ QSIFT = str(Path(sys.executable).parent / "qsift")
 CLEAN = b"From: a@example.org\nDate: Wed, 25 Nov 2026 12:00:00 +0000\nSubject: hi\n\nhello %d\n"
 
 
-def config_text(state: Path, forward: str, port: int, extra: str = "") -> str:
+def config_text(state: Path, forward: str, port: int, extra: str = "", forward_extra: str = "") -> str:
     return (
         f'state_dir = "{state}"\nlog_level = 2\nallow_root = true\nworkers = 2\n{extra}\n'
-        f'[forward]\nmethod = "{forward}"\n'
+        f'[forward]\nmethod = "{forward}"\n{forward_extra}\n'
         f'[[listen]]\nprotocol = "qmqp"\naddress = "127.0.0.1:{port}"\n'
     )
 
@@ -67,11 +67,15 @@ class Served:
 
 @contextmanager
 def serving(
-    tmp_path: Path, forward: str, extra: str = "", command: tuple[str, ...] = (QSIFT,)
+    tmp_path: Path,
+    forward: str,
+    extra: str = "",
+    command: tuple[str, ...] = (QSIFT,),
+    forward_extra: str = "",
 ) -> Iterator[Served]:
     port = free_port()
     config = tmp_path / "qsift.toml"
-    config.write_text(config_text(tmp_path / "state", forward, port, extra))
+    config.write_text(config_text(tmp_path / "state", forward, port, extra, forward_extra))
     log = tmp_path / "log"
     with log.open("wb") as sink:
         process = subprocess.Popen([*command, "serve", "--config", str(config)], stderr=sink)

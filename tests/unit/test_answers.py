@@ -98,6 +98,16 @@ ROW_CASES: list[tuple[Row, dict[str, object], str]] = [
         "Z451 4.3.0 id=M - cannot read the shared outcome record: PostgreSQL: connection refused",
     ),
     (
+        Row.LOOKUP_UNREACHABLE,
+        {"mail_id": "M", "error": "PostgreSQL: connection refused"},
+        "Z451 4.3.0 id=M - cannot read the per-recipient settings from SQL: PostgreSQL: connection refused",
+    ),
+    (
+        Row.PENPALS_UNREACHABLE,
+        {"mail_id": "M", "error": "PostgreSQL: connection refused"},
+        "Z451 4.3.0 id=M - cannot read the message log for pen pals: PostgreSQL: connection refused",
+    ),
+    (
         Row.REJECTED_DMARC,
         {"mail_id": "M", "domain": "example.org"},
         "D550 5.7.26 Unauthenticated email from example.org is not accepted due to domain's DMARC "

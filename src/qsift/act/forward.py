@@ -7,7 +7,7 @@ from typing import Protocol
 
 from qsift.act.maildir import MaildirForwarder
 from qsift.act.qmail_queue import QmailQueueForwarder
-from qsift.act.smtp_forward import SmtpTimeouts, forward_via_smtp, parse_forward_method
+from qsift.act.smtp_forward import IdleSessions, SmtpTimeouts, forward_via_smtp, parse_forward_method
 from qsift.config import Forward
 from qsift.model import Delivered, Envelope, ForwardResult
 from qsift.spool import MessageBody
@@ -27,6 +27,9 @@ class Forwarder(Protocol):
         delivered: Delivered | None = None,
     ) -> ForwardResult: ...
 
+    def close(self) -> None:
+        """Let go of what is kept open between messages."""
+
 
 class SmtpForwarder:
     """SMTP or LMTP to a downstream MTA: a re-injection qmail-smtpd, Postfix's 10025, an LMTP server."""
@@ -42,6 +45,7 @@ class SmtpForwarder:
             final_reply=settings.final_timeout,
         )
         self.method = self._target.describe()
+        self._sessions = IdleSessions(settings.idle_sessions) if settings.idle_sessions > 0 else None
 
     async def forward(
         self,
@@ -59,7 +63,12 @@ class SmtpForwarder:
             max_recipients_per_transaction=self._settings.max_recipients_per_transaction,
             client_gone=client_gone,
             delivered=delivered,
+            sessions=self._sessions,
         )
+
+    def close(self) -> None:
+        if self._sessions is not None:
+            self._sessions.close()
 
 
 def make_forwarder(settings: Forward, helo_name: str) -> Forwarder:

@@ -27,6 +27,9 @@ class MaildirForwarder:
         self.path = path
         self.method = f"maildir:{path}"
 
+    def close(self) -> None:
+        """Nothing is kept open between messages."""
+
     async def forward(
         self,
         envelope: Envelope,

@@ -34,6 +34,9 @@ class QmailQueueForwarder:
         self.timeout = timeout
         self.method = f"qmail-queue:{program}"
 
+    def close(self) -> None:
+        """Nothing is kept open between messages."""
+
     async def forward(
         self,
         envelope: Envelope,

@@ -14,8 +14,12 @@ Rules this module keeps, because each one costs mail when broken:
 - The client the message came from goes with it by XFORWARD when the server offers it (Postfix, to its
   smtpd_authorized_xforward_hosts), as amavisd-new does, so the re-injecting MTA logs and judges the real
   client rather than qsift. It is information only: a server refusing it does not stop the message.
-- One connection per message. A pool would save a TCP handshake and a greeting on loopback, some tens of
-  microseconds against the milliseconds a message costs; bench/passthrough.py measures the whole path.
+- A session that carried a message well may carry the next one (`IdleSessions`, a few per worker, each
+  closed after `IDLE_SECONDS` unused). Before it does, RSET must be answered 250: a session the server
+  closed or broke while idle (Postfix's smtpd_timeout, a 421) is dropped and the next one tried, or a
+  new connection opened, all before any of the message was sent; from then on it is any connection.
+  It saves the connect, the greeting, EHLO and QUIT: about 0.6 ms of qsift's CPU a message on
+  bench/passthrough.py, and half the sink's (docs/benchmarks.md).
 
 The order of the dialogue (EHLO or HELO, XFORWARD, pipelining, 452, LMTP's replies) is kept by the
 sans-IO wire/smtp_dialogue; this module is the I/O shell around it: the connection, the timeout each
@@ -34,7 +38,7 @@ from qsift.errors import ConfigError, ProtocolError
 from qsift.model import Delivered, Envelope, ForwardResult, Reply
 from qsift.observe.log import logger
 from qsift.spool import MessageBody
-from qsift.wire.smtp_client import ReplyParser, SmtpReply
+from qsift.wire.smtp_client import QUIT, RSET, Capabilities, ReplyParser, SmtpReply
 from qsift.wire.smtp_data import DataEncoder
 from qsift.wire.smtp_dialogue import (
     AwaitReply,
@@ -93,6 +97,13 @@ def parse_forward_method(method: str) -> SmtpTarget:
 
 #: Longest wait for the reply to QUIT, in seconds.
 _QUIT_WAIT = 2.0
+#: Longest wait for the reply to the RSET that checks a kept session, in seconds; a server slower than
+#: that costs only a new connection.
+_CHECK_WAIT = 5.0
+#: Seconds a kept session may stay unused before it is closed: well under the servers' idle timeouts
+#: (Postfix 300 s, 10 s under stress; qmail-smtpd 1200 s), and a forking server under tcpserver holds
+#: one of its -c slots for each.
+IDLE_SECONDS = 5.0
 
 
 @dataclass(frozen=True)
@@ -137,10 +148,16 @@ async def forward_via_smtp(
     max_recipients_per_transaction: int = 1000,
     client_gone: asyncio.Event | None = None,
     delivered: Delivered | None = None,
+    sessions: IdleSessions | None = None,
 ) -> ForwardResult:
     """Deliver to every envelope recipient; never raises for anything the downstream does. `delivered`
-    hears of each transaction's accepted recipients right after the final reply, before QUIT."""
+    hears of each transaction's accepted recipients right after the final reply, before QUIT. With
+    `sessions`, a kept session is used if one is still there, and the session is kept afterwards."""
     where = target.describe()
+    kept = await sessions.take() if sessions is not None else None
+    connection = kept or _Connection(where, timeouts)
+    if sessions is not None and kept is None:
+        sessions.opening.add(connection)
     dialogue = SmtpClientDialogue(
         envelope,
         size=spool.size,
@@ -148,16 +165,73 @@ async def forward_via_smtp(
         helo_name=helo_name,
         where=where,
         max_recipients_per_transaction=max_recipients_per_transaction,
+        greeted=connection.capabilities if kept is not None else None,
+        quit=sessions is None,
     )
-    connection = _Connection(where, timeouts)
     try:
-        await connection.open(target)
+        if kept is None:
+            await connection.open(target)
         await _converse(dialogue, connection, spool, client_gone, delivered)
     except _Failed as exc:
         dialogue.abort(exc.reply)
     finally:
-        await connection.close()
+        if sessions is not None:
+            sessions.opening.discard(connection)
+        if sessions is not None and dialogue.reusable and not connection.parser.buffered:
+            connection.capabilities = dialogue.capabilities
+            sessions.keep(connection)
+        else:
+            await connection.close()
     return ForwardResult(where, dialogue.per_recipient(), dialogue.queued_as)
+
+
+class IdleSessions:
+    """Sessions to one downstream kept open between messages, at most `most` of them, each closed with
+    QUIT after IDLE_SECONDS unused; one set per worker process, used only from its event loop.
+
+    A session is not kept while a new connection of ours waits for its greeting: the server may be
+    serving as many connections as it will (tcpserver -c, Postfix's process limit), and the one kept
+    would hold the slot the new one waits for (the HOWTO's re-injection deadlock, in small)."""
+
+    def __init__(self, most: int) -> None:
+        self.most = most
+        #: The most recently kept last: it is the least likely to have been closed by the server.
+        self._idle: list[tuple[_Connection, asyncio.TimerHandle]] = []
+        #: New connections carrying a message now; those not yet greeted stop a session being kept.
+        self.opening: set[_Connection] = set()
+
+    async def take(self) -> _Connection | None:
+        """A kept session whose server still answers RSET with 250, or None."""
+        while self._idle:
+            connection, expiry = self._idle.pop()
+            expiry.cancel()
+            try:
+                there = await connection.still_there()
+            except BaseException:  # cancelled meanwhile: the session must not be left unclosed
+                connection.goodbye()
+                raise
+            if there:
+                return connection
+            await connection.close()
+        return None
+
+    def keep(self, connection: _Connection) -> None:
+        if len(self._idle) >= self.most or any(not c.greeted for c in self.opening):
+            connection.goodbye()
+            return
+        expiry = asyncio.get_running_loop().call_later(IDLE_SECONDS, self._expire, connection)
+        self._idle.append((connection, expiry))
+
+    def close(self) -> None:
+        """Say goodbye to every kept session (the worker is stopping)."""
+        while self._idle:
+            connection, expiry = self._idle.pop()
+            expiry.cancel()
+            connection.goodbye()
+
+    def _expire(self, connection: _Connection) -> None:
+        self._idle = [(c, e) for c, e in self._idle if c is not connection]
+        connection.goodbye()
 
 
 async def _converse(
@@ -221,6 +295,10 @@ class _Connection:
         self.parser = ReplyParser()
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
+        #: What the server's EHLO offered, once a session is kept for the next message.
+        self.capabilities = Capabilities.basic()
+        #: A first reply (the greeting) came.
+        self.greeted = False
 
     async def open(self, target: SmtpTarget) -> None:
         try:
@@ -240,6 +318,22 @@ class _Connection:
         self.writer.close()
         with contextlib.suppress(ConnectionError, OSError, TimeoutError):
             await asyncio.wait_for(self.writer.wait_closed(), 1.0)
+
+    async def still_there(self) -> bool:
+        """A kept session's check before it carries a message: RSET, answered 250 in time."""
+        try:
+            await self.send(RSET, Wait.COMMAND)
+            async with asyncio.timeout(_CHECK_WAIT):
+                reply = await self.reply("RSET", Wait.COMMAND)
+        except (_Failed, TimeoutError):
+            return False
+        return reply.code == 250 and not self.parser.buffered
+
+    def goodbye(self) -> None:
+        """QUIT without waiting for the answer, and close: for a kept session nobody waits on."""
+        if self.writer is not None and not self.writer.is_closing():
+            self.writer.write(QUIT)
+            self.writer.close()
 
     def trouble(self, status: str, text: str) -> Reply:
         return Row.DOWNSTREAM_TROUBLE.relay(451, status, text=text, where=self.where)
@@ -264,6 +358,7 @@ class _Connection:
             except ProtocolError as exc:
                 raise _Failed(self.trouble("4.5.0", f"unparseable reply to {waiting_for}: {exc}")) from None
             if reply is not None:
+                self.greeted = True
                 return reply
             try:
                 async with asyncio.timeout_at(deadline):

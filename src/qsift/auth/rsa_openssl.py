@@ -1,6 +1,7 @@
-"""dkimpy's RSA signing step done by OpenSSL (the `cryptography` package) instead of in pure Python.
+"""dkimpy's RSA signing step done by OpenSSL (the `cryptography` package) instead of in pure Python, for
+ARC sealing (auth/arc.py); DKIM signatures are made without dkimpy (auth/dkim_signature.py).
 
-dkimpy canonicalizes, hashes and assembles DKIM-Signature and ARC fields well, but makes the RSA signature
+dkimpy canonicalizes, hashes and assembles ARC fields well, but makes the RSA signature
 itself with Python integers: about 6.6 ms for a 2048-bit key, where OpenSSL takes 0.3 ms (measured here,
 bench/dkim_sign.py). That alone was more than qsift's whole per-message cost. dkimpy has no hook for
 another backend, so `install()` replaces the one function it calls, `dkim.RSASSA_PKCS1_v1_5_sign`, with one
@@ -47,7 +48,7 @@ def _private_key(
 
 
 def install() -> None:
-    """Make dkimpy's DKIM and ARC signing use OpenSSL for the RSA step, and read each key's PEM once
+    """Make dkimpy's signing (ARC's, here) use OpenSSL for the RSA step, and read each key's PEM once
     rather than for every message (its ASN.1 parser is pure Python too); idempotent."""
     dkim.RSASSA_PKCS1_v1_5_sign = sign
     if not isinstance(dkim.parse_pem_private_key, _CachedParse):

@@ -7,36 +7,38 @@ so that `d=` aligns with the author domain for DMARC (RFC 7489 3.1.1, relaxed al
 per key type the domain has: RSA for every verifier, Ed25519 (RFC 8463) beside it when configured, since
 not every deployed verifier knows Ed25519 yet.
 
-dkimpy makes the signatures (canonicalization, hashes, RSA and Ed25519 through pynacl). It takes the
-message as one bytes object and has no streaming body hash, so a copy is read into memory to be signed:
-about six times its size at the peak (the bytes, their CRLF form, dkimpy's lines and body, the
-canonical body; measured: 48 MiB besides a 10 MiB copy), while it is signed; `[limits] message_size`
-bounds it. A copy over 256 KiB is signed in a thread so the event loop keeps serving
-(pipeline/signing.py).
+auth/dkim_signature.py makes the signatures (canonicalization, hashes; RSA and Ed25519 by OpenSSL, each
+key parsed once, when the signer is made). It reads the copy as chunks and hashes the body as it
+streams past, so only the header section is held in memory, however large the copy.
 """
 
 from __future__ import annotations
 
 import email.utils
 import re
+import time
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import NamedTuple
 
-import dkim
-
-from qsift.auth import rsa_openssl
 from qsift.auth.dkim_keys import KeyType, PrivateKey, load_configured_key
+from qsift.auth.dkim_signature import (
+    DkimKey,
+    HeaderSectionError,
+    parse_header_section,
+    read_message,
+    signature_field,
+)
 from qsift.auth.settings import DkimSettings
 
-rsa_openssl.install()
-
-#: relaxed/simple, amavisd-new's default and the reference's recommendation. Relaxed header
-#: canonicalization survives what relays do to header fields (refolding, white space around the colon, case
-#: of the name). For the body, relaxed (rspamd's choice) would also survive trailing white space stripped
-#: on the way, but in dkimpy, the one maintained Python implementation, it costs five to six times as much
-#: CPU as simple (66 against 12 ms for 1 MiB, measured with bench/dkim_sign.py): more than the rest of a
-#: message's handling. The body qsift signs is the body it forwards, after every edit of its own, to an MTA
-#: that queues it as it is; what relaxed body would forgive (white space inside lines changed by a later
-#: relay) is rare, and a list that edits the body breaks either.
+#: relaxed/simple (auth/dkim_signature.py makes no other), amavisd-new's default and the reference's
+#: recommendation. Relaxed header canonicalization survives what relays do to header fields (refolding,
+#: white space around the colon, case of the name). For the body, relaxed (rspamd's choice) would also
+#: survive trailing white space stripped on the way, but costs more CPU: in dkimpy five to six times as
+#: much as simple (66 against 12 ms for 1 MiB, measured with bench/dkim_sign.py). The body qsift signs is
+#: the body it forwards, after every edit of its own, to an MTA that queues it as it is; what relaxed body
+#: would forgive (white space inside lines changed by a later relay) is rare, and a list that edits the
+#: body breaks either.
 CANONICALIZATION = (b"relaxed", b"simple")
 #: Signed once per instance present (RFC 6376 5.4.1's SHOULD list and amavisd-new's %signed_header_fields
 #: value 1, plus List-Unsubscribe-Post for RFC 8058). Not Received, Return-Path, Authentication-Results or
@@ -57,6 +59,19 @@ OVERSIGNED_ALWAYS = ("from", "subject", "date", "reply-to", "to", "cc", "content
 #: Signed once more than they occur when present (rspamd's "oversign existing"): not when absent, since
 #: a mailing list adding its own List-Unsubscribe to our user's post must not break the signature.
 OVERSIGNED_IF_PRESENT = ("list-unsubscribe", "list-unsubscribe-post", "mime-version", "message-id")
+
+
+_SIGNED = frozenset(name.encode() for name in SIGNED)
+_OVERSIGNED_ALWAYS = [name.encode() for name in OVERSIGNED_ALWAYS]
+_OVERSIGNED_IF_PRESENT = [name.encode() for name in OVERSIGNED_IF_PRESENT]
+#: A From: value that is one plain address, bare or after a plain display name, as most are: its domain
+#: read without RFC 5322's full parser (email.utils.getaddresses, which takes longer than all the rest of
+#: signing but the key's step), to the same result (tests/unit/auth/test_signing.py).
+PLAIN_FROM = re.compile(
+    rb"[ \t]*(?:[A-Za-z0-9 _-]*<(?P<named>[A-Za-z0-9_+-]+(?:\.[A-Za-z0-9_+-]+)*@[A-Za-z0-9.-]+)>"
+    rb"|(?P<bare>[A-Za-z0-9_+-]+(?:\.[A-Za-z0-9_+-]+)*@[A-Za-z0-9.-]+))[ \t]*(?:\r\n)?"
+)
+_PLAIN_DOMAIN = re.compile(rb"[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.?")
 
 
 @dataclass(frozen=True)
@@ -89,6 +104,13 @@ class Signed:
     made: tuple[str, ...] = ()
 
 
+class _Loaded(NamedTuple):
+    key: SigningKey
+    parsed: DkimKey
+    #: "d=... s=... a=..." for the log.
+    made: str
+
+
 class DkimSigner:
     """Signs a message with the keys of its From: domain."""
 
@@ -100,6 +122,16 @@ class DkimSigner:
                 chosen.append(key)
         for chosen in self._by_domain.values():
             chosen.sort(key=lambda k: k.key.type is not KeyType.RSA)  # RSA on top: some verifiers read one
+        # Each key parsed and described once: it is used for every message of its domain.
+        self._loaded = {
+            domain: [
+                _Loaded(
+                    k, DkimKey.from_private(k.key), f"d={k.domain} s={k.selector} a={k.key.type.algorithm}"
+                )
+                for k in chosen
+            ]
+            for domain, chosen in self._by_domain.items()
+        }
 
     @property
     def has_keys(self) -> bool:
@@ -107,56 +139,50 @@ class DkimSigner:
 
     def keys_for(self, domain: str) -> list[SigningKey]:
         """The keys of `domain`, else of its nearest parent that has any."""
+        return [loaded.key for loaded in self._loaded_for(domain)]
+
+    def _loaded_for(self, domain: str) -> list[_Loaded]:
         labels = domain.lower().rstrip(".").split(".")
         for at in range(len(labels)):
-            found = self._by_domain.get(".".join(labels[at:]))
+            found = self._loaded.get(".".join(labels[at:]))
             if found:
                 return found
         return []
 
     def sign(self, message: bytes) -> Signed:
         """The DKIM-Signature fields for `message` (as it will leave), or why there are none."""
-        newline = b"\r\n" if b"\r\n" in message[:4096] else b"\n"
+        return self.sign_chunks((message,))
+
+    def sign_chunks(self, chunks: Iterable[bytes]) -> Signed:
+        """`sign` for a message read as chunks: only its header section is held."""
+        # One pass over the message serves the From: lookup and every signature.
+        message = read_message(chunks)
         try:
-            # One parse of the message serves the From: lookup and every signature.
-            signer = dkim.DKIM(_crlf(message), linesep=newline)
-        except dkim.MessageFormatError as exc:
+            headers = parse_header_section(message.header_section)
+        except HeaderSectionError as exc:
             return Signed(b"", f"the header section cannot be read: {exc}")
-        domain, why = author_domain(signer.headers)
+        domain, why = author_domain(headers)
         if domain is None:
             return Signed(b"", why)
-        keys = self.keys_for(domain)
+        keys = self._loaded_for(domain)
         if not keys:
             return Signed(b"", f"no DKIM key for {domain} or a parent domain")
-        names = header_names(signer.headers)
-        try:
-            fields = [_signature(signer, key, names) for key in keys]
-        except dkim.DKIMException as exc:
-            return Signed(b"", f"dkimpy cannot sign it: {exc}")
-        made = tuple(f"d={k.domain} s={k.selector} a={k.key.type.algorithm}" for k in keys)
-        return Signed(b"".join(fields), made=made)
-
-
-def _signature(signer: dkim.DKIM, key: SigningKey, names: list[bytes]) -> bytes:
-    signature: bytes = signer.sign(
-        key.selector.encode(),
-        key.domain.encode(),
-        key.key.signing,
-        signature_algorithm=key.key.type.algorithm.encode(),
-        canonicalize=CANONICALIZATION,
-        include_headers=names,
-    )
-    return signature
+        names, body_hash, now = header_names(headers), message.body_hash(), int(time.time())
+        fields = [
+            signature_field(headers, body_hash, names, k.domain, k.selector, dkim_key, now, message.newline)
+            for k, dkim_key, _ in keys
+        ]
+        return Signed(b"".join(fields), made=tuple(loaded.made for loaded in keys))
 
 
 def header_names(headers: list[list[bytes]]) -> list[bytes]:
     """The `h=` list for a message with these fields: each signed field once per instance, the
     oversigned ones once more."""
-    present = [name.lower().decode("ascii", "replace") for name, _ in headers]
-    names = [name for name in present if name in SIGNED]
-    names += list(OVERSIGNED_ALWAYS)
-    names += [name for name in OVERSIGNED_IF_PRESENT if name in present]
-    return [name.encode() for name in names]
+    present = [name.lower() for name, _ in headers]
+    names = [name for name in present if name in _SIGNED]
+    names += _OVERSIGNED_ALWAYS
+    names += [name for name in _OVERSIGNED_IF_PRESENT if name in present]
+    return names
 
 
 def author_domain(headers: list[list[bytes]]) -> tuple[str | None, str]:
@@ -166,6 +192,11 @@ def author_domain(headers: list[list[bytes]]) -> tuple[str | None, str]:
         return None, "no From: field"
     if len(values) > 1:
         return None, f"{len(values)} From: fields"
+    plain = PLAIN_FROM.fullmatch(values[0])
+    if plain:
+        domain = (plain.group("named") or plain.group("bare")).partition(b"@")[2]
+        if _PLAIN_DOMAIN.fullmatch(domain):
+            return domain.rstrip(b".").lower().decode(), ""
     text = values[0].decode("utf-8", "replace")
     addresses = [address for _, address in email.utils.getaddresses([text]) if "@" in address]
     domains = {address.rpartition("@")[2].strip().rstrip(".").lower() for address in addresses}
@@ -173,9 +204,3 @@ def author_domain(headers: list[list[bytes]]) -> tuple[str | None, str]:
     if len(domains) != 1:
         return None, "From: has no address" if not domains else "From: has addresses in several domains"
     return domains.pop(), ""
-
-
-def _crlf(message: bytes) -> bytes:
-    """Every line end as CRLF, bare CRs too, as the SMTP forward sends them (and qmail stores LF):
-    the signature is over the transport form (RFC 6376 5.3)."""
-    return re.sub(rb"\r\n|\r|\n", b"\r\n", message)

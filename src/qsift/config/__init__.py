@@ -22,7 +22,7 @@ from qsift.auth.settings import ArcSettings, AuthSettings, DkimSettings, DnsSett
 from qsift.checks.banned import DEFAULT_RULES, BannedRule
 from qsift.checks.content import CheckSettings
 from qsift.checks.scanner_config import SpamSettings, VirusSettings
-from qsift.declare import COUNT, STRING, named, optional, pattern, section, setting, tables
+from qsift.declare import COUNT, STRING, STRINGS, named, optional, pattern, section, setting, tables
 from qsift.decode.walk import DecodeLimits
 from qsift.errors import ConfigError
 from qsift.policy.bank import ORIGINATING, Bank, Network, Policies, networks
@@ -198,6 +198,11 @@ class Forward:
     final_timeout: float = setting(
         600.0, "Seconds to wait for the answer after the final dot (RFC 5321 4.5.3.2.6: 10 minutes)."
     )
+    idle_sessions: int = setting(
+        4,
+        "SMTP and LMTP sessions each worker keeps open between messages for the next one (checked with "
+        "RSET first, closed after 5 s unused); 0 opens a connection per message and ends it with QUIT.",
+    )
 
 
 @dataclass(frozen=True)
@@ -258,6 +263,41 @@ class ClientContextSettings:
 @dataclass(frozen=True)
 class MetricsSettings:
     address: str = setting("", "host:port to serve metrics on; empty: none.", parse=optional(_tcp_address))
+
+
+def _release_addresses(entries: list[str]) -> tuple[ListenAddress, ...]:
+    return tuple(parse_address(entry) for entry in entries)
+
+
+@dataclass(frozen=True)
+class ReleaseSettings:
+    """`[release]`: amavisd-new's release protocol (AM.PDP), for amavisd-release and the web front ends."""
+
+    listen: tuple[ListenAddress, ...] = setting(
+        [],
+        "Where qsift serves amavisd-new's release protocol (AM.PDP): unix:/path and host:port, as "
+        '["unix:/var/lib/qsift/amavisd.sock", "127.0.0.1:9998"] (amavisd-new on Debian: '
+        "/var/lib/amavis/amavisd.sock for amavisd-release, TCP 9998 for MailZu, modoboa, iRedAdmin). "
+        "Empty: no release server (`qsift release` still works). Every worker serves it.",
+        kind=STRINGS,
+        parse=_release_addresses,
+    )
+    acl: tuple[Network, ...] = setting(
+        ["127.0.0.0/8", "::1/128"],
+        "TCP clients allowed to ask for a release (amavisd-new's @inet_acl); others are closed unanswered.",
+        parse=networks,
+    )
+    unix_socket_needs_secret: bool = setting(
+        False,
+        "Whether a release over the unix socket needs the message's secret_id too. False as Debian's "
+        "AM.PDP-SOCK bank ($auth_required_release = 0): the socket's mode (0660) decides who may use it. "
+        "Over TCP a secret_id is always needed.",
+    )
+    timeout: float = setting(
+        60.0,
+        "Longest silence while reading a release request, in seconds; the release itself is bounded by the "
+        "forward's own timeouts (one cut short could go out unrecorded).",
+    )
 
 
 @dataclass(frozen=True)
@@ -347,6 +387,9 @@ class Config:
         ClientContextSettings, "The key that vouches for the SMTP client qsift-queue saw (X-Qsift-Client)."
     )
     metrics: MetricsSettings = section(MetricsSettings, "The Prometheus endpoint.")
+    release: ReleaseSettings = section(
+        ReleaseSettings, "amavisd-new's release protocol (AM.PDP) for amavisd-release and the front ends."
+    )
     dns: DnsSettings = section(DnsSettings, "The DNS client of the mail authentication checks.")
     store: StoreSettings = section(
         StoreSettings,

@@ -83,16 +83,24 @@ _SHORT_TYPES: tuple[tuple[re.Pattern[str], str], ...] = tuple(
     )
 )
 
-_local = threading.local()
+_loading = threading.Lock()
+_handle: list[magic.Magic] = []
 
 
 def _magic() -> magic.Magic:
-    # A libmagic handle is not safe to share between threads; decoding runs in worker threads.
-    handle: magic.Magic | None = getattr(_local, "magic", None)
-    if handle is None:
-        handle = magic.Magic()
-        _local.magic = handle
-    return handle
+    # One handle per process, not one per decoding thread: each handle maps libmagic's whole database
+    # (8 MB), which counts in the RSS once per handle; six threads made 47 MiB of a worker's RSS
+    # (docs/benchmarks.md, memory). python-magic serialises the calls on a handle with its own lock.
+    if not _handle:
+        with _loading:
+            if not _handle:
+                _handle.append(magic.Magic())
+    return _handle[0]
+
+
+def load_database() -> None:
+    """Load libmagic's database now: in `qsift serve`'s parent, so every worker shares the handle."""
+    _magic()
 
 
 def describe(head: bytes) -> str:

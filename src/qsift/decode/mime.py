@@ -1,11 +1,11 @@
 """A streaming MIME walk: entities read line by line from a file, bodies decoded as they pass.
 
 The standard `email` package parses a whole message into memory, several times over (the raw bytes,
-the lines, the joined payload, the decoded payload): a 40 MB message peaked at 375 MB. Here only one
-line (at most `LINE_CHUNK` bytes of it) is held at a time; each leaf's decoded bytes go to a sink that
-counts them against the decoder's bounds and spills them to disk. Headers of each entity, which are
-small, are still parsed by the `email` package, so content types, parameters (RFC 2231) and file
-names mean exactly what they mean there.
+the lines, the joined payload, the decoded payload): a 40 MB message peaked at 375 MB. Here the file is
+read a block at a time and a body is handed on in pieces of at most `LINE_CHUNK` bytes; each leaf's
+decoded bytes go to a sink that counts them against the decoder's bounds and spills them to disk.
+Headers of each entity, which are small, are still parsed by the `email` package, so content types,
+parameters (RFC 2231) and file names mean exactly what they mean there.
 
 Boundaries follow RFC 2046 §5.1.1: a delimiter is `--boundary` at the start of a line, possibly
 followed by white space; the line break before it belongs to the delimiter. Any enclosing boundary also
@@ -34,6 +34,9 @@ _MESSAGE_TYPES = frozenset({"message/rfc822", "message/global"})
 _PREAMBLE_KEEP = 4 * 1024 * 1024
 #: A line with its end: CR LF, LF, or a bare CR (which the forward sends as CR LF); or a last one without.
 _LINE = re.compile(rb"[^\r\n]*(?:\r\n|\r|\n)|[^\r\n]+")
+_BARE_CR = re.compile(rb"\r(?!\n)")
+#: How much of the file is read at once.
+_BLOCK = 256 * 1024
 
 
 @dataclass(frozen=True)
@@ -72,10 +75,16 @@ class _Lines:
     A bare CR ends a line, as LF and CR LF do: the SMTP and LMTP forward sends it as CR LF
     (wire/smtp_data.py), so what follows it is a line of its own downstream: a delimiter or a header
     field there must be one here, or a part the next hop sees is never looked at.
+
+    The file is read in blocks of `_BLOCK` bytes: a base64 body is one 77-octet line after another, and
+    reading each with its own `readline` cost more than decoding it.
     """
 
     def __init__(self, stream: IO[bytes]) -> None:
         self._stream = stream
+        self._buffer = b""
+        self._position = 0
+        self._eof = False
         self._back: tuple[bytes, bool] | None = None
         self._at_line_start = True
         self._split: deque[bytes] = deque()  # the lines of a piece cut at bare CRs, not handed out yet
@@ -93,18 +102,60 @@ class _Lines:
         self._at_line_start = piece.endswith((b"\n", b"\r"))
         return piece, starts
 
+    def run(self) -> bytes | None:
+        """Whole lines, at most `LINE_CHUNK` bytes in all, none starting with "-" (so none a delimiter)
+        and none ending in a bare CR; None when the next line is not one (read it with `next`)."""
+        if self._back is not None or self._split or self._carry or not self._at_line_start:
+            return None
+        self._fill(LINE_CHUNK)
+        start = self._position
+        buffer = self._buffer
+        if buffer[start : start + 1] in (b"-", b""):
+            return None
+        end = buffer.rfind(b"\n", start, start + LINE_CHUNK)
+        if end < 0:
+            return None
+        dash = buffer.find(b"\n-", start, end)
+        if dash >= 0:
+            end = dash
+        bare_cr = _BARE_CR.search(buffer, start, end)
+        if bare_cr is not None:
+            end = buffer.rfind(b"\n", start, bare_cr.start())
+            if end < 0:
+                return None
+        self._position = end + 1
+        return buffer[start : end + 1]
+
+    def _fill(self, wanted: int) -> None:
+        """At least `wanted` bytes buffered past the position, or all the file has left."""
+        while len(self._buffer) - self._position < wanted and not self._eof:
+            block = self._stream.read(_BLOCK)
+            if not block:
+                self._eof = True
+            self._buffer = self._buffer[self._position :] + block
+            self._position = 0
+
+    def _readline(self, limit: int) -> bytes:
+        """As a binary file's `readline(limit)`, from the buffer."""
+        self._fill(limit)
+        start = self._position
+        end = self._buffer.find(b"\n", start, start + limit)
+        stop = end + 1 if end >= 0 else min(start + limit, len(self._buffer))
+        self._position = stop
+        return self._buffer[start:stop]
+
     def _read_piece(self) -> bytes:
         if self._split:
             return self._split.popleft()
         carry = self._carry
         if carry:
             self._carry = b""
-            piece = carry + self._stream.readline(max(1, LINE_CHUNK - len(carry)))
+            piece = carry + self._readline(max(1, LINE_CHUNK - len(carry)))
         else:
-            piece = self._stream.readline(LINE_CHUNK)
+            piece = self._readline(LINE_CHUNK)
         if piece.endswith(b"\r"):
             # Cut at the size bound, or the file's last octet: the next one says whether it is a CR LF.
-            piece += self._stream.read(1)
+            piece += self._readline(1)
         if b"\r" not in piece:
             return piece
         lines: list[bytes] = _LINE.findall(piece)
@@ -170,8 +221,8 @@ class _Reader:
             for _ in skipped.pieces():
                 pass
             return skipped.finish()
-        body = _Body(self.lines, boundaries)
-        self.events.leaf(entity, _decoded(body.pieces(), header.get("content-transfer-encoding", "")))
+        body = _Body(self.lines, boundaries, runs=cte not in _LINE_DECODERS)
+        self.events.leaf(entity, _decoded(body.pieces(), cte))
         return body.finish()
 
     def _multipart(self, entity: Entity, boundary: bytes, boundaries: tuple[bytes, ...]) -> _End:
@@ -267,17 +318,29 @@ def _delimiter(line: bytes, boundaries: tuple[bytes, ...]) -> _End | None:
 
 
 class _Body:
-    """A body's raw pieces up to the next delimiter of any enclosing boundary."""
+    """A body's raw pieces up to the next delimiter of any enclosing boundary.
 
-    def __init__(self, lines: _Lines, boundaries: tuple[bytes, ...]) -> None:
+    With `runs`, lines that cannot be delimiters come several to a piece; without, one a piece (the
+    line-based decoders need each line's end in a piece of its own).
+    """
+
+    def __init__(self, lines: _Lines, boundaries: tuple[bytes, ...], *, runs: bool = True) -> None:
         self._lines = lines
         self._boundaries = boundaries
+        self._runs = runs
         self._end = _EOF
 
     def pieces(self) -> Iterator[bytes]:
         held = b""  # the line break before a delimiter belongs to the delimiter, so it waits
-        while (item := self._lines.next()) is not None:
-            piece, starts = item
+        lines = self._lines
+        while True:
+            run = lines.run() if self._runs else None
+            if run is not None:
+                piece, starts = run, False  # no delimiter among its lines
+            elif (item := lines.next()) is not None:
+                piece, starts = item
+            else:
+                break
             if starts and self._boundaries:
                 end = _delimiter(piece, self._boundaries)
                 if end is not None:
@@ -302,8 +365,7 @@ class _Body:
 
 
 def _decoded(pieces: Iterator[bytes], encoding: str) -> Iterator[bytes]:
-    kind = str(encoding).strip().lower()
-    decoder = _DECODERS.get(kind)
+    decoder = _DECODERS.get(encoding)
     return decoder(pieces) if decoder is not None else pieces
 
 
@@ -414,3 +476,5 @@ _DECODERS: dict[str, Callable[[Iterator[bytes]], Iterator[bytes]]] = {
     "x-uue": _uuencoded,
     "uue": _uuencoded,
 }
+#: Decoders that take a body a line at a time.
+_LINE_DECODERS = frozenset(_DECODERS) - {"base64"}

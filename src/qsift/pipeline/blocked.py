@@ -21,6 +21,7 @@ from qsift.model import Answer, Category, Disposition, Envelope, Outcome, Recipi
 from qsift.observe import metrics
 from qsift.observe.log import logger
 from qsift.pipeline.inflight import InFlight
+from qsift.pipeline.logged import recipient_numbers
 from qsift.policy.destiny import Destiny
 from qsift.policy.recipients import Decision
 from qsift.policy.settings import Policy
@@ -218,6 +219,7 @@ def _facts(message: InFlight, kept: list[Decision]) -> KeptFacts:
         spam_level=spam.score if spam is not None else None,
         client_address=message.client.client.ip or "",
         secret_id=message.secret_id,
+        numbers=recipient_numbers(message.envelope.recipients, [d.recipient for d in kept]),
     )
 
 

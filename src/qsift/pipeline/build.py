@@ -11,6 +11,7 @@ import os
 import re
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from qsift.act.bounce import DsnBouncer
@@ -20,7 +21,16 @@ from qsift.checks.scanner_set import ScannerSet
 from qsift.config import Config
 from qsift.pipeline.blocked import Keeper, NoQuarantine, QuarantineKeeper
 from qsift.pipeline.checking import ContentChecks
-from qsift.pipeline.parts import NoOutcomeRecord, OutcomeLedger
+from qsift.pipeline.parts import (
+    MessageLog,
+    NoLookups,
+    NoMessageLog,
+    NoOutcomeRecord,
+    NoPenPals,
+    OutcomeLedger,
+    PenPalLog,
+    RecipientLookups,
+)
 from qsift.pipeline.signing import NoSigner, Signer
 from qsift.pipeline.slots import MessageSlots
 from qsift.pipeline.stages import Pipeline
@@ -51,14 +61,18 @@ def build_pipeline(
     `client_key`, `mark_key`, `dkim_keys` and `arc_key` are the site's keys (serve/keys.py); without them
     no X-Qsift-Client field is believed, no mark is made and nothing is DKIM-signed or ARC-sealed. With
     `durable` the outcome record and the quarantine are opened (in state_dir, made if missing, or in
-    PostgreSQL when `[store] url` is set): `Pipeline.close` closes them.
+    PostgreSQL when `[store] url` is set, with the message log): `Pipeline.close` closes them.
     """
-    notifier = make_forwarder(config.notify_forward, config.myhostname)
+    # Notices are few and far between: a session kept for the next one would mostly wait to expire.
+    notifier = make_forwarder(replace(config.notify_forward, idle_sessions=0), config.myhostname)
     bouncer = DsnBouncer(
         notifier, config.myhostname, re.compile(config.dsn.viruses_that_fake_sender, re.IGNORECASE)
     )
     outcomes: OutcomeLedger = NoOutcomeRecord()
+    message_log: MessageLog = NoMessageLog()
+    lookups: RecipientLookups = NoLookups()
     quarantine: Keeper = NoQuarantine()
+    penpals: PenPalLog = NoPenPals()
     if durable:
         os.makedirs(config.state_dir, mode=0o700, exist_ok=True)
         local = None if config.store.url else OutcomeStore(os.path.join(config.state_dir, OUTCOMES_FILE))
@@ -68,7 +82,10 @@ def build_pipeline(
             if local is not None:
                 local.close()
             raise
-        outcomes = LocalOutcomes(local) if local is not None else _shared_outcomes(config)
+        if local is not None:
+            outcomes = LocalOutcomes(local)
+        else:
+            outcomes, message_log, penpals, lookups = _shared_parts(config)
         quarantine = QuarantineKeeper(kept, config.dedupe_window, clock)
     return Pipeline(
         forwarder=make_forwarder(config.forward, config.myhostname),
@@ -80,6 +97,7 @@ def build_pipeline(
         policies=config.policies,
         outcomes=outcomes,
         quarantine=quarantine,
+        message_log=message_log,
         bounce=bouncer,
         notices=Notices(notifier, config.myhostname, config.notify.templates),
         refusal_notice=bouncer.refused,
@@ -91,6 +109,8 @@ def build_pipeline(
         hostname=config.myhostname,
         dedupe_window=config.dedupe_window,
         clock=clock,
+        penpals=penpals,
+        lookups=lookups,
     )
 
 
@@ -118,12 +138,23 @@ def _authentication(config: Config) -> MailAuthentication | None:
     return MailAuthentication(Resolver(config.dns), config.auth, config.authserv_id)
 
 
-def _shared_outcomes(config: Config) -> OutcomeLedger:
-    """The outcome record in PostgreSQL; its pool connects on first use, in the worker, after the fork."""
+def _shared_parts(config: Config) -> tuple[OutcomeLedger, MessageLog, PenPalLog, RecipientLookups]:
+    """The outcome record, the message log, the pen pals lookup and (with `[store] sql_lookups`) the
+    per-recipient lookups in PostgreSQL, on one pool that connects on first use, in the worker, after the
+    fork."""
     # Imported here: a site without a shared store never loads the driver.
+    from qsift.store.pg_log import SharedMessageLog
+    from qsift.store.pg_lookups import SqlLookups
     from qsift.store.pg_outcomes import SharedOutcomes
+    from qsift.store.pg_penpals import SharedPenPals
+    from qsift.store.pg_worker import WorkerDatabase
 
-    return SharedOutcomes(config.store)
+    database = WorkerDatabase(config.store)
+    lookups: RecipientLookups = (
+        SqlLookups(database, config.store) if config.store.sql_lookups else NoLookups()
+    )
+    log = SharedMessageLog(database, config.myhostname)
+    return SharedOutcomes(database), log, SharedPenPals(database), lookups
 
 
 def _signer(keys: tuple[SigningKey, ...]) -> Signer:

@@ -27,7 +27,7 @@ from qsift.act.long_lines import FittedMessage, plan_fit
 from qsift.answers import Row, reply_for_error
 from qsift.checks.content import Verdict
 from qsift.checks.headers import header_section
-from qsift.errors import ScannerFailure, SpoolError, StoreUnreachable
+from qsift.errors import ScannerFailure, SpoolError
 from qsift.mail_ids import new_mail_ids
 from qsift.model import (
     Answer,
@@ -46,8 +46,24 @@ from qsift.pipeline.checking import Checks
 from qsift.pipeline.client import client_fields
 from qsift.pipeline.deliveries import Deliveries
 from qsift.pipeline.inflight import InFlight
-from qsift.pipeline.parts import OutcomeLedger, RefusalNotice
+from qsift.pipeline.logged import logged_message, unchecked
+from qsift.pipeline.parts import (
+    MessageLog,
+    NoLookups,
+    NoPenPals,
+    OutcomeLedger,
+    PenPalLog,
+    RecipientLookups,
+    RefusalNotice,
+)
 from qsift.pipeline.sealing import sealed_copy
+from qsift.pipeline.shared_state import (
+    delivered_before,
+    log_finished,
+    looked_up,
+    penpals_found,
+    record_delivery,
+)
 from qsift.pipeline.signing import Signer, signed_copy
 from qsift.pipeline.slots import MessageSlots
 from qsift.policy.bank import Policies
@@ -88,6 +104,8 @@ class Pipeline:
     outcomes: OutcomeLedger
     #: Where blocked messages of the kept categories go.
     quarantine: Keeper
+    #: Every finished message's rows in amavisd-new's log tables, or nothing (a single node).
+    message_log: MessageLog
     #: Sends the DSN for bounced recipients and says what to answer.
     bounce: Bouncer
     #: Tells the postmaster (and warned recipients) about blocked mail.
@@ -108,9 +126,13 @@ class Pipeline:
     hostname: str
     dedupe_window: float
     clock: Callable[[], float]
+    #: amavisd-new's message log, asked for pen pals; without `[store] url`, nobody is a pen pal.
+    penpals: PenPalLog = field(default_factory=NoPenPals)
     #: Held while a large copy is signed or sealed: each is read whole into memory, the library copies
     #: it several times over, and a worker's messages in progress must not all do that at once.
     large_copies: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(1))
+    #: Per-recipient settings and sender lists from SQL ([store] sql_lookups), or none.
+    lookups: RecipientLookups = field(default_factory=NoLookups)
 
     @property
     def handled(self) -> int:
@@ -140,8 +162,12 @@ class Pipeline:
             self.slots.give_back()
 
     async def close(self) -> None:
-        """Close what the pipeline holds open: the outcome record, the quarantine, the scanners' sessions."""
+        """Close what the pipeline holds open: the forward's idle sessions, the outcome record, the message
+        log, the quarantine, the scanners' sessions."""
+        self.forwarder.close()
         await self.outcomes.close()
+        await self.message_log.close()
+        await self.lookups.close()
         self.quarantine.close()
         await self.checks.close()
 
@@ -161,7 +187,9 @@ class Pipeline:
         chunks = _feeding(body.chunks(), long_lines, marking)
         digest = await _off_the_loop_if_large(body.size, body_fingerprint, chunks)
         keys = {r.address: delivery_key(digest, envelope.sender, r.address) for r in envelope.recipients}
-        already = await self._delivered_before(mail_id, list(keys.values()))
+        already = await delivered_before(
+            self.outcomes, mail_id, list(keys.values()), self.clock() - self.dedupe_window
+        )
         if isinstance(already, Outcome):
             return already  # the shared record does not answer: try later
         owed = tuple(r for r in envelope.recipients if keys[r.address] not in already)
@@ -185,9 +213,15 @@ class Pipeline:
         message = replace(message, scanned_before=self._scanned_here_before(message, head, now))
         if long_lines.found:
             message = await self._fitted(message)
-        deliveries = Deliveries(keys, lambda settled, answer: self._record(settled, mail_id, answer))
+        deliveries = Deliveries(
+            keys,
+            lambda settled, answer: record_delivery(self.outcomes, settled, mail_id, answer, self.clock()),
+        )
+        decisions: Sequence[Decision] = ()
         try:
-            outcome = await self._judge(message, owed, len(envelope.recipients) - len(owed), deliveries)
+            outcome, decisions = await self._judge(
+                message, owed, len(envelope.recipients) - len(owed), deliveries
+            )
         except Exception as exc:
             if not deliveries.accepted:
                 raise  # nothing delivered: the dropped connection makes the client retry, as it should
@@ -199,7 +233,9 @@ class Pipeline:
             [keys[r.recipient.address] for r in outcome.per_recipient if r.reply.answer is Answer.ACCEPT]
         )
         if settled and outcome.reply.answer is not Answer.REJECT:
-            await self._record(settled, mail_id, outcome.reply.smtp_line())
+            await record_delivery(self.outcomes, settled, mail_id, outcome.reply.smtp_line(), self.clock())
+        if decisions:  # each recipient's fate is known: not a message held back before the checks decided
+            await log_finished(self.message_log, logged_message(message, decisions, outcome, head, now))
         return outcome
 
     async def _fitted(self, message: InFlight) -> InFlight:
@@ -229,19 +265,30 @@ class Pipeline:
 
     async def _judge(
         self, message: InFlight, owed: tuple[Recipient, ...], already: int, deliveries: Deliveries
-    ) -> Outcome:
+    ) -> tuple[Outcome, Sequence[Decision]]:
+        """The outcome, and each owed recipient's fate; no fates for a message held back before they
+        were decided (a scanner failed, the quarantine could not keep it)."""
         mail_id = message.mail_id
+        policy = await looked_up(self.lookups, message, owed)
+        if isinstance(policy, Outcome):
+            return policy, ()
+        message = replace(message, policy=policy)
         try:
             verdict, virus_scanned = await self._check(message, owed)
         except ScannerFailure as exc:
             logger.error("id=%s %s; the message is held back (try later)", mail_id, exc)
             reply = reply_for_error(exc, mail_id=mail_id)
             metrics.message_fate(Category.UNCHECKED.value, "tempfail", len(owed))
-            return Outcome(mail_id, reply, Disposition.TEMPFAILED, category="UNCHECKED")
+            return Outcome(mail_id, reply, Disposition.TEMPFAILED, category="UNCHECKED"), ()
         if verdict is None:
-            return await self._pass_unchecked(message, owed, already, deliveries)
+            passed = await self._pass_unchecked(message, owed, already, deliveries)
+            return passed, unchecked(message, owed)
         message = replace(message, virus_scanned=virus_scanned, cut=verdict.auth.forged, auth=verdict.auth)
-        decisions = decide_recipients(verdict, message.policy, owed, message.spool.size)
+        penpals = await penpals_found(self.penpals, message, verdict, owed, self.clock())
+        if isinstance(penpals, Outcome):
+            return penpals, ()
+        decisions = decide_recipients(verdict, message.policy, owed, message.spool.size, penpals)
+        _log_listings(mail_id, message.envelope.sender, decisions)
         category = _log_category(decisions)
         blocked = [d for d in decisions if d.blocked]
         try:
@@ -252,7 +299,7 @@ class Pipeline:
             reply = Row.QUARANTINE_FAILED.reply(mail_id=mail_id, error=exc)
             held = Outcome(mail_id, reply, Disposition.TEMPFAILED, category=category)
             _count_fates(held, _fates(decisions))
-            return held
+            return held, ()
         passing = [d for d in decisions if not d.blocked]
         forwarded = await self._forward(message, self._edited_groups(message, passing), already, deliveries)
         if forwarded is not None:
@@ -267,8 +314,12 @@ class Pipeline:
         await send_notices(self.notices, message, [d for d in blocked if d.recipient not in held_back], kept)
         _count_fates(outcome, _fates(decisions))
         said = verdict.auth.summary()
-        notes = (*(f"auth: {said}",) * bool(said), *(f"quarantine: {kept}",) * bool(kept))
-        return replace(outcome, category=category, notes=(*outcome.notes, *notes))
+        notes = (
+            *(f"auth: {said}",) * bool(said),
+            *(penpal.note(address) for address, penpal in penpals.items()),
+            *(f"quarantine: {kept}",) * bool(kept),
+        )
+        return replace(outcome, category=category, notes=(*outcome.notes, *notes)), decisions
 
     async def _check(self, message: InFlight, owed: tuple[Recipient, ...]) -> tuple[Verdict | None, bool]:
         """The verdict (None without content checks, or for mail this site scanned before), and whether a
@@ -360,33 +411,6 @@ class Pipeline:
             outcome = await self.refusal_notice(outcome, message.envelope, refused, message.body)
         return outcome
 
-    async def _delivered_before(
-        self, mail_id: str, keys: Sequence[str]
-    ) -> dict[str, OutcomeRecord] | Outcome:
-        """The records of these keys; or Z when the shared record does not answer."""
-        not_before = self.clock() - self.dedupe_window
-        try:
-            return await self.outcomes.lookup(keys, not_before)
-        except StoreUnreachable as exc:
-            # It cannot say whether another node delivered this already, and could not record this
-            # delivery either: the client keeps the message and tries again (amavisd-new's 451 when its
-            # database is down before acceptance).
-            logger.error("id=%s outcome record unreachable, the message waits (try later): %s", mail_id, exc)
-            reply = Row.OUTCOME_RECORD_UNREACHABLE.reply(mail_id=mail_id, error=exc)
-            return Outcome(mail_id, reply, Disposition.TEMPFAILED)
-        except Exception as exc:  # a broken record on this node must not stop mail
-            logger.error("outcome record lookup failed, forwarding anyway: %s", exc)
-            return {}
-
-    async def _record(self, keys: Sequence[str], mail_id: str, answer: str) -> None:
-        try:
-            await self.outcomes.record(keys, mail_id, answer, self.clock())
-        except Exception as exc:  # whatever it is (a full disk, a thread that cannot start)
-            # The downstream has the message: answering Z (or dropping the connection) now would make the
-            # retry a duplicate for sure, while a missing record only makes a duplicate possible if the
-            # client also loses our K.
-            logger.error("id=%s delivered but not recorded for dedupe: %s", mail_id, exc)
-
 
 def _outgoing(message: InFlight, recipients: tuple[Recipient, ...]) -> Envelope:
     """The envelope as it goes downstream, to these recipients, naming the client qsift-queue vouched for
@@ -398,6 +422,18 @@ def _outgoing(message: InFlight, recipients: tuple[Recipient, ...]) -> Envelope:
         client = vouched.client
         envelope = replace(envelope, client_address=client.ip or None, client_name=client.host or None)
     return envelope
+
+
+def _log_listings(mail_id: str, sender: str, decisions: Iterable[Decision]) -> None:
+    """amavisd-new's `wbl:` lines: which recipients white- or blacklist the sender, or soft-list it."""
+    for decision in decisions:
+        listing = decision.settings.listing
+        said = "whitelisted" if listing.whitelisted else "blacklisted" if listing.blacklisted else ""
+        if listing.score_boost:
+            said = f"{said} score {listing.score_boost:+g}".strip()
+        if said:
+            address = decision.recipient.address
+            logger.info("id=%s wbl: sender <%s> %s by <%s>", mail_id, sender, said, address)
 
 
 def _fates(decisions: Iterable[Decision]) -> Iterator[tuple[Recipient, Category, Destiny]]:

@@ -72,7 +72,7 @@ class Bank:
         QuarantineSwitches, "Which categories are quarantined when not delivered."
     )
     notify: Mapping[str, Any] = overlay(NotifyPolicy, "Admin notices and recipient warnings.")
-    spam: Mapping[str, Any] = overlay(SpamLevels, "The spam levels a bank may change.")
+    spam: Mapping[str, Any] = overlay(SpamLevels, "The spam levels and pen pals settings a bank may change.")
     policy: Mapping[str, Any] = overlay(
         PolicySettings, "Per-recipient policy: local domains, lovers, bypass lists."
     )

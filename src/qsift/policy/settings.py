@@ -12,7 +12,7 @@ variables. Everything per recipient is answered by
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 
 from qsift.auth.settings import AuthPolicy, SealingSwitches, SigningSwitches
 from qsift.checks.spam_levels import SpamLevels
@@ -20,6 +20,7 @@ from qsift.declare import INTEGER, LEVEL, STRINGS, declared, laid_over, setting,
 from qsift.model import Category
 from qsift.policy.destiny import DestinySettings
 from qsift.policy.lookup import AddressTable
+from qsift.store.amavisd_lookups import NOT_LISTED, NOTHING_FOUND, FoundSettings, SenderListing
 
 #: `[policy]` list keys naming the recipients who accept a category (amavisd-new's @*_lovers_maps).
 LOVERS = {
@@ -113,6 +114,25 @@ class RecipientOverride:
     message_size_limit: int | None = setting(
         None, "As [policy] message_size_limit, for these recipients.", kind=INTEGER
     )
+    whitelist_sender: AddressTable | None = setting(
+        None,
+        "Senders these recipients take as not spam (lookup table of sender addresses); unset: "
+        "[policy] whitelist_sender decides.",
+        kind=STRINGS,
+        parse=AddressTable.parse,
+    )
+    blacklist_sender: AddressTable | None = setting(
+        None,
+        "Senders whose mail is spam to these recipients (lookup table of sender addresses); unset: "
+        "[policy] blacklist_sender decides.",
+        kind=STRINGS,
+        parse=AddressTable.parse,
+    )
+
+
+#: The levels a `[[policy.recipient]]` table may set; the pen pals settings are the message's (the
+#: policy banks'), as amavisd-new's are.
+_RECIPIENT_LEVELS = tuple(f.name for f in fields(RecipientOverride) if f.name in dict(declared(SpamLevels)))
 
 
 @dataclass(frozen=True)
@@ -141,6 +161,16 @@ class PolicySettings:
     bypass_header_checks: AddressTable = _lookup(
         "Recipients for whom the bad_header check does not count.", []
     )
+    whitelist_sender: AddressTable = _lookup(
+        "Senders whose mail is never spam, to any recipient (lookup table of sender addresses; "
+        "amavisd-new's @whitelist_sender_maps).",
+        [],
+    )
+    blacklist_sender: AddressTable = _lookup(
+        "Senders whose mail is always spam (lookup table of sender addresses; amavisd-new's "
+        "@blacklist_sender_maps); a sender on both lists is whitelisted.",
+        [],
+    )
     recipient: tuple[RecipientOverride, ...] = tables(
         RecipientOverride,
         "Per-recipient spam levels and size limit: the first table whose `match` matches counts.",
@@ -159,6 +189,8 @@ class RecipientSettings:
     bypasses: frozenset[Category]
     #: 0 for no limit; a larger message is OVERSIZED for this recipient.
     message_size_limit: int
+    #: Whether the recipient white- or blacklists the sender (msgrcpt.wl and bl), and its score boost.
+    listing: SenderListing = NOT_LISTED
 
 
 @dataclass(frozen=True)
@@ -177,6 +209,11 @@ class Policy:
     originating: bool = False
     #: The policy banks that made this policy, in the order they were laid on; () for the base.
     banks: tuple[str, ...] = ()
+    #: The envelope sender the sender lists are asked about; None: no message (no list applies).
+    sender: str | None = None
+    #: Per recipient address, what amavisd-new's SQL lookup tables set (store/pg_lookups.py); consulted
+    #: before the TOML, as amavisd-new puts its SQL lookups first in every @*_maps.
+    found: Mapping[str, FoundSettings] = field(default_factory=dict)
 
     def overlaid(self, overlays: Mapping[str, Mapping[str, object]], originating: bool, name: str) -> Policy:
         """This policy with a bank's overlays (by section: destiny, quarantine, notify, spam, policy,
@@ -193,6 +230,10 @@ class Policy:
             originating,
             (*self.banks, name),
         )
+
+    def for_message(self, sender: str, found: Mapping[str, FoundSettings]) -> Policy:
+        """This policy for one message: its sender, and what SQL said about its recipients."""
+        return replace(self, sender=sender, found=found)
 
     @property
     def quarantined(self) -> frozenset[Category]:
@@ -212,30 +253,72 @@ class Policy:
         return self.rules.message_size_limit
 
     def for_recipient(self, address: str) -> RecipientSettings:
+        """SQL's value where it set one (`found`), else the first matching [[policy.recipient]] table's,
+        else [policy]'s and [spam]'s."""
         rules, delimiter = self.rules, self.rules.recipient_delimiter
+        sql = self.found.get(address, NOTHING_FOUND)
         override = [o for o in rules.recipient if o.match.matches(address, delimiter)]
 
         def first(key: str, default: float | int | None) -> float | int | None:
             # amavisd-new's "first table with a defined value wins"
             return next((v for o in override if (v := getattr(o, key)) is not None), default)
 
-        found = {f.name: first(f.name, getattr(self.levels, f.name)) for f in fields(SpamLevels)}
-        levels = SpamLevels(**found)  # type: ignore[arg-type]
+        def flagged(
+            tables: Mapping[str, Category], sql_flags: Mapping[Category, bool]
+        ) -> frozenset[Category]:
+            return frozenset(
+                c
+                for key, c in tables.items()
+                if sql_flags.get(c, getattr(rules, key).matches(address, delimiter))
+            )
+
+        chosen = {
+            name: sql.levels.get(name, first(name, getattr(self.levels, name))) for name in _RECIPIENT_LEVELS
+        }
+        levels = replace(self.levels, **chosen)  # type: ignore[arg-type]
+        local = self.is_local(address)
+        size = sql.message_size_limit
+        if size is None:
+            size = int(first("message_size_limit", rules.message_size_limit) or 0)
         return RecipientSettings(
-            local=rules.local_domains is None or rules.local_domains.matches(address, delimiter),
+            local=local,
             levels=levels,
-            loves=frozenset(
-                c for key, c in LOVERS.items() if getattr(rules, key).matches(address, delimiter)
-            ),
-            bypasses=frozenset(
-                c for key, c in BYPASS.items() if getattr(rules, key).matches(address, delimiter)
-            ),
-            message_size_limit=int(first("message_size_limit", rules.message_size_limit) or 0),
+            loves=flagged(LOVERS, sql.loves),
+            bypasses=flagged(BYPASS, sql.bypasses),
+            message_size_limit=size,
+            listing=self._listing(sql.listing, override),
         )
 
+    def _listing(self, sql: SenderListing, override: list[RecipientOverride]) -> SenderListing:
+        """SQL's wblist first, then the recipient's own TOML lists, then the global ones; a score boost
+        from SQL stays whichever decides."""
+        if self.sender is None or sql.whitelisted or sql.blacklisted:
+            return sql
+        sender, delimiter = self.sender, self.rules.recipient_delimiter
+        tables = [(o.whitelist_sender, o.blacklist_sender) for o in override]
+        tables.append((self.rules.whitelist_sender, self.rules.blacklist_sender))
+        for white, black in tables:
+            if white is not None and white.matches(sender, delimiter):
+                return replace(sql, whitelisted=True)
+            if black is not None and black.matches(sender, delimiter):
+                return replace(sql, blacklisted=True)
+        return sql
+
+    def is_local(self, address: str) -> bool:
+        """Whether the address is local: SQL's users row for a recipient where it says so, else `[policy]
+        local_domains` (unset: every address)."""
+        sql = self.found.get(address, NOTHING_FOUND).local
+        if sql is not None:
+            return sql
+        table = self.rules.local_domains
+        return table is None or table.matches(address, self.rules.recipient_delimiter)
+
     def bypassed_by_all(self, category: Category, addresses: tuple[str, ...]) -> bool:
-        """Whether no recipient needs this check: then it is not run at all."""
-        key = next((key for key, c in BYPASS.items() if c is category), None)
-        table: AddressTable | None = getattr(self.rules, key) if key else None
-        delimiter = self.rules.recipient_delimiter
-        return bool(table) and bool(addresses) and all(table.matches(a, delimiter) for a in addresses)  # type: ignore[union-attr]
+        """Whether no recipient needs this check: then it is not run at all. The spam check is not needed
+        for a recipient who white- or blacklists the sender, as amavisd-new skips it then."""
+
+        def needs_no(settings: RecipientSettings) -> bool:
+            listed = settings.listing.whitelisted or settings.listing.blacklisted
+            return category in settings.bypasses or (category is Category.SPAM and listed)
+
+        return bool(addresses) and all(needs_no(self.for_recipient(a)) for a in addresses)

@@ -74,6 +74,7 @@ from qsift.wire.qmqp import request_frame
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up time)
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
+    from typing import NoReturn
 
 PROGRAM = "qsift-queue"
 MESSAGE_FD = 0
@@ -117,6 +118,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not quiet:
         _write_stderr(notes)
     return int(code)
+
+
+def run() -> NoReturn:
+    """The `qsift-queue` command: `main()`, then out at once, skipping the interpreter's clean-up.
+
+    Nothing is left to flush (every write is an os.write, unbuffered, and the spool file is unnamed), and
+    the clean-up, freeing every module and object, cost about 2 ms of CPU a run here (a fifth of
+    `python3 -c pass`), which qmail-smtpd pays once per message (docs/benchmarks.md).
+    """
+    os._exit(main())
 
 
 def _run(env: Mapping[str, str], notes: list[str]) -> tuple[int, bool]:
@@ -252,4 +263,4 @@ def _write_raw(text: str) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

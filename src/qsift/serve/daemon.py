@@ -22,15 +22,16 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 
 from qsift.checks.scanner_config import describe
-from qsift.config import Config, Listener
+from qsift.config import Config, ListenAddress, Listener
 from qsift.listen.admission import SessionSlots
 from qsift.listen.qmqp import QmqpSession
 from qsift.listen.shell import Listening, SessionOpener, serve_connection
 from qsift.listen.smtp import smtp_sessions
 from qsift.observe.log import logger
-from qsift.pipeline import Pipeline, build_pipeline
+from qsift.pipeline import Pipeline, build_pipeline, open_quarantine
 from qsift.serve.accept import Acceptor
 from qsift.serve.keys import SiteKeys, load_keys
+from qsift.serve.release_server import ReleaseDesk, release_socket_name, serve_release_connection
 from qsift.serve.status import SessionInfo, status_dir, write_status
 from qsift.spool import make_private_dir
 
@@ -80,6 +81,10 @@ class Daemon:
             closing.callback(shutil.rmtree, spool_dir, ignore_errors=True)
             closing.callback(self._stop_listening)
             await self._bind_all(pipeline, spool_dir)
+            if self.config.release.listen:
+                quarantine = open_quarantine(self.config)  # its pool opens at the first release
+                closing.callback(quarantine.close)
+                await self._bind_releases(ReleaseDesk(quarantine, pipeline.forwarder))
             self._ready(pipeline)
             if self.index <= 0:  # one worker says it and clears out for all
                 await self._greet_scanners(pipeline)
@@ -115,6 +120,28 @@ class Daemon:
         for slots in self.slots:
             slots.on_release += [acceptor.room_changed for acceptor in self.acceptors]
 
+    async def _bind_releases(self, desk: ReleaseDesk) -> None:
+        """The AM.PDP release sockets (serve/release_server.py), accepted from as a mail listener's."""
+        settings = self.config.release
+        for address in settings.listen:
+            serve = functools.partial(
+                serve_release_connection, desk, settings=settings, unix=address.path is not None
+            )
+
+            async def track(
+                reader: asyncio.StreamReader, writer: asyncio.StreamWriter, serve: Handler = serve
+            ) -> None:
+                task = asyncio.current_task()
+                assert task is not None
+                self.sessions.add(task)
+                try:
+                    await serve(reader, writer)
+                finally:
+                    self.sessions.discard(task)
+                    self._finished()
+
+            await self._bind_address(release_socket_name(address), address, track, lambda: True)
+
     def _ready(self, pipeline: Pipeline) -> None:
         if self.handle_signals:
             self._install_signals()
@@ -140,7 +167,8 @@ class Daemon:
 
     async def _housekeeping(self, pipeline: Pipeline) -> None:
         """Keep the durable state bounded: outcome records past the dedupe window go (they can no longer
-        answer a retry), and quarantined mail past `[quarantine] max_age_days` when that is set."""
+        answer a retry), the message log past `[store] log_days`, and quarantined mail past `[quarantine]
+        max_age_days` when that is set."""
         config = self.config
         while True:
             now = time.time()
@@ -149,6 +177,12 @@ class Daemon:
                 gone = await pipeline.outcomes.purge(now - config.dedupe_window)
                 if gone:
                     logger.info("outcome record: %d entries past the dedupe window removed", gone)
+                days = config.store.log_days
+                if days:
+                    # Shared as the record is: one node at a time.
+                    gone = await pipeline.message_log.purge(now - days * 86400)
+                    if gone:
+                        logger.info("message log: %d messages older than %d days deleted", gone, days)
                 days = config.quarantine.max_age_days
                 if days:
                     gone = await asyncio.to_thread(pipeline.quarantine.purge, now - days * 86400)
@@ -236,18 +270,22 @@ class Daemon:
         write_status(directory, self.index, self.pipeline.handled, list(self.activity.values()))
 
     async def _bind(self, listener: Listener, handler: Handler, slots: SessionSlots) -> None:
+        pipeline = self.pipeline
+        await self._bind_address(
+            listener.name, listener.address, handler, lambda: not slots.full and not pipeline.full
+        )
+
+    async def _bind_address(
+        self, name: str, address: ListenAddress, handler: Handler, has_room: Callable[[], bool]
+    ) -> None:
         loop = asyncio.get_running_loop()
         protocols = self._protocols(handler)
         if self.sockets is not None:
             # Shared with the other workers: accept only while this one has room (serve/accept.py).
-            pipeline = self.pipeline
-            acceptor = Acceptor(
-                self.sockets[listener.name], protocols, lambda: not slots.full and not pipeline.full
-            )
+            acceptor = Acceptor(self.sockets[name], protocols, has_room)
             acceptor.start()
             self.acceptors.append(acceptor)
             return
-        address = listener.address
         if address.path is not None:
             _remove_stale_socket(address.path)
             server = await loop.create_unix_server(protocols, address.path)

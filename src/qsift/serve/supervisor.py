@@ -33,13 +33,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from qsift import config as config_module
-from qsift.config import Config, Listener
+from qsift.config import Config, ListenAddress
 from qsift.errors import ConfigError, StoreUnreachable
 from qsift.observe import log, metrics
 from qsift.observe.log import logger
-from qsift.serve import privileges
+from qsift.serve import memory, privileges
 from qsift.serve.daemon import Daemon
 from qsift.serve.keys import SiteKeys, load_keys
+from qsift.serve.release_server import release_socket_name
 from qsift.serve.status import status_dir
 from qsift.store.settings import StoreSettings
 
@@ -88,7 +89,12 @@ class Supervisor:
             privileges.check_can_run(user)
         privileges.prepare_private_dirs(self.config, user)
         self.keys = load_keys(self.config, (user.uid, user.gid) if user is not None else None)
-        self.sockets = {listener.name: bind(listener) for listener in self.config.listeners}
+        self.sockets = {name: bind_address(*how) for name, how in _sockets_wanted(self.config).items()}
+        if user is not None:
+            # As amavisd-new's amavisd.sock is amavis:amavis: the group qsift runs as may release.
+            for address in self.config.release.listen:
+                if address.path is not None:
+                    os.chown(address.path, user.uid, user.gid)
         _write_pid_file(self.config)
         if user is not None:
             privileges.import_before_drop()
@@ -96,6 +102,7 @@ class Supervisor:
         if self.config.store.url:
             _check_shared_store(self.config.store)  # as the run user, who has the ~/.pgpass
         signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
+        memory.prepare_workers()
         if self.config.metrics.address:
             # After the drop (the files must be the workers'), before the first fork.
             metrics.setup(os.path.join(self.config.state_dir, "metrics"))
@@ -149,7 +156,7 @@ class Supervisor:
         config = self.config
         logger.warning(
             "qsift ready: %s; forward %s; %d worker(s), max_servers %d",
-            ", ".join(listener.name for listener in config.listeners),
+            ", ".join(_sockets_wanted(config)),
             config.forward.method,
             count,
             config.max_servers,
@@ -243,17 +250,15 @@ class Supervisor:
             return
         log.setup(new.log_level, new.syslog, threaded=False)
         old_names = set(self.sockets)
-        for listener in new.listeners:
-            if listener.name not in self.sockets:
+        wanted = _sockets_wanted(new)
+        for name, how in wanted.items():
+            if name not in self.sockets:
                 try:
-                    self.sockets[listener.name] = bind(listener)
+                    self.sockets[name] = bind_address(*how)
                 except OSError as exc:
-                    logger.error(
-                        "SIGHUP: cannot bind %s: %s; keeping the running configuration", listener.name, exc
-                    )
+                    logger.error("SIGHUP: cannot bind %s: %s; keeping the running configuration", name, exc)
                     return
-        wanted = {listener.name for listener in new.listeners}
-        for name in old_names - wanted:
+        for name in old_names - set(wanted):
             self.retired.append((self.generation, self.sockets.pop(name)))
         old = [pid for pid, worker in self.workers.items() if worker.generation == self.generation]
         self.config, self.keys = new, keys
@@ -362,9 +367,18 @@ async def _serve_metrics(address: str) -> None:
         await stop.wait()
 
 
-def bind(listener: Listener) -> socket.socket:
-    """The listening socket for `listener`, bound and listening, to be shared by the workers."""
-    address = listener.address
+def _sockets_wanted(config: Config) -> dict[str, tuple[ListenAddress, int]]:
+    """Every socket the workers share, by name: the mail listeners', then the AM.PDP release sockets."""
+    wanted = {
+        listener.name: (listener.address, listener.limits.max_sessions) for listener in config.listeners
+    }
+    for address in config.release.listen:
+        wanted[release_socket_name(address)] = (address, 16)
+    return wanted
+
+
+def bind_address(address: ListenAddress, backlog: int) -> socket.socket:
+    """A listening socket on `address`, to be shared by the workers."""
     if address.path is not None:
         with contextlib.suppress(FileNotFoundError):
             if stat.S_ISSOCK(os.stat(address.path).st_mode):
@@ -382,7 +396,7 @@ def bind(listener: Listener) -> socket.socket:
         if family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         sock.bind(where)
-    sock.listen(max(128, listener.limits.max_sessions))
+    sock.listen(max(128, backlog))
     sock.setblocking(False)
     return sock
 

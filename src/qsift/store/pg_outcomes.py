@@ -17,16 +17,11 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
-import psycopg
-import psycopg_pool
-
-from qsift.errors import StoreUnreachable
 from qsift.store.outcomes import OutcomeRecord
-from qsift.store.pg_migrate import require_version
-from qsift.store.postgres import worker_pool
-from qsift.store.settings import StoreSettings
+from qsift.store.pg_worker import WorkerDatabase
 
 if TYPE_CHECKING:
+    import psycopg
     from psycopg.rows import TupleRow
 
     Connection = psycopg.AsyncConnection[TupleRow]
@@ -40,15 +35,9 @@ _PURGE_LOCK = 0x71736F70
 class SharedOutcomes:
     """A durable map from delivery key to the answer it got, in PostgreSQL; each call one statement."""
 
-    def __init__(self, settings: StoreSettings) -> None:
-        # No check on each checkout (an empty query, a round trip per statement): a connection the server
-        # dropped fails its statement instead, and the statement goes again on the next one (_run).
-        self._pool = worker_pool(settings, check=False)
-        #: Connections that may have gone stale at once: the pool's, and one it opens meanwhile.
-        self._stale_at_most = settings.max_connections + 1
-        self._pool_started = False
-        #: The pool was opened and the schema found current.
-        self._opened = False
+    def __init__(self, database: WorkerDatabase) -> None:
+        #: This worker's pool, shared with the message log (store/pg_worker.py).
+        self._database = database
 
     async def lookup(self, keys: Sequence[str], not_before: float) -> dict[str, OutcomeRecord]:
         """The records among `keys` made at or after `not_before`."""
@@ -82,64 +71,12 @@ class SharedOutcomes:
     async def purge(self, older_than: float) -> int:
         """Forget records past the window; returns how many went (0 while another node purges)."""
 
-        async def delete(db: Connection) -> int:
-            async with db.transaction():
-                cursor = await db.execute("SELECT pg_try_advisory_xact_lock(%s)", (_PURGE_LOCK,))
-                row = await cursor.fetchone()
-                if row is None or not row[0]:
-                    return 0
-                cursor = await db.execute("DELETE FROM qsift_outcomes WHERE created < %s", (older_than,))
-                return cursor.rowcount
-
-        return await self._run(delete)
+        return await self._database.purge_alone(
+            _PURGE_LOCK, "DELETE FROM qsift_outcomes WHERE created < %s", older_than, "the record's purge"
+        )
 
     async def close(self) -> None:
-        if self._pool_started:
-            await self._pool.close()
+        await self._database.close()
 
     async def _run(self, work: Callable[[Connection], Awaitable[_T]]) -> _T:
-        """`work` on a connection from this worker's pool, opened on first use (after the fork); every
-        driver or pool failure comes out as StoreUnreachable.
-
-        After a PostgreSQL restart each pooled connection fails once; the pool discards it and `work`
-        goes again on the next, which is safe because each unit is idempotent (a lookup, an insert that
-        does nothing for a key already there, a purge whose transaction was rolled back).
-        """
-        try:
-            if not self._opened:
-                await self._open()
-            for _ in range(self._stale_at_most):
-                async with self._pool.connection() as db:
-                    try:
-                        return await work(db)
-                    except psycopg.OperationalError:
-                        if not db.broken:
-                            raise
-            async with self._pool.connection() as db:
-                return await work(db)
-        except (psycopg.OperationalError, psycopg_pool.PoolTimeout) as exc:
-            raise StoreUnreachable(f"PostgreSQL: {_first_line(exc)}") from exc
-        except psycopg.Error as exc:
-            # A refused statement (a missing privilege, a read-only standby): the record cannot be kept.
-            raise StoreUnreachable(f"PostgreSQL refused the outcome record: {_first_line(exc)}") from exc
-
-    async def _open(self) -> None:
-        """Open the pool and check the schema, once; a failure leaves both to be tried again."""
-        if not self._pool_started:
-            self._pool_started = True
-            await self._pool.open()  # connects in the background; connection() waits connect_timeout
-        async with self._pool.connection() as db:
-            cursor = await db.execute("SELECT to_regclass('qsift_schema_version') IS NOT NULL")
-            row = await cursor.fetchone()
-            version = 0
-            if row is not None and row[0]:
-                cursor = await db.execute("SELECT coalesce(max(version), 0) FROM qsift_schema_version")
-                row = await cursor.fetchone()
-                version = int(row[0]) if row is not None else 0
-        require_version(version)
-        self._opened = True
-
-
-def _first_line(exc: Exception) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0] if lines else type(exc).__name__
+        return await self._database.run(work, "the outcome record")

@@ -133,14 +133,14 @@ class SharedQuarantine:
                         [
                             (
                                 key,
-                                seqnum,
+                                _at(facts.numbers, index, index + 1),
                                 ids[maddr_email(recipient)],
-                                _flag(facts.local, seqnum - 1),
+                                _flag(facts.local, index),
                                 code,
-                                _at(facts.delivery_status, seqnum - 1, "?"),
+                                _at(facts.delivery_status, index, "?"),
                                 facts.spam_level,
                             )
-                            for seqnum, recipient in enumerate(recipients, 1)
+                            for index, recipient in enumerate(recipients)
                         ],
                     )
                     # %b: the chunks go as binary, not as twice as long hex text.
@@ -179,12 +179,14 @@ class SharedQuarantine:
                 row = found.fetchone()
                 if row is None:
                     return False
-                # amavisd-new's own release never touches msgrcpt; its front ends set rs = 'R' (§2.4).
-                seqnums = [n for n, kept in enumerate(row[0], 1) if bytes(kept) in targets]
+                # amavisd-new's own release never touches msgrcpt; its front ends set rs = 'R' (§2.4). The
+                # kept recipients' rows are found by address: their rseqnum is their place among all the
+                # message's recipients, whose rows the message log adds (store/pg_log.py).
+                released = [maddr_email(_address(kept)) for kept in row[0] if bytes(kept) in targets]
                 db.execute(
-                    "UPDATE msgrcpt SET rs = 'R' "
-                    "WHERE partition_tag = 0 AND mail_id = %s AND rseqnum = ANY(%s)",
-                    (key, seqnums),
+                    "UPDATE msgrcpt SET rs = 'R' WHERE partition_tag = 0 AND mail_id = %s AND rid IN "
+                    "(SELECT id FROM maddr WHERE partition_tag = 0 AND email = ANY(%s))",
+                    (key, released),
                 )
                 db.execute(
                     "INSERT INTO qsift_release (mail_id, recipient, released) "
@@ -258,6 +260,21 @@ class SharedQuarantine:
         rows = self._run(select, f"read {mail_id}")
         return _entry(rows[0]) if rows else None
 
+    def secret_id(self, mail_id: str) -> str:
+        """msgs.secret_id of a message qsift keeps ("" if it has none, or is not kept): what the front ends
+        read and send back in an AM.PDP release."""
+        key = check_mail_id(mail_id).encode("ascii")
+
+        def select(db: Connection) -> list[tuple[Any, ...]]:
+            return db.execute(
+                "SELECT m.secret_id FROM msgs m JOIN qsift_quarantine q ON q.mail_id = m.mail_id "
+                "WHERE m.partition_tag = 0 AND m.mail_id = %s",
+                (key,),
+            ).fetchall()
+
+        rows = self._run(select, f"read {mail_id}")
+        return bytes(rows[0][0] or b"").decode("ascii", "replace") if rows else ""
+
     def read(self, mail_id: str) -> tuple[str, tuple[str, ...], bytes]:
         """(sender, recipients, the message as it came); KeyError if it is not quarantined. The chunks
         must start with the envelope fields the index gives and add up to its size, or SpoolError."""
@@ -329,7 +346,7 @@ def _flag(values: Sequence[bool], index: int) -> str:
     return " " if index >= len(values) else "Y" if values[index] else "N"
 
 
-def _at(values: Sequence[str], index: int, default: str) -> str:
+def _at(values: Sequence[_T], index: int, default: _T) -> _T:
     return values[index] if index < len(values) else default
 
 

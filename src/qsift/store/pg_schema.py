@@ -149,6 +149,85 @@ _QSIFT_QUARANTINE = (
     """,
 )
 
+# amavisd-new's lookup tables (§1.1), read by store/pg_lookups.py and written by the site's admin or its
+# policy panel, never by qsift. `users.local` is left out as README.sql-pg leaves it out (commented): a site
+# that wants it adds it, and qsift reads it when it is there.
+_AMAVISD_LOOKUP_TABLES = (
+    """
+    CREATE TABLE IF NOT EXISTS policy (
+      id            serial PRIMARY KEY,  -- 'id' is the only required field
+      policy_name   varchar(32),         -- not used by amavisd-new or qsift, a comment
+      virus_lover           char(1) default NULL,  -- Y/N
+      spam_lover            char(1) default NULL,
+      unchecked_lover       char(1) default NULL,
+      banned_files_lover    char(1) default NULL,
+      bad_header_lover      char(1) default NULL,
+      bypass_virus_checks   char(1) default NULL,
+      bypass_spam_checks    char(1) default NULL,
+      bypass_banned_checks  char(1) default NULL,
+      bypass_header_checks  char(1) default NULL,
+      virus_quarantine_to      varchar(64) default NULL,
+      spam_quarantine_to       varchar(64) default NULL,
+      banned_quarantine_to     varchar(64) default NULL,
+      unchecked_quarantine_to  varchar(64) default NULL,
+      bad_header_quarantine_to varchar(64) default NULL,
+      clean_quarantine_to      varchar(64) default NULL,
+      archive_quarantine_to    varchar(64) default NULL,
+      spam_tag_level  real default NULL,
+      spam_tag2_level real default NULL,
+      spam_tag3_level real default NULL,
+      spam_kill_level real default NULL,
+      spam_dsn_cutoff_level        real default NULL,
+      spam_quarantine_cutoff_level real default NULL,
+      addr_extension_virus      varchar(64) default NULL,
+      addr_extension_spam       varchar(64) default NULL,
+      addr_extension_banned     varchar(64) default NULL,
+      addr_extension_bad_header varchar(64) default NULL,
+      warnvirusrecip      char(1)     default NULL,
+      warnbannedrecip     char(1)     default NULL,
+      warnbadhrecip       char(1)     default NULL,
+      newvirus_admin      varchar(64) default NULL,
+      virus_admin         varchar(64) default NULL,
+      banned_admin        varchar(64) default NULL,
+      bad_header_admin    varchar(64) default NULL,
+      spam_admin          varchar(64) default NULL,
+      spam_subject_tag    varchar(64) default NULL,
+      spam_subject_tag2   varchar(64) default NULL,
+      spam_subject_tag3   varchar(64) default NULL,
+      message_size_limit  integer     default NULL,  -- bytes, 0: no limit
+      banned_rulenames    varchar(64) default NULL,
+      disclaimer_options  varchar(64) default NULL,
+      forward_method      varchar(64) default NULL,
+      sa_userconf         varchar(64) default NULL,
+      sa_username         varchar(64) default NULL
+    )
+    """,
+    """
+    CREATE TABLE IF NOT EXISTS users (
+      id         serial  PRIMARY KEY,
+      priority   integer NOT NULL DEFAULT 7,  -- higher wins
+      policy_id  integer NOT NULL DEFAULT 1 CHECK (policy_id >= 0) REFERENCES policy(id),
+      email      bytea   NOT NULL UNIQUE,     -- a lookup key: user+ext@dom, user@dom, @dom, @.dom, @.
+      fullname   varchar(255) DEFAULT NULL    -- not used
+    )
+    """,
+    """
+    CREATE TABLE IF NOT EXISTS mailaddr (
+      id         serial  PRIMARY KEY,
+      priority   integer NOT NULL DEFAULT 9,  -- higher wins
+      email      bytea   NOT NULL UNIQUE      -- a sender key: user@dom, @dom, @.dom, @.
+    )
+    """,
+    """
+    CREATE TABLE IF NOT EXISTS wblist (
+      rid        integer NOT NULL CHECK (rid >= 0) REFERENCES users(id),
+      sid        integer NOT NULL CHECK (sid >= 0) REFERENCES mailaddr(id),
+      wb         varchar(10) NOT NULL,  -- W or Y / B or N / space: neutral / a score
+      PRIMARY KEY (rid,sid)
+    )
+    """,
+)
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         1,
@@ -156,6 +235,7 @@ MIGRATIONS: tuple[Migration, ...] = (
         _QSIFT_TABLES + _AMAVISD_TABLES,
     ),
     Migration(2, "qsift_quarantine and qsift_release, the shared quarantine's own facts", _QSIFT_QUARANTINE),
+    Migration(3, "amavisd-new's lookup tables policy, users, mailaddr and wblist", _AMAVISD_LOOKUP_TABLES),
 )
 
 LATEST = MIGRATIONS[-1].version

@@ -8,10 +8,12 @@ answers is `qsift store init`'s business.
 
 from __future__ import annotations
 
+from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlsplit
 
-from qsift.declare import COUNT, setting
+from qsift.declare import COUNT, INTEGER, setting
 
 SCHEMES = ("postgresql", "postgres")
 
@@ -48,7 +50,8 @@ def database_url(url: str) -> str:
 
 @dataclass(frozen=True)
 class StoreSettings:
-    """`[store]`: the shared state of several filter nodes (the outcome record and the quarantine)."""
+    """`[store]`: the shared state of several filter nodes (the outcome record, the quarantine, the
+    message log)."""
 
     url: str = setting(
         "",
@@ -56,7 +59,8 @@ class StoreSettings:
         '"postgresql:///DB?host=/run/postgresql"); the password goes in ~/.pgpass. Empty: SQLite files '
         "under state_dir, nothing shared (one node needs nothing else). `qsift store init` creates its "
         "tables, amavisd-new's among them. The outcome record and the quarantine (in amavisd-new's msgs, "
-        "msgrcpt, maddr and quarantine tables) are then shared by every node (docs/cluster.md).",
+        "msgrcpt, maddr and quarantine tables) are then shared by every node, and every message is "
+        "logged in msgs and msgrcpt (docs/cluster.md).",
         parse=database_url,
     )
     max_connections: int = setting(
@@ -65,3 +69,28 @@ class StoreSettings:
     connect_timeout: float = setting(
         10.0, "How long a new connection to PostgreSQL may take before the attempt fails, in seconds."
     )
+    log_days: int = setting(
+        21,
+        "Every message's msgs and msgrcpt rows (amavisd-new's message log, which pen pals and the front "
+        "ends' mail views read) are deleted when older than this many days, hourly, by one node; rows of "
+        "messages still quarantined stay until the quarantine lets them go. 0 keeps them for ever (then "
+        "purge them from cron, README.sql-pg). 21 is README.sql-pg's three weeks.",
+        kind=INTEGER,
+    )
+    sql_lookups: bool = setting(
+        False,
+        "Read per-recipient settings (amavisd-new's users and policy tables) and sender allow/block lists "
+        "(mailaddr and wblist) from the database at `url`, before the TOML's (docs/cluster.md). A lookup "
+        "that fails answers try later (Z / 451).",
+    )
+    sql_lookup_ttl: float = setting(
+        60.0,
+        "How long each worker keeps what a lookup found (per recipient, and per recipient and sender), in "
+        "seconds: a change in the tables reaches every node within this time.",
+    )
+
+    @staticmethod
+    def config_rules(values: Mapping[str, Any], written: Collection[str]) -> Iterator[tuple[tuple[str], str]]:
+        """SQL lookups need the database they read."""
+        if values.get("sql_lookups") and not values.get("url"):
+            yield ("sql_lookups",), "needs [store] url: the lookup tables are in that database"

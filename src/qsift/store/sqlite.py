@@ -12,6 +12,10 @@ from typing import Literal
 #: How long a connection waits for another process's lock (SQLite's busy timeout), in seconds.
 LOCK_WAIT = 30.0
 _RETRY_PAUSE = 0.05
+#: SQLite's page cache per connection, KiB. Its default, 2 MiB, filled up in every worker once the outcome
+#: record passed 2 MiB (about 10,000 messages) and stayed so; the workers' commits invalidate each other's
+#: caches anyway, and a key lookup reads three or four pages (docs/benchmarks.md, memory).
+_CACHE_KIB = 256
 
 
 def open_shared(path: str, synchronous: Literal["NORMAL", "FULL"]) -> sqlite3.Connection:
@@ -21,6 +25,7 @@ def open_shared(path: str, synchronous: Literal["NORMAL", "FULL"]) -> sqlite3.Co
     try:
         _write_ahead(db)
         db.execute(f"PRAGMA synchronous={synchronous}")
+        db.execute(f"PRAGMA cache_size=-{_CACHE_KIB}")
     except BaseException:
         db.close()
         raise

@@ -14,7 +14,9 @@ The order kept, each step a rule whose breach costs mail:
 - No recipient accepted: RSET, after an empty message should a pipelined DATA have been answered 354.
   DATA refused: RSET. Otherwise the body, then one final reply (SMTP), or one per accepted recipient in
   RCPT order (LMTP, RFC 2033 §4.2).
-- QUIT, once every recipient is answered.
+- QUIT, once every recipient is answered; or, for a session the forwarder keeps for the next message,
+  nothing: a session it takes up again (`greeted`) starts at the next transaction, its server's
+  extensions known from the EHLO that opened it.
 
 The dialogue is a generator: the order reads top to bottom as in the RFCs, and where it stands is its
 state. An answer it must make itself (a refused greeting, an address no command line can carry) is a
@@ -127,7 +129,11 @@ class SmtpClientDialogue:
         helo_name: str,
         where: str,
         max_recipients_per_transaction: int = 1000,
+        greeted: Capabilities | None = None,
+        quit: bool = True,
     ) -> None:
+        """`greeted`: the session is one kept from an earlier message, past its greeting and EHLO, with
+        these extensions. `quit`: end with QUIT; without it a session that went well stays open."""
         self._envelope = envelope
         self._size = size
         self._lmtp = lmtp
@@ -135,7 +141,11 @@ class SmtpClientDialogue:
         #: The downstream as configured ("smtp:[127.0.0.1]:10025"), named in every answer it caused.
         self._where = where
         self._per_transaction = max(1, max_recipients_per_transaction)
-        self._caps = Capabilities.basic()
+        self._greeted = greeted is not None
+        self._caps = greeted or Capabilities.basic()
+        self._quit = quit
+        #: The session went to its end without a refusal of the session or an abort.
+        self._whole = False
         self._results: dict[int, Reply] = {}
         #: The recipients refused here, unasked, because no command line can carry their address.
         self._refused_here: set[int] = set()
@@ -170,6 +180,17 @@ class SmtpClientDialogue:
         self._event = Done()
         self._answer_the_rest(reply)
 
+    @property
+    def capabilities(self) -> Capabilities:
+        """The server's extensions as known now (XFORWARD dropped once the server refused it)."""
+        return self._caps
+
+    @property
+    def reusable(self) -> bool:
+        """Done without QUIT, and nothing went wrong with the session itself: it may carry another
+        message (after an RSET to check it is still there)."""
+        return self._whole and not self._quit
+
     def per_recipient(self) -> tuple[RecipientResult, ...]:
         """Each recipient's answer in envelope order; complete once Done came."""
         return tuple(
@@ -180,7 +201,7 @@ class SmtpClientDialogue:
     # --- the session ----------------------------------------------------------------------------------
 
     def _session(self) -> _Steps[None]:
-        refusal = yield from self._greeting_and_hello()
+        refusal = None if self._greeted else (yield from self._greeting_and_hello())
         if refusal is not None:
             self._answer_the_rest(refusal)
             return
@@ -189,8 +210,10 @@ class SmtpClientDialogue:
             batch, rest = pending[: self._per_transaction], pending[self._per_transaction :]
             deferred = yield from self._transaction(batch)
             pending = deferred + rest
-        yield Send(QUIT, Wait.GOODBYE)
-        yield from self._await("QUIT", Wait.GOODBYE)
+        self._whole = True
+        if self._quit:
+            yield Send(QUIT, Wait.GOODBYE)
+            yield from self._await("QUIT", Wait.GOODBYE)
 
     def _await(self, waiting_for: str, wait: Wait = Wait.COMMAND) -> _Steps[SmtpReply]:
         reply = yield AwaitReply(waiting_for, wait)

@@ -22,6 +22,9 @@ class Notifier:
         self.sent += 1
         return ForwardResult(self.method, ())
 
+    def close(self) -> None:
+        pass
+
 
 async def test_a_sender_nothing_can_be_sent_to_is_suppressed_not_raised() -> None:
     notifier = Notifier()

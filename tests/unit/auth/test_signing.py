@@ -4,14 +4,18 @@ in every line-end form the forward methods send."""
 from __future__ import annotations
 
 import base64
+import email.utils
 import re
 
 import dkim
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from qsift import config
 from qsift.auth.dkim_keys import PrivateKey, parse_private_key
 from qsift.auth.signing import (
+    PLAIN_FROM,
     DkimSigner,
     SigningKey,
     author_domain,
@@ -113,6 +117,16 @@ def test_header_names_sign_each_instance_and_oversign() -> None:
 )
 def test_author_domain(text: bytes, at: str) -> None:
     assert author_domain([[b"From", b" " + text + b"\r\n"]]) == (at, "")
+
+
+@settings(max_examples=300)
+@given(st.from_regex(PLAIN_FROM, fullmatch=True) | st.binary(max_size=40))
+def test_plain_from_values_are_read_as_the_full_parser_reads_them(value: bytes) -> None:
+    found = author_domain([[b"From", value]])
+    text = value.decode("utf-8", "replace")
+    addresses = [address for _, address in email.utils.getaddresses([text]) if "@" in address]
+    domains = {address.rpartition("@")[2].strip().rstrip(".").lower() for address in addresses} - {""}
+    assert found[0] == (domains.pop() if len(domains) == 1 else None)
 
 
 @pytest.mark.parametrize(

@@ -8,6 +8,7 @@ import email.policy
 import io
 import os
 import quopri
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -898,6 +899,31 @@ def test_property_decoded_leaves_equal_the_payloads(parts: list[tuple[int, bytes
             if _PART_TYPES[choice][0] == "text" and b"\r" not in payload:
                 text = payload.decode("latin-1")
                 assert body.decode("utf-8") == (text if text.endswith("\n") else text + "\n")
+
+
+_BODY_FRAGMENTS = [b"\n", b"\r\n", b"\r", b" ", b"\t", b"-", b"--b", b"--b--", b"--bx", b"QUJD", b"text"]
+_LINE_END = re.compile(rb"[^\r\n]*(?:\r\n|\r|\n)|[^\r\n]+")
+
+
+def _body_line_by_line(text: bytes) -> bytes:
+    """The part body RFC 2046 gives `text` (a part's content, then more), taking each line on its own."""
+    lines: list[bytes] = _LINE_END.findall(text)
+    ended = next(i for i, line in enumerate(lines) if line.rstrip(b" \t\r\n") in (b"--b", b"--b--"))
+    body = b"".join(lines[:ended])
+    return body[:-2] if body.endswith(b"\r\n") else body[:-1]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    body=st.lists(st.sampled_from(_BODY_FRAGMENTS), max_size=80).map(b"".join),
+    cte=st.sampled_from([b"7bit", b"binary", b"8bit"]),
+)
+def test_property_a_body_read_in_runs_of_lines_is_the_body_line_by_line(body: bytes, cte: bytes) -> None:
+    # The reader takes lines that cannot be delimiters several at a time; what a part holds must not
+    # depend on it: dashes, bare CRs and CR LF anywhere, a delimiter after any of them.
+    text = body + b"\n--b--\n"
+    message = b"Content-Type: multipart/mixed; boundary=b\n\n--b\nContent-Transfer-Encoding: %s\n\n" % cte
+    assert record(message + text).leaves[0].body == _body_line_by_line(text)
 
 
 _FRAGMENTS = [

@@ -22,7 +22,7 @@ from qsift.model import Answer, Category, Disposition, Envelope, Outcome, Recipi
 from qsift.pipeline import Pipeline, build_pipeline
 from qsift.pipeline.blocked import NoBounces, NoNotices, NoQuarantine
 from qsift.pipeline.checking import NoChecks
-from qsift.pipeline.parts import NoOutcomeRecord
+from qsift.pipeline.parts import NoMessageLog, NoOutcomeRecord
 from qsift.spool import MessageSpool
 from tests.fakes.mta import FakeMta, fake_mta
 from tests.harness import free_port
@@ -90,6 +90,7 @@ async def test_a_clean_message_goes_downstream_and_a_retry_is_not_delivered_twic
     assert retry.disposition is Disposition.DUPLICATE, retry
     assert [d.recipients for d in site.mta.accepted] == [[b"bob@example.net", b"carol@example.net"]]
     assert site.pipeline.handled == 2
+    assert isinstance(site.pipeline.message_log, NoMessageLog)  # a single node keeps none
 
 
 async def test_a_banned_message_is_kept_bounced_and_never_forwarded(site: Site, tmp_path: Path) -> None:
@@ -111,6 +112,7 @@ async def test_without_durable_state_nothing_is_kept_or_remembered(tmp_path: Pat
         pipeline = build_pipeline(loads(_config(tmp_path, mta.port)), durable=False)
         assert isinstance(pipeline.outcomes, NoOutcomeRecord)
         assert isinstance(pipeline.quarantine, NoQuarantine)
+        assert isinstance(pipeline.message_log, NoMessageLog)
         site = Site(pipeline, mta, tmp_path / "dsn")
         try:
             assert (await site.send(_message())).disposition is Disposition.PASSED

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Iterable
 from dataclasses import replace
 
 from qsift.auth.settings import SigningSwitches
@@ -54,20 +55,20 @@ async def test_a_large_copy_is_signed_off_the_loop_all_the_same() -> None:
 
 
 async def test_large_copies_take_turns() -> None:
-    """A large copy is signed whole in memory (dkimpy copies it several times): one at a time."""
+    """A large copy is signed in a thread, one at a time."""
     signing = 0
     most: list[int] = []
 
     class Counted:
         has_keys = True
 
-        def sign(self, message: bytes) -> Signed:
+        def sign_chunks(self, chunks: Iterable[bytes]) -> Signed:
             nonlocal signing
             signing += 1
             most.append(signing)
             time.sleep(0.05)
             signing -= 1
-            return SIGNER.sign(message)
+            return SIGNER.sign_chunks(chunks)
 
     large = turns()
     big = MESSAGE + (b"x" * 76 + b"\n") * 4000

@@ -61,3 +61,14 @@ def test_pool_settings_are_checked(text: str, complaint: str) -> None:
     with pytest.raises(ConfigError, match=r".*") as caught:
         config.loads(f"[store]\n{text}\n")
     assert complaint in str(caught.value)
+
+
+def test_sql_lookups_are_off_by_default_and_need_the_url() -> None:
+    store = config.from_mapping({}).store
+    assert (store.sql_lookups, store.sql_lookup_ttl) == (False, 60.0)
+    with pytest.raises(ConfigError, match=r"\[store\] sql_lookups: needs \[store\] url"):
+        config.from_mapping({"store": {"sql_lookups": True}})
+    with pytest.raises(ConfigError, match=r"sql_lookup_ttl: must be a number of seconds > 0"):
+        config.from_mapping({"store": {"url": "postgresql:///mail", "sql_lookup_ttl": 0}})
+    on = config.from_mapping({"store": {"url": "postgresql:///mail", "sql_lookups": True}}).store
+    assert on.sql_lookups

@@ -731,3 +731,60 @@ def test_the_session_over_is_done_for_good() -> None:
     dialogue.receive_reply(reply("421 4.3.2 busy"))
     assert dialogue.next_event() == d.Done() and dialogue.next_event() == d.Done()
     assert answers(dialogue) == ["Z451 4.3.2"]
+
+
+def run(dialogue: d.SmtpClientDialogue, server: list[str]) -> list[str]:
+    """Play `server`'s replies; what the dialogue did, as play() writes it."""
+    replies = iter(server)
+    transcript: list[str] = []
+    while not isinstance(event := dialogue.next_event(), d.Done):
+        if isinstance(event, d.AwaitReply):
+            said = next(replies)
+            transcript.append(f"S: {said}")
+            dialogue.receive_reply(reply(said))
+        else:
+            transcript.append(describe(event))
+    return transcript
+
+
+def test_a_session_kept_for_the_next_message_ends_without_quit_and_is_reusable() -> None:
+    envelope = Envelope("a@x.org", (Recipient("b@y.net"),))
+    dialogue = d.SmtpClientDialogue(
+        envelope, size=SIZE, lmtp=False, helo_name="qsift.test", where=WHERE, quit=False
+    )
+    transcript = run(dialogue, ["220 mx.test", EHLO_PIPELINING, "250 ok", "250 ok", "354 go", "250 2.0.0 Q1"])
+    assert transcript[-2:] == ["S: 250 2.0.0 Q1", "-- taken: b@y.net"]
+    assert dialogue.reusable and dialogue.capabilities.pipelining
+    # Taken up again: no greeting, no EHLO, the extensions as that EHLO gave them.
+    again = d.SmtpClientDialogue(
+        envelope,
+        size=SIZE,
+        lmtp=False,
+        helo_name="qsift.test",
+        where=WHERE,
+        greeted=dialogue.capabilities,
+        quit=False,
+    )
+    transcript = run(again, ["250 ok", "250 ok", "354 go", "250 2.0.0 Q2"])
+    assert transcript[0] == f"C: {MAIL} | RCPT TO:<b@y.net> | DATA"
+    assert answers(again) == ["K250 2.0.0"] and again.reusable
+
+
+def test_a_session_refused_aborted_or_ended_with_quit_is_not_reusable() -> None:
+    envelope = Envelope("a@x.org", (Recipient("b@y.net"),))
+
+    def dialogue(quit: bool = False) -> d.SmtpClientDialogue:
+        return d.SmtpClientDialogue(
+            envelope, size=SIZE, lmtp=False, helo_name="qsift.test", where=WHERE, quit=quit
+        )
+
+    refused = dialogue()
+    run(refused, ["421 4.3.2 busy"])
+    assert not refused.reusable
+    aborted = dialogue()
+    assert aborted.next_event() == d.AwaitReply("the greeting")
+    aborted.abort(Row.DOWNSTREAM_TROUBLE.relay(451, "4.4.2", text="connection lost", where=WHERE))
+    assert not aborted.reusable
+    quitting = dialogue(quit=True)
+    run(quitting, ["220 mx.test", EHLO_PIPELINING, "250 ok", "250 ok", "354 go", "250 2.0.0 Q1", "221 bye"])
+    assert not quitting.reusable
