@@ -3,10 +3,11 @@
     with running_postgres() as server:
         url = server.create_database("mail")     # postgresql://postgres@127.0.0.1:PORT/mail
 
-initdb makes the cluster (trust authentication, superuser `postgres`, fsync off: it is thrown away), pg_ctl
-starts it and waits until it accepts connections, and the block's end stops it and removes the directory
-(reference: amavisd-sql.md §7). initdb refuses to run as root, so as root both run as the unprivileged
-`postgres` user Debian's package creates (`nobody` without it), which is handed the directory.
+initdb makes the cluster (trust authentication, superuser `postgres`, fsync off: it is thrown away, unless
+`settings` turn it on, as bench/cluster.py does for production-like figures), pg_ctl starts it and waits
+until it accepts connections, and the block's end stops it and removes the directory (reference:
+amavisd-sql.md §7). initdb refuses to run as root, so as root both run as the unprivileged `postgres` user
+Debian's package creates (`nobody` without it), which is handed the directory.
 pytest.skip is raised when Debian's postgresql package is not installed.
 """
 
@@ -37,6 +38,8 @@ class PostgresServer:
     port: int
     bin_dir: Path
     user: str | None
+    #: More `name=value` server settings, after the defaults (a later -c wins): `fsync=on`, ...
+    settings: tuple[str, ...] = ()
 
     @property
     def socket_dir(self) -> str:
@@ -61,10 +64,15 @@ class PostgresServer:
 
     def start(self) -> None:
         options = f"-k {self.directory} -p {self.port} -c listen_addresses=127.0.0.1 -c fsync=off"
+        options += "".join(f" -c {setting}" for setting in self.settings)
         self.pg_ctl("-l", str(self.directory / "server.log"), "-w", "-o", options, "start")
 
     def stop(self) -> None:
         self.pg_ctl("-m", "fast", "-w", "stop")
+
+    def postmaster_pid(self) -> int:
+        """The server's main process, parent of every backend (first line of postmaster.pid)."""
+        return int((self.directory / "data" / "postmaster.pid").read_text().split()[0])
 
 
 def bin_dir() -> Path | None:
@@ -77,13 +85,14 @@ def bin_dir() -> Path | None:
 
 
 @contextlib.contextmanager
-def running_postgres() -> Iterator[PostgresServer]:
-    """A private cluster, started, until the block ends; then stopped and removed."""
+def running_postgres(settings: tuple[str, ...] = ()) -> Iterator[PostgresServer]:
+    """A private cluster, started, until the block ends; then stopped and removed. `settings` are more
+    `name=value` server settings (`fsync=on`)."""
     binaries = bin_dir()
     if binaries is None:
         pytest.skip("PostgreSQL's initdb is not installed (apt-get install postgresql)")
     directory = Path(tempfile.mkdtemp(prefix="qsift-pg-"))
-    server = PostgresServer(directory, _free_port(), binaries, _unprivileged_user(directory))
+    server = PostgresServer(directory, _free_port(), binaries, _unprivileged_user(directory), settings)
     try:
         _run(server, "initdb", "-D", str(directory / "data"), "-U", "postgres", "-A", "trust")
         server.start()

@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 
 from qsift.setup import postfix as setup_postfix
-from tests.fakes.mta import FakeMta, fake_mta
+from tests.fakes.mta import FakeMta, Script, fake_mta
 from tests.harness import free_port, running_daemon
 from tests.integration.test_destinies import banned_message
 
@@ -52,7 +52,7 @@ class Postfix:
         self.smtpd_port = smtpd_port
         self.sink_port = sink_port
 
-    def write_config(self, qsift_port: int, reinject_port: int) -> None:
+    def write_config(self, qsift_port: int, reinject_port: int, content_filter: str | None = None) -> None:
         for name in ("conf", "queue", "data", "snippets"):
             (self.base / name).mkdir()
         shutil.chown(self.base / "data", "postfix")
@@ -83,6 +83,8 @@ class Postfix:
             master.write((snippets / "master.cf.qsift").read_text())
         with (self.conf / "main.cf").open("a") as main:
             main.write((snippets / "main.cf.qsift").read_text())
+            if content_filter is not None:  # a later line wins
+                main.write(f"content_filter = {content_filter}\n")
 
     def _master_cf(self) -> str:
         """Debian's master.cf without chroot (nothing is copied into the queue directory here) and with
@@ -119,10 +121,15 @@ class Postfix:
 
 @contextlib.contextmanager
 def running_postfix(
-    base: Path, smtpd_port: int, sink_port: int, qsift_port: int, reinject_port: int
+    base: Path,
+    smtpd_port: int,
+    sink_port: int,
+    qsift_port: int,
+    reinject_port: int,
+    content_filter: str | None = None,
 ) -> Iterator[Postfix]:
     postfix = Postfix(base, smtpd_port, sink_port)
-    postfix.write_config(qsift_port, reinject_port)
+    postfix.write_config(qsift_port, reinject_port, content_filter)
     checked = postfix.command("check")
     assert checked.returncode == 0, checked.stderr + postfix.log_text()
     started = postfix.command("start")
@@ -201,5 +208,39 @@ async def test_mail_goes_through_postfix_and_qsift_and_both_logs_agree(
                 dsn = sink.deliveries[-1]
                 assert dsn.sender == b"" and dsn.recipients == [b"alice@example.org"], dsn
                 assert b"BANNED" in dsn.body
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+async def test_a_content_filter_naming_two_nodes_goes_on_to_the_second_in_the_same_attempt() -> None:
+    """Several filter nodes behind Postfix (docs/cluster.md): Postfix 3.5 and later take a list of next
+    hops, tried in order. The first node answers the dot with 451, as a qsift node whose PostgreSQL is
+    down does; Postfix hands the message to the second at once, and it is delivered once."""
+    base = Path(tempfile.mkdtemp(prefix="qsift-postfix-", dir="/tmp"))
+    base.chmod(0o755)
+    smtpd_port, qsift_port, reinject_port = free_port(), free_port(), free_port()
+    (base / "qsift").mkdir()
+    refusing = Script(final_reply="451 4.3.0 id=x - cannot read the shared outcome record: PostgreSQL down")
+    try:
+        async with (
+            fake_mta(refusing) as first,
+            fake_mta() as sink,
+            running_daemon(
+                base / "qsift",
+                f"smtp:[127.0.0.1]:{reinject_port}",
+                protocols=("smtp",),
+                listen_extra=listener_from_setup(qsift_port),
+            ),
+        ):
+            hops = f"qsift:[127.0.0.1]:{first.port}, [127.0.0.1]:{qsift_port}"
+            with running_postfix(base, smtpd_port, sink.port, qsift_port, reinject_port, hops) as postfix:
+                await asyncio.to_thread(submit, smtpd_port, CLEAN, "alice@example.org", "bob@example.net")
+                await delivered(sink, 1)
+                postfix.wait_for_log(r"postfix/qsift/smtp\[\d+\]: \w+: host \S+ said: 451 4\.3\.0")
+                postfix.wait_for_log(
+                    rf"postfix/qsift/smtp\[\d+\]: \w+: .*relay=\S+:{qsift_port}, .*status=sent"
+                )
+        assert len(first.accepted) == 0 and len(sink.accepted) == 1
+        assert b"X-Qsift-Scanned:" in sink.accepted[0].body
     finally:
         shutil.rmtree(base, ignore_errors=True)

@@ -91,11 +91,10 @@ def _magic() -> magic.Magic:
     # One handle per process, not one per decoding thread: each handle maps libmagic's whole database
     # (8 MB), which counts in the RSS once per handle; six threads made 47 MiB of a worker's RSS
     # (docs/benchmarks.md, memory). python-magic serialises the calls on a handle with its own lock.
-    if not _handle:
-        with _loading:
-            if not _handle:
-                _handle.append(magic.Magic())
-    return _handle[0]
+    with _loading:
+        if not _handle:
+            _handle.append(magic.Magic())
+        return _handle[0]
 
 
 def load_database() -> None:

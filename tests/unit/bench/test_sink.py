@@ -66,8 +66,8 @@ class RecordingTransport(asyncio.Transport):
         self.closed = True
 
 
-def fed(pieces: list[bytes]) -> tuple[Counter, RecordingTransport]:
-    counter = Counter()
+def fed(pieces: list[bytes], *, ids: bool = False, tally: bool = False) -> tuple[Counter, RecordingTransport]:
+    counter = Counter(ids=ids, tally=tally)
     session, transport = SinkSession(counter), RecordingTransport()
     session.connection_made(transport)
     for piece in pieces:
@@ -121,23 +121,54 @@ async def test_qsift_forward_is_counted_once(sink: tuple[Counter, int]) -> None:
     assert counter.messages == 1
 
 
-async def test_a_tallying_sink_counts_each_mark_once_per_header_however_it_is_split() -> None:
-    counter = Counter(tally=True)
-    server = await listen(counter)
-    port = server.sockets[0].getsockname()[1]
-    infected = b"X-Qsift-Alert: INFECTED, message contains virus: Eicar\r\nX-Spam-Flag: YES\r\n"
+def stamped_content(name: bytes) -> bytes:
+    """A message as qsift forwards it: its own fields first, the bench's X-Bench-Id under them."""
+    return b"X-Qsift-Scanned: yes\r\nX-Bench-Id: " + name + b" (corpus/a)\r\n" + CONTENT
+
+
+@pytest.mark.parametrize("size", [1, 3, 5, 17, 4096])
+def test_each_message_s_bench_id_is_noted_however_the_bytes_arrive(size: int) -> None:
+    session = (
+        b"EHLO c\r\n"
+        + TRANSACTION
+        + stamped_content(b"run-1")
+        + TRANSACTION
+        + stamped_content(b"run-22")
+        + TRANSACTION
+        + b".\r\n"
+        + b"QUIT\r\n"
+    )
+    counter, _ = fed([session[i : i + size] for i in range(0, len(session), size)], ids=True)
+    assert counter.messages == 3
+    assert counter.ids == [b"run-1", b"run-22", b"?"]  # the empty message has none
+
+
+def test_ids_are_not_kept_unless_asked_for() -> None:
+    counter, _ = fed([b"HELO c\r\n" + TRANSACTION + stamped_content(b"run-1") + b"QUIT\r\n"])
+    assert (counter.messages, counter.ids) == (1, None)
+
+
+@pytest.mark.parametrize("size", [1, 3, 17, 4096])
+def test_a_tallying_sink_counts_each_mark_once_per_header_however_the_bytes_arrive(size: int) -> None:
+    alerts = b"X-Qsift-Alert: INFECTED, message contains virus: Eicar\r\nX-Spam-Flag: YES\r\n"
     body_mark = b"\r\n\r\nX-Spam-Flag: YES in the body is not counted\r\n.\r\n"
-    try:
-        data = await exchange(
-            port,
-            [
-                b"EHLO c\r\n" + TRANSACTION + infected[:20],
-                infected[20:] + b"Subject: s" + body_mark,
-                TRANSACTION + b"Subject: clean" + body_mark + b"QUIT\r\n",
-            ],
-        )
-    finally:
-        server.close()
-    assert replies(data)[-1] == b"221"
-    assert counter.messages == 2
+    session = (
+        b"EHLO c\r\n"
+        + TRANSACTION
+        + alerts
+        + b"X-Bench-Id: run-1 (corpus/a)\r\nSubject: s"
+        + body_mark
+        + TRANSACTION
+        + b"Subject: clean"
+        + body_mark
+        + TRANSACTION
+        + b".\r\n"
+        + b"QUIT\r\n"
+    )
+    counter, transport = fed(
+        [session[i : i + size] for i in range(0, len(session), size)], ids=True, tally=True
+    )
+    assert replies(transport.written)[-1] == b"221"
+    assert counter.messages == 3
     assert counter.marks == {"virus": 1, "banned": 0, "spam": 1}
+    assert counter.ids == [b"run-1", b"?", b"?"]

@@ -259,3 +259,13 @@ def test_threads_share_one_libmagic_handle() -> None:
         thread.join()
     assert all(handle is main for handle in handles)
     assert sorted(results) == sorted(detect(sample) for sample in samples)
+
+
+def test_the_database_loaded_ahead_is_the_handle_detection_uses(monkeypatch: pytest.MonkeyPatch) -> None:
+    # `qsift serve`'s parent loads it before the fork (serve/memory.py), so no worker loads its own.
+    monkeypatch.setattr(filetype, "_handle", [])
+    filetype.load_database()
+    loaded = filetype._handle[:]
+    assert len(loaded) == 1
+    assert detect(b"%PDF-1.4\n" + b"x" * 100)[0] == "pdf"
+    assert filetype._handle == loaded
