@@ -156,6 +156,27 @@ async def test_no_recipient_means_the_blocked_ones_and_a_second_release_sends_no
     assert released_to(store_url, mail_id) == [(b"bob@example.net", "R"), (b"carol@example.net", "R")]
 
 
+async def test_two_nodes_asked_at_once_release_the_message_once(tmp_path: Path, store_url: str) -> None:
+    # Two front ends (or a double click balanced over two nodes): without the release lock both nodes
+    # read "not released yet" and both send it. Each downstream takes a second over the dot, so the two
+    # releases overlap unless one waits for the other.
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    async with node(tmp_path / "a", store_url) as a, node(tmp_path / "b", store_url) as b:
+        mail_id, secret = await a.quarantine()
+        a.mta.script.final_delay = b.mta.script.final_delay = 1.0
+        replies = await asyncio.gather(
+            a.ask(release_request(mail_id, secret, "carol@example.net")),
+            b.ask(release_request(mail_id, secret, "carol@example.net")),
+        )
+        deliveries = a.mta.deliveries + b.mta.deliveries
+    assert [d.recipients for d in deliveries] == [[b"carol@example.net"]]
+    said = sorted(decode_text(r).splitlines()[0] for r in replies)
+    assert said[0] == f"setreply=250 2.0.0 Ok, id={mail_id} released to <carol@example.net> earlier", said
+    assert said[1].startswith(f"setreply=250 2.0.0 Ok, id={mail_id} released to <carol@example.net>: 250")
+    assert rows(store_url, "SELECT count(*) FROM qsift_release") == [(1,)]
+
+
 async def test_refusals_are_amavisd_news_failure_reply_and_deliver_nothing(
     tmp_path: Path, store_url: str
 ) -> None:
@@ -262,7 +283,8 @@ async def test_postgresql_down_is_a_failure_reply(
         finally:
             await asyncio.to_thread(postgres.start)  # the module's cluster is shared
         assert n.mta.deliveries == []
-    assert reply.startswith(f"Failure: cannot read {mail_id} in PostgreSQL"), reply
+    # The release lock is the first thing a release asks of PostgreSQL.
+    assert reply.startswith("Failure: cannot lock the release in PostgreSQL"), reply
 
 
 # --- Debian's amavisd-release -------------------------------------------------------------------------

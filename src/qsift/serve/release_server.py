@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import ipaddress
 import re
 import secrets
@@ -34,7 +35,7 @@ from qsift.model import Answer, single_line
 from qsift.observe.log import logger
 from qsift.policy.bank import Network
 from qsift.release import Released, release_quarantined
-from qsift.store.quarantine import QuarantineStore
+from qsift.store.quarantine import QuarantineStore, ReleaseLock
 from qsift.wire.ampdp import AmpdpError, Request, RequestReader, SetReply, encode_reply
 
 #: amavisd-new's own check of a requested mail_id (In/AMPDP.pm).
@@ -154,6 +155,22 @@ class ReleaseDesk:
             raise Refused(f"Secret_id does not match mail_id {order.mail_id}")
 
     async def _release(self, order: ReleaseOrder, client: str) -> bytes:
+        """Release under the message's release lock, so that what was released already is read and the
+        rest is sent by one release at a time, on any worker or node sharing the quarantine."""
+        lock = self.quarantine.release_lock(order.mail_id)
+        acquiring = asyncio.ensure_future(asyncio.to_thread(lock.acquire))
+        try:
+            await asyncio.shield(acquiring)
+        except asyncio.CancelledError:
+            # The thread may still get the lock: let it go the moment it does.
+            acquiring.add_done_callback(functools.partial(_let_go_if_taken, lock))
+            raise
+        try:
+            return await self._release_held(order, client)
+        finally:
+            await asyncio.to_thread(lock.release)
+
+    async def _release_held(self, order: ReleaseOrder, client: str) -> bytes:
         try:
             entry = await asyncio.to_thread(self.quarantine.get, order.mail_id)
         except ValueError:
@@ -176,6 +193,11 @@ class ReleaseDesk:
             raise Refused(f"no quarantined message {order.mail_id}") from None
         _log(order, client, released)
         return encode_reply([*_replies(order.mail_id, released), *earlier])
+
+
+def _let_go_if_taken(lock: ReleaseLock, acquiring: asyncio.Future[None]) -> None:
+    if not acquiring.cancelled() and acquiring.exception() is None:
+        lock.release()
 
 
 def _replies(mail_id: str, released: Released) -> list[SetReply]:

@@ -18,6 +18,8 @@ lost). Every failure is StoreUnreachable, a SpoolError, which the pipeline answe
 from __future__ import annotations
 
 import datetime
+import hashlib
+import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -38,7 +40,14 @@ from qsift.store.amavisd_forms import (
 )
 from qsift.store.pg_migrate import StoreNotWritable, require_version
 from qsift.store.postgres import blocking_pool
-from qsift.store.quarantine import KeptFacts, QuarantineEntry, check_kept, check_mail_id
+from qsift.store.quarantine import (
+    RELEASE_WAIT,
+    KeptFacts,
+    QuarantineEntry,
+    ReleaseLock,
+    check_kept,
+    check_mail_id,
+)
 from qsift.store.settings import StoreSettings
 
 if TYPE_CHECKING:
@@ -300,6 +309,9 @@ class SharedQuarantine:
             raise SpoolError(f"quarantined message {mail_id} does not match its msgs row")
         return entry.sender, entry.recipients, text[len(fields) :]
 
+    def release_lock(self, mail_id: str) -> ReleaseLock:
+        return _AdvisoryReleaseLock(self, _release_key(mail_id))
+
     def close(self) -> None:
         if self._pool_started:
             self._pool.close()
@@ -340,6 +352,63 @@ class SharedQuarantine:
                 version = int(row[0]) if row is not None else 0
         require_version(version)
         self._opened = True
+
+
+def _release_key(mail_id: str) -> int:
+    """The advisory lock of a message's release: the same on every node, apart from qsift's other locks
+    (a 64-bit hash; two mail_ids sharing one only make their releases wait for each other)."""
+    digest = hashlib.sha256(b"qsift release " + mail_id.encode("ascii", "replace")).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
+
+
+class _AdvisoryReleaseLock:
+    """A session advisory lock, held on a connection taken from the pool for the release's length: any
+    node's release of the same message waits, and a node that dies holding it lets it go with its
+    session."""
+
+    def __init__(self, quarantine: SharedQuarantine, key: int) -> None:
+        self._quarantine = quarantine
+        self._key = key
+        self._db: Connection | None = None
+
+    def acquire(self) -> None:
+        pool = self._quarantine._pool
+        try:
+            if not self._quarantine._opened:
+                self._quarantine._open()
+            db = pool.getconn()
+        except (psycopg.Error, psycopg_pool.PoolTimeout, StoreNotWritable) as exc:
+            raise StoreUnreachable(f"cannot lock the release in PostgreSQL: {_first_line(exc)}") from exc
+        try:
+            locked = self._wait_for_lock(db)
+        except psycopg.Error as exc:
+            pool.putconn(db)
+            raise StoreUnreachable(f"cannot lock the release in PostgreSQL: {_first_line(exc)}") from exc
+        if not locked:
+            pool.putconn(db)
+            raise StoreUnreachable("another release of this message is still in progress")
+        self._db = db
+
+    def _wait_for_lock(self, db: Connection) -> bool:
+        deadline = time.monotonic() + RELEASE_WAIT
+        while True:
+            row = db.execute("SELECT pg_try_advisory_lock(%s)", (self._key,)).fetchone()
+            if row is not None and row[0]:
+                return True
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.1)
+
+    def release(self) -> None:
+        db, self._db = self._db, None
+        if db is None:
+            return
+        try:
+            db.execute("SELECT pg_advisory_unlock(%s)", (self._key,))
+        except psycopg.Error:
+            pass  # a connection lost takes its session's locks with it
+        finally:
+            self._quarantine._pool.putconn(db)
 
 
 def _flag(values: Sequence[bool], index: int) -> str:

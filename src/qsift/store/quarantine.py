@@ -20,6 +20,7 @@ Calls block on fsync, so the daemon runs `store()` in a thread (`asyncio.to_thre
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import gzip
 import json
 import os
@@ -27,6 +28,7 @@ import re
 import secrets
 import sqlite3
 import threading
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -102,6 +104,22 @@ class KeptFacts:
     numbers: tuple[int, ...] = ()
 
 
+#: How long a release waits for another release of the same message to end before it gives up.
+RELEASE_WAIT = 120.0
+_RELEASE_POLL = 0.1
+
+
+class ReleaseLock(Protocol):
+    """Held while a release of one message is carried out, so that two releases of it (two clicks, two
+    front ends, two nodes) cannot both read "not released yet" and both send it. Calls block."""
+
+    def acquire(self) -> None:
+        """Wait for the lock (at most RELEASE_WAIT seconds); SpoolError if it cannot be had."""
+        ...
+
+    def release(self) -> None: ...
+
+
 class QuarantineStore(Protocol):
     """What the pipeline and the commands need of a quarantine: local (Quarantine) or shared in
     PostgreSQL (store/pg_quarantine.py's SharedQuarantine). Calls block; the daemon runs them in threads."""
@@ -133,6 +151,8 @@ class QuarantineStore(Protocol):
 
     def secret_id(self, mail_id: str) -> str: ...
 
+    def release_lock(self, mail_id: str) -> ReleaseLock: ...
+
     def close(self) -> None: ...
 
 
@@ -163,6 +183,42 @@ def check_kept(mail_id: str, category: str, sender: str, recipients: Sequence[st
     for address in (sender, *recipients):
         if any(c in address for c in "\r\n\0"):
             raise ValueError(f"address with a line break or NUL: {address!r}")
+
+
+class FileReleaseLock:
+    """One lock file in the quarantine directory for every release from it: releases are rare, and every
+    worker of the node (each serves AM.PDP) shares the directory. The lock goes with the file descriptor,
+    so a worker that dies holding it lets it go."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._fd = -1
+
+    def acquire(self) -> None:
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            raise SpoolError(f"cannot open {self.path}: {exc.strerror or exc}") from exc
+        deadline = time.monotonic() + RELEASE_WAIT
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    os.close(fd)
+                    raise SpoolError("another release from this quarantine is still in progress") from None
+                time.sleep(_RELEASE_POLL)
+                continue
+            except OSError as exc:
+                os.close(fd)
+                raise SpoolError(f"cannot lock {self.path}: {exc.strerror or exc}") from exc
+            self._fd = fd
+            return
+
+    def release(self) -> None:
+        fd, self._fd = self._fd, -1
+        if fd >= 0:
+            os.close(fd)  # the lock goes with it
 
 
 def _encode_addresses(addresses: Sequence[str]) -> str:
@@ -367,6 +423,9 @@ class Quarantine:
                     with contextlib.suppress(OSError):
                         if entry.stat().st_mtime < older_than:
                             os.unlink(entry.path)
+
+    def release_lock(self, mail_id: str) -> ReleaseLock:
+        return FileReleaseLock(os.path.join(self.directory, ".release.lock"))
 
     def get(self, mail_id: str) -> QuarantineEntry | None:
         """The entry of one message, or None if it is not quarantined."""
