@@ -91,6 +91,18 @@ def test_purge_takes_every_row_of_what_is_old_and_nothing_else(shared: SharedQua
     assert shared.purge(500.0) == 0
 
 
+def test_one_node_purges_at_a_time(shared: SharedQuarantine) -> None:
+    shared.store("old000000002", "virus", "x", "a@x.org", ["b@x.org"], [b"m"], 10.0)
+    shared.list()  # opens the pool
+    url = shared._pool.conninfo
+    assert isinstance(url, str)
+    with psycopg.connect(url, autocommit=True) as other_node:
+        other_node.execute("SELECT pg_advisory_lock(%s)", (0x71737170,))  # another node is purging
+        assert shared.purge(500.0) == 0
+        assert [e.mail_id for e in shared.list()] == ["old000000002"]
+    assert shared.purge(500.0) == 1  # its session ended, and the lock with it
+
+
 def test_a_database_not_at_the_latest_schema_is_refused(postgres: PostgresServer) -> None:
     url = postgres.create_database(f"pgq{next(_databases)}")
     quarantine = SharedQuarantine(StoreSettings(url=url, connect_timeout=1.0), "node-a.example")

@@ -56,6 +56,8 @@ if TYPE_CHECKING:
     Connection = psycopg.Connection[TupleRow]
 
 _T = TypeVar("_T")
+#: The purge's advisory lock, apart from the other purges' and pg_migrate's; "qsqp" in ASCII.
+_PURGE_LOCK = 0x71737170
 
 
 _ENTRY = (
@@ -208,10 +210,18 @@ class SharedQuarantine:
             raise KeyError(mail_id)
 
     def purge(self, older_than: float) -> int:
-        """Delete what qsift quarantined before `older_than`, every table's rows at once; how many went.
-        Rows amavisd-new or another tool wrote are theirs to purge (reference §1.8)."""
+        """Delete what qsift quarantined before `older_than`, every table's rows at once; how many went
+        (0 while another node purges: one node at a time, the others skip the round). Rows amavisd-new
+        or another tool wrote are theirs to purge (reference §1.8)."""
 
         def delete(db: Connection) -> int:
+            with db.transaction():
+                locked = db.execute("SELECT pg_try_advisory_xact_lock(%s)", (_PURGE_LOCK,)).fetchone()
+                if locked is None or not locked[0]:
+                    return 0
+                return delete_old(db)
+
+        def delete_old(db: Connection) -> int:
             cursor = db.execute(
                 "WITH gone AS (DELETE FROM qsift_quarantine WHERE created < %s RETURNING mail_id), "
                 "m AS (DELETE FROM msgs WHERE partition_tag = 0 AND mail_id IN (SELECT mail_id FROM gone)), "
