@@ -284,7 +284,7 @@ async def test_postgresql_down_is_a_failure_reply(
             await asyncio.to_thread(postgres.start)  # the module's cluster is shared
         assert n.mta.deliveries == []
     # The release lock is the first thing a release asks of PostgreSQL.
-    assert reply.startswith("Failure: cannot lock the release in PostgreSQL"), reply
+    assert reply.startswith("Failure: cannot lock the release: cannot use PostgreSQL"), reply
 
 
 # --- Debian's amavisd-release -------------------------------------------------------------------------

@@ -39,7 +39,7 @@ from qsift.store.amavisd_forms import (
     split_chunks,
 )
 from qsift.store.pg_migrate import StoreNotWritable, require_version
-from qsift.store.postgres import blocking_pool
+from qsift.store.postgres import blocking_pool, connect
 from qsift.store.quarantine import (
     RELEASE_WAIT,
     KeptFacts,
@@ -74,6 +74,7 @@ class SharedQuarantine:
     def __init__(self, settings: StoreSettings, host: str) -> None:
         """Connect on first use (after the daemon's fork). `host` goes into msgs.host: the name under which
         the front ends reach this node."""
+        self._settings = settings
         self._pool = blocking_pool(settings)
         self._host = host[:VARCHAR]
         self._pool_started = False
@@ -320,7 +321,7 @@ class SharedQuarantine:
         return entry.sender, entry.recipients, text[len(fields) :]
 
     def release_lock(self, mail_id: str) -> ReleaseLock:
-        return _AdvisoryReleaseLock(self, _release_key(mail_id))
+        return _AdvisoryReleaseLock(self._settings, _release_key(mail_id))
 
     def close(self) -> None:
         if self._pool_started:
@@ -372,30 +373,28 @@ def _release_key(mail_id: str) -> int:
 
 
 class _AdvisoryReleaseLock:
-    """A session advisory lock, held on a connection taken from the pool for the release's length: any
-    node's release of the same message waits, and a node that dies holding it lets it go with its
-    session."""
+    """A session advisory lock, held for the release's length on a connection of its own (the release
+    needs the pool's connections meanwhile, and a pool of a few would run dry with as many releases at
+    once): any node's release of the same message waits, and a node that dies holding it lets it go with
+    its session. Releases are rare; a connection each costs a few milliseconds."""
 
-    def __init__(self, quarantine: SharedQuarantine, key: int) -> None:
-        self._quarantine = quarantine
+    def __init__(self, settings: StoreSettings, key: int) -> None:
+        self._settings = settings
         self._key = key
         self._db: Connection | None = None
 
     def acquire(self) -> None:
-        pool = self._quarantine._pool
         try:
-            if not self._quarantine._opened:
-                self._quarantine._open()
-            db = pool.getconn()
-        except (psycopg.Error, psycopg_pool.PoolTimeout, StoreNotWritable) as exc:
-            raise StoreUnreachable(f"cannot lock the release in PostgreSQL: {_first_line(exc)}") from exc
+            db = connect(self._settings)
+        except StoreUnreachable as exc:
+            raise StoreUnreachable(f"cannot lock the release: {exc}") from exc
         try:
             locked = self._wait_for_lock(db)
         except psycopg.Error as exc:
-            pool.putconn(db)
+            db.close()
             raise StoreUnreachable(f"cannot lock the release in PostgreSQL: {_first_line(exc)}") from exc
         if not locked:
-            pool.putconn(db)
+            db.close()
             raise StoreUnreachable("another release of this message is still in progress")
         self._db = db
 
@@ -411,14 +410,8 @@ class _AdvisoryReleaseLock:
 
     def release(self) -> None:
         db, self._db = self._db, None
-        if db is None:
-            return
-        try:
-            db.execute("SELECT pg_advisory_unlock(%s)", (self._key,))
-        except psycopg.Error:
-            pass  # a connection lost takes its session's locks with it
-        finally:
-            self._quarantine._pool.putconn(db)
+        if db is not None:
+            db.close()  # the session's end lets its locks go
 
 
 def _flag(values: Sequence[bool], index: int) -> str:
