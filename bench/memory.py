@@ -36,6 +36,7 @@ from bench.workers import (
     memory,
     mib,
     peak_rss,
+    run_problems,
     running_qsift,
     running_sink,
     send_all,
@@ -99,13 +100,7 @@ def measure(
         run.peaks = [peak_rss(pid) for pid in pids]
         per_pid, other = server.summaries(offset, count)
         run.per_worker = [per_pid.get(pid, 0) for pid in pids]
-        if sum(per_pid.values()) != count:
-            problems.append(f"{label}: {sum(per_pid.values())} summary lines for {count} messages")
-        problems.extend(f"{label}: log: {line}" for line in other[:5])
-    if refused:
-        problems.append(f"{label}: {len(refused)} not accepted, e.g. {refused[0][:100]!r}")
-    if sink.count != count:
-        problems.append(f"{label}: the sink counted {sink.count} of {count}")
+    problems.extend(run_problems(label, count, per_pid, other, refused, sink.count))
     return run
 
 

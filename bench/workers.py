@@ -383,14 +383,24 @@ def soak(
         result.peaks = [peak_rss(pid) for pid in pids]
         per_pid, other = server.summaries(offset, count)
         result.per_worker = [per_pid.get(pid, 0) for pid in pids]
-        if sum(per_pid.values()) != count:
-            problems.append(f"{label}: {sum(per_pid.values())} summary lines for {count} messages")
-        problems.extend(f"{label}: log: {line}" for line in other[:5])
+    problems.extend(run_problems(label, count, per_pid, other, refused, sink.count))
+    return result
+
+
+def run_problems(
+    label: str, count: int, per_pid: dict[int, int], other: list[str], refused: list[str], counted: int | None
+) -> list[str]:
+    """What makes a load run's memory readings void: a summary line per message that is not there, a log
+    line that is not a summary, a message not accepted, or the sink not counting every message once."""
+    problems = []
+    if sum(per_pid.values()) != count:
+        problems.append(f"{label}: {sum(per_pid.values())} summary lines for {count} messages")
+    problems.extend(f"{label}: log: {line}" for line in other[:5])
     if refused:
         problems.append(f"{label}: {len(refused)} not accepted, e.g. {refused[0][:100]!r}")
-    if sink.count != count:
-        problems.append(f"{label}: the sink counted {sink.count} of {count}")
-    return result
+    if counted != count:
+        problems.append(f"{label}: the sink counted {counted} of {count}")
+    return problems
 
 
 def mib(value: float) -> str:

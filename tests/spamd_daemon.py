@@ -168,13 +168,13 @@ def ping(socket_path: str) -> bool:
         return False
 
 
-def stop_daemon(process: subprocess.Popen[bytes]) -> None:
+def stop_daemon(process: subprocess.Popen[bytes], wait: float = 10.0) -> None:
     """SIGTERM a daemon we started in its own session (it stops its children); its process group if it
-    lingers."""
+    lingers past `wait` seconds."""
     if process.poll() is None:
         process.send_signal(signal.SIGTERM)
         try:
-            process.wait(10)
+            process.wait(wait)
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait(5)

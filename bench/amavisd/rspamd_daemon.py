@@ -14,7 +14,6 @@ import contextlib
 import os
 import pwd
 import shutil
-import signal
 import socket
 import subprocess
 import tempfile
@@ -22,6 +21,8 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+from tests.spamd_daemon import stop_daemon
 
 RSPAMD = "/usr/bin/rspamd"
 USER = "_rspamd"
@@ -128,13 +129,7 @@ def running_rspamd(*, count: int, db: Path, start_timeout: float = 120.0) -> Ite
                 time.sleep(0.2)
             yield Rspamd(port, process.pid, log)
         finally:
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-                try:
-                    process.wait(30)
-                except subprocess.TimeoutExpired:
-                    os.killpg(process.pid, signal.SIGKILL)
-                    process.wait(5)
+            stop_daemon(process, wait=30)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
