@@ -7,26 +7,28 @@ from __future__ import annotations
 from dataclasses import replace
 
 from qsift.checks.content import Verdict
-from qsift.checks.headers import header_section
 from qsift.model import Recipient
 from qsift.observe.log import level, logger
 from qsift.pipeline.inflight import InFlight
 from qsift.pipeline.parts import PenPalLog
 from qsift.policy.penpals import PenPal, Skipped, message_references, penpal_bonus, penpal_query
 
-#: How much of the message is searched for In-Reply-To and References.
-_HEAD = 256 * 1024
-
 
 async def penpal_bonuses(
-    log: PenPalLog, message: InFlight, verdict: Verdict, owed: tuple[Recipient, ...], now: float
+    log: PenPalLog,
+    message: InFlight,
+    head: bytes,
+    verdict: Verdict,
+    owed: tuple[Recipient, ...],
+    now: float,
 ) -> dict[str, PenPal]:
-    """The bonus each recipient earns, by address; StoreUnreachable when the log does not answer."""
+    """The bonus each recipient earns, by address; StoreUnreachable when the log does not answer.
+    `head` is the message's header section (In-Reply-To and References are read from it)."""
     query = penpal_query(verdict, message.policy, message.envelope.sender, owed)
     if isinstance(query, Skipped):
         logger.log(level(3), "id=%s penpals: not asked, %s", message.mail_id, query.reason)
         return {}
-    references = message_references(header_section(message.spool.head(_HEAD)))
+    references = message_references(head)
     found = await log.find(replace(query, references=references))
     if not found:
         logger.log(

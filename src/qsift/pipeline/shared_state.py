@@ -85,11 +85,16 @@ async def looked_up(
 
 
 async def penpals_found(
-    penpals: PenPalLog, message: InFlight, verdict: Verdict, owed: tuple[Recipient, ...], now: float
+    penpals: PenPalLog,
+    message: InFlight,
+    head: bytes,
+    verdict: Verdict,
+    owed: tuple[Recipient, ...],
+    now: float,
 ) -> dict[str, PenPal] | Outcome:
     """Each recipient's pen pals bonus; or Z when the message log does not answer."""
     try:
-        return await penpal_bonuses(penpals, message, verdict, owed, now)
+        return await penpal_bonuses(penpals, message, head, verdict, owed, now)
     except StoreUnreachable as exc:
         # Without the bonus a reply could be judged spam and refused, as amavisd-new: the client retries.
         mail_id = message.mail_id

@@ -220,7 +220,7 @@ class Pipeline:
         decisions: Sequence[Decision] = ()
         try:
             outcome, decisions = await self._judge(
-                message, owed, len(envelope.recipients) - len(owed), deliveries
+                message, head, owed, len(envelope.recipients) - len(owed), deliveries
             )
         except Exception as exc:
             if not deliveries.accepted:
@@ -264,10 +264,16 @@ class Pipeline:
         )
 
     async def _judge(
-        self, message: InFlight, owed: tuple[Recipient, ...], already: int, deliveries: Deliveries
+        self,
+        message: InFlight,
+        head: bytes,
+        owed: tuple[Recipient, ...],
+        already: int,
+        deliveries: Deliveries,
     ) -> tuple[Outcome, Sequence[Decision]]:
         """The outcome, and each owed recipient's fate; no fates for a message held back before they
-        were decided (a scanner failed, the quarantine could not keep it)."""
+        were decided (a scanner failed, the quarantine could not keep it). `head` is the message's
+        header section, as read once for the whole pipeline."""
         mail_id = message.mail_id
         policy = await looked_up(self.lookups, message, owed)
         if isinstance(policy, Outcome):
@@ -284,7 +290,7 @@ class Pipeline:
             passed = await self._pass_unchecked(message, owed, already, deliveries)
             return passed, unchecked(message, owed)
         message = replace(message, virus_scanned=virus_scanned, cut=verdict.auth.forged, auth=verdict.auth)
-        penpals = await penpals_found(self.penpals, message, verdict, owed, self.clock())
+        penpals = await penpals_found(self.penpals, message, head, verdict, owed, self.clock())
         if isinstance(penpals, Outcome):
             return penpals, ()
         decisions = decide_recipients(verdict, message.policy, owed, message.spool.size, penpals)
