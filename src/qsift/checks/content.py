@@ -149,7 +149,11 @@ async def inspect(
         )
     finally:
         try:
-            verdict = await decoding
+            # Shielded: the thread runs on when this is cancelled, and its leaves must then be removed.
+            verdict = await asyncio.shield(decoding)
+        except asyncio.CancelledError:
+            decoding.add_done_callback(_drop_leaves)
+            raise
         except Exception as exc:  # a decoder bug must not stop mail: the message is unchecked
             verdict = decoder_failure(f"{type(exc).__name__}: {exc}")
     try:
@@ -168,6 +172,14 @@ async def inspect(
     if scanned.spam is not None and scanned.spam.error:
         errors.append(f"{scanned.spam.scanner}: {scanned.spam.error} (message passed unscored)")
     return Verdict(verdict.parts, verdict.findings + scanned.findings, scanned.spam, tuple(errors))
+
+
+def _drop_leaves(decoding: asyncio.Future[Verdict]) -> None:
+    """The leaves of a decoding nobody waits for any more: the message's checks were cancelled."""
+    if not decoding.cancelled() and decoding.exception() is None:
+        leaves = decoding.result().leaves
+        if leaves is not None:
+            leaves.remove()
 
 
 _Unit = tuple[str, Callable[[], IO[bytes]], int]
