@@ -28,7 +28,8 @@ rounds. Figures on a small shared VM move by tens of percent from run to run; th
 amavisd-new embeds SpamAssassin (the master loads and compiles the rules, each child checks in-process);
 qsift asks spamd. Both use the same SpamAssassin configuration (Debian's .pre files, no Bayes, no network
 tests). Virus checks go to the same clamd socket: amavisd-new sends CONTSCAN of its decoded-parts
-directory, qsift streams the whole message (INSTREAM) and lets clamd decode it. Must run as root: amavisd
+directory, qsift streams each part it decoded (INSTREAM, `[virus] scan = "parts"`): the same work; with
+`--virus-scan message` qsift streams the whole message and lets clamd decode it. Must run as root: amavisd
 drops to the `amavis` user, clamd runs as root to read amavisd's temp files.
 """
 
@@ -327,6 +328,7 @@ class Bench:
                     spam=spam,
                     concurrency=self.args.concurrency,
                     workers=self.workers,
+                    virus_scan=self.args.virus_scan,
                 )
 
             result, qsift = run_filter(
@@ -425,6 +427,13 @@ def main() -> None:
         choices=("corpus",),
         default="corpus",
         help="corpus: the public corpus, business mail with attachments and 4 EICAR (bench/mail_mix.py)",
+    )
+    parser.add_argument(
+        "--virus-scan",
+        choices=("parts", "message"),
+        default="parts",
+        help="what qsift gives clamd ([virus] scan): parts, the same work as amavisd-new's CONTSCAN of its"
+        " parts directory (default), or the whole message for clamd to decode",
     )
     parser.add_argument("--warmup", type=int, default=0, help="default: 5 per client")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory (logs, configs)")

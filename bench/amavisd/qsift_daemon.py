@@ -23,8 +23,10 @@ def config_text(
     spam: tuple[str, str] | None,
     concurrency: int,
     workers: int,
+    virus_scan: str = "parts",
 ) -> str:
-    """`spam`: the spam scanner's type and address (spamd, unix:/path; rspamd, host:port), or None."""
+    """`spam`: the spam scanner's type and address (spamd, unix:/path; rspamd, host:port), or None.
+    `virus_scan`: what clamd is given, `[virus] scan` (a qsift without the setting gives the message)."""
     text = (
         f'log_level = 0\nstate_dir = "{workdir}/state"\ntmp_dir = "{workdir}/tmp"\n'
         # As many worker processes as amavisd-new has children ($max_servers): the default (one per CPU)
@@ -33,7 +35,8 @@ def config_text(
         f'[[listen]]\nprotocol = "smtp"\naddress = "127.0.0.1:{port}"\n'
         f'[forward]\nmethod = "smtp:[127.0.0.1]:{sink_port}"\n'
         # As many clamd sessions and spamd checks in flight as amavisd-new has children.
-        f'[[virus.scanners]]\ntype = "clamd"\naddress = "unix:{clamd_socket}"\n'
+        + (f'[virus]\nscan = "{virus_scan}"\n' if _knows_virus_scan() else "")
+        + f'[[virus.scanners]]\ntype = "clamd"\naddress = "unix:{clamd_socket}"\n'
         f"sessions = {concurrency}\nconcurrency = {concurrency}\n"
     )
     if spam is not None:
@@ -48,6 +51,12 @@ def config_text(
     return text
 
 
+def _knows_virus_scan() -> bool:
+    from qsift.checks.scanner_config import VirusSettings
+
+    return "scan" in {f.name for f in dataclasses.fields(VirusSettings)}
+
+
 class Qsift:
     def __init__(
         self,
@@ -59,6 +68,7 @@ class Qsift:
         spam: tuple[str, str] | None,
         concurrency: int,
         workers: int,
+        virus_scan: str = "parts",
     ) -> None:
         self.workers = workers
         self.home = workdir / "qsift"
@@ -76,6 +86,7 @@ class Qsift:
                 spam=spam,
                 concurrency=concurrency,
                 workers=workers,
+                virus_scan=virus_scan,
             )
         )
         self.log = self.home / "qsift.log"

@@ -33,6 +33,10 @@ def mail(name: str, payload: bytes) -> bytes:
     return message.as_bytes()
 
 
+def clamd_config(address: str, scan: str) -> str:
+    return f'[virus]\nscan = "{scan}"\n[[virus.scanners]]\ntype = "clamd"\naddress = "{address}"\n'
+
+
 def scan_json(config: Path, *files: Path) -> list[dict[str, object]]:
     result = subprocess.run(
         [QSIFT, "scan", "--json", "--config", str(config), *map(str, files)],
@@ -46,7 +50,8 @@ def scan_json(config: Path, *files: Path) -> list[dict[str, object]]:
 
 
 @pytest.mark.skipif(not TESTFILES.is_dir(), reason="Debian package clamav-testfiles is not installed")
-def test_every_clamav_test_file_is_found_through_qsift_scan_with_clamd(tmp_path: Path) -> None:
+@pytest.mark.parametrize("scan", ["message", "parts"])
+def test_every_clamav_test_file_is_found_through_qsift_scan_with_clamd(tmp_path: Path, scan: str) -> None:
     files = []
     for test_file in sorted(TESTFILES.iterdir()):
         message = tmp_path / f"{test_file.name}.eml"
@@ -54,7 +59,7 @@ def test_every_clamav_test_file_is_found_through_qsift_scan_with_clamd(tmp_path:
         files.append(message)
     with running_clamd(tmp_path / "clamd") as clamd:
         config = tmp_path / "qsift.toml"
-        config.write_text(f'[[virus.scanners]]\ntype = "clamd"\naddress = "{clamd.unix_address}"\n')
+        config.write_text(clamd_config(clamd.unix_address, scan))
         verdicts = scan_json(config, *files)
     missed = [v["file"] for v in verdicts if v["category"] != "virus"]
     assert not missed
@@ -96,11 +101,14 @@ def test_gtube_is_spam_and_a_note_is_not(tmp_path: Path) -> None:
     assert note["category"] == "clean", note
 
 
-async def test_the_daemon_with_clamd_names_the_virus_and_holds_mail_when_clamd_dies(tmp_path: Path) -> None:
+@pytest.mark.parametrize("scan", ["message", "parts"])
+async def test_the_daemon_with_clamd_names_the_virus_and_holds_mail_when_clamd_dies(
+    tmp_path: Path, scan: str
+) -> None:
     clean = mail("notes.txt", b"plain notes\n")
     infected = mail("clam.exe", (TESTFILES / "clam.exe").read_bytes()) if TESTFILES.is_dir() else None
     with running_clamd(tmp_path / "clamd") as clamd:
-        virus = {"scanners": [{"type": "clamd", "address": clamd.unix_address, "timeout": 5}]}
+        virus = {"scan": scan, "scanners": [{"type": "clamd", "address": clamd.unix_address, "timeout": 5}]}
         async with (
             fake_mta() as mta,
             running_daemon(
@@ -119,7 +127,8 @@ async def test_the_daemon_with_clamd_names_the_virus_and_holds_mail_when_clamd_d
 
 
 @pytest.mark.skipif(not TESTFILES.is_dir(), reason="Debian package clamav-testfiles is not installed")
-def test_members_clamd_cannot_reach_are_scanned_separately(tmp_path: Path) -> None:
+@pytest.mark.parametrize("scan", ["message", "parts"])
+def test_members_clamd_cannot_reach_are_scanned_separately(tmp_path: Path, scan: str) -> None:
     import lzma
 
     program = (TESTFILES / "clam.exe").read_bytes()
@@ -137,13 +146,37 @@ def test_members_clamd_cannot_reach_are_scanned_separately(tmp_path: Path) -> No
         files.append(tmp_path / f"{name}.eml")
     with running_clamd(tmp_path / "clamd") as clamd:
         config = tmp_path / "qsift.toml"
-        config.write_text(f'[[virus.scanners]]\ntype = "clamd"\naddress = "{clamd.unix_address}"\n')
+        config.write_text(clamd_config(clamd.unix_address, scan))
         lzma_verdict, zip_verdict, zip_lzma_verdict = scan_json(config, *files)
     assert lzma_verdict["category"] == "virus", lzma_verdict
     virus = next(d for d in lzma_verdict["details"] if d["category"] == "virus")  # type: ignore[attr-defined]
     assert virus["part"] == "2/clam.exe" and "ClamAV-Test-File" in virus["detail"]
     assert zip_verdict["category"] == "virus"
     assert zip_lzma_verdict["category"] == "virus", zip_lzma_verdict
+
+
+EICAR = b"X5O!P%@AP[4\\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*"
+
+
+def test_given_the_parts_clamd_names_the_part_and_gets_what_qsift_could_not_read(tmp_path: Path) -> None:
+    message = EmailMessage()
+    message["From"] = "alice@example.org"
+    message.set_content("first")
+    message.add_attachment(b"harmless", maintype="application", subtype="octet-stream", filename="a.bin")
+    message.add_attachment(EICAR, maintype="application", subtype="octet-stream", filename="b.bin")
+    (tmp_path / "v.eml").write_bytes(message.as_bytes())
+    with running_clamd(tmp_path / "clamd") as clamd:
+        config = tmp_path / "parts.toml"
+        config.write_text(clamd_config(clamd.unix_address, "parts"))
+        (named,) = scan_json(config, tmp_path / "v.eml")
+        # Two parts is all qsift reads here: the third, which it lists by name only, holds the virus. The
+        # message is given to clamd whole as well, and clamd reads it.
+        config.write_text("[decode]\nmax_parts = 2\n" + clamd_config(clamd.unix_address, "parts"))
+        (unread,) = scan_json(config, tmp_path / "v.eml")
+    virus = next(d for d in named["details"] if d["category"] == "virus")  # type: ignore[attr-defined]
+    assert virus["part"] == "3" and "Eicar-Test-Signature" in virus["detail"], named
+    # Had clamd been given the two parts only, the message would be unchecked, not a virus.
+    assert unread["category"] == "virus", unread
 
 
 def _zip_lzma(data: bytes) -> bytes:

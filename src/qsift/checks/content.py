@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import io
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import IO
 
@@ -19,7 +19,7 @@ from qsift.checks.headers import check_headers
 from qsift.checks.scanner_set import ScanFindings, ScannerSet, run_scanners
 from qsift.checks.scanners import SpamResult
 from qsift.checks.virus import VirusScannersFailed, scan_for_viruses
-from qsift.decode.parts import Part
+from qsift.decode.parts import KeptLeaves, Part
 from qsift.decode.walk import DecodeLimits, decode_message
 from qsift.errors import ScannerFailure
 from qsift.model import Category, Finding, main_category
@@ -51,6 +51,8 @@ class Verdict:
     rescan: tuple[tuple[str, bytes], ...] = field(default=(), repr=False)
     #: DKIM, SPF, DMARC and ARC, when they were checked (checks/authentication.py).
     auth: AuthResults = field(default_factory=AuthResults)
+    #: The decoded leaves, while the virus scanners that are given the parts need them (`inspect`).
+    leaves: KeptLeaves | None = field(default=None, repr=False)
 
     @property
     def category(self) -> Category:
@@ -96,22 +98,25 @@ class Verdict:
         return category.log_word
 
 
-def check_message(message: bytes | IO[bytes], settings: CheckSettings, *, smtputf8: bool = False) -> Verdict:
+def check_message(
+    message: bytes | IO[bytes], settings: CheckSettings, *, smtputf8: bool = False, keep_leaves: bool = False
+) -> Verdict:
     """Decode `message` (bytes, or a binary file at its start) and run every content check on it;
-    never raises for what the message holds."""
+    never raises for what the message holds. `keep_leaves`: see `decode_message`; the caller must
+    `remove()` the verdict's leaves."""
     if isinstance(message, bytes):
         head = message[:_HEADER_READ]
     else:
         start = message.tell()
         head = message.read(_HEADER_READ)
         message.seek(start)
-    decoded = decode_message(message, settings.decode, settings.tmp_dir)
+    decoded = decode_message(message, settings.decode, settings.tmp_dir, keep_leaves=keep_leaves)
     findings = [
         *decoded.findings,
         *check_banned(decoded.parts, settings.banned),
         *check_headers(head, smtputf8=smtputf8),
     ]
-    return Verdict(decoded.parts, tuple(findings), rescan=decoded.rescan)
+    return Verdict(decoded.parts, tuple(findings), rescan=decoded.rescan, leaves=decoded.leaves)
 
 
 async def inspect(
@@ -126,41 +131,81 @@ async def inspect(
     """Every check on one message: the decoder's in a thread, the scanners side by side with it.
 
     `reader` is the decoder's (it reads from a thread); every scanner opens its own copy through
-    `open_copy`. Raises ScannerFailure when the message must wait for its scanners.
+    `open_copy`. Virus scanners that are given the parts (`[virus] scan = "parts"`) wait for the
+    decoder instead, and are given each decoded leaf. Raises ScannerFailure when the message must wait
+    for its scanners.
     """
     started = time.monotonic()
-    decoding = asyncio.ensure_future(asyncio.to_thread(check_message, reader, settings, smtputf8=smtputf8))
+    parts = scanners is not None and scanners.scan_parts and bool(scanners.primary or scanners.backup)
+    decoding = asyncio.ensure_future(
+        asyncio.to_thread(check_message, reader, settings, smtputf8=smtputf8, keep_leaves=parts)
+    )
     decoding.add_done_callback(lambda _: metrics.stage_done("decode", started))
     try:
-        scanned = await run_scanners(scanners, open_copy, size) if scanners and not scanners.empty else None
+        scanned = (
+            await run_scanners(scanners, open_copy, size, with_virus=not parts)
+            if scanners and not scanners.empty
+            else None
+        )
     finally:
         try:
-            verdict = await decoding
+            # Shielded: the thread runs on when this is cancelled, and its leaves must then be removed.
+            verdict = await asyncio.shield(decoding)
+        except asyncio.CancelledError:
+            decoding.add_done_callback(_drop_leaves)
+            raise
         except Exception as exc:  # a decoder bug must not stop mail: the message is unchecked
             verdict = decoder_failure(f"{type(exc).__name__}: {exc}")
-    if scanned is None:
-        return verdict
-    if verdict.rescan and scanners is not None:
-        scanned = await _rescan(scanners, verdict.rescan, scanned)
+    try:
+        if scanned is None:
+            return verdict
+        assert scanners is not None
+        if parts:
+            scanned = await _scan_units(scanners, _leaf_units(verdict.leaves, open_copy, size), scanned)
+        if verdict.rescan:
+            units = [(path, _reader_of(data), len(data)) for path, data in verdict.rescan]
+            scanned = await _scan_units(scanners, units, scanned)
+    finally:
+        if verdict.leaves is not None:
+            verdict.leaves.remove()
     errors = [f"{r.scanner}: {r.error}" for r in scanned.virus_results if r.error]
     if scanned.spam is not None and scanned.spam.error:
         errors.append(f"{scanned.spam.scanner}: {scanned.spam.error} (message passed unscored)")
     return Verdict(verdict.parts, verdict.findings + scanned.findings, scanned.spam, tuple(errors))
 
 
-async def _rescan(
-    scanners: ScannerSet, members: tuple[tuple[str, bytes], ...], scanned: ScanFindings
-) -> ScanFindings:
-    """The virus scanners on each member they cannot reach in the raw message; a virus in one is a virus
-    in the message. Raises ScannerFailure when no scanner answers for a member."""
+def _drop_leaves(decoding: asyncio.Future[Verdict]) -> None:
+    """The leaves of a decoding nobody waits for any more: the message's checks were cancelled."""
+    if not decoding.cancelled() and decoding.exception() is None:
+        leaves = decoding.result().leaves
+        if leaves is not None:
+            leaves.remove()
+
+
+_Unit = tuple[str, Callable[[], IO[bytes]], int]
+
+
+def _leaf_units(leaves: KeptLeaves | None, open_copy: Callable[[], IO[bytes]], size: int) -> list[_Unit]:
+    """What the virus scanners are given in place of the message: each decoded leaf; the whole message
+    when the decoder left anything unread (a scanner may read it where qsift could not) or found no leaf."""
+    if leaves is None or not leaves.complete or not leaves.leaves:
+        return [("", open_copy, size)]
+    return [(leaf.path, leaf.open, leaf.size) for leaf in leaves.leaves]
+
+
+async def _scan_units(scanners: ScannerSet, units: Iterable[_Unit], scanned: ScanFindings) -> ScanFindings:
+    """The virus scanners on each unit (a leaf, a member they cannot reach otherwise, or the message),
+    one after another; a virus in one is a virus in the message. Raises ScannerFailure when no scanner
+    answers for a unit."""
     findings = list(scanned.findings)
     results = list(scanned.virus_results)
-    for path, data in members:
+    for path, opener, length in units:
         try:
-            outcome = await scan_for_viruses(scanners.primary, scanners.backup, _reader_of(data), len(data))
+            outcome = await scan_for_viruses(scanners.primary, scanners.backup, opener, length)
         except VirusScannersFailed as exc:
-            raise ScannerFailure(f"virus scanner failure on {path}: {exc}") from None
-        findings.extend(Finding(f.category, f.minor, f.detail, path) for f in outcome.findings)
+            where = f" on {path}" if path else ""
+            raise ScannerFailure(f"virus scanner failure{where}: {exc}") from None
+        findings.extend(Finding(f.category, f.minor, f.detail, path or f.part) for f in outcome.findings)
         results.extend(outcome.results)
     return ScanFindings(_merge_virus(findings), tuple(results), scanned.spam)
 

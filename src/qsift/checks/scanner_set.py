@@ -31,6 +31,8 @@ class ScannerSet:
     backup: list[VirusScanner] = field(default_factory=list)
     spam: SpamScanner | None = None
     spam_settings: SpamSettings = field(default_factory=SpamSettings)
+    #: The virus scanners are given each decoded leaf rather than the message (`[virus] scan`).
+    scan_parts: bool = False
 
     @classmethod
     def build(cls, virus: VirusSettings, spam: SpamSettings, tmp_dir: str | None = None) -> ScannerSet:
@@ -40,6 +42,7 @@ class ScannerSet:
             backup=[_LimitedVirus(_virus_scanner(s, tmp_dir), s.concurrency) for s in virus.backup_scanners],
             spam=_LimitedSpam(spam_scanner, spam.concurrency) if spam_scanner else None,
             spam_settings=spam,
+            scan_parts=virus.scan == "parts",
         )
 
     @property
@@ -121,10 +124,11 @@ class ScanFindings:
 
 
 async def run_scanners(
-    scanners: ScannerSet, open_message: Callable[[], IO[bytes]], size: int
+    scanners: ScannerSet, open_message: Callable[[], IO[bytes]], size: int, *, with_virus: bool = True
 ) -> ScanFindings:
-    """Every scanner on one message; ScannerFailure when the message must wait (no virus scanner
-    answered, or the spam scanner failed and `[spam] failure = "tempfail"`)."""
+    """Every scanner on one message (the spam scanner only, without `with_virus`); ScannerFailure when the
+    message must wait (no virus scanner answered, or the spam scanner failed and `[spam] failure =
+    "tempfail"`)."""
 
     async def spam() -> SpamResult | None:
         if scanners.spam is None:
@@ -135,9 +139,8 @@ async def run_scanners(
             except Exception as exc:  # a client bug is a failed scanner
                 return SpamResult(scanners.spam.name, error=f"internal error: {type(exc).__name__}: {exc}")
 
-    virus_task = asyncio.ensure_future(
-        scan_for_viruses(scanners.primary, scanners.backup, open_message, size)
-    )
+    primary, backup = (scanners.primary, scanners.backup) if with_virus else ([], [])
+    virus_task = asyncio.ensure_future(scan_for_viruses(primary, backup, open_message, size))
     spam_result = await spam()
     try:
         virus = await virus_task

@@ -7,7 +7,10 @@ its members after it, each member's `containers` naming the way down. Checks tha
 
 from __future__ import annotations
 
+import io
+import shutil
 from dataclasses import dataclass
+from typing import IO
 
 
 @dataclass(frozen=True)
@@ -49,3 +52,37 @@ class Part:
     @property
     def in_archive(self) -> bool:
         return bool(self.containers)
+
+
+@dataclass(frozen=True)
+class Leaf:
+    """The decoded bytes of one MIME leaf or uuencoded file, kept for virus scanners that are given the
+    parts rather than the message (`[virus] scan = "parts"`): in memory, or in a file of the decoder's."""
+
+    path: str
+    size: int
+    data: bytes | None = None
+    file: str | None = None
+
+    def open(self) -> IO[bytes]:
+        if self.file is not None:
+            return open(self.file, "rb")
+        return io.BytesIO(self.data or b"")
+
+
+@dataclass(frozen=True)
+class KeptLeaves:
+    """What the decoder kept for the virus scanners, and whether it is the whole of the message.
+
+    `complete` is False when anything was left unread (a bound, an encrypted or broken part, a decoder
+    failure): the scanners must then be given the whole message, whose unread remainder they may still
+    read themselves. The files live in `scratch`, which the holder removes once the scanners are done.
+    """
+
+    leaves: tuple[Leaf, ...]
+    complete: bool
+    scratch: str | None = None
+
+    def remove(self) -> None:
+        if self.scratch is not None:
+            shutil.rmtree(self.scratch, ignore_errors=True)

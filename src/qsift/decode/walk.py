@@ -12,7 +12,8 @@ UNCHECKED minor 0 and the walk goes on, so what was found elsewhere (a banned na
 A member whose content could not be read is listed by its name all the same.
 
 Members larger than `memory_threshold` go to a private temporary directory that is removed when the
-walk ends, whatever happens.
+walk ends, whatever happens; unless the leaves are kept for the virus scanners (`keep_leaves`), when the
+caller removes it (`KeptLeaves.remove`) once they are done.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from typing import IO, Any
 from qsift.declare import setting
 from qsift.decode import archive, mime
 from qsift.decode.filetype import MAGIC_BYTES, detect
-from qsift.decode.parts import Part
+from qsift.decode.parts import KeptLeaves, Leaf, Part
 from qsift.model import Category, Finding
 
 KIB = 1024
@@ -76,6 +77,8 @@ RESCAN_CONTAINERS = frozenset({"lzma", "zst", "lz"})
 _RESCAN_ZIP_METHODS = frozenset({14, 93, 95, 98})
 _RESCAN_MEMBER = 8 * MIB
 _RESCAN_TOTAL = 32 * MIB
+#: Kept leaves stay in memory up to this many bytes in all for a message; the rest go to files.
+_KEPT_IN_MEMORY = 4 * MIB
 
 
 @dataclass(frozen=True)
@@ -85,14 +88,24 @@ class Decoded:
     findings: tuple[Finding, ...]
     #: (path, bytes) of members of RESCAN_CONTAINERS, for the virus scanners.
     rescan: tuple[tuple[str, bytes], ...] = ()
+    #: The MIME leaves' decoded bytes, when asked for (`keep_leaves`); the caller must `remove()` them.
+    leaves: KeptLeaves | None = None
 
 
 def decode_message(
-    message: bytes | str | IO[bytes], limits: DecodeLimits | None = None, tmp_dir: str | None = None
+    message: bytes | str | IO[bytes],
+    limits: DecodeLimits | None = None,
+    tmp_dir: str | None = None,
+    *,
+    keep_leaves: bool = False,
 ) -> Decoded:
     """Take the whole message apart within the limits: bytes, the path of a file, or a binary file
     positioned at the message's start (read to its end, never closed). Never raises for anything the
-    message contains."""
+    message contains.
+
+    With `keep_leaves`, the decoded bytes of every MIME leaf (and uuencoded file) are kept for the virus
+    scanners: what amavisd-new writes to its parts directory. Archives are kept whole, not their members:
+    a scanner opens them itself, as clamd does."""
     if isinstance(message, bytes):
         size = len(message)
     elif isinstance(message, str):
@@ -101,19 +114,24 @@ def decode_message(
         start = message.tell()
         size = message.seek(0, os.SEEK_END) - start
         message.seek(start)
-    walker = _Walker(limits or DecodeLimits(), size, tmp_dir)
+    walker = _Walker(limits or DecodeLimits(), size, tmp_dir, keep_leaves=keep_leaves)
     try:
-        walker.walk_message(message, prefix="", depth=0, containers=())
-    except _OverLimit as exc:  # the part count, reached while listing names after a stop
-        walker.stop_everything(str(exc))
-    except Exception as exc:  # a decoder bug: what was found so far still counts, the rest is unchecked
-        where = walker.parts[-1].path if walker.parts else "the start"
-        walker.findings.append(
-            Finding(Category.UNCHECKED, 0, f"decoder failure after {where}: {_failure(exc)}", "")
-        )
-    finally:
+        try:
+            walker.walk_message(message, prefix="", depth=0, containers=())
+        except _OverLimit as exc:  # the part count, reached while listing names after a stop
+            walker.stop_everything(str(exc))
+        except Exception as exc:  # a decoder bug: what was found so far still counts, the rest is unchecked
+            where = walker.parts[-1].path if walker.parts else "the start"
+            walker.findings.append(
+                Finding(Category.UNCHECKED, 0, f"decoder failure after {where}: {_failure(exc)}", "")
+            )
+        leaves = walker.kept_leaves()
+    except BaseException:
         walker.cleanup()
-    return Decoded(tuple(walker.parts), tuple(walker.findings), tuple(walker.rescan))
+        raise
+    if leaves is None or leaves.scratch is None:
+        walker.cleanup()
+    return Decoded(tuple(walker.parts), tuple(walker.findings), tuple(walker.rescan), leaves)
 
 
 # --- bounds -------------------------------------------------------------------------------------------
@@ -184,7 +202,9 @@ def _first_bytes(blocks: list[bytes], limit: int) -> list[bytes]:
 
 
 class _Walker:
-    def __init__(self, limits: DecodeLimits, message_size: int, tmp_dir: str | None) -> None:
+    def __init__(
+        self, limits: DecodeLimits, message_size: int, tmp_dir: str | None, *, keep_leaves: bool = False
+    ) -> None:
         self.limits = limits
         self.parts: list[Part] = []
         self.findings: list[Finding] = []
@@ -199,6 +219,9 @@ class _Walker:
         self._rescan_bytes = 0
         #: (depth, containers) of the message being read, innermost last.
         self._context: list[tuple[int, tuple[str, ...]]] = []
+        self.keep_leaves = keep_leaves
+        self._leaves: list[Leaf] = []
+        self._kept_in_memory = 0
 
     # -- bookkeeping
 
@@ -211,6 +234,30 @@ class _Walker:
     def cleanup(self) -> None:
         if self._tmp is not None:
             shutil.rmtree(self._tmp, ignore_errors=True)
+
+    def kept_leaves(self) -> KeptLeaves | None:
+        """The leaves kept, with the directory of their files if any lies there (the caller's to remove)."""
+        if not self.keep_leaves:
+            return None
+        complete = not any(f.category is Category.UNCHECKED for f in self.findings)
+        in_files = any(leaf.file is not None for leaf in self._leaves)
+        return KeptLeaves(tuple(self._leaves), complete, self._tmp if in_files else None)
+
+    def _keep_leaf(self, path: str, blob: _Blob) -> None:
+        if not blob.size:
+            return
+        if blob.path is not None:
+            self._leaves.append(Leaf(path, blob.size, file=blob.path))
+            return
+        data = blob.data or b""
+        if self._kept_in_memory + blob.size <= _KEPT_IN_MEMORY:
+            self._kept_in_memory += blob.size
+            self._leaves.append(Leaf(path, blob.size, data=data))
+            return
+        fd, file = tempfile.mkstemp(dir=self.work_dir())
+        with os.fdopen(fd, "wb") as stream:
+            stream.write(data)
+        self._leaves.append(Leaf(path, blob.size, file=file))
 
     def time_left(self) -> float:
         return self.deadline - time.monotonic()
@@ -316,7 +363,13 @@ class _Walker:
             else:
                 blob = self._store(body)
                 self._blob_part(
-                    blob, path=entity.path, declared=declared, name=name, depth=depth, containers=containers
+                    blob,
+                    path=entity.path,
+                    declared=declared,
+                    name=name,
+                    depth=depth,
+                    containers=containers,
+                    leaf=True,
                 )
         except _OverLimit as exc:
             # Stop decoding, but go on listing the message's own parts by name: a banned name after a
@@ -380,13 +433,25 @@ class _Walker:
     # -- any decoded content
 
     def _blob_part(
-        self, blob: _Blob, *, path: str, declared: str, name: str, depth: int, containers: tuple[str, ...]
+        self,
+        blob: _Blob,
+        *,
+        path: str,
+        declared: str,
+        name: str,
+        depth: int,
+        containers: tuple[str, ...],
+        leaf: bool = False,
     ) -> None:
+        """`leaf`: a MIME leaf or uuencoded file, which the virus scanners may be given on its own; an
+        attached message is not, its own leaves are."""
         short, description = detect(blob.head)
         kind = self._container_kind(short, declared, blob)
         self._add(
             _part(path, declared, name, (short, description), blob, depth, containers, container=bool(kind))
         )
+        if leaf and self.keep_leaves and kind != "mail":
+            self._keep_leaf(path, blob)
         if not kind:
             if archive.undecodable_archive(short):
                 self._unchecked(0, f"{path}: no decoder for {short} archives", path)
@@ -399,7 +464,7 @@ class _Walker:
                 source = blob.path if blob.path is not None else (blob.data or b"")
                 self.walk_message(source, prefix=path, depth=depth + 1, containers=inner)
             elif kind == "uue":
-                self._members(_uudecoded(blob.read()), path, depth + 1, inner, set(), [])
+                self._members(_uudecoded(blob.read()), path, depth + 1, inner, set(), [], leaves=True)
             else:
                 self._open(short, name or path, blob, path, depth + 1, inner)
         except _OverLimit:
@@ -511,8 +576,10 @@ class _Walker:
         *,
         skip: frozenset[str] = frozenset(),
         keep: bool = False,
+        leaves: bool = False,
     ) -> None:
-        """Each member as a part, its name added to `read` once read, or to `unread` if reading it failed."""
+        """Each member as a part, its name added to `read` once read, or to `unread` if reading it failed.
+        `keep`: kept for a rescan (RESCAN_CONTAINERS); `leaves`: uuencoded files, leaves of the message."""
         for member_name, blocks in members:
             self._check_time()
             if member_name in skip:
@@ -533,6 +600,7 @@ class _Walker:
                 name=member_name.rsplit("/", 1)[-1],
                 depth=depth,
                 containers=inner,
+                leaf=leaves,
             )
             read.add(member_name)
 
