@@ -11,7 +11,7 @@ from typing import NoReturn, TypeVar
 from qsift import config as config_module
 from qsift.auth.settings import DEFAULT_RSA_BITS, domain_name, selector_name
 from qsift.errors import ConfigError, QsiftError
-from qsift.setup import command as setup_command
+from qsift.setup import arguments as setup_arguments
 from qsift.store.quarantine import check_mail_id
 
 _N = TypeVar("_N", int, float)
@@ -59,6 +59,8 @@ def _run(args: argparse.Namespace) -> int:
         from qsift import dkim_tools  # dkimpy, pynacl, OpenSSL: for this command only
 
         return dkim_tools.run(args, sys.stdout, sys.stderr)
+    from qsift.setup import command as setup_command  # the planners: for this command only
+
     return setup_command.run(args, sys.stdout)
 
 
@@ -141,7 +143,7 @@ def _parser() -> argparse.ArgumentParser:
         "init", help="create the tables or upgrade them to this version's schema, and say what was done"
     )
     store_init.add_argument("--config", metavar="FILE")
-    setup_command.add_parser(commands)
+    setup_arguments.add_parser(commands)
     _add_dkim_parser(commands)
     return parser
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -95,3 +97,16 @@ def test_a_valid_mail_id_not_quarantined_is_exit_1(
 ) -> None:
     code, err = run(["quarantine", "show", "--config", paths["config"], "nosuchid1"], capsys)
     assert (code, err) == (1, ["qsift: no quarantined message nosuchid1"])
+
+
+def test_the_setup_planners_are_loaded_for_qsift_setup_alone() -> None:
+    """Every `qsift serve` process, parent and workers, would carry them (about 0.3 MiB each)."""
+    program = (
+        "import sys\n"
+        "from qsift import cli\n"
+        "from qsift.serve import supervisor\n"
+        "cli._parser().parse_args(['serve'])\n"
+        "print(sorted(name for name in sys.modules if name.startswith('qsift.setup.')))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "['qsift.setup.arguments']", done.stdout + done.stderr

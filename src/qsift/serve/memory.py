@@ -10,14 +10,14 @@ to 163-183 MiB. Three causes, and what is done about each here:
   block freed so far, up to 32 MiB, so after one 10 MB attachment every buffer below it stays in the
   arenas for good).
 - libmagic's database, mapped once per handle (decode/filetype.py now keeps one per process), is
-  loaded here, so the workers share the handle rather than each loading its own.
+  loaded here, so the workers share the handle rather than each loading its own; the regular
+  expressions common parts reach are compiled here too, which libmagic keeps with the handle.
 - Objects the parent made (modules, the configuration) are moved out of the collector's reach: a
   worker's full collections otherwise write to every one of them and unshare the pages they sit on,
   which showed as a slow climb of the workers' PSS between 1,000 and 10,000 messages.
 
 Tried and left out, as they changed nothing measurable (docs/benchmarks.md): one arena instead of two,
-`malloc_trim(0)` after 1,000 messages (1 MiB back), and warming libmagic and OpenSSL's digests in the
-parent.
+`malloc_trim(0)` after 1,000 messages (1 MiB back), and warming OpenSSL's digests in the parent.
 
 The settings are inherited through fork, so the parent makes them once for every worker it starts.
 """

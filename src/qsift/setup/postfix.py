@@ -13,9 +13,9 @@ from dataclasses import dataclass
 
 from qsift.config import Limits, ListenAddress, parse_address
 from qsift.errors import ConfigError
+from qsift.setup.arguments import PROTOCOLS
 from qsift.setup.plan import Plan, PlannedDir, PlannedFile
 
-PROTOCOLS = ("smtp", "lmtp")
 TRANSPORT = "qsift"
 MASTER_CF = "master.cf.qsift"
 MAIN_CF = "main.cf.qsift"

@@ -16,10 +16,10 @@ from dataclasses import dataclass
 from qsift.errors import ConfigError
 from qsift.queue_client import servers as qmqp_servers
 from qsift.setup import tcprules
+from qsift.setup.arguments import CUSTOM_ERROR_CONVENTIONS
 from qsift.setup.checks import absolute_path, account_name
 from qsift.setup.plan import SCRIPT_MODE, Plan, PlannedDir, PlannedFile
 
-CUSTOM_ERROR_CONVENTIONS = ("off", "notqmail", "simscan", "indimail")
 RULES_FRAGMENT = "tcp.smtp.qsift"
 
 
