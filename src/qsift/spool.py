@@ -7,7 +7,6 @@ behaviour on POSIX), so a crash leaves nothing behind.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import os
 import tempfile
@@ -49,13 +48,12 @@ def head_of_chunks(chunks: Iterable[bytes], limit: int) -> bytes:
 
 
 class MessageSpool:
-    """An append-only message body with its size and SHA-256 digest kept as it is written."""
+    """An append-only message body with its size kept as it is written."""
 
     def __init__(self, directory: str | None, memory_limit: int) -> None:
         self._file: IO[bytes] = tempfile.SpooledTemporaryFile(  # noqa: SIM115 - closed by close()
             max_size=memory_limit, mode="w+b", dir=directory
         )
-        self._digest = hashlib.sha256()
         self._memory_limit = memory_limit
         self.size = 0
         self._closed = False
@@ -66,13 +64,7 @@ class MessageSpool:
             self._file.write(data)
         except OSError as exc:
             raise SpoolError(f"cannot spool message: {exc.strerror or exc}") from exc
-        self._digest.update(data)
         self.size += len(data)
-
-    @property
-    def digest(self) -> str:
-        """Hex SHA-256 of every byte written so far."""
-        return self._digest.hexdigest()
 
     def chunks(self, chunk_size: int = DEFAULT_CHUNK) -> Iterator[bytes]:
         """Read the whole body from the start, chunk by chunk."""

@@ -13,8 +13,11 @@ in the write-ahead log the moment `record()` returns and survives the process be
 power cut or a kernel crash can lose the last records before the next checkpoint's fsync. A lost record
 costs a duplicate on the retry, never a lost message, while each commit's fsync was most of the window
 in which a killed worker makes a duplicate (docs/reliability.md). The quarantine, which disposes of
-mail, keeps synchronous=FULL. Calls block on the disk, so the daemon uses the store through
-`LocalOutcomes`, which runs each in a thread (`asyncio.to_thread`).
+mail, keeps synchronous=FULL. A write waits for other workers' write lock and the disk, so the daemon uses
+the store through `LocalOutcomes`, which runs each write in a thread (`asyncio.to_thread`). A lookup reads
+on a connection of its own: a reader in WAL mode waits for no writer, and one indexed read of a few keys
+costs less than the hop to a thread (about 50 µs of CPU each), so `LocalOutcomes` looks up on the event
+loop, and only a lookup of more keys than one statement takes goes to a thread.
 """
 
 from __future__ import annotations
@@ -101,23 +104,23 @@ class OutcomeStore:
             os.makedirs(directory, mode=0o700, exist_ok=True)
         self._lock = threading.Lock()
         self._db = open_shared(path, "NORMAL")
-        self._db.executescript(_SCHEMA)
+        try:
+            self._db.executescript(_SCHEMA)
+            self._reads = open_shared(path, "NORMAL")
+        except BaseException:
+            self._db.close()
+            raise
 
     def lookup(self, keys: Sequence[str], not_before: float) -> dict[str, OutcomeRecord]:
-        """The records among `keys` made at or after `not_before`."""
-        found: dict[str, OutcomeRecord] = {}
+        """The records among `keys` made at or after `not_before`; from any thread."""
         with self._lock:
-            for start in range(0, len(keys), _BATCH):
-                batch = keys[start : start + _BATCH]
-                marks = ",".join("?" * len(batch))
-                rows = self._db.execute(
-                    f"SELECT key, mail_id, answer, created FROM outcomes "  # noqa: S608 - only '?' marks
-                    f"WHERE key IN ({marks}) AND created >= ?",
-                    (*batch, not_before),
-                ).fetchall()
-                for key, mail_id, answer, created in rows:
-                    found[str(key)] = OutcomeRecord(str(mail_id), str(answer), float(created))
-        return found
+            return _select(self._db, keys, not_before)
+
+    def lookup_on_loop(self, keys: Sequence[str], not_before: float) -> dict[str, OutcomeRecord]:
+        """`lookup` on the connection kept for the event loop: call it from the loop's thread only. A
+        reader in WAL mode waits for no writer, and this one takes no turn behind the other connection's
+        record, which may wait for another worker's write lock."""
+        return _select(self._reads, keys, not_before)
 
     def record(self, keys: Sequence[str], mail_id: str, answer: str, now: float) -> None:
         """Store delivered recipients in one transaction; SpoolError if it cannot be committed."""
@@ -137,17 +140,36 @@ class OutcomeStore:
         return cursor.rowcount
 
     def close(self) -> None:
+        self._reads.close()
         with self._lock:
             self._db.close()
 
 
+def _select(db: sqlite3.Connection, keys: Sequence[str], not_before: float) -> dict[str, OutcomeRecord]:
+    found: dict[str, OutcomeRecord] = {}
+    for start in range(0, len(keys), _BATCH):
+        batch = keys[start : start + _BATCH]
+        marks = ",".join("?" * len(batch))
+        rows = db.execute(
+            f"SELECT key, mail_id, answer, created FROM outcomes "  # noqa: S608 - only '?' marks
+            f"WHERE key IN ({marks}) AND created >= ?",
+            (*batch, not_before),
+        ).fetchall()
+        for key, mail_id, answer, created in rows:
+            found[str(key)] = OutcomeRecord(str(mail_id), str(answer), float(created))
+    return found
+
+
 class LocalOutcomes:
-    """The pipeline's outcome record on one node: an OutcomeStore, each call in a thread."""
+    """The pipeline's outcome record on one node: an OutcomeStore, each write in a thread, a lookup of up
+    to one statement's keys on the event loop."""
 
     def __init__(self, store: OutcomeStore) -> None:
         self.store = store
 
     async def lookup(self, keys: Sequence[str], not_before: float) -> dict[str, OutcomeRecord]:
+        if len(keys) <= _BATCH:
+            return self.store.lookup_on_loop(keys, not_before)  # the module says why
         return await asyncio.to_thread(self.store.lookup, keys, not_before)
 
     async def record(self, keys: Sequence[str], mail_id: str, answer: str, now: float) -> None:

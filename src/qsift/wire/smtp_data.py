@@ -46,8 +46,10 @@ class DataEncoder:
             chunk = chunk[:-1]
         if not chunk:
             return b""
-        chunk = chunk.replace(_CRLF, _LF).replace(_CR, _LF).replace(_LF, _CRLF)
-        chunk = chunk.replace(b"\r\n.", b"\r\n..")
+        if _CR in chunk:  # one search in C; mail from QMQP has LF line ends only
+            chunk = chunk.replace(_CRLF, _LF).replace(_CR, _LF)
+        # Dot-stuffed while every line end is still one LF: the same lines, a shorter string to search.
+        chunk = chunk.replace(b"\n.", b"\n..").replace(_LF, _CRLF)
         if self._at_line_start and chunk.startswith(b"."):
             chunk = b"." + chunk
         self._at_line_start = chunk.endswith(_CRLF)

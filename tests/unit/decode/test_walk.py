@@ -456,3 +456,13 @@ def test_multiparts_nested_thousands_deep_are_unchecked_not_a_crash() -> None:
     decoded = decode_message(head + body + b"--b%d\nContent-Type: text/plain\n\nhi\n" % levels)
     assert [m for m, _ in unchecked(decoded)] == [2]
     assert "nested deeper than 64" in unchecked(decoded)[0][1]
+
+
+def test_uuencoded_file_after_begin_in_prose() -> None:
+    # Each "begin " is tried where it stands: prose saying it first does not hide the file that follows.
+    import binascii
+
+    lines = b"".join(binascii.b2a_uu(EXE[i : i + 45]) for i in range(0, len(EXE), 45))
+    prose = b"Let us begin 644 times over.\nbegin 9 no mode\n" * 20
+    raw = b"From: a@x\nSubject: uu\n\n" + prose + b"begin 644 run.exe\n" + lines + b"`\nend\n"
+    assert leaves(decode_message(raw))["1/run.exe"].detected_type == "exe-ms"
