@@ -8,8 +8,8 @@ every message of bench/mail_mix.py's pool, EICAR included, one after the other: 
 then the copy qsift's spamd client sends (checks/spam_sample.py), interleaved message by message so load
 from other work on the machine falls on both alike. CPU is user + system time of spamd's process tree
 from /proc (ticks of 10 ms: the figures are sums over many messages, divided). Reported per kind of
-message: count, bytes sent, CPU per message each way, and how many scores changed, by how much, and
-whether any crossed 5.0 or qsift's default levels.
+message: count, bytes sent, CPU per message each way, how many scores changed and by how much, how many
+lists of rules hit changed, and whether any score crossed 5.0 or qsift's default levels.
 """
 
 from __future__ import annotations
@@ -92,7 +92,7 @@ async def run(pool: list[tuple[str, bytes]], address: str, spamd_pid: int, sizes
         for label, level in (("5.0", 5.0), ("tag2", levels.tag2_level), ("kill", levels.kill_level)):
             if (before.score >= level) != (after.score >= level):
                 crossings.append(f"{name}: {before.score} -> {after.score} crosses {label} {level}")
-        if before.score != after.score:
+        if before.score != after.score or set(before.rules) != set(after.rules):
             print(
                 f"  {name}: {before.score} -> {after.score}"
                 f"  lost {sorted(set(before.rules) - set(after.rules))}"
@@ -101,18 +101,19 @@ async def run(pool: list[tuple[str, bytes]], address: str, spamd_pid: int, sizes
             )
     print(
         f"\n{'kind':24} {'msgs':>5} {'kB whole':>9} {'kB sent':>8} {'ms whole':>9} {'ms slim':>8}"
-        f" {'changed':>8} {'max |d|':>8}"
+        f" {'changed':>8} {'max |d|':>8} {'rules':>6}"
     )
     every = [row for kind_rows in rows.values() for row in kind_rows]
     for label, kind_rows in [*sorted(rows.items()), ("all", every)]:
         changes = [abs(b.score - a.score) for b, a, _ in kind_rows if b.score != a.score]
+        rule_changes = sum(set(b.rules) != set(a.rules) for b, a, _ in kind_rows)
         print(
             f"{label:24} {len(kind_rows):5d}"
             f" {statistics.mean(b.size for b, _, _ in kind_rows) / 1000:9.1f}"
             f" {statistics.mean(s for _, _, s in kind_rows) / 1000:8.1f}"
             f" {1000 * statistics.mean(b.cpu for b, _, _ in kind_rows):9.1f}"
             f" {1000 * statistics.mean(a.cpu for _, a, _ in kind_rows):8.1f}"
-            f" {len(changes):8d} {max(changes, default=0):8.2f}"
+            f" {len(changes):8d} {max(changes, default=0):8.2f} {rule_changes:6d}"
         )
     today = [b.cpu if b.size <= sizes else 0.0 for b, _, _ in every]
     print(f"all, whole but skipped over {sizes} bytes as before: {1000 * statistics.mean(today):.1f} ms")
