@@ -2,6 +2,7 @@
 
     .venv/bin/python -m bench.spamd_cost                     # the bench pool, whole and slimmed
     .venv/bin/python -m bench.spamd_cost --corpus            # plus ../shared/corpus's spamassassin folder
+    .venv/bin/python -m bench.spamd_cost --spamd-option=--max-conn-per-child=1   # spamd's own settings
 
 One fresh spamd (tests/spamd_daemon.py, one child, so requests are served one at a time) is asked about
 every message of bench/mail_mix.py's pool, EICAR included, one after the other: first the message whole,
@@ -136,13 +137,14 @@ def main() -> None:
     parser.add_argument("--messages", type=int, default=0, help="only the first N of the pool (0: all)")
     parser.add_argument("--corpus", action="store_true", help="add ../shared/corpus/spamassassin")
     parser.add_argument("--max-size", type=int, default=400 * 1024, help="the slimmed copy's limit")
+    parser.add_argument("--spamd-option", action="append", default=[], help="passed to spamd as it is")
     args = parser.parse_args()
     pool = message_pool(eicar=True)
     if args.messages:
         pool = pool[: args.messages]
     if args.corpus:
         pool += corpus_extra()
-    with running_spamd(max_children=1) as spamd:
+    with running_spamd(max_children=1, options=tuple(args.spamd_option)) as spamd:
         pid = int((Path(spamd.socket_path).parent / "spamd.pid").read_text().split()[0])
         asyncio.run(run(pool, spamd.unix_address, pid, args.max_size))
 

@@ -175,7 +175,9 @@ class MailSlimmer:
             return start
         found = data.find(b"\n-", start)
         line_start = found + 1 if found >= 0 else data.rfind(b"\n", start) + 1 or start
-        self.left_out += line_start - start
+        if line_start > start:
+            self.left_out += line_start - start
+            self._mid_line = False  # past the end of a long line left out in pieces
         return line_start
 
     def _line(self, line: bytes, out: list[bytes], *, whole: bool) -> None:

@@ -303,3 +303,17 @@ def test_attached_messages_past_the_nesting_limit_are_copied() -> None:
         body = b"Content-Type: message/rfc822\r\n\r\n" + body
     assert slim(body) == body
     assert len(slim(body.split(b"\r\n\r\n", 3)[-1])) < len(body) // 10
+
+
+def test_a_long_line_in_a_text_attachment_being_cut_does_not_hide_the_next_part() -> None:
+    csv = part(
+        b"text/csv",
+        b"1;2\r\n" * 2000 + b"x" * (3 * LINE_LIMIT) + b"\r\n" + b"3;4\r\n" * 10,
+        b"Content-Disposition: attachment\r\n",
+        b"7bit",
+    )
+    message = mixed(csv, TEXT)
+    for step in (1000, 50_000, len(message)):
+        copy = slim(message, step=step)
+        assert copy.endswith(b"--b1\r\n" + TEXT + b"\r\n--b1--\r\nepilogue\r\n")
+        assert len(copy) < 10_000
