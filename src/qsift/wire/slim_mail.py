@@ -146,6 +146,12 @@ class MailSlimmer:
                 start = self._cut_text(pending, start) if self._cutting_text else self._cut(pending, start)
                 if self._copying or start == len(pending):
                     break
+            elif self._mode is _Mode.KEEP:
+                end = self._plain_lines_end(pending, start)
+                out.append(pending[start:end])
+                start = end
+                if start == len(pending):
+                    break
             end = pending.find(b"\n", start)
             if end < 0:
                 if not final and len(pending) - start <= LINE_LIMIT:
@@ -170,15 +176,21 @@ class MailSlimmer:
         return line_start
 
     def _cut_text(self, data: bytes, start: int) -> int:
-        """Leave out whole lines from `start` up to one that starts with "-" (it may be a delimiter)."""
-        if data.startswith(b"-", start):
+        """Leave out whole lines from `start` up to one that may be a delimiter."""
+        end = self._plain_lines_end(data, start)
+        self.left_out += end - start
+        return end
+
+    def _plain_lines_end(self, data: bytes, start: int) -> int:
+        """Where the whole lines from `start` that cannot be delimiters end: found by `bytes.find`, so a
+        body of many short lines costs no Python per line."""
+        if not self._mid_line and data.startswith(b"--", start):
             return start
-        found = data.find(b"\n-", start)
-        line_start = found + 1 if found >= 0 else data.rfind(b"\n", start) + 1 or start
-        if line_start > start:
-            self.left_out += line_start - start
-            self._mid_line = False  # past the end of a long line left out in pieces
-        return line_start
+        found = data.find(b"\n--", start)
+        end = found + 1 if found >= 0 else data.rfind(b"\n", start) + 1 or start
+        if end > start:
+            self._mid_line = False  # past the end of a line, perhaps a long one taken in pieces
+        return end
 
     def _line(self, line: bytes, out: list[bytes], *, whole: bool) -> None:
         starts_line = not self._mid_line

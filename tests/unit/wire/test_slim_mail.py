@@ -263,13 +263,13 @@ _messages = st.lists(_pieces, max_size=80).map(
 )
 
 
-@settings(max_examples=300)
+@settings(max_examples=300, deadline=None)
 @given(_messages | st.binary(max_size=3000), st.integers(1, 64), st.integers(0, 200))
 def test_pieces_do_not_change_the_copy(message: bytes, step: int, head: int) -> None:
     assert slim(message, step=step, head=head) == slim(message, head=head)
 
 
-@settings(max_examples=300)
+@settings(max_examples=300, deadline=None)
 @given(_messages | st.binary(max_size=3000), st.integers(0, 200), st.integers(1, 5000))
 def test_the_copy_is_never_bigger_and_keeps_lines_in_order(message: bytes, head: int, limit: int) -> None:
     copy = slim(message, head=head)
@@ -280,7 +280,7 @@ def test_the_copy_is_never_bigger_and_keeps_lines_in_order(message: bytes, head:
     assert slim(message, head=head, limit=limit) == copy[:limit]
 
 
-@settings(max_examples=100)
+@settings(max_examples=100, deadline=None)
 @given(st.lists(st.booleans(), min_size=1, max_size=20), st.integers(100, 5000))
 def test_endless_parts_stay_small(images: list[bool], step: int) -> None:
     parts = [IMAGE if image else TEXT for image in images]
