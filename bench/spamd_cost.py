@@ -79,9 +79,13 @@ async def ask(scanner: SpamdScanner, spamd_pid: int, message: bytes, name: str) 
     )
 
 
-async def run(pool: list[tuple[str, bytes]], address: str, spamd_pid: int, sizes: int) -> None:
+async def run(
+    pool: list[tuple[str, bytes]], address: str, spamd_pid: int, sizes: int, *, cut_text: bool
+) -> None:
     whole = SpamdScanner("whole", address, timeout=300, max_size=1 << 40, slim=False)
-    slim = SpamdScanner("slim", address, timeout=300, max_size=sizes, slim=True)
+    slim = SpamdScanner(
+        "slim", address, timeout=300, max_size=sizes, slim=True, cut_text_attachments=cut_text
+    )
     rows: dict[str, list[tuple[Sent, Sent, int]]] = collections.defaultdict(list)
     levels = SpamLevels()
     crossings: list[str] = []
@@ -137,6 +141,7 @@ def main() -> None:
     parser.add_argument("--messages", type=int, default=0, help="only the first N of the pool (0: all)")
     parser.add_argument("--corpus", action="store_true", help="add ../shared/corpus/spamassassin")
     parser.add_argument("--max-size", type=int, default=400 * 1024, help="the slimmed copy's limit")
+    parser.add_argument("--keep-text-attachments", action="store_true", help="cut_text_attachments = false")
     parser.add_argument("--spamd-option", action="append", default=[], help="passed to spamd as it is")
     args = parser.parse_args()
     pool = message_pool(eicar=True)
@@ -146,7 +151,9 @@ def main() -> None:
         pool += corpus_extra()
     with running_spamd(max_children=1, options=tuple(args.spamd_option)) as spamd:
         pid = int((Path(spamd.socket_path).parent / "spamd.pid").read_text().split()[0])
-        asyncio.run(run(pool, spamd.unix_address, pid, args.max_size))
+        asyncio.run(
+            run(pool, spamd.unix_address, pid, args.max_size, cut_text=not args.keep_text_attachments)
+        )
 
 
 if __name__ == "__main__":

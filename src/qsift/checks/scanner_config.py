@@ -163,9 +163,13 @@ class SpamSettings:
     )
     attachment_head: int = setting(
         4096,
-        "spamd with slim: bytes of each attachment's encoded body kept, in whole lines (images, archives,"
-        " documents; text attachments other than text/plain and text/html too).",
+        "spamd with slim: bytes of each attachment's encoded body kept, in whole lines.",
         kind=INTEGER,
+    )
+    cut_text_attachments: bool = setting(
+        True,
+        "spamd with slim: cut text attachments (Content-Disposition: attachment) other than text/plain"
+        " and text/html, a CSV say, to attachment_head too, though SpamAssassin would read them as text.",
     )
     timeout: float = setting(30.0, "Seconds to wait for the scanner's answer.")
     failure: str = setting(

@@ -181,6 +181,7 @@ def _spam_scanner(settings: SpamSettings) -> SpamScanner | None:
             max_size=settings.max_size,
             slim=settings.slim,
             attachment_head=settings.attachment_head,
+            cut_text_attachments=settings.cut_text_attachments,
         )
     if settings.type == "rspamd":
         return RspamdScanner("rspamd", settings.address, timeout=settings.timeout, max_size=settings.max_size)

@@ -124,6 +124,7 @@ class SpamdScanner:
         max_size: int = 512_000,
         slim: bool = False,
         attachment_head: int = 4096,
+        cut_text_attachments: bool = True,
     ) -> None:
         self.name = name
         self.address = parse_scanner_address(address, default_port=783)
@@ -133,6 +134,7 @@ class SpamdScanner:
         self.max_size = max_size
         self.slim = slim
         self.attachment_head = attachment_head
+        self.cut_text_attachments = cut_text_attachments
 
     async def check(self, message: IO[bytes], size: int, *, user: str | None = None) -> SpamResult:
         if size > self.max_size and not self.slim:
@@ -166,7 +168,11 @@ class SpamdScanner:
 
         Read and made in one go: a spool file on local disk, and scanning past an attachment is a regex
         over each block, about a millisecond per megabyte."""
-        slimmer = MailSlimmer(attachment_head=self.attachment_head, limit=self.max_size)
+        slimmer = MailSlimmer(
+            attachment_head=self.attachment_head,
+            limit=self.max_size,
+            text_attachments=self.cut_text_attachments,
+        )
         pieces: list[bytes] = []
         left = size
         while left > 0 and not slimmer.full:
