@@ -40,6 +40,8 @@ HEADER_LIMIT = 64 * 1024
 LINE_LIMIT = 64 * 1024
 #: Multiparts inside multiparts (and attached messages) before the rest is copied as it is.
 MAX_NESTING = 32
+#: Entities (parts and attached messages) read before the rest is copied as it is.
+MAX_PARTS = 1000
 
 _NOT_BASE64 = re.compile(rb"[^A-Za-z0-9+/=\r\n]")
 _FIELD_NAME = re.compile(rb"^([^\x00-\x20\x7f:]+)[ \t]*:")
@@ -91,6 +93,10 @@ class MailSlimmer:
         self._header_size = 0
         #: Boundaries of the multiparts we are inside, innermost last.
         self._boundaries: list[bytes] = []
+        #: For each boundary, its delimiter lines as SpamAssassin matches them: /^--\Qb\E(--)?\s*$/.
+        self._delimiters: list[re.Pattern[bytes]] = []
+        #: Entities begun; past `MAX_PARTS` the rest is copied, so endless tiny parts cost no Python each.
+        self._parts = 0
         #: Attached messages opened since the innermost multipart (their header comes without a delimiter).
         self._depth = 0
         self._head_left = 0
@@ -152,10 +158,10 @@ class MailSlimmer:
                 if self._copying or start == len(pending):
                     break
             elif self._mode is _Mode.KEEP:
-                end = self._plain_lines_end(pending, start)
+                end = self._kept_lines_end(pending, start)
                 out.append(pending[start:end])
                 start = end
-                if start == len(pending):
+                if self._copying or start == len(pending):
                     break
             end = pending.find(b"\n", start)
             if end < 0:
@@ -185,6 +191,21 @@ class MailSlimmer:
         end = self._plain_lines_end(data, start)
         self.left_out += end - start
         return end
+
+    def _kept_lines_end(self, data: bytes, start: int) -> int:
+        """Where the whole lines from `start` up to the innermost multipart's next delimiter end, found by
+        a regex, so a body of many short lines costs no Python per line (a delimiter of an outer multipart
+        is kept as content here, as SpamAssassin reads it). Outside any multipart the body runs to the end
+        of the message: the rest is copied."""
+        if not self._boundaries:
+            self._mode = _Mode.COPY
+            return start
+        if self._mid_line:
+            start = self._plain_lines_end(data, start)
+            if self._mid_line:
+                return start
+        found = self._delimiters[-1].search(data, start)
+        return found.start() if found else data.rfind(b"\n", start) + 1 or start
 
     def _plain_lines_end(self, data: bytes, start: int) -> int:
         """Where the whole lines from `start` that cannot be delimiters end: found by `bytes.find`, so a
@@ -228,6 +249,7 @@ class MailSlimmer:
                 self._mode = _Mode.HEADER
             else:
                 self._boundaries.pop()
+                self._delimiters.pop()
                 self._mode = _Mode.KEEP
             self._depth = 0
             return True
@@ -276,7 +298,8 @@ class MailSlimmer:
         return fields
 
     def _begin_body(self, fields: dict[bytes, list[str]] | None) -> None:
-        if fields is None:
+        self._parts += 1
+        if fields is None or self._parts > MAX_PARTS:
             self._mode = _Mode.COPY
             return
         content_types = fields.get(b"content-type", [])
@@ -289,6 +312,7 @@ class MailSlimmer:
                 self._mode = _Mode.COPY  # SpamAssassin has its own ways with a boundary used twice
                 return
             self._boundaries.append(encoded)
+            self._delimiters.append(re.compile(rb"^--" + re.escape(encoded) + rb"(?:--)?[ \t\r\f\v]*$", re.M))
             self._depth = 0
             self._mode = _Mode.KEEP
         elif media == "message/rfc822" and encodings in ([], ["7bit"], ["8bit"], ["binary"]):

@@ -8,7 +8,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from qsift.wire.slim_mail import HEADER_LIMIT, LINE_LIMIT, MAX_NESTING, MailSlimmer, spamassassin_type
+from qsift.wire.slim_mail import (
+    HEADER_LIMIT,
+    LINE_LIMIT,
+    MAX_NESTING,
+    MAX_PARTS,
+    MailSlimmer,
+    spamassassin_type,
+)
 
 HEAD = 4096
 
@@ -317,3 +324,31 @@ def test_a_long_line_in_a_text_attachment_being_cut_does_not_hide_the_next_part(
         copy = slim(message, step=step)
         assert copy.endswith(b"--b1\r\n" + TEXT + b"\r\n--b1--\r\nepilogue\r\n")
         assert len(copy) < 10_000
+
+
+def test_past_max_parts_the_rest_is_copied() -> None:
+    message = mixed(*[TEXT] * (MAX_PARTS - 2), IMAGE, IMAGE)  # the header is the first entity
+    copy = slim(message, step=65_536)
+    assert len(message) - len(copy) == len(BIG) + 2 - len(cut_head(BIG))  # the first image only
+
+
+@pytest.mark.parametrize("step", [1, 3, 64, 100_000])
+def test_delimiter_like_lines_in_a_kept_part(step: int) -> None:
+    text = part(
+        b"text/plain", b"--b1x\r\n--b\r\n-- b1\r\n--b1 x\r\nlong " + b"y" * LINE_LIMIT + b"\r\n", cte=b"8bit"
+    )
+    message = mixed(text, IMAGE)
+    assert slim(message, step=step) == message.replace(BIG + b"\r\n", cut_head(BIG))
+
+
+def test_a_dash_line_in_an_attachments_head_is_content() -> None:
+    odd = IMAGE.replace(BIG, b"--x\r\n" + BIG)
+    message = mixed(odd, TEXT)
+    assert slim(message) == message.replace(BIG + b"\r\n", cut_head(b"--x\r\n" + BIG)[5:])
+
+
+def test_a_text_attachment_cut_byte_by_byte() -> None:
+    csv = part(b"text/csv", b"1;2\r\n" * 2000, b"Content-Disposition: attachment\r\n", b"7bit")
+    message = mixed(csv, TEXT)
+    assert slim(message, step=1) == slim(message)
+    assert len(slim(message)) < len(message) - 5000
