@@ -161,6 +161,18 @@ async def test_a_slimmed_copy_cut_at_max_size(spamd: Spamd) -> None:
     assert not result.error and result.score is not None
 
 
+class _Unreadable(io.BytesIO):
+    def read(self, size: int | None = -1) -> bytes:
+        raise OSError("disk gone")
+
+
+@pytest.mark.parametrize("size", [100, 10_000_000])
+async def test_a_slimmed_copy_of_an_unreadable_message_is_an_error(size: int) -> None:
+    scanner = SpamdScanner("sa", f"127.0.0.1:{_closed_port()}", slim=True)
+    result = await scanner.check(_Unreadable(), size)
+    assert result.error.startswith("cannot read the message: disk gone")
+
+
 async def test_a_bad_user_name_is_an_error_not_a_header(spamd: Spamd) -> None:
     result = await SpamdScanner("sa", spamd.unix_address).check(
         io.BytesIO(NOTE_MAIL), len(NOTE_MAIL), user="x\r\nContent-length: 0"

@@ -141,7 +141,12 @@ class SpamdScanner:
             return SpamResult(self.name, skipped=f"larger than {self.max_size} bytes")
         if self.slim:
             try:
-                sample = self.sample(message, size)
+                # Past one block, off the event loop: 10 MB of base64 takes about 30 ms to look through.
+                sample = (
+                    self.sample(message, size)
+                    if size <= _SLIM_BLOCK
+                    else await asyncio.to_thread(self.sample, message, size)
+                )
             except OSError as exc:
                 return self._error(f"cannot read the message: {exc}")
             message, size = io.BytesIO(sample), len(sample)
@@ -166,8 +171,8 @@ class SpamdScanner:
     def sample(self, message: IO[bytes], size: int) -> bytes:
         """The slimmed copy of the message's first `size` bytes, at most `max_size` of them.
 
-        Read and made in one go: a spool file on local disk, and scanning past an attachment is a regex
-        over each block, about a millisecond per megabyte."""
+        Made in one go, in memory bounded by `max_size`: what is left out is found by a regex or
+        `bytes.find` over each block, about 3 ms per megabyte of base64."""
         slimmer = MailSlimmer(
             attachment_head=self.attachment_head,
             limit=self.max_size,
