@@ -72,7 +72,7 @@ def spamd_path() -> str | None:
 
 
 @contextlib.contextmanager
-def running_spamd(*, max_children: int = 2) -> Iterator[Spamd]:
+def running_spamd(*, max_children: int = 2, options: tuple[str, ...] = ()) -> Iterator[Spamd]:
     binary = spamd_path()
     if binary is None:
         pytest.skip("spamd is not installed (apt-get install spamassassin spamc)")
@@ -95,6 +95,7 @@ def running_spamd(*, max_children: int = 2) -> Iterator[Spamd]:
             f"--socketpath={socket_path}",
             f"--listen=127.0.0.1:{port}",
             f"--pidfile={workdir}/spamd.pid",
+            *options,
         ]
         if user is not None:
             command.append(f"--username={user}")

@@ -7,6 +7,7 @@ resolver pointed at 127.0.0.1), so nothing leaves the machine. Each is skipped w
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import io
 import os
@@ -109,6 +110,67 @@ async def test_oversize_is_skipped_without_connecting(spamd: Spamd) -> None:
     assert result.skipped == f"larger than {len(GTUBE_MAIL) - 1} bytes"
     assert (result.score, result.error) == (None, "")
     assert spamd.log().count("connection from") + spamd.log().count("got connection") == before
+
+
+def _with_attachments(text: bytes, attachment: bytes) -> bytes:
+    """A business-like message: `text` as its body and a large PDF-like attachment, after it and before."""
+    encoded = base64.encodebytes(attachment).replace(b"\n", b"\r\n")
+    pdf = (
+        b'Content-Type: application/pdf; name="order.pdf"\r\nContent-Transfer-Encoding: base64\r\n'
+        b'Content-Disposition: attachment; filename="order.pdf"\r\n\r\n' + encoded
+    )
+    return (
+        HEAD % b"order"
+        + b'MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary="=_b"\r\n\r\n'
+        + b"--=_b\r\n"
+        + pdf
+        + b"\r\n--=_b\r\nContent-Type: text/plain; charset=us-ascii\r\n\r\n"
+        + text
+        + b"\r\n--=_b\r\n"
+        + pdf
+        + b"\r\n--=_b--\r\n"
+    )
+
+
+async def test_a_slimmed_copy_is_checked_when_the_message_is_too_large(spamd: Spamd) -> None:
+    mail = _with_attachments(b"Please see the GTUBE:\r\n" + GTUBE + b"\r\n", os.urandom(600_000))
+    slim = SpamdScanner("sa", spamd.unix_address, max_size=400 * 1024, slim=True, attachment_head=2048)
+    result = await slim.check(io.BytesIO(mail), len(mail))
+    assert not result.error and result.score is not None and result.score >= 1000
+    assert "GTUBE" in result.rules
+    assert len(slim.sample(io.BytesIO(mail), len(mail))) < 10_000
+    whole = SpamdScanner("sa", spamd.unix_address, max_size=400 * 1024)
+    assert (await whole.check(io.BytesIO(mail), len(mail))).skipped
+
+
+async def test_a_slimmed_copy_scores_as_the_whole_message(spamd: Spamd) -> None:
+    mail = _with_attachments(b"Hi Bob,\r\n\r\nthe order as promised.\r\n\r\nAlice\r\n", os.urandom(200_000))
+    whole = await SpamdScanner("sa", spamd.unix_address, max_size=len(mail)).check(
+        io.BytesIO(mail), len(mail)
+    )
+    slimmed = await SpamdScanner("sa", spamd.unix_address, slim=True).check(io.BytesIO(mail), len(mail))
+    assert not whole.error and not slimmed.error
+    assert (slimmed.score, slimmed.rules) == (whole.score, whole.rules)
+
+
+async def test_a_slimmed_copy_cut_at_max_size(spamd: Spamd) -> None:
+    mail = NOTE_MAIL + b"".join(b"line %06d of a long and boring newsletter\r\n" % i for i in range(20_000))
+    scanner = SpamdScanner("sa", spamd.unix_address, max_size=100_000, slim=True)
+    assert scanner.sample(io.BytesIO(mail), len(mail)) == mail[:100_000]
+    result = await scanner.check(io.BytesIO(mail), len(mail))
+    assert not result.error and result.score is not None
+
+
+class _Unreadable(io.BytesIO):
+    def read(self, size: int | None = -1) -> bytes:
+        raise OSError("disk gone")
+
+
+@pytest.mark.parametrize("size", [100, 10_000_000])
+async def test_a_slimmed_copy_of_an_unreadable_message_is_an_error(size: int) -> None:
+    scanner = SpamdScanner("sa", f"127.0.0.1:{_closed_port()}", slim=True)
+    result = await scanner.check(_Unreadable(), size)
+    assert result.error.startswith("cannot read the message: disk gone")
 
 
 async def test_a_bad_user_name_is_an_error_not_a_header(spamd: Spamd) -> None:

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from qsift.checks.scanners import parse_scanner_address
 from qsift.checks.spam_levels import SpamLevels
-from qsift.declare import CODES_OR_REGEX, COUNT, STRING, pattern, section, setting, tables
+from qsift.declare import CODES_OR_REGEX, COUNT, INTEGER, STRING, pattern, section, setting, tables
 
 MIB = 1024 * 1024
 SPAM_TYPES = ("spamd", "rspamd")
@@ -152,8 +152,24 @@ class SpamSettings:
     )
     max_size: int = setting(
         400 * 1024,
-        "Larger messages are not sent (amavisd-new's sample $sa_mail_body_size_limit).",
+        "spamd with slim: the most of the slimmed copy sent, the rest cut off, as amavisd-new cuts at its"
+        " $sa_mail_body_size_limit; rspamd, or spamd without slim: larger messages are not sent.",
         kind=COUNT,
+    )
+    slim: bool = setting(
+        True,
+        "spamd: send a slimmed copy (every header, text parts whole, attachments cut to their first"
+        " attachment_head bytes) rather than the message whole; a message is then never skipped.",
+    )
+    attachment_head: int = setting(
+        4096,
+        "spamd with slim: bytes of each attachment's encoded body kept, in whole lines.",
+        kind=INTEGER,
+    )
+    cut_text_attachments: bool = setting(
+        True,
+        "spamd with slim: cut text attachments (Content-Disposition: attachment) other than text/plain"
+        " and text/html, a CSV say, to attachment_head too, though SpamAssassin would read them as text.",
     )
     timeout: float = setting(30.0, "Seconds to wait for the scanner's answer.")
     failure: str = setting(

@@ -174,7 +174,15 @@ def _virus_scanner(spec: ScannerSpec, tmp_dir: str | None) -> VirusScanner:
 
 def _spam_scanner(settings: SpamSettings) -> SpamScanner | None:
     if settings.type == "spamd":
-        return SpamdScanner("spamd", settings.address, timeout=settings.timeout, max_size=settings.max_size)
+        return SpamdScanner(
+            "spamd",
+            settings.address,
+            timeout=settings.timeout,
+            max_size=settings.max_size,
+            slim=settings.slim,
+            attachment_head=settings.attachment_head,
+            cut_text_attachments=settings.cut_text_attachments,
+        )
     if settings.type == "rspamd":
         return RspamdScanner("rspamd", settings.address, timeout=settings.timeout, max_size=settings.max_size)
     return None

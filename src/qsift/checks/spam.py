@@ -10,8 +10,10 @@ What both clients keep to, whatever the daemon does:
   invariant 4: pass unscored, logged).
 - One deadline (`timeout`) covers the whole exchange; connecting has its own shorter one. spamd keeps
   scanning after we give up, so the socket is closed at once, not drained.
-- A message over `max_size` is not sent: `skipped`. spamc's default is 500 KB and amavisd-new's
-  `$sa_mail_body_size_limit` does the same; SpamAssassin's rules get slow on big bodies and spam is small.
+- spamd is sent a slimmed copy (wire/slim_mail.py): headers and text whole, attachments cut to their
+  first `attachment_head` bytes, the whole cut at `max_size` as amavisd-new cuts at
+  `$sa_mail_body_size_limit`, so a large message is checked by its start rather than not at all. With
+  `slim` off, and for rspamd, a message over `max_size` is not sent: `skipped` (spamc's default is 500 KB).
 - One connection per message: spamd allows one request per connection, and rspamd is asked with
   `Connection: close` so its reply ends at EOF like spamd's.
 """
@@ -19,6 +21,7 @@ What both clients keep to, whatever the daemon does:
 from __future__ import annotations
 
 import asyncio
+import io
 from collections.abc import Callable, Sequence
 from typing import IO
 
@@ -27,8 +30,11 @@ from qsift.errors import ProtocolError
 from qsift.observe.log import level, logger
 from qsift.wire import rspamd as rspamd_wire
 from qsift.wire import spamd as spamd_wire
+from qsift.wire.slim_mail import MailSlimmer
 
 _CHUNK = 64 * 1024
+#: How much of the spool file is read at once to make the slimmed copy.
+_SLIM_BLOCK = 256 * 1024
 
 _Streams = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 
@@ -116,16 +122,34 @@ class SpamdScanner:
         timeout: float = 30.0,
         connect_timeout: float = 5.0,
         max_size: int = 512_000,
+        slim: bool = False,
+        attachment_head: int = 4096,
+        cut_text_attachments: bool = True,
     ) -> None:
         self.name = name
         self.address = parse_scanner_address(address, default_port=783)
         self.timeout = timeout
         self.connect_timeout = connect_timeout
+        #: With `slim`, the most that is sent; without, the largest message sent at all.
         self.max_size = max_size
+        self.slim = slim
+        self.attachment_head = attachment_head
+        self.cut_text_attachments = cut_text_attachments
 
     async def check(self, message: IO[bytes], size: int, *, user: str | None = None) -> SpamResult:
-        if size > self.max_size:
+        if size > self.max_size and not self.slim:
             return SpamResult(self.name, skipped=f"larger than {self.max_size} bytes")
+        if self.slim:
+            try:
+                # Past one block, off the event loop: 10 MB of base64 takes about 30 ms to look through.
+                sample = (
+                    self.sample(message, size)
+                    if size <= _SLIM_BLOCK
+                    else await asyncio.to_thread(self.sample, message, size)
+                )
+            except OSError as exc:
+                return self._error(f"cannot read the message: {exc}")
+            message, size = io.BytesIO(sample), len(sample)
         try:
             head = spamd_wire.request_head("SYMBOLS", size, user)
         except ValueError as exc:
@@ -143,6 +167,27 @@ class SpamdScanner:
         except ProtocolError as exc:
             return self._error(str(exc))
         return SpamResult(self.name, score=reply.score, required=reply.threshold, rules=rules)
+
+    def sample(self, message: IO[bytes], size: int) -> bytes:
+        """The slimmed copy of the message's first `size` bytes, at most `max_size` of them.
+
+        Made in one go, in memory bounded by `max_size`: what is left out is found by a regex or
+        `bytes.find` over each block, about 3 ms per megabyte of base64."""
+        slimmer = MailSlimmer(
+            attachment_head=self.attachment_head,
+            limit=self.max_size,
+            text_attachments=self.cut_text_attachments,
+        )
+        pieces: list[bytes] = []
+        left = size
+        while left > 0 and not slimmer.full:
+            block = message.read(min(_SLIM_BLOCK, left))
+            if not block:
+                break
+            left -= len(block)
+            pieces.append(slimmer.feed(block))
+        pieces.append(slimmer.finish())
+        return b"".join(pieces)
 
     async def ping(self) -> str:
         """spamd's answer to PING ("PONG"), or "" when it did not give one."""

@@ -10,6 +10,8 @@ import pytest
 
 from qsift import config
 from qsift.checks.scanner_config import ScannerSpec, SpamSettings, VirusSettings
+from qsift.checks.scanner_set import ScannerSet, _LimitedSpam
+from qsift.checks.spam import SpamdScanner
 from qsift.errors import ConfigError
 
 NOD32 = """
@@ -69,7 +71,27 @@ def test_spam_levels_and_defaults() -> None:
     assert spam.levels.kill_level == 8.0 and spam.levels.tag_level == -999.0
     assert spam.levels.tag2_level == 6.2 and spam.levels.quarantine_cutoff_level is None
     assert spam.max_size == 400 * 1024 and spam.failure == "pass"
+    assert (spam.slim, spam.attachment_head, spam.cut_text_attachments) == (True, 4096, True)
     assert spam_from_config({}).type == ""
+
+
+def test_spamd_is_built_with_the_slimming_settings() -> None:
+    spam = spam_from_config(
+        {
+            "type": "spamd",
+            "address": "127.0.0.1",
+            "slim": False,
+            "attachment_head": 0,
+            "cut_text_attachments": False,
+        }
+    )
+    scanner = ScannerSet.build(VirusSettings(), spam).spam
+    assert isinstance(scanner, _LimitedSpam) and isinstance(scanner.inner, SpamdScanner)
+    assert (scanner.inner.slim, scanner.inner.attachment_head, scanner.inner.max_size) == (
+        False,
+        0,
+        400 * 1024,
+    )
 
 
 @pytest.mark.parametrize(
