@@ -6,7 +6,7 @@
 
 One fresh spamd (tests/spamd_daemon.py, one child, so requests are served one at a time) is asked about
 every message of bench/mail_mix.py's pool, EICAR included, one after the other: first the message whole,
-then the copy qsift's spamd client sends (checks/spam_sample.py), interleaved message by message so load
+then the copy qsift's spamd client sends (wire/slim_mail.py), interleaved message by message so load
 from other work on the machine falls on both alike. CPU is user + system time of spamd's process tree
 from /proc (ticks of 10 ms: the figures are sums over many messages, divided). Reported per kind of
 message: count, bytes sent, CPU per message each way, how many scores changed and by how much, how many
