@@ -180,9 +180,11 @@ async def test_a_bad_user_name_is_an_error_not_a_header(spamd: Spamd) -> None:
     assert "user name" in result.error and result.score is None
 
 
-async def test_a_message_shorter_than_its_size_is_an_error(spamd: Spamd) -> None:
+@pytest.mark.parametrize("slim", [False, True])
+async def test_a_message_shorter_than_its_size_is_an_error(spamd: Spamd, slim: bool) -> None:
     started = time.monotonic()
-    result = await SpamdScanner("sa", spamd.unix_address).check(io.BytesIO(NOTE_MAIL), len(NOTE_MAIL) + 10)
+    scanner = SpamdScanner("sa", spamd.unix_address, slim=slim)
+    result = await scanner.check(io.BytesIO(NOTE_MAIL), len(NOTE_MAIL) + 10)
     assert "ended 10 bytes before" in result.error
     assert time.monotonic() - started < 5
 

@@ -43,6 +43,10 @@ class _Failed(Exception):
     """The exchange cannot go on; the text becomes SpamResult.error."""
 
 
+class _ShortMessage(Exception):
+    """The message ended before its stated size while its slimmed copy was made."""
+
+
 async def _exchange(
     address: ScannerAddress,
     head: bytes,
@@ -121,7 +125,7 @@ class SpamdScanner:
         *,
         timeout: float = 30.0,
         connect_timeout: float = 5.0,
-        max_size: int = 512_000,
+        max_size: int = 400 * 1024,
         slim: bool = False,
         attachment_head: int = 4096,
         cut_text_attachments: bool = True,
@@ -147,6 +151,8 @@ class SpamdScanner:
                     if size <= _SLIM_BLOCK
                     else await asyncio.to_thread(self.sample, message, size)
                 )
+            except _ShortMessage as exc:
+                return self._error(str(exc))
             except OSError as exc:
                 return self._error(f"cannot read the message: {exc}")
             message, size = io.BytesIO(sample), len(sample)
@@ -183,7 +189,8 @@ class SpamdScanner:
         while left > 0 and not slimmer.full:
             block = message.read(min(_SLIM_BLOCK, left))
             if not block:
-                break
+                # A spool shorter than it says is broken: the copy would be of a message nobody sent.
+                raise _ShortMessage(f"the message ended {left} bytes before its stated size")
             left -= len(block)
             pieces.append(slimmer.feed(block))
         pieces.append(slimmer.finish())
