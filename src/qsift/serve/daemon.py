@@ -106,11 +106,13 @@ class Daemon:
         )
 
     async def _bind_all(self, pipeline: Pipeline, spool_dir: str) -> None:
-        # The outcome record, the quarantine and the maildir forward work in threads: a worker whose
-        # threads cannot start (or cannot read the record) cannot serve, and must fail here rather
+        # The outcome record's writes, the quarantine and the maildir forward work in threads: a worker
+        # whose threads cannot start (or cannot read the record) cannot serve, and must fail here rather
         # than say ready and drop every connection after its forward. A shared record opens its pool
-        # here, after the fork, and checks the schema.
+        # here, after the fork, and checks the schema. The local record's lookup reads on the event
+        # loop, so the threads get a round trip of their own.
         await pipeline.outcomes.lookup(("",), 0.0)
+        await asyncio.to_thread(int)
         for listener in self.config.listeners:
             handler, slots = self._handler_for(listener, pipeline, spool_dir)
             await self._bind(listener, handler, slots)
