@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from qsift.checks.scanners import SpamScanner
+from qsift.checks.scanners import SpamEnvelope, SpamScanner
 from qsift.checks.spam import RspamdScanner, SpamdScanner
 from qsift.errors import ConfigError
 from tests.spamd_daemon import GTUBE, Spamd, running_spamd, stop_daemon
@@ -38,8 +38,8 @@ NOTE_MAIL = (
 )
 
 
-async def check(scanner: SpamScanner, mail: bytes, **kwargs: str) -> object:
-    return await scanner.check(io.BytesIO(mail), len(mail), **kwargs)
+async def check(scanner: SpamScanner, mail: bytes, user: str | None = None) -> object:
+    return await scanner.check(io.BytesIO(mail), len(mail), user=user)
 
 
 # --- a real spamd -------------------------------------------------------------------------------------
@@ -178,6 +178,37 @@ async def test_a_bad_user_name_is_an_error_not_a_header(spamd: Spamd) -> None:
         io.BytesIO(NOTE_MAIL), len(NOTE_MAIL), user="x\r\nContent-length: 0"
     )
     assert "user name" in result.error and result.score is None
+
+
+@pytest.mark.parametrize("slim", [False, True])
+async def test_spamd_reads_the_envelope_sender_as_a_return_path(spamd: Spamd, slim: bool) -> None:
+    # As amavisd-new gives it to SpamAssassin: its rules on the envelope sender fire only with it.
+    scanner = SpamdScanner("sa", spamd.unix_address, slim=slim)
+    plain = await scanner.check(io.BytesIO(NOTE_MAIL), len(NOTE_MAIL))
+    told = await scanner.check(
+        io.BytesIO(NOTE_MAIL), len(NOTE_MAIL), envelope=SpamEnvelope(sender="mallory@elsewhere.example")
+    )
+    assert not plain.error and not told.error
+    assert (
+        "HEADER_FROM_DIFFERENT_DOMAINS" in told.rules and "HEADER_FROM_DIFFERENT_DOMAINS" not in plain.rules
+    )
+
+
+@pytest.mark.parametrize(
+    "sender", ["x@elsewhere.example\r\nX-Spam-Flag: NO", "x@elsewhere.example\n", "\x00@a", "a" * 999]
+)
+async def test_a_sender_that_would_end_its_line_is_not_passed_on(spamd: Spamd, sender: str) -> None:
+    scanner = SpamdScanner("sa", spamd.unix_address, slim=True)
+    plain = await scanner.check(io.BytesIO(GTUBE_MAIL), len(GTUBE_MAIL))
+    told = await scanner.check(io.BytesIO(GTUBE_MAIL), len(GTUBE_MAIL), envelope=SpamEnvelope(sender=sender))
+    assert not told.error and told.rules == plain.rules
+
+
+def test_the_return_path_takes_the_line_end_of_the_message() -> None:
+    from qsift.checks.spam import _return_path
+
+    assert _return_path("", b"From: a\r\n\r\nx") == b"Return-Path: <>\r\n"
+    assert _return_path("a@b", b"From: a\n\nx") == b"Return-Path: <a@b>\n"
 
 
 @pytest.mark.parametrize("slim", [False, True])
@@ -413,6 +444,28 @@ async def test_garbage_from_rspamd_is_an_error(reply: bytes, error: str) -> None
     async with fake_server(answer(reply)) as address:
         result = await check(RspamdScanner("rs", address, timeout=5), GTUBE_MAIL)
     assert error in result.error  # type: ignore[attr-defined]
+
+
+async def test_rspamd_is_told_the_envelope_and_not_what_would_end_a_line() -> None:
+    received: list[bytes] = []
+
+    async def record(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        received.append(await reader.readuntil(b"\r\n\r\n"))
+        await reader.readexactly(len(GTUBE_MAIL))
+        writer.write(http(b"200 OK", REJECT_JSON))
+        await writer.drain()
+
+    told = SpamEnvelope(
+        sender="mallory@x.example\r\nIP: 10.0.0.1", recipients=("bob@example.org", "c\n@d"), ip="192.0.2.7"
+    )
+    async with fake_server(record) as address:
+        result = await RspamdScanner("rs", address, timeout=5).check(
+            io.BytesIO(GTUBE_MAIL), len(GTUBE_MAIL), envelope=told
+        )
+    assert not result.error and result.score == 16.5
+    head = received[0]
+    assert b"\r\nIP: 192.0.2.7\r\n" in head and b"\r\nRcpt: bob@example.org\r\n" in head
+    assert b"From:" not in head and b"10.0.0.1" not in head and head.count(b"Rcpt:") == 1
 
 
 async def test_rspamd_oversize_and_bad_header_values() -> None:

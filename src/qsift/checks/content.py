@@ -17,7 +17,7 @@ from qsift.auth.results import AuthResults
 from qsift.checks.banned import DEFAULT_RULES, BannedRule, check_banned
 from qsift.checks.headers import check_headers
 from qsift.checks.scanner_set import ScanFindings, ScannerSet, run_scanners
-from qsift.checks.scanners import SpamResult
+from qsift.checks.scanners import SpamEnvelope, SpamResult
 from qsift.checks.virus import VirusScannersFailed, scan_for_viruses
 from qsift.decode.parts import KeptLeaves, Part
 from qsift.decode.walk import DecodeLimits, decode_message
@@ -127,8 +127,10 @@ async def inspect(
     scanners: ScannerSet | None,
     *,
     smtputf8: bool = False,
+    envelope: SpamEnvelope | None = None,
 ) -> Verdict:
-    """Every check on one message: the decoder's in a thread, the scanners side by side with it.
+    """Every check on one message: the decoder's in a thread, the scanners side by side with it
+    (the spam scanner told of the `envelope`).
 
     `reader` is the decoder's (it reads from a thread); every scanner opens its own copy through
     `open_copy`. Virus scanners that are given the parts (`[virus] scan = "parts"`) wait for the
@@ -143,7 +145,7 @@ async def inspect(
     decoding.add_done_callback(lambda _: metrics.stage_done("decode", started))
     try:
         scanned = (
-            await run_scanners(scanners, open_copy, size, with_virus=not parts)
+            await run_scanners(scanners, open_copy, size, with_virus=not parts, envelope=envelope)
             if scanners and not scanners.empty
             else None
         )

@@ -16,7 +16,7 @@ from typing import IO, TypeVar
 
 from qsift.checks.clamd import ClamdScanner
 from qsift.checks.scanner_config import ScannerSpec, SpamSettings, VirusSettings
-from qsift.checks.scanners import SpamResult, SpamScanner, VirusResult, VirusScanner
+from qsift.checks.scanners import SpamEnvelope, SpamResult, SpamScanner, VirusResult, VirusScanner
 from qsift.checks.spam import RspamdScanner, SpamdScanner
 from qsift.checks.spam_levels import spam_findings
 from qsift.checks.virus import CommandScanner, VirusScannersFailed, scan_for_viruses
@@ -95,9 +95,11 @@ class _LimitedSpam:
     def name(self) -> str:
         return self.inner.name
 
-    async def check(self, message: IO[bytes], size: int, *, user: str | None = None) -> SpamResult:
+    async def check(
+        self, message: IO[bytes], size: int, *, user: str | None = None, envelope: SpamEnvelope | None = None
+    ) -> SpamResult:
         async with self._slots:
-            return await _measured(self.name, self.inner.check(message, size, user=user))
+            return await _measured(self.name, self.inner.check(message, size, user=user, envelope=envelope))
 
 
 _Result = TypeVar("_Result", VirusResult, SpamResult)
@@ -124,7 +126,12 @@ class ScanFindings:
 
 
 async def run_scanners(
-    scanners: ScannerSet, open_message: Callable[[], IO[bytes]], size: int, *, with_virus: bool = True
+    scanners: ScannerSet,
+    open_message: Callable[[], IO[bytes]],
+    size: int,
+    *,
+    with_virus: bool = True,
+    envelope: SpamEnvelope | None = None,
 ) -> ScanFindings:
     """Every scanner on one message (the spam scanner only, without `with_virus`); ScannerFailure when the
     message must wait (no virus scanner answered, or the spam scanner failed and `[spam] failure =
@@ -135,7 +142,9 @@ async def run_scanners(
             return None
         with open_message() as message:
             try:
-                return await scanners.spam.check(message, size, user=scanners.spam_settings.user or None)
+                return await scanners.spam.check(
+                    message, size, user=scanners.spam_settings.user or None, envelope=envelope
+                )
             except Exception as exc:  # a client bug is a failed scanner
                 return SpamResult(scanners.spam.name, error=f"internal error: {type(exc).__name__}: {exc}")
 

@@ -100,10 +100,34 @@ class SpamResult:
     skipped: str = ""
 
 
+@dataclass(frozen=True)
+class SpamEnvelope:
+    """What the spam scanner is told of the envelope and the client, beside the message: SpamAssassin's
+    rules on the envelope sender (HEADER_FROM_DIFFERENT_DOMAINS, FREEMAIL_FORGED_FROMDOMAIN, SPF) and
+    rspamd's find nothing in a message as qmail and an MTA hand it on, before any Return-Path is added.
+    None or "" where it is not known; the null sender is "". Values come from the client, so each
+    scanner sends only those that cannot end a header line (`header_safe`)."""
+
+    sender: str | None = None
+    recipients: tuple[str, ...] = ()
+    ip: str | None = None
+    helo: str | None = None
+
+
+def header_safe(value: str | None) -> str | None:
+    """`value` if it can stand in one header line (no control character, at most 998 octets), else None:
+    an envelope field a client chose must not add a header field of its own to what a scanner reads."""
+    if value is None or len(value) > 998 or any(ord(c) < 32 or ord(c) == 127 for c in value):
+        return None
+    return value
+
+
 class SpamScanner(Protocol):
     @property
     def name(self) -> str: ...
 
-    async def check(self, message: IO[bytes], size: int, *, user: str | None = None) -> SpamResult:
+    async def check(
+        self, message: IO[bytes], size: int, *, user: str | None = None, envelope: SpamEnvelope | None = None
+    ) -> SpamResult:
         """Score the whole raw message, read from `message` (positioned at its start, `size` bytes)."""
         ...

@@ -17,6 +17,7 @@ from qsift.auth.results import AuthResults
 from qsift.checks.auth_verdict import Client, findings
 from qsift.checks.content import CheckSettings, Verdict, check_message, inspect
 from qsift.checks.scanner_set import ScannerSet
+from qsift.checks.scanners import SpamEnvelope
 from qsift.errors import ScannerFailure
 from qsift.model import Category, Finding, Recipient
 from qsift.observe import metrics
@@ -64,7 +65,15 @@ class ContentChecks:
         copies = spool.independent_readers()
         started = time.monotonic()
         verdict, auth = await asyncio.gather(
-            inspect(spool.reader(), copies, spool.size, self.settings, scanners, smtputf8=smtputf8),
+            inspect(
+                spool.reader(),
+                copies,
+                spool.size,
+                self.settings,
+                scanners,
+                smtputf8=smtputf8,
+                envelope=spam_envelope(message),
+            ),
             self._authenticate(message, copies),
         )
         verdict = replace(verdict, findings=(*verdict.findings, *findings(auth)), auth=auth)
@@ -104,6 +113,18 @@ class ContentChecks:
 
     async def close(self) -> None:
         await self.scanners.close()
+
+
+def spam_envelope(message: InFlight) -> SpamEnvelope:
+    """The envelope and the client the spam scanner is told of: the sender and recipients, and the
+    client `smtp_client` vouches for (none when only the handing-on MTA is known)."""
+    client = smtp_client(message)
+    return SpamEnvelope(
+        sender=message.envelope.sender,
+        recipients=tuple(r.address for r in message.envelope.recipients),
+        ip=client.ip or None,
+        helo=client.helo or None,
+    )
 
 
 def smtp_client(message: InFlight) -> Client:
