@@ -6,6 +6,11 @@ qsift with rspamd beside amavisd-new with its embedded SpamAssassin. This starts
 proxy workers on free loopback ports, `count` scanner processes, and the modules that would ask the network
 (DNS lists, SPF, DKIM, DMARC, fuzzy hashes, map updates) turned off, as spamd runs with `--local`. Without a
 Redis server rspamd turns off Bayes and the other Redis-backed modules by itself.
+
+What DNS the rest still asks (hfilter looks up the host names of the envelope sender, the From: and the
+HELO) goes to a Knot DNS of its own on loopback (tests/dns_server.py) that serves the bench's envelope
+domains, never to the machine's resolver: the bench sends nothing past loopback, and a resolver that does
+not answer held some messages for a second each.
 """
 
 from __future__ import annotations
@@ -22,9 +27,16 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from tests.dns_server import running_knot
 from tests.spamd_daemon import stop_daemon
 
 RSPAMD = "/usr/bin/rspamd"
+#: The zones of the bench's envelope (bench/amavisd/compare.py: a@example.org to b@example.net, HELO
+#: bench.example.org): hosts with addresses and mail exchangers, as a real sender's domain has.
+BENCH_ZONES = {
+    "example.org": "@ A 127.0.0.1\n@ MX 10 mail\nmail A 127.0.0.1\nbench A 127.0.0.1",
+    "example.net": "@ A 127.0.0.1\n@ MX 10 mail\nmail A 127.0.0.1",
+}
 USER = "_rspamd"
 #: Modules that would look something up on the network; spamd's `--local` leaves out the like.
 NETWORK_MODULES = (
@@ -75,6 +87,11 @@ def _ping(port: int) -> bool:
 def running_rspamd(*, count: int, db: Path, start_timeout: float = 120.0) -> Iterator[Rspamd]:
     """rspamd with `count` scanner processes; `db` (its DBDIR) keeps the compiled Hyperscan cache from one
     start to the next, as an installed rspamd's /var/lib/rspamd does."""
+    with running_knot(BENCH_ZONES) as dns:
+        yield from _running_rspamd(count=count, db=db, start_timeout=start_timeout, nameserver=dns.address)
+
+
+def _running_rspamd(*, count: int, db: Path, start_timeout: float, nameserver: str) -> Iterator[Rspamd]:
     workdir = Path(tempfile.mkdtemp(prefix="qsift-rspamd-"))
     try:
         port = free_port()
@@ -90,6 +107,7 @@ def running_rspamd(*, count: int, db: Path, start_timeout: float = 120.0) -> Ite
             (local / "override.d" / worker).write_text(f'bind_socket = "{bind}";\n{extra}')
         # Logging at info writes several lines per message; amavisd-new and qsift run at log level 0.
         (local / "local.d" / "logging.inc").write_text('level = "warning";\n')
+        (local / "local.d" / "options.inc").write_text(f'dns {{ nameserver = ["{nameserver}"]; }}\n')
         for module in NETWORK_MODULES:
             (local / "local.d" / f"{module}.conf").write_text("enabled = false;\n")
         for sub in ("run", "log"):
