@@ -472,7 +472,7 @@ async def test_rspamd_oversize_and_bad_header_values() -> None:
     scanner = RspamdScanner("rs", f"127.0.0.1:{_closed_port()}", max_size=10)
     assert (await check(scanner, GTUBE_MAIL)).skipped == "larger than 10 bytes"  # type: ignore[attr-defined]
     scanner = RspamdScanner("rs", f"127.0.0.1:{_closed_port()}")
-    result = await scanner.check(io.BytesIO(GTUBE_MAIL), len(GTUBE_MAIL), helo="a\r\nb")
+    result, _ = await scanner.analyse(io.BytesIO(GTUBE_MAIL), len(GTUBE_MAIL), helo="a\r\nb")
     assert "control character" in result.error
 
 

@@ -53,6 +53,10 @@ class _ShortMessage(Exception):
     """The message ended before its stated size while its slimmed copy was made."""
 
 
+def _ended_early(missing: int) -> str:
+    return f"the message ended {missing} bytes before its stated size"
+
+
 def _return_path(sender: str, message: bytes) -> bytes:
     """The Return-Path field a delivery agent would add, as amavisd-new gives it to SpamAssassin, with
     the line end the message's first line has (a header of mixed line ends reads as broken)."""
@@ -119,7 +123,7 @@ async def _send(writer: asyncio.StreamWriter, head: bytes, message: IO[bytes] | 
         except OSError as exc:
             raise _Failed(f"cannot read the message: {exc}") from None
         if not chunk:
-            raise _Failed(f"the message ended {left} bytes before its stated size")
+            raise _Failed(_ended_early(left))
         writer.write(chunk)
         left -= len(chunk)
         await writer.drain()
@@ -202,7 +206,7 @@ class SpamdScanner:
         if not self.slim:
             whole = message.read(size)
             if len(whole) < size:
-                raise _ShortMessage(f"the message ended {size - len(whole)} bytes before its stated size")
+                raise _ShortMessage(_ended_early(size - len(whole)))
             return whole
         slimmer = MailSlimmer(
             attachment_head=self.attachment_head,
@@ -215,7 +219,7 @@ class SpamdScanner:
             block = message.read(min(_SLIM_BLOCK, left))
             if not block:
                 # A spool shorter than it says is broken: the copy would be of a message nobody sent.
-                raise _ShortMessage(f"the message ended {left} bytes before its stated size")
+                raise _ShortMessage(_ended_early(left))
             left -= len(block)
             pieces.append(slimmer.feed(block))
         pieces.append(slimmer.finish())
@@ -281,37 +285,21 @@ class RspamdScanner:
         self.max_size = max_size
 
     async def check(
-        self,
-        message: IO[bytes],
-        size: int,
-        *,
-        user: str | None = None,
-        envelope: SpamEnvelope | None = None,
-        ip: str | None = None,
-        helo: str | None = None,
-        sender: str | None = None,
-        recipients: Sequence[str] = (),
-        queue_id: str | None = None,
-        host: str | None = None,
+        self, message: IO[bytes], size: int, *, user: str | None = None, envelope: SpamEnvelope | None = None
     ) -> SpamResult:
-        """The SpamScanner call; the envelope, when given, lets rspamd's SPF/DKIM/RBL rules work. Of
-        `envelope`, only values that cannot end a header line are sent: rspamd's request refuses the
-        others, and a client must not turn its spam check into a failure by its choice of sender."""
-        if envelope is not None:
-            ip, helo = header_safe(envelope.ip) or ip, header_safe(envelope.helo) or helo
-            sender = header_safe(envelope.sender) if envelope.sender is not None else sender
-            safe = [header_safe(r) for r in envelope.recipients]
-            recipients = [r for r in safe if r] or recipients
+        """The SpamScanner call; the envelope, when given, lets rspamd's SPF/DKIM/RBL rules work. Only
+        values that cannot end a header line are sent: rspamd's request refuses the others, and a client
+        must not turn its spam check into a failure by its choice of sender."""
+        told = envelope or SpamEnvelope()
+        recipients = [r for r in map(header_safe, told.recipients) if r]
         result, _ = await self.analyse(
             message,
             size,
             user=user,
-            ip=ip,
-            helo=helo,
-            sender=sender,
+            ip=header_safe(told.ip),
+            helo=header_safe(told.helo),
+            sender=header_safe(told.sender),
             recipients=recipients,
-            queue_id=queue_id,
-            host=host,
         )
         return result
 

@@ -20,7 +20,13 @@ from qsift.declare import INTEGER, LEVEL, STRINGS, declared, laid_over, setting,
 from qsift.model import Category
 from qsift.policy.destiny import DestinySettings
 from qsift.policy.lookup import AddressTable
-from qsift.store.amavisd_lookups import NOT_LISTED, NOTHING_FOUND, FoundSettings, SenderListing
+from qsift.store.amavisd_lookups import (
+    BYPASS_COLUMNS,
+    NOT_LISTED,
+    NOTHING_FOUND,
+    FoundSettings,
+    SenderListing,
+)
 
 #: `[policy]` list keys naming the recipients who accept a category (amavisd-new's @*_lovers_maps).
 LOVERS = {
@@ -32,13 +38,9 @@ LOVERS = {
     "bad_header_lovers": Category.BAD_HEADER,
     "oversized_lovers": Category.OVERSIZED,
 }
-#: `[policy]` list keys naming the recipients for whom a check does not count (@bypass_*_checks_maps).
-BYPASS = {
-    "bypass_virus_checks": Category.VIRUS,
-    "bypass_banned_checks": Category.BANNED,
-    "bypass_spam_checks": Category.SPAM,
-    "bypass_header_checks": Category.BAD_HEADER,
-}
+#: `[policy]` list keys naming the recipients for whom a check does not count (@bypass_*_checks_maps):
+#: amavisd-new's names, the same as its `policy` table's columns.
+BYPASS = BYPASS_COLUMNS
 ADMIN_KINDS = {
     "virus_admin": Category.VIRUS,
     "banned_admin": Category.BANNED,
