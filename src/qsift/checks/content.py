@@ -143,22 +143,23 @@ async def inspect(
         asyncio.to_thread(check_message, reader, settings, smtputf8=smtputf8, keep_leaves=parts)
     )
     decoding.add_done_callback(lambda _: metrics.stage_done("decode", started))
+    verdict: Verdict | None = None
     try:
-        scanned = (
-            await run_scanners(scanners, open_copy, size, with_virus=not parts, envelope=envelope)
-            if scanners and not scanners.empty
-            else None
-        )
-    finally:
         try:
-            # Shielded: the thread runs on when this is cancelled, and its leaves must then be removed.
-            verdict = await asyncio.shield(decoding)
-        except asyncio.CancelledError:
-            decoding.add_done_callback(_drop_leaves)
-            raise
-        except Exception as exc:  # a decoder bug must not stop mail: the message is unchecked
-            verdict = decoder_failure(f"{type(exc).__name__}: {exc}")
-    try:
+            scanned = (
+                await run_scanners(scanners, open_copy, size, with_virus=not parts, envelope=envelope)
+                if scanners and not scanners.empty
+                else None
+            )
+        finally:
+            try:
+                # Shielded: the thread runs on when this is cancelled, and its leaves must then be removed.
+                verdict = await asyncio.shield(decoding)
+            except asyncio.CancelledError:
+                decoding.add_done_callback(_drop_leaves)
+                raise
+            except Exception as exc:  # a decoder bug must not stop mail: the message is unchecked
+                verdict = decoder_failure(f"{type(exc).__name__}: {exc}")
         if scanned is None:
             return verdict
         assert scanners is not None
@@ -168,7 +169,8 @@ async def inspect(
             units = [(path, _reader_of(data), len(data)) for path, data in verdict.rescan]
             scanned = await _scan_units(scanners, units, scanned)
     finally:
-        if verdict.leaves is not None:
+        # Whatever ends the checks, the spam scanner's failure or a cancel among them, the leaves go.
+        if verdict is not None and verdict.leaves is not None:
             verdict.leaves.remove()
     errors = [f"{r.scanner}: {r.error}" for r in scanned.virus_results if r.error]
     if scanned.spam is not None and scanned.spam.error:

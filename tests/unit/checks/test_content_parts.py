@@ -8,13 +8,17 @@ import contextlib
 import io
 import os
 import re
+import socket
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from qsift.checks.content import CheckSettings, inspect
+from qsift.checks.scanner_config import SpamSettings
 from qsift.checks.scanner_set import ScannerSet
+from qsift.checks.spam import SpamdScanner
 from qsift.checks.virus import CommandScanner
 from qsift.decode.walk import DecodeLimits
 from qsift.errors import ScannerFailure
@@ -58,6 +62,21 @@ async def test_the_leaves_are_removed_when_the_scanners_fail(tmp_path: Path) -> 
             settings(tmp_path),
             scanners(tmp_path, "/nonexistent/scanner"),
         )
+    assert decode_dirs(tmp_path) == []
+
+
+async def test_the_leaves_are_removed_when_the_spam_scanner_holds_the_message(tmp_path: Path) -> None:
+    raw = mail_with(os.urandom(50_000), "a.bin")
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        address = f"127.0.0.1:{probe.getsockname()[1]}"
+    checking = replace(
+        scanners(tmp_path, "true"),
+        spam=SpamdScanner("sa", address, connect_timeout=2),
+        spam_settings=SpamSettings(type="spamd", address=address, failure="tempfail"),
+    )
+    with pytest.raises(ScannerFailure, match="spam scanner failure"):
+        await inspect(io.BytesIO(raw), lambda: io.BytesIO(raw), len(raw), settings(tmp_path), checking)
     assert decode_dirs(tmp_path) == []
 
 
