@@ -33,6 +33,7 @@ from qsift.checks.scanners import (
     parse_scanner_address,
 )
 from qsift.errors import ProtocolError
+from qsift.model import address_bytes
 from qsift.observe.log import level, logger
 from qsift.wire import rspamd as rspamd_wire
 from qsift.wire import spamd as spamd_wire
@@ -62,7 +63,7 @@ def _return_path(sender: str, message: bytes) -> bytes:
     the line end the message's first line has (a header of mixed line ends reads as broken)."""
     first = message.find(b"\n")
     end = b"\r\n" if first > 0 and message[first - 1 : first] == b"\r" else b"\n"
-    return b"Return-Path: <" + sender.encode("utf-8", "surrogateescape") + b">" + end
+    return b"Return-Path: <" + address_bytes(sender) + b">" + end
 
 
 async def _exchange(
