@@ -7,9 +7,12 @@ daemon decides. Scanners (clamd, spamd) join here as further checks; each one on
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import functools
 import io
 import time
 from collections.abc import Callable, Iterable
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import IO
 
@@ -27,6 +30,17 @@ from qsift.observe import metrics
 
 #: The header section is read up to this size (a header larger than this is itself a problem).
 _HEADER_READ = 1024 * 1024
+#: Threads a process decodes in. Decoding is Python under the GIL for the most part, so a third thread
+#: adds no speed, only its stack and the frames a deep MIME walk leaves on it; two keep one large message
+#: from holding up the rest. Decoding in asyncio's default pool (six threads on two CPUs) cost each worker
+#: 1 MiB more PSS after 400 messages of the attachment mix (docs/benchmarks.md, memory).
+DECODER_THREADS = 2
+
+
+def decoder_threads() -> ThreadPoolExecutor:
+    """A process's decoding threads, started at the first message (never in the parent of the workers,
+    which must stay without threads to fork safely)."""
+    return ThreadPoolExecutor(DECODER_THREADS, thread_name_prefix="qsift-decode")
 
 
 @dataclass(frozen=True)
@@ -128,9 +142,10 @@ async def inspect(
     *,
     smtputf8: bool = False,
     envelope: SpamEnvelope | None = None,
+    decoder: Executor | None = None,
 ) -> Verdict:
-    """Every check on one message: the decoder's in a thread, the scanners side by side with it
-    (the spam scanner told of the `envelope`).
+    """Every check on one message: the decoder's in a thread (of `decoder`, else asyncio's default
+    pool), the scanners side by side with it (the spam scanner told of the `envelope`).
 
     `reader` is the decoder's (it reads from a thread); every scanner opens its own copy through
     `open_copy`. Virus scanners that are given the parts (`[virus] scan = "parts"`) wait for the
@@ -139,8 +154,10 @@ async def inspect(
     """
     started = time.monotonic()
     parts = scanners is not None and scanners.scan_parts and bool(scanners.primary or scanners.backup)
-    decoding = asyncio.ensure_future(
-        asyncio.to_thread(check_message, reader, settings, smtputf8=smtputf8, keep_leaves=parts)
+    decode = functools.partial(check_message, reader, settings, smtputf8=smtputf8, keep_leaves=parts)
+    # In the caller's context, as asyncio.to_thread runs it.
+    decoding = asyncio.get_running_loop().run_in_executor(
+        decoder, functools.partial(contextvars.copy_context().run, decode)
     )
     decoding.add_done_callback(lambda _: metrics.stage_done("decode", started))
     verdict: Verdict | None = None

@@ -10,12 +10,13 @@ import asyncio
 import io
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import IO, TYPE_CHECKING, Protocol
 
 from qsift.auth.results import AuthResults
 from qsift.checks.auth_verdict import Client, findings
-from qsift.checks.content import CheckSettings, Verdict, check_message, inspect
+from qsift.checks.content import CheckSettings, Verdict, check_message, decoder_threads, inspect
 from qsift.checks.scanner_set import ScannerSet
 from qsift.checks.scanners import SpamEnvelope
 from qsift.errors import ScannerFailure
@@ -50,6 +51,8 @@ class ContentChecks:
     scanners: ScannerSet = field(default_factory=ScannerSet)
     #: DKIM, SPF, DMARC and ARC, for mail whose policy asks for them; None: no resolver was built.
     authentication: MailAuthentication | None = None
+    #: The threads messages are decoded in (content.DECODER_THREADS of them, started when first needed).
+    decoder: ThreadPoolExecutor = field(default_factory=decoder_threads, compare=False, repr=False)
 
     async def verdict(self, message: InFlight, owed: tuple[Recipient, ...]) -> tuple[Verdict | None, bool]:
         addresses = tuple(r.address for r in owed)
@@ -73,6 +76,7 @@ class ContentChecks:
                 scanners,
                 smtputf8=smtputf8,
                 envelope=spam_envelope(message),
+                decoder=self.decoder,
             ),
             self._authenticate(message, copies),
         )
@@ -99,7 +103,12 @@ class ContentChecks:
             )
         try:
             verdict = await inspect(
-                io.BytesIO(message), lambda: io.BytesIO(message), len(message), self.settings, self.scanners
+                io.BytesIO(message),
+                lambda: io.BytesIO(message),
+                len(message),
+                self.settings,
+                self.scanners,
+                decoder=self.decoder,
             )
             return replace(verdict, findings=(*verdict.findings, *findings(auth)), auth=auth)
         except ScannerFailure as exc:
@@ -112,6 +121,8 @@ class ContentChecks:
         return await self.scanners.health()
 
     async def close(self) -> None:
+        # The daemon has drained its messages by now; a decoding still running is one nobody waits for.
+        self.decoder.shutdown(wait=False)
         await self.scanners.close()
 
 
