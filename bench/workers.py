@@ -161,9 +161,12 @@ class Server:
 
 
 @contextlib.contextmanager
-def running_qsift(home: Path, *, workers: int, sink_port: int, sections: str = "") -> Iterator[Server]:
+def running_qsift(
+    home: Path, *, workers: int, sink_port: int, sections: str = "", command: tuple[str, ...] = (QSIFT,)
+) -> Iterator[Server]:
     """A `qsift serve` with a QMQP listener forwarding to the sink; `sections` is TOML appended to its
-    configuration (scanners, destinies)."""
+    configuration (scanners, destinies); `command` runs in place of the `qsift` program, given the same
+    arguments."""
     home.mkdir(parents=True)
     (home / "tmp").mkdir()
     port = free_port()
@@ -177,7 +180,7 @@ def running_qsift(home: Path, *, workers: int, sink_port: int, sections: str = "
     log = home / "qsift.log"
     with log.open("wb") as out:
         process = subprocess.Popen(
-            [QSIFT, "serve", "--config", str(config)], stdin=subprocess.DEVNULL, stdout=out, stderr=out
+            [*command, "serve", "--config", str(config)], stdin=subprocess.DEVNULL, stdout=out, stderr=out
         )
     server = Server(process, port, log)
     known_workers: set[int] = set()
