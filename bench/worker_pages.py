@@ -101,7 +101,8 @@ def sort_pages(pid: int, parent_map: dict[int, dict[str, int]]) -> Pages:
 
 def measure(
     home: Path, pool: list[tuple[str, bytes]], workers: int, count: int, concurrency: int
-) -> list[Pages]:
+) -> tuple[list[Pages], int]:
+    """Each worker's pages, and how many pages the parent's objects lie on."""
     map_path = home / "parent-pages.json"
     command = (sys.executable, "-m", "bench.page_parent", str(map_path))
     refused: list[str] = []
@@ -123,10 +124,10 @@ def measure(
         found = [sort_pages(pid, parent_map) for pid in pids]
     if refused or sink.count != count:
         raise SystemExit(f"not a valid run: {len(refused)} refused, {sink.count} of {count} at the sink")
-    return found
+    return found, len(parent_map)
 
 
-def report(workers: int, count: int, found: list[Pages]) -> None:
+def report(workers: int, count: int, found: list[Pages], parent_pages: int) -> None:
     def per_worker(pages: float) -> str:
         return f"{pages * PAGE / len(found) / 2**20:.1f}"
 
@@ -144,6 +145,10 @@ def report(workers: int, count: int, found: list[Pages]) -> None:
     print(f"| … other objects | {per_worker(sum(n for k, n in parents.items() if k not in _SHOWN))} |")
     print(f"| other private pages, malloc's main heap | {per_worker(own['[heap]'])} |")
     print(f"| other private pages, other anonymous memory | {per_worker(own['anon'])} |")
+    print(
+        f"The parent's objects lie on {parent_pages} pages ({mib(parent_pages * PAGE)} MiB);"
+        f" a worker made {sum(parents.values()) / len(found):.0f} of them its own."
+    )
     top = ", ".join(f"{kind} {per_worker(n)}" for kind, n in parents.most_common(12) if kind not in _SHOWN)
     print(f"Other objects' pages, the largest kinds: {top}")
 
@@ -163,8 +168,10 @@ def main() -> None:
     workdir = Path(tempfile.mkdtemp(prefix="qsift-pages-"))
     try:
         for workers in args.workers:
-            found = measure(workdir / f"w{workers}", pool, workers, args.messages, args.concurrency)
-            report(workers, args.messages, found)
+            found, parent_pages = measure(
+                workdir / f"w{workers}", pool, workers, args.messages, args.concurrency
+            )
+            report(workers, args.messages, found, parent_pages)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
