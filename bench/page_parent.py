@@ -3,7 +3,8 @@ forks its first worker, which of its memory pages hold which kind of Python obje
 
     python -m bench.page_parent MAP_FILE serve --config FILE
 
-It imports nothing beyond qsift, so its memory is the parent's as `qsift serve` has it. The map is made
+It imports nothing of the bench's (only qsift and the standard library), so its memory is the parent's
+as `qsift serve` has it. The map is made
 in a child forked at that moment (the same pages, the same addresses), so that making it changes nothing
 in the parent the workers fork from. Objects the collector tracks are listed with what they hold
 directly (a function's code, a code object's constants and names, a dict's keys); integers, strings and
@@ -27,7 +28,8 @@ PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
 def _held(thing: object) -> Iterator[object]:
-    """What `thing` holds that sits on a page of its own choosing, beside it in the heap."""
+    """What `thing` refers to that the collector does not list itself (code objects, names, constants),
+    so that their pages are in the map too."""
     if isinstance(thing, types.FunctionType):
         code = thing.__code__
         yield code
