@@ -3,12 +3,12 @@ forks its first worker, which of its memory pages hold which kind of Python obje
 
     python -m bench.page_parent MAP_FILE serve --config FILE
 
-It imports nothing of the bench's (only qsift and the standard library), so its memory is the parent's
-as `qsift serve` has it. The map is made
-in a child forked at that moment (the same pages, the same addresses), so that making it changes nothing
-in the parent the workers fork from. Objects the collector tracks are listed with what they hold
-directly (a function's code, a code object's constants and names, a dict's keys); integers, strings and
-bytes no container refers to are missed, and their pages count as "not the parent's objects".
+It imports nothing of the bench's (only qsift and the standard library), so its memory is the parent's as
+`qsift serve` has it. The map is made in a child forked at that moment (the same pages, the same
+addresses), so that making it changes nothing in the parent the workers fork from. Objects the collector
+tracks are listed with what they hold directly (a function's code, a code object's constants and names, a
+dict's keys); integers, strings and bytes no container refers to are missed, and their pages count as
+"not the parent's objects".
 """
 
 from __future__ import annotations
