@@ -32,6 +32,7 @@ import contextlib
 import os
 import re
 import shutil
+import signal
 import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -93,10 +94,12 @@ class CommandScanner:
             async with asyncio.timeout(self.timeout):
                 output = await _read_bounded(process)
                 status = await process.wait()
-        except TimeoutError:
+        except BaseException:
+            # Timed out, or the check was cancelled and nobody waits for the answer: the scanner and its
+            # helpers go, rather than run on over a copy of the message that is being removed.
             with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, 9)
-            await process.wait()
+                os.killpg(process.pid, signal.SIGKILL)
+            await asyncio.shield(process.wait())
             raise
         return status, output.decode("utf-8", "replace")
 

@@ -13,6 +13,7 @@ import pytest
 from qsift.checks.scanners import VirusResult
 from qsift.checks.virus import CommandScanner, VirusScannersFailed, scan_for_viruses
 from qsift.model import Category
+from tests.unit.checks.test_content_parts import until
 
 EICAR = b"X5O!P%@AP[4\\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*"
 
@@ -22,6 +23,13 @@ FAKE_SCANNER = """
 import os, sys, time
 mode = os.environ.get("FAKE_SCANNER_MODE", "")
 if mode == "hang":
+    time.sleep(60)
+if mode == "hang-with-helper":  # a helper of its own in its session, as clamscan's unpackers would be
+    import subprocess
+    helper = subprocess.Popen(["sleep", "60"])
+    with open(os.environ["FAKE_SCANNER_PIDS"] + ".tmp", "w") as pids:
+        pids.write(f"{os.getpid()} {helper.pid}")
+    os.rename(os.environ["FAKE_SCANNER_PIDS"] + ".tmp", os.environ["FAKE_SCANNER_PIDS"])
     time.sleep(60)
 if mode == "error":
     print("LibClamAV Error: cannot open database"); sys.exit(2)
@@ -87,6 +95,30 @@ async def test_a_hanging_scanner_is_killed(scanner_program: str, monkeypatch: py
     result = await command_scanner(scanner_program, timeout=0.5).scan(io.BytesIO(b"hi"), 2)
     assert result.error == "timed out after 0.5 s"
     assert asyncio.get_running_loop().time() - started < 5
+
+
+def running(pid: int) -> bool:
+    """Whether `pid` still runs (a zombie waiting for its parent to reap it has ended)."""
+    try:
+        return " Z" not in Path(f"/proc/{pid}/stat").read_text().split(")", 1)[1][:3]
+    except FileNotFoundError:
+        return False
+
+
+async def test_a_cancelled_scan_ends_the_scanner_and_its_helpers(
+    scanner_program: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    pids_file = tmp_path / "pids"
+    monkeypatch.setenv("FAKE_SCANNER_MODE", "hang-with-helper")
+    monkeypatch.setenv("FAKE_SCANNER_PIDS", str(pids_file))
+    scan = asyncio.create_task(command_scanner(scanner_program, timeout=60).scan(io.BytesIO(b"hi"), 2))
+    assert await until(pids_file.exists, 10)
+    pids = [int(pid) for pid in pids_file.read_text().split()]
+    assert all(running(pid) for pid in pids)
+    scan.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await scan
+    assert await until(lambda: not any(running(pid) for pid in pids), 5)
 
 
 async def test_a_missing_program_is_an_error() -> None:
