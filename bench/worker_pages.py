@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+from bench.amavisd.procs import smaps_rollup
 from bench.mail_mix import message_pool, stamped
 from bench.workers import ALL_PASS, SETTLE, SOAK_BATCH, mib, running_qsift, running_sink, send_all
 
@@ -79,16 +80,8 @@ def private_pages(pid: int) -> dict[int, str]:
     return found
 
 
-def rollup(pid: int) -> dict[str, int]:
-    values = {}
-    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()[1:]:
-        key, _, rest = line.partition(":")
-        values[key] = int(rest.split()[0]) * 1024
-    return values
-
-
 def sort_pages(pid: int, parent_map: dict[int, dict[str, int]]) -> Pages:
-    values = rollup(pid)
+    values = smaps_rollup(pid)
     pages = Pages(pss=values["Pss"], private=values["Private_Dirty"])
     for page, mapping in private_pages(pid).items():
         kinds = parent_map.get(page)

@@ -325,11 +325,7 @@ def throughput(
 
 def memory(pid: int) -> tuple[int, int]:
     """RSS and PSS of one process, in bytes (PSS splits the pages a fork shares copy-on-write)."""
-    values = {}
-    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-        key, _, rest = line.partition(":")
-        if key in ("Rss", "Pss"):
-            values[key] = int(rest.split()[0]) * 1024
+    values = procs.smaps_rollup(pid)
     return values["Rss"], values["Pss"]
 
 

@@ -57,17 +57,23 @@ def rss_bytes(root: int) -> int:
     return total
 
 
+def smaps_rollup(pid: int) -> dict[str, int]:
+    """The sums of /proc/PID/smaps_rollup (Rss, Pss, Private_Dirty, ...), in bytes."""
+    values = {}
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()[1:]:  # the first names the range
+        key, _, rest = line.partition(":")
+        values[key] = int(rest.split()[0]) * 1024
+    return values
+
+
 def pss_bytes(root: int) -> int:
     """Sum of the tree's proportional set sizes: shared (copy-on-write) pages split between sharers."""
     total = 0
     for pid in tree(root):
         try:
-            lines = Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()
+            total += smaps_rollup(pid).get("Pss", 0)  # a zombie has no mappings to sum
         except OSError:
             continue
-        for line in lines:
-            if line.startswith("Pss:"):
-                total += int(line.split()[1]) * 1024
     return total
 
 
